@@ -1,0 +1,75 @@
+"""The `kneuron` click group.
+
+Each command lives in its own module (``cli/<name>.py``) exposing a click command called ``command``.
+Commands are imported only when invoked, so ``kneuron --help`` stays fast (no torch import).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# name -> (module, one-line help shown by `kneuron --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "world": ("cli.world", "Generate the embedded COCO-format shapes world."),
+    "train": ("cli.train", "Train a tiny MiniGPT-4 on the embedded world."),
+    "check": ("cli.check", "Caption-quality check of a model on a COCO-format world."),
+    "convert": ("cli.convert", "Convert official MiniGPT-4 checkpoints into a kneuron model folder."),
+    "caption": ("cli.caption", "Caption images, optionally with neurons suppressed."),
+    "ingest": ("cli.ingest", "Record stage-1/stage-2 neuron signals of COCO images into the warehouse."),
+    "select": ("cli.select", "Two-stage neuron selection in DuckDB; writes neuron_sets."),
+    "sql": ("cli.sql", "Run ad-hoc SQL over the warehouse views."),
+    "suppress": ("cli.suppress", "Suppression evaluation of neuron sets and baselines."),
+    "decode": ("cli.decode", "Decode neurons to vocabulary tokens."),
+    "heatmap": ("cli.heatmap", "Activation heatmaps of a neuron set over an image."),
+    "report": ("cli.report", "Write the HTML/Markdown report of a warehouse."),
+    "demo": ("cli.demo", "world -> ingest -> select -> suppress -> report on the embedded default."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module only when the command runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name, (module, _) in COMMANDS.items() if importlib.util.find_spec(module)]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS or not importlib.util.find_spec(COMMANDS[name][0]):
+            return None
+        return importlib.import_module(COMMANDS[name][0]).command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kneuron")
+def group() -> None:
+    """kneuron: find, store, query and test the knowledge neurons of multimodal LLMs."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the group; a `KneuronError` becomes one line on stderr and exit code 2."""
+    from engine.errors import KneuronError
+
+    try:
+        group.main(args=argv, prog_name="kneuron", standalone_mode=False)
+    except KneuronError as exc:
+        click.echo(f"kneuron: error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("kneuron: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

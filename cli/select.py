@@ -1,0 +1,87 @@
+"""`kneuron select`: two-stage neuron selection in DuckDB; writes ``neuron_sets`` and prints the sizes."""
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from engine.errors import KneuronError
+
+
+def layer_counts(neuron_sets: Any, set_id: str) -> str:
+    """Compact layer distribution of one set: ``"layer:count"`` pairs by layer, e.g. ``"0:3 2:11"``."""
+    import pyarrow.compute as pc
+
+    rows = neuron_sets.filter(pc.equal(neuron_sets.column("set_id"), set_id))
+    counts = rows.group_by("layer").aggregate([("unit", "count")]).sort_by("layer").to_pydict()
+    return " ".join(f"{layer}:{n}" for layer, n in zip(counts["layer"], counts["unit_count"]))
+
+
+def summary_table(selection: Any) -> Any:
+    """One row per concept: images, |C_k|, |N_k|, baseline sizes and the layer distribution of N_k (pyarrow)."""
+    import pyarrow as pa
+
+    rows: dict[str, dict[str, Any]] = {}
+    for row in selection.summary.to_pylist():
+        entry = rows.setdefault(row["concept"], {"concept": row["concept"]})
+        if row["method"] == "two_stage":
+            entry.update(images=row["n_images"], C_k=row["n_candidates"], N_k=row["n_selected"],
+                         layers_of_N_k=layer_counts(selection.neuron_sets, row["set_id"]))
+        else:
+            entry[row["method"]] = row["n_selected"]
+    columns = ["concept", "images", "C_k", "N_k", "stage1_only", "stage2_only", "layers_of_N_k"]
+    present = [c for c in columns if any(c in entry for entry in rows.values())]
+    return pa.Table.from_pylist([{c: entry.get(c) for c in present} for entry in rows.values()])
+
+
+@click.command("select", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
+              help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
+@click.option("--run", "run_id", metavar="RUN_ID", help="Run to select from [default: the latest run].")
+@click.option("--concept", "concepts", multiple=True, metavar="C", help="Concept (repeatable) [default: all].")
+@click.option("--stage1", default="auto", show_default=True, metavar="auto|abs:V|q:Q|top:N",
+              help="Stage-1 (activation difference) threshold: knee rule, absolute value, per-concept quantile "
+                   "or top-N budget.")
+@click.option("--stage2", default="auto", show_default=True, metavar="auto|abs:V|q:Q|top:N",
+              help="Stage-2 (GradCAM g_c) threshold, over the candidates C_k by default.")
+@click.option("--aggregate", type=click.Choice(["mean", "share"]), default="mean", show_default=True,
+              help="Across images: mean score > t, or share of images with value > t >= --min-share.")
+@click.option("--min-share", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="Share of images a neuron must pass in (with --aggregate share).")
+@click.option("--reduce", type=click.Choice(["max", "mean"]), default="max", show_default=True,
+              help="Per image, over positions: d_max/g_max or d_mean/g_mean.")
+@click.option("--stage2-pool", type=click.Choice(["candidates", "all"]), default="candidates", show_default=True,
+              help="Neurons the stage-2 quantile/knee/budget is computed over.")
+@click.option("--with-baselines/--no-baselines", default=True, show_default=True,
+              help="Also write stage1_only and stage2_only sets of size |N_k|.")
+def command(warehouse_path: str | None, run_id: str | None, concepts: tuple[str, ...], stage1: str, stage2: str,
+            aggregate: str, min_share: float, reduce: str, stage2_pool: str, with_baselines: bool) -> None:
+    """Select knowledge neurons (two-stage filtering) and store them as neuron_sets.
+
+    Stage 1 keeps the neurons whose activation drops when the concept is inpainted away (C_k); stage 2 keeps
+    those of C_k with a large GradCAM-style attribution (N_k). Thresholds: `auto` (knee of the sorted scores),
+    `abs:V`, `q:Q` (per-concept quantile) or `top:N`. Sets already in the warehouse (same run, concept,
+    method and parameters) are not written again.
+    """
+    import warehouse
+    from cli.sql import render_table
+    from queries.selection import SelectionConfig, ThresholdSpec, run_selection, store_neuron_sets
+
+    config = SelectionConfig(
+        run_id=run_id, concepts=tuple(dict.fromkeys(concepts)), stage1=ThresholdSpec.parse(stage1),
+        stage2=ThresholdSpec.parse(stage2), aggregate=aggregate, min_share=min_share, reduce=reduce,
+        stage2_pool=stage2_pool, baselines=with_baselines,
+    )
+    con = warehouse.connect(warehouse_path, read_only=True)
+    try:
+        selection = run_selection(con, config)
+    finally:
+        con.close()
+    with warehouse.Warehouse.open(warehouse_path, create=True) as wh:
+        written, present = store_neuron_sets(wh, selection.neuron_sets)
+
+    n_concepts = len(set(selection.summary.column("concept").to_pylist()))
+    click.echo(f"run {selection.run_id}: {n_concepts} concept(s); wrote {len(written)} neuron set(s)"
+               + (f", {len(present)} already stored" if present else "")
+               + f" [stage1 {stage1}, stage2 {stage2}, aggregate {aggregate}, reduce {reduce}]")
+    click.echo(render_table(summary_table(selection), max_rows=10_000), nl=False)

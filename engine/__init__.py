@@ -1,0 +1,1 @@
+"""kneuron engine: everything that touches a model (models, data, inpainting, recording, suppression)."""

@@ -1,0 +1,225 @@
+"""Read a COCO-format dataset: real MS COCO 2017 or the embedded shapes world, with the same code.
+
+Layout (both)::
+
+    root/annotations/instances_<split>.json   required (pycocotools format)
+    root/annotations/captions_<split>.json    optional (no file -> no captions)
+    root/<split>/<file_name>                  images
+
+e.g. ``CocoDataset("/data/coco", "val2017")`` or ``CocoDataset("world", "test")``.
+A *concept* is a category name. Conventions:
+
+- ``images_with`` / ``concepts_in`` count only non-crowd instances (``iscrowd == 0``);
+- ``concept_mask`` is the union of *all* the concept's instances in the image, crowd regions included,
+  since everything showing the concept must go when it is inpainted away; an image where that union
+  has no pixel raises :class:`KneuronError` (callers pick images with ``images_with`` first).
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import io
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pycocotools.coco import COCO
+
+from engine.errors import KneuronError
+
+__all__ = ["CocoDataset", "split_ident_eval", "to_rgb"]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB copy of ``image``: grayscale, palette, CMYK, 16-bit and alpha modes converted.
+
+    Alpha is dropped (the colour values are kept); 16/32-bit integer grayscale is scaled to 8 bits.
+    """
+    if image.mode == "RGB":
+        return image.copy()
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16"):
+            peak = 65535.0
+        elif image.mode == "I":
+            peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        else:  # "F": stretch to its own maximum
+            peak = max(float(array.max(initial=0)), 1.0)
+        gray = np.clip(np.rint(array / peak * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2), mode="RGB")
+    if image.mode in ("P", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+class CocoDataset:
+    """One split of a COCO-format dataset. Masks are ``bool [H, W]``; images are PIL RGB."""
+
+    def __init__(self, root: Path | str, split: str) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.instances_path = self.root / "annotations" / f"instances_{split}.json"
+        self.captions_path = self.root / "annotations" / f"captions_{split}.json"
+        self.image_dir = self.root / split
+        if not self.instances_path.is_file():
+            raise KneuronError(f"COCO instances file not found: {self.instances_path}")
+        if not self.image_dir.is_dir():
+            raise KneuronError(f"COCO image folder not found: {self.image_dir}")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                self._coco = COCO(str(self.instances_path))
+        except (ValueError, KeyError, TypeError, AssertionError, OSError) as exc:
+            raise KneuronError(f"unreadable COCO instances file {self.instances_path}: {_one_line(exc)}") from None
+        self._coco.dataset.setdefault("annotations", [])  # image-info-only files have none
+        self.categories: dict[int, str] = {
+            int(cat_id): cat["name"] for cat_id, cat in sorted(self._coco.cats.items())
+        }
+        self._ids_by_name = {name: cat_id for cat_id, name in self.categories.items()}
+        self._ids_by_folded = {name.strip().lower(): cat_id for cat_id, name in self.categories.items()}
+        self._captions: dict[int, list[str]] = self._read_captions()
+
+    def _read_captions(self) -> dict[int, list[str]]:
+        if not self.captions_path.is_file():
+            return {}
+        try:
+            payload = json.loads(self.captions_path.read_text(encoding="utf-8"))
+            rows = sorted((int(a["id"]), int(a["image_id"]), str(a["caption"])) for a in payload["annotations"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise KneuronError(f"unreadable COCO captions file {self.captions_path}: {_one_line(exc)}") from None
+        captions: dict[int, list[str]] = defaultdict(list)
+        for _, image_id, text in rows:
+            captions[image_id].append(" ".join(text.split()))
+        return dict(captions)
+
+    def __len__(self) -> int:
+        return len(self._coco.imgs)
+
+    def __repr__(self) -> str:
+        return f"CocoDataset(root={str(self.root)!r}, split={self.split!r}, images={len(self)})"
+
+    # ------------------------------------------------------------------------------------------ concepts
+
+    def category_id(self, name: str) -> int:
+        """The category id of a concept name (exact, else case-insensitive); unknown -> KneuronError."""
+        if name in self._ids_by_name:
+            return self._ids_by_name[name]
+        folded = name.strip().lower()
+        if folded in self._ids_by_folded:
+            return self._ids_by_folded[folded]
+        names = list(self.categories.values())
+        close = difflib.get_close_matches(folded, names, n=5, cutoff=0.6)
+        hint = f"close names: {', '.join(close)}" if close else f"known: {', '.join(sorted(names)[:20])}"
+        if not close and len(names) > 20:
+            hint += f", ... ({len(names)} in all)"
+        raise KneuronError(f"unknown concept {name!r} in {self.instances_path}; {hint}")
+
+    def image_ids(self) -> list[int]:
+        """All image ids of the split, ascending (images without annotations included)."""
+        return sorted(int(i) for i in self._coco.imgs)
+
+    def images_with(self, concept: str, min_area: int = 0) -> list[int]:
+        """Ascending ids of images with at least one non-crowd instance of ``concept`` whose
+        annotated ``area`` (pixels) is >= ``min_area``."""
+        cat_id = self.category_id(concept)
+        ids = {
+            int(ann["image_id"])
+            for ann in (self._coco.anns[a] for a in self._coco.getAnnIds(catIds=[cat_id]))
+            if not ann.get("iscrowd", 0) and float(ann.get("area", 0)) >= min_area
+        }
+        return sorted(ids)
+
+    def concepts_in(self, image_id: int) -> list[str]:
+        """Names of the categories with a non-crowd instance in the image, in category-id order."""
+        self._image_info(image_id)
+        cat_ids = {
+            int(self._coco.anns[a]["category_id"])
+            for a in self._coco.getAnnIds(imgIds=[image_id])
+            if not self._coco.anns[a].get("iscrowd", 0)
+        }
+        return [self.categories[c] for c in sorted(cat_ids) if c in self.categories]
+
+    def concept_mask(self, image_id: int, concept: str) -> np.ndarray:
+        """``bool [H, W]``: union of every instance (crowd too) of ``concept`` in the image.
+
+        No instance or no pixel -> KneuronError.
+        """
+        info = self._image_info(image_id)
+        cat_id = self.category_id(concept)
+        mask = np.zeros((int(info["height"]), int(info["width"])), dtype=bool)
+        for ann_id in self._coco.getAnnIds(imgIds=[image_id], catIds=[cat_id]):
+            try:
+                mask |= self._coco.annToMask(self._coco.anns[ann_id]).astype(bool)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                raise KneuronError(
+                    f"bad segmentation in annotation {ann_id} of {self.instances_path}: {_one_line(exc)}"
+                ) from None
+        if not mask.any():
+            raise KneuronError(f"empty mask: concept {concept!r} has no pixels in image {image_id} ({self.split})")
+        return mask
+
+    # ------------------------------------------------------------------------------------------ images
+
+    def _image_info(self, image_id: int) -> dict:
+        info = self._coco.imgs.get(image_id)
+        if info is None:
+            raise KneuronError(f"image id {image_id} is not in {self.instances_path}")
+        return info
+
+    def image_path(self, image_id: int) -> Path:
+        return self.image_dir / self._image_info(image_id)["file_name"]
+
+    def load_image(self, image_id: int) -> Image.Image:
+        """The image as RGB (any PIL mode converted). Missing, corrupt or wrongly sized -> KneuronError."""
+        info = self._image_info(image_id)
+        path = self.image_dir / info["file_name"]
+        if not path.is_file():
+            raise KneuronError(f"image file not found: {path}")
+        try:
+            with Image.open(path) as image:
+                image.load()
+                rgb = to_rgb(image)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise KneuronError(f"corrupt or unreadable image {path}: {_one_line(exc)}") from None
+        expected = (info.get("width"), info.get("height"))
+        if None not in expected and rgb.size != (int(expected[0]), int(expected[1])):
+            raise KneuronError(
+                f"image {path} is {rgb.width}x{rgb.height} but {self.instances_path.name} says "
+                f"{expected[0]}x{expected[1]}"
+            )
+        return rgb
+
+    def captions(self, image_id: int) -> list[str]:
+        """Captions of the image in annotation-id order, whitespace normalised; [] if none."""
+        self._image_info(image_id)
+        return list(self._captions.get(image_id, []))
+
+
+def split_ident_eval(
+    image_ids: Sequence[int], ident_fraction: float, seed: int, key: str
+) -> tuple[list[int], list[int]]:
+    """Split image ids into (identification, evaluation) lists, both ascending.
+
+    Each id gets a score ``sha256(f"{seed}:{key}:{id}")``; the ``round(ident_fraction * n)`` lowest
+    scores form the identification set. Same (ids as a set, fraction, seed, key) -> same split,
+    whatever the input order; duplicates are dropped; the two parts are disjoint and cover the input.
+    """
+    if not 0.0 <= ident_fraction <= 1.0 or math.isnan(ident_fraction):
+        raise KneuronError(f"ident_fraction must be in [0, 1], got {ident_fraction}")
+    unique = sorted({int(i) for i in image_ids})
+
+    def score(image_id: int) -> bytes:
+        return hashlib.sha256(f"{seed}:{key}:{image_id}".encode()).digest()
+
+    ranked = sorted(unique, key=lambda i: (score(i), i))
+    n_ident = int(math.floor(ident_fraction * len(unique) + 0.5))
+    return sorted(ranked[:n_ident]), sorted(ranked[n_ident:])

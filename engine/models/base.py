@@ -1,0 +1,186 @@
+"""The interface every model adapter implements (MiniGPT-4 and Hugging Face VLMs alike).
+
+An adapter owns a model, its tokenizer and its prompt, and answers what the engine needs to know: how many
+layers and FFN units there are, where the neuron site is, where the image tokens sit, how to build inputs
+(optionally with teacher-forced answer tokens appended), how to caption, and how to decode neurons.
+
+Neuron site (hook name, TransformerLens style): ``blocks.{l}.mlp.down_proj.input`` = ``SiLU(gate(x)) * up(x)``,
+shape ``[batch, pos, d_ff]``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+HOOK_SITE = "mlp.down_proj.input"
+
+
+@dataclass
+class PreparedBatch:
+    """Model-ready inputs for ``B`` images that share one prompt.
+
+    ``args``/``kwargs`` go to ``model.forward`` (teacher-forced) — or, with ``targets`` None, to the adapter's
+    generate call. ``image_positions``: ``[n_image_tokens]`` positions of the image tokens in the LLM sequence
+    (the same for every row). ``prompt_length``: tokens before the first target token. ``target_ids``:
+    ``[B, T]`` right-padded teacher-forced tokens (or None); ``target_lengths``: real length per row.
+    """
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    image_positions: torch.Tensor
+    prompt_length: int
+    batch_size: int
+    target_ids: torch.Tensor | None = None
+    target_lengths: list[int] = field(default_factory=list)
+
+    def positions(self, which: str) -> torch.Tensor:
+        """Positions P: ``"image"`` (image tokens) or ``"prompt"`` (every prompt position)."""
+        if which == "image":
+            return self.image_positions
+        if which == "prompt":
+            return torch.arange(self.prompt_length)
+        raise ValueError(f"unknown positions {which!r} (image | prompt)")
+
+
+class VLMAdapter(ABC):
+    """Uniform access to a LLaMA-family vision-language model."""
+
+    #: short model id (bundled name, folder name or hub id)
+    name: str
+    model: nn.Module
+    tokenizer: Any
+    #: generation settings used for captions (greedy by default)
+    max_new_tokens: int = 40
+
+    # ------------------------------------------------------------------ structure
+    @abstractmethod
+    def decoder_layers(self, root: Any) -> Sequence[Any]:
+        """The LLM decoder layers of ``root`` (the model itself or its nnsight Envoy)."""
+
+    def neuron_module(self, root: Any, layer: int) -> Any:
+        """The ``down_proj`` module of ``layer``; its input is the neuron activation ``O^l``."""
+        return self.decoder_layers(root)[layer].mlp.down_proj
+
+    @property
+    def language_model(self) -> nn.Module:
+        """The ``LlamaForCausalLM``-like module (has ``lm_head`` and ``model.norm``)."""
+        raise NotImplementedError
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.decoder_layers(self.model))
+
+    @property
+    def d_ff(self) -> int:
+        return int(self.neuron_module(self.model, 0).in_features)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.language_model.parameters()).dtype
+
+    @property
+    @abstractmethod
+    def n_image_tokens(self) -> int:
+        """Image tokens per image in the LLM sequence."""
+
+    @property
+    def patch_grid(self) -> tuple[int, int] | None:
+        """(rows, cols) of image tokens when they map to image regions directly, else None (Q-Former)."""
+        return None
+
+    # ------------------------------------------------------------------ inputs
+    @abstractmethod
+    def prepare(
+        self,
+        images: Sequence[Image.Image] | torch.Tensor,
+        targets: Sequence[Sequence[int]] | None = None,
+        instruction: str | None = None,
+    ) -> PreparedBatch:
+        """Build inputs for a batch of images (PIL or preprocessed ``[B, 3, H, W]``), optionally teacher-forced."""
+
+    @abstractmethod
+    def logits(self, output: Any) -> torch.Tensor:
+        """``[B, T, V]`` logits from the model's forward output."""
+
+    # ------------------------------------------------------------------ captioning
+    generate_method: str = "generate"
+
+    @abstractmethod
+    def generate_call(self, prepared: PreparedBatch, **overrides: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Positional and keyword arguments for ``getattr(model, generate_method)`` (greedy, stop tokens set)."""
+
+    @abstractmethod
+    def new_tokens(self, prepared: PreparedBatch, generated: torch.Tensor) -> torch.Tensor:
+        """The newly generated tokens ``[B, T_new]`` from what ``generate`` returned."""
+
+    @abstractmethod
+    def caption_text(self, token_ids: Sequence[int]) -> str:
+        """Decode generated tokens and apply the model's stop/post-processing rule."""
+
+    def caption_ids(self, token_ids: Sequence[int]) -> list[int]:
+        """The generated tokens up to (excluding) the first stop token."""
+        stops = set(self.stop_token_ids)
+        out: list[int] = []
+        for tok in token_ids:
+            if int(tok) in stops:
+                break
+            out.append(int(tok))
+        return out
+
+    @property
+    @abstractmethod
+    def stop_token_ids(self) -> list[int]:
+        """Token ids that end a caption (EOS and the template's stop token)."""
+
+    # ------------------------------------------------------------------ tokens
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def concept_tokens(self, word: str) -> list[int]:
+        """Sub-tokens of a concept word as it appears inside a caption (leading space where it matters)."""
+        ids = self.encode(" " + word)
+        return ids if ids else self.encode(word)
+
+    @property
+    def answer_prefix(self) -> str:
+        """Fixed answer prefix used when the concept word is not in the model's own caption."""
+        return ""
+
+    # ------------------------------------------------------------------ decoding neurons
+    def unembedding(self) -> torch.Tensor:
+        """``W_U`` ``[V, d_model]`` (the lm_head weight)."""
+        return self.language_model.lm_head.weight
+
+    def final_norm(self) -> nn.Module:
+        return self.language_model.model.norm
+
+    def down_proj_weight(self, layer: int) -> torch.Tensor:
+        """``W_down^l`` ``[d_model, d_ff]``: column ``i`` is neuron ``(l, i)``'s output vector."""
+        return self.neuron_module(self.model, layer).weight
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance for the warehouse ``runs`` table."""
+        return {"name": self.name, "n_layers": self.n_layers, "d_ff": self.d_ff,
+                "n_image_tokens": self.n_image_tokens, "hook_site": HOOK_SITE}
+
+
+def pad_targets(targets: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, list[int]]:
+    """Right-pad token lists to ``[B, T_max]`` (causal models: padding after a row cannot change its logits)."""
+    lengths = [len(t) for t in targets]
+    width = max(lengths) if lengths else 0
+    out = torch.full((len(targets), width), pad_id, dtype=torch.long)
+    for row, ids in enumerate(targets):
+        if ids:
+            out[row, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+    return out, lengths

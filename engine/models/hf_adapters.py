@@ -1,0 +1,396 @@
+"""`VLMAdapter`s for Hugging Face LLaVA, BLIP-2 and InstructBLIP models whose text model is a LLaMA.
+
+All three splice image features into the LLM sequence at the positions where ``input_ids`` holds the image
+placeholder id (``config.image_token_id``), so the adapters build ``input_ids`` themselves:
+
+- LLaVA (``LlavaForConditionalGeneration``, transformers-5 layout): ``USER: <image>\\n{instruction} ASSISTANT:``
+  with BOS first and the one ``<image>`` expanded to ``n_image_tokens`` placeholder ids (LLaVA-1.5's chat
+  format, as ``LlavaProcessor`` does it). Decoder layers: ``model.model.language_model.layers``; ``lm_head`` is
+  top level. With ``vision_feature_select_strategy="default"`` (CLS dropped) each image token is one ViT patch
+  and `patch_grid` is the patch grid; with ``"full"`` the first image token is the CLS token and it is None.
+- BLIP-2 (``Blip2ForConditionalGeneration``): ``num_query_tokens`` placeholder ids **before** BOS, then
+  ``Question: {instruction} Answer:`` (``Blip2Processor``'s convention: image tokens precede BOS).
+- InstructBLIP (``InstructBlipForConditionalGeneration``): placeholder ids before BOS, then the raw
+  instruction (LAVIS's InstructBLIP prompt); the Q-Former also reads the instruction (``qformer_input_ids``,
+  tokenized with the folder's ``qformer_tokenizer/``).
+
+BLIP-2 and InstructBLIP: decoder layers ``model.language_model.model.layers`` (the LM is a ``LlamaForCausalLM``).
+All rows of a batch share one prompt, so no padding is needed; teacher-forced targets are appended right-padded
+(causal model: padding after a row's tokens cannot change that row's logits). HF ``generate`` returns the prompt
+followed by the new tokens for all three, so `new_tokens` slices the prompt off.
+
+Images: the folder's image processor (``preprocessor_config.json``, via ``AutoImageProcessor``) when present,
+else the fallback `ImagePreprocessor`: bicubic resize to the vision tower's ``image_size`` (no crop) and CLIP
+mean/std (the normalisation LLaVA-1.5 and BLIP-2 were trained with).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from engine.errors import KneuronError
+from engine.models.base import PreparedBatch, VLMAdapter, pad_targets
+from engine.models.preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor
+from engine.models.prompts import DEFAULT_INSTRUCTION
+
+#: the image placeholder inside prompt templates (replaced by the tokenizer's image token / placeholder ids)
+IMAGE_MARKER = "<image>"
+
+LLAVA_TEMPLATE = "USER: <image>\n{instruction} ASSISTANT:"
+BLIP2_TEMPLATE = "<image>Question: {instruction} Answer:"
+INSTRUCTBLIP_TEMPLATE = "<image>{instruction}"
+
+QFORMER_TOKENIZER_DIR = "qformer_tokenizer"
+
+
+class CausalLMView(nn.Module):
+    """A ``LlamaForCausalLM``-shaped view (``.model`` with ``.norm``/``.layers``, ``.lm_head``, ``.config``) over
+    modules owned by another model. Nothing is copied; the view is not part of the adapter's traced model."""
+
+    def __init__(self, model: nn.Module, lm_head: nn.Module, config: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.lm_head = lm_head
+        self.config = config
+
+
+def encode_prompt(tokenizer: Any, template: str, instruction: str, image_token_id: int, n_image_tokens: int
+                  ) -> list[int]:
+    """Prompt token ids with ``n_image_tokens`` copies of ``image_token_id`` where the template has `IMAGE_MARKER`.
+
+    - Template starting with the image (BLIP-2 style): ``[image] * n`` + ``tokenizer(rest)`` (with BOS).
+    - Otherwise, when the tokenizer knows the image token: the whole text is tokenized at once (BOS first,
+      the image token split out as a special token) and its one image id expanded ``n`` times, exactly as the
+      HF processors expand the placeholder.
+    - Otherwise: text before the image with BOS, the text after without special tokens.
+    """
+    text = template.format(instruction=instruction)
+    before, sep, after = text.partition(IMAGE_MARKER)
+    if not sep:
+        raise ValueError(f"prompt template has no {IMAGE_MARKER}: {template!r}")
+    image = [int(image_token_id)] * n_image_tokens
+    if not before:
+        return image + list(tokenizer(after, add_special_tokens=True)["input_ids"])
+    image_token = tokenizer.convert_ids_to_tokens(int(image_token_id))
+    if image_token is not None and tokenizer.convert_tokens_to_ids(image_token) == int(image_token_id):
+        ids = list(tokenizer(before + image_token + after, add_special_tokens=True)["input_ids"])
+        if ids.count(int(image_token_id)) == 1:
+            at = ids.index(int(image_token_id))
+            return ids[:at] + image + ids[at + 1:]
+    return (list(tokenizer(before, add_special_tokens=True)["input_ids"]) + image
+            + list(tokenizer(after, add_special_tokens=False)["input_ids"]))
+
+
+class HFVLMAdapter(VLMAdapter):
+    """Shared logic of the Hugging Face adapters: prompt ids, preprocessing, teacher forcing, generation.
+
+    ``model``'s forward and generate take ``input_ids``/``attention_mask``/``pixel_values`` keyword arguments
+    (plus `extra_inputs`); the prepared batch carries them in ``kwargs`` (``args`` is empty).
+    """
+
+    family: str = ""
+    default_template: str = ""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, name: str | None = None, image_processor: Any = None,
+                 instruction: str | None = None, template: str | None = None, max_new_tokens: int = 40) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name or self.family
+        self.image_processor = image_processor
+        self.instruction = instruction or DEFAULT_INSTRUCTION
+        self.template = template or self.default_template
+        self.max_new_tokens = max_new_tokens
+        size = int(self.vision_config.image_size)
+        self.fallback_preprocessor = ImagePreprocessor(size, CLIP_MEAN, CLIP_STD)
+        self._prompts: dict[str, list[int]] = {}
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def vision_config(self) -> Any:
+        return self.config.vision_config
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.config.image_token_id)
+
+    # ------------------------------------------------------------------ tokens
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        ids = [int(self.tokenizer.eos_token_id)]
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        for tok in configured if isinstance(configured, (list, tuple)) else [configured]:
+            if tok is not None and int(tok) not in ids:
+                ids.append(int(tok))
+        return ids
+
+    def prompt_ids(self, instruction: str | None = None) -> list[int]:
+        """Token ids of the whole prompt (image placeholders included), ``[prompt_length]``."""
+        instruction = instruction or self.instruction
+        if instruction not in self._prompts:
+            self._prompts[instruction] = encode_prompt(self.tokenizer, self.template, instruction,
+                                                       self.image_token_id, self.n_image_tokens)
+        return self._prompts[instruction]
+
+    def image_positions_of(self, input_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Positions where ``input_ids == image_token_id``  ``[n_image_tokens]``."""
+        ids = torch.as_tensor(input_ids)
+        return (ids == self.image_token_id).nonzero().flatten()
+
+    # ------------------------------------------------------------------ inputs
+    def pixel_values(self, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]``: tensors pass through; PIL images go through the image processor (or the fallback)."""
+        if isinstance(images, torch.Tensor):
+            return images
+        rgb = [image.convert("RGB") for image in images]
+        if self.image_processor is not None:
+            return self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+        return self.fallback_preprocessor(rgb)
+
+    def extra_inputs(self, batch_size: int, instruction: str) -> dict[str, torch.Tensor]:
+        """Family-specific keyword inputs besides ids, mask and pixels (InstructBLIP's Q-Former text)."""
+        return {}
+
+    def prepare(
+        self,
+        images: Sequence[Image.Image] | torch.Tensor,
+        targets: Sequence[Sequence[int]] | None = None,
+        instruction: str | None = None,
+    ) -> PreparedBatch:
+        device = self.device
+        instruction = instruction or self.instruction
+        vision_dtype = self.vision_dtype
+        pixel_values = self.pixel_values(images).to(device=device, dtype=vision_dtype)
+        b = pixel_values.shape[0]
+        prompt = torch.tensor(self.prompt_ids(instruction), dtype=torch.long)
+        input_ids = prompt.unsqueeze(0).expand(b, -1)
+        target_ids, lengths = (None, [])
+        if targets is not None:
+            if len(targets) != b:
+                raise ValueError(f"{len(targets)} target rows for {b} images")
+            target_ids, lengths = pad_targets(targets, self.pad_id)
+            input_ids = torch.cat([input_ids, target_ids], dim=1)
+            target_ids = target_ids.to(device)
+        input_ids = input_ids.contiguous().to(device)
+        kwargs: dict[str, Any] = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                      pixel_values=pixel_values)
+        kwargs.update({k: v.to(device) for k, v in self.extra_inputs(b, instruction).items()})
+        return PreparedBatch(args=(), kwargs=kwargs, image_positions=self.image_positions_of(prompt),
+                             prompt_length=len(prompt), batch_size=b, target_ids=target_ids, target_lengths=lengths)
+
+    @property
+    def vision_dtype(self) -> torch.dtype:
+        return next(self.vision_tower.parameters()).dtype
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        raise NotImplementedError
+
+    def logits(self, output: Any) -> torch.Tensor:
+        return output.logits
+
+    # ------------------------------------------------------------------ captioning
+    def generate_call(self, prepared: PreparedBatch, **overrides: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        kwargs: dict[str, Any] = {k: v for k, v in prepared.kwargs.items()}
+        kwargs.update(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
+                      eos_token_id=self.stop_token_ids, pad_token_id=self.pad_id)
+        kwargs.update(overrides)
+        return (), kwargs
+
+    def new_tokens(self, prepared: PreparedBatch, generated: torch.Tensor) -> torch.Tensor:
+        return generated[:, prepared.prompt_length:]  # HF generate returns prompt + new tokens here
+
+    def caption_text(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(self.caption_ids(token_ids), skip_special_tokens=True).strip()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "family": self.family, "template": self.template}
+
+
+class LlavaAdapter(HFVLMAdapter):
+    """``LlavaForConditionalGeneration`` (transformers 5: ``model.model.language_model`` is the LlamaModel)."""
+
+    family = "llava"
+    default_template = LLAVA_TEMPLATE
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lm_view = CausalLMView(self.model.model.language_model, self.model.lm_head, self.config.text_config)
+
+    def decoder_layers(self, root: Any) -> Sequence[Any]:
+        return root.model.language_model.layers
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self._lm_view
+
+    def unembedding(self) -> torch.Tensor:
+        return self.model.lm_head.weight
+
+    def final_norm(self) -> nn.Module:
+        return self.model.model.language_model.norm
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.model.vision_tower
+
+    @property
+    def _patch_side(self) -> int:
+        return int(self.vision_config.image_size) // int(self.vision_config.patch_size)
+
+    @property
+    def n_image_tokens(self) -> int:
+        """Patches, plus the CLS token with ``vision_feature_select_strategy="full"`` (CLIP-style tower)."""
+        extra = 1 if self.config.vision_feature_select_strategy == "full" else 0
+        return self._patch_side ** 2 + extra
+
+    @property
+    def patch_grid(self) -> tuple[int, int] | None:
+        if self.config.vision_feature_select_strategy != "default":
+            return None
+        return self._patch_side, self._patch_side
+
+
+class Blip2Adapter(HFVLMAdapter):
+    """``Blip2ForConditionalGeneration`` with a LLaMA language model (``model.language_model`` is a
+    ``LlamaForCausalLM``)."""
+
+    family = "blip-2"
+    default_template = BLIP2_TEMPLATE
+
+    def decoder_layers(self, root: Any) -> Sequence[Any]:
+        return root.language_model.model.layers
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.model.language_model
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.model.vision_model
+
+    @property
+    def n_image_tokens(self) -> int:
+        return int(self.config.num_query_tokens)
+
+
+class InstructBlipAdapter(Blip2Adapter):
+    """``InstructBlipForConditionalGeneration``: BLIP-2 plus the instruction fed to the Q-Former."""
+
+    family = "instructblip"
+    default_template = INSTRUCTBLIP_TEMPLATE
+
+    def __init__(self, model: nn.Module, tokenizer: Any, name: str | None = None, image_processor: Any = None,
+                 instruction: str | None = None, template: str | None = None, max_new_tokens: int = 40,
+                 qformer_tokenizer: Any = None) -> None:
+        if qformer_tokenizer is None:
+            raise ValueError("InstructBLIP needs the Q-Former tokenizer")
+        super().__init__(model, tokenizer, name, image_processor, instruction, template, max_new_tokens)
+        self.qformer_tokenizer = qformer_tokenizer
+
+    def extra_inputs(self, batch_size: int, instruction: str) -> dict[str, torch.Tensor]:
+        ids = torch.tensor(self.qformer_tokenizer(instruction, add_special_tokens=True)["input_ids"],
+                           dtype=torch.long).unsqueeze(0).expand(batch_size, -1).contiguous()
+        return {"qformer_input_ids": ids, "qformer_attention_mask": torch.ones_like(ids)}
+
+
+ADAPTERS: dict[str, type[HFVLMAdapter]] = {"llava": LlavaAdapter, "blip-2": Blip2Adapter,
+                                            "instructblip": InstructBlipAdapter}
+#: text model type each family defaults to when config.json has no text_config
+DEFAULT_TEXT_TYPE = {"llava": "llama", "blip-2": "opt", "instructblip": "opt"}
+
+
+def _model_class(model_type: str) -> type:
+    from transformers import (Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration,
+                              LlavaForConditionalGeneration)
+
+    return {"llava": LlavaForConditionalGeneration, "blip-2": Blip2ForConditionalGeneration,
+            "instructblip": InstructBlipForConditionalGeneration}[model_type]
+
+
+def read_hf_config(folder: Path) -> dict[str, Any]:
+    """``config.json`` checked for a supported family with a LLaMA text model (else `KneuronError`)."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KneuronError(f"unreadable model config {path}: {str(exc).splitlines()[0]}") from None
+    model_type = config.get("model_type")
+    if model_type not in ADAPTERS:
+        raise KneuronError(f"unsupported model_type {model_type!r} in {path} "
+                           f"(supported: {', '.join(ADAPTERS)} with a LLaMA text model)")
+    text_type = (config.get("text_config") or {}).get("model_type", DEFAULT_TEXT_TYPE[model_type])
+    if text_type != "llama":
+        raise KneuronError(f"text model {text_type!r} in {path} is not LLaMA "
+                           f"(kneuron reads LLaMA MLP neurons: mlp.down_proj input)")
+    if model_type != "llava" and config.get("image_token_index") is None:
+        raise KneuronError(f"{path} has no image_token_index (needed to place the image tokens in the prompt)")
+    return config
+
+
+def _load_tokenizer(path: Path, what: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise KneuronError(f"cannot load the {what} from {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _load_image_processor(folder: Path) -> Any:
+    if not (folder / "preprocessor_config.json").is_file() and not (folder / "processor_config.json").is_file():
+        return None
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise KneuronError(f"cannot load the image processor from {folder}: {str(exc).splitlines()[0]}") from None
+
+
+def load_hf_vlm(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                name: str | None = None, **adapter_options: Any) -> HFVLMAdapter:
+    """Load a local Hugging Face LLaVA / BLIP-2 / InstructBLIP folder (LLaMA text model) as a frozen, eval-mode
+    adapter. ``dtype`` None keeps the checkpoint's dtype. ``adapter_options``: ``instruction``, ``template``,
+    ``max_new_tokens``."""
+    folder = Path(folder)
+    config = read_hf_config(folder)
+    model_type = config["model_type"]
+    tokenizer = _load_tokenizer(folder, "tokenizer")
+    extra: dict[str, Any] = {}
+    if model_type == "instructblip":
+        qdir = folder / QFORMER_TOKENIZER_DIR
+        if not qdir.is_dir():
+            raise KneuronError(f"InstructBLIP folder has no {QFORMER_TOKENIZER_DIR}/ (the Q-Former tokenizer): "
+                               f"{folder}")
+        extra["qformer_tokenizer"] = _load_tokenizer(qdir, "Q-Former tokenizer")
+    image_processor = _load_image_processor(folder)
+    try:
+        model = _model_class(model_type).from_pretrained(folder, dtype=dtype if dtype is not None else "auto",
+                                                         local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise KneuronError(f"cannot load {model_type} weights from {folder}: {str(exc).splitlines()[0]}") from None
+    model.to(device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return ADAPTERS[model_type](model, tokenizer, name=name or folder.name, image_processor=image_processor,
+                                **extra, **adapter_options)
+
+
+__all__ = ["ADAPTERS", "Blip2Adapter", "CausalLMView", "HFVLMAdapter", "InstructBlipAdapter", "LlavaAdapter",
+           "encode_prompt", "load_hf_vlm", "read_hf_config"]

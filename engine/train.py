@@ -1,0 +1,140 @@
+"""Train a tiny MiniGPT-4 (either variant) on a COCO-format captions dataset (the embedded shapes world).
+
+Everything is trained from scratch (the model is tiny); the objective is the official one: next-token
+cross-entropy on the answer tokens only, with the answer followed by the template's stop token (``###`` for
+Vicuna-v0, ``</s>`` for LLaMA-2). Deterministic for a seed on a given machine (one RNG, fixed thread count).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.data.coco import CocoDataset
+from engine.models.minigpt4 import MiniGPT4
+from engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec, save_minigpt4
+from engine.models.preprocess import ImagePreprocessor
+from engine.models.prompts import DEFAULT_INSTRUCTION, get_template
+from engine.models.tiny import tiny_config
+from engine.models.tokenizer import build_word_tokenizer
+
+TEMPLATE_OF_VARIANT = {"qformer": "vicuna0_train", "patch": "llama2"}
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a tiny model trained on a world (defaults: the bundled models)."""
+
+    variant: str = "qformer"
+    split: str = "train"
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 48
+    lr: float = 2e-3
+    min_lr: float = 5e-5
+    warmup_steps: int = 150
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    threads: int = 2
+    device: str = "cpu"
+    vision_width: int = 96
+    vision_layers: int = 3
+    qformer_width: int = 96
+    num_query_tokens: int = 8
+    d_model: int = 128
+    d_ff: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    patch_size: int = 8
+    instruction: str = DEFAULT_INSTRUCTION
+    answer_prefix: str = "a"
+    max_new_tokens: int = 32
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to ``min_lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def answer_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor, prompt_length: int
+                ) -> torch.Tensor:
+    """Mean cross-entropy of ``targets [B, T]`` given ``logits [B, prompt+T, V]`` (padding masked)."""
+    t = targets.shape[1]
+    pred = logits[:, prompt_length - 1: prompt_length - 1 + t]  # position p predicts token p+1
+    mask = torch.arange(t, device=targets.device).unsqueeze(0) < lengths.unsqueeze(1)
+    return torch.nn.functional.cross_entropy(pred[mask], targets[mask])
+
+
+def train_tiny_minigpt4(world_dir: Path, out_dir: Path, cfg: TrainConfig,
+                        log: Callable[[str], None] = print) -> MiniGPT4Adapter:
+    """Train and save a tiny MiniGPT-4 on ``world_dir``'s ``cfg.split``; returns the trained adapter."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    data = CocoDataset(world_dir, cfg.split)
+    image_ids = data.image_ids()
+    captions = [data.captions(i) for i in image_ids]
+    template = get_template(TEMPLATE_OF_VARIANT[cfg.variant])
+    tokenizer = build_word_tokenizer([c for caps in captions for c in caps] + [template.text, cfg.instruction])
+    image_size = data.load_image(image_ids[0]).size[0]
+    arch = tiny_config(cfg.variant, vocab_size=len(tokenizer), image_size=image_size, patch_size=cfg.patch_size,
+                       vision_width=cfg.vision_width, vision_layers=cfg.vision_layers,
+                       qformer_width=cfg.qformer_width, num_query_tokens=cfg.num_query_tokens,
+                       d_model=cfg.d_model, d_ff=cfg.d_ff, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id)
+    spec = ModelSpec(architecture=arch, template=template.name, instruction=cfg.instruction,
+                     answer_prefix=cfg.answer_prefix, max_new_tokens=cfg.max_new_tokens,
+                     extra={"trained_on": str(Path(world_dir).name), "train_config": asdict(cfg)})
+    model = MiniGPT4(arch).to(cfg.device)
+    adapter = MiniGPT4Adapter(model, tokenizer, spec, name=f"tiny-shapes-{cfg.variant}")
+    end_id = adapter.encode(template.stop_strings[0])
+    assert len(end_id) == 1, "the stop string must be one token"
+
+    preprocess = ImagePreprocessor(image_size)
+    pixels = torch.cat([preprocess([data.load_image(i)]) for i in image_ids]).to(cfg.device)  # [N, 3, H, W]
+    encoded = [[adapter.encode(c) + end_id for c in caps] for caps in captions]
+    before, after = (ids.to(cfg.device) for ids in adapter.prompt_segments())
+    prompt_length = len(before) + adapter.n_image_tokens + len(after)
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embed" in n]
+    optim = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    model.train()
+    started, running = time.time(), 0.0
+    for step in range(cfg.steps):
+        rows = rng.integers(0, len(image_ids), cfg.batch_size)
+        picks = [encoded[r][rng.integers(0, len(encoded[r]))] for r in rows]
+        lengths = torch.tensor([len(p) for p in picks])
+        targets = torch.full((len(picks), int(lengths.max())), adapter.pad_id, dtype=torch.long)
+        for j, p in enumerate(picks):
+            targets[j, : len(p)] = torch.tensor(p)
+        for group in optim.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        logits = model(pixels[torch.from_numpy(rows).to(cfg.device)], before, after, targets.to(cfg.device)).logits
+        loss = answer_loss(logits, targets.to(cfg.device), lengths.to(cfg.device), prompt_length)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optim.step()
+        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        if step % 100 == 0 or step == cfg.steps - 1:
+            log(f"step {step:5d}  loss {running:.4f}  lr {lr_at(step, cfg):.2e}  {time.time() - started:6.1f}s")
+    model.eval().cpu()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    save_minigpt4(model, tokenizer, spec, out_dir)
+    (Path(out_dir) / "train_log.json").write_text(json.dumps(
+        {"final_loss": round(running, 4), "seconds": round(time.time() - started, 1), "config": asdict(cfg)},
+        indent=2, sort_keys=True) + "\n")
+    return adapter

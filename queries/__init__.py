@@ -1,0 +1,88 @@
+"""The SQL of kneuron: one ``.sql`` file per query in this folder, loaded by name and run with bound parameters.
+
+Parameters are DuckDB named parameters (``$name``). Values are always bound, never formatted into the SQL
+text, so a concept called ``it's`` is just a value. ``run`` binds only the parameters that the query uses,
+so one parameter dict can feed several queries.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import duckdb
+import pyarrow as pa
+
+from engine.errors import KneuronError
+
+QUERY_DIR = Path(__file__).resolve().parent
+
+# Comments and quoted text, removed before looking for `$name` so that `$x` inside them is not a parameter.
+_NOT_CODE = re.compile(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"", re.DOTALL)
+_PARAMETER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def names() -> list[str]:
+    """Names of the bundled queries (file stems), sorted."""
+    return sorted(path.stem for path in QUERY_DIR.glob("*.sql"))
+
+
+@lru_cache(maxsize=None)
+def load(name: str) -> str:
+    """The text of ``queries/<name>.sql``; `KneuronError` when there is no such query."""
+    path = QUERY_DIR / f"{name}.sql"
+    if not path.is_file():
+        raise KneuronError(f"unknown query {name!r} (no file {path}); known: {', '.join(names())}")
+    return path.read_text(encoding="utf-8")
+
+
+def parameters(sql: str) -> list[str]:
+    """The named parameters (``$name``) that ``sql`` uses, in order of first use, without duplicates."""
+    code = _NOT_CODE.sub(" ", sql)
+    return list(dict.fromkeys(_PARAMETER.findall(code)))
+
+
+def bind(sql: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The subset of ``params`` that ``sql`` uses; `KneuronError` naming any parameter that is missing."""
+    wanted = parameters(sql)
+    missing = [name for name in wanted if name not in params]
+    if missing:
+        raise KneuronError(f"query parameters not given: {', '.join('$' + n for n in missing)}")
+    return {name: params[name] for name in wanted}
+
+
+def execute(con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+    """Run ``sql`` on ``con`` with ``params`` bound by name; the result (of the last statement) as Arrow.
+
+    A statement without a result (``SET``, ``CREATE``) gives an empty table.
+
+    A DuckDB error becomes `KneuronError("SQL error: <first line of DuckDB's message>")`.
+    """
+    bound = bind(sql, params or {})
+    try:
+        statements = con.extract_statements(sql)
+        relation = con.sql(sql, params=bound or None)
+        if relation is None or not statements or not _returns_rows(statements[-1]):
+            return pa.table({})
+        return relation.to_arrow_table()
+    except duckdb.Error as exc:
+        raise KneuronError(f"SQL error: {first_line(exc)}") from exc
+
+
+def _returns_rows(statement: duckdb.Statement) -> bool:
+    """Whether a statement is a query (SELECT, PRAGMA, EXPLAIN, ...) rather than DDL / SET / INSERT."""
+    return list(statement.expected_result_type) == [duckdb.ExpectedResultType.QUERY_RESULT]
+
+
+def run(con: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+    """Run the bundled query ``name`` (``queries/<name>.sql``) with ``params`` bound by name."""
+    return execute(con, load(name), params)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (DuckDB messages run over several lines)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

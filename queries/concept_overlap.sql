@@ -1,0 +1,40 @@
+-- concept_overlap.sql: pairwise overlap of the current neuron sets of two concepts (same run, same method).
+--
+-- Parameters (NULL = no filter): $run_id VARCHAR, $method VARCHAR (use one method, e.g. 'two_stage', to
+-- compare like with like; with NULL every method is paired within itself).
+-- The current set of a (run, concept, method) is its most recent one (created_at, then set_id).
+-- Columns: run_id, method, concept_a, concept_b (concept_a < concept_b), n_a = |A|, n_b = |B|,
+--   n_shared = |A ∩ B| (same (layer, unit)), jaccard = |A ∩ B| / |A ∪ B|. Every pair of non-empty sets appears,
+--   also with n_shared = 0.
+WITH current_ids AS (
+    SELECT set_id
+    FROM neuron_sets
+    WHERE ($run_id IS NULL OR run_id = $run_id) AND ($method IS NULL OR method = $method)
+    GROUP BY set_id, run_id, concept, method
+    QUALIFY row_number() OVER (PARTITION BY run_id, concept, method
+                               ORDER BY max(created_at) DESC, set_id DESC) = 1
+),
+members AS (
+    SELECT DISTINCT run_id, method, concept, layer, unit
+    FROM neuron_sets
+    WHERE set_id IN (SELECT set_id FROM current_ids)
+),
+sizes AS (
+    SELECT run_id, method, concept, count(*) AS n FROM members GROUP BY run_id, method, concept
+),
+shared AS (
+    SELECT a.run_id, a.method, a.concept AS concept_a, b.concept AS concept_b, count(*) AS n_shared
+    FROM members AS a
+    JOIN members AS b
+      ON a.run_id = b.run_id AND a.method = b.method AND a.layer = b.layer AND a.unit = b.unit
+     AND a.concept < b.concept
+    GROUP BY a.run_id, a.method, a.concept, b.concept
+)
+SELECT sa.run_id, sa.method, sa.concept AS concept_a, sb.concept AS concept_b, sa.n AS n_a, sb.n AS n_b,
+       COALESCE(sh.n_shared, 0) AS n_shared,
+       COALESCE(sh.n_shared, 0) / (sa.n + sb.n - COALESCE(sh.n_shared, 0)) AS jaccard
+FROM sizes AS sa
+JOIN sizes AS sb ON sa.run_id = sb.run_id AND sa.method = sb.method AND sa.concept < sb.concept
+LEFT JOIN shared AS sh
+  ON sh.run_id = sa.run_id AND sh.method = sa.method AND sh.concept_a = sa.concept AND sh.concept_b = sb.concept
+ORDER BY sa.run_id, sa.method, jaccard DESC, concept_a, concept_b

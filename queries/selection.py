@@ -1,0 +1,328 @@
+"""Two-stage knowledge-neuron selection and its single-stage baselines, run in DuckDB.
+
+The definitions live in ``queries/two_stage.sql`` (header comment); this module only turns a
+`SelectionConfig` into bound parameters, runs the query once for the two-stage sets and once per baseline,
+shapes the result as ``neuron_sets`` rows and (`store_neuron_sets`) writes them to the warehouse:
+
+    set_id VARCHAR, run_id VARCHAR, concept VARCHAR, method VARCHAR, params_json VARCHAR,
+    layer SMALLINT, unit SMALLINT, score FLOAT, created_at TIMESTAMP WITH TIME ZONE (UTC)
+
+(the warehouse's schema, `warehouse.schema.TABLES["neuron_sets"]`). ``score`` is the stage-2 aggregated
+score for ``two_stage`` and ``stage2_only`` sets and the stage-1 score for ``stage1_only``.
+
+``set_id`` is the first 16 hex digits of the SHA-256 of (run, concept, method, params) with sorted keys, so
+the same selection of the same run always gets the same id. ``params_json`` holds those params plus a
+``resolved`` object (thresholds actually applied, number of images, |C_k|, |N_k|), which does not enter the id.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+
+import queries
+from engine.errors import KneuronError
+from warehouse.schema import TABLES
+from warehouse.store import Warehouse
+
+THRESHOLD_KINDS = ("absolute", "quantile", "budget", "auto", "none")
+AGGREGATIONS = ("mean", "share")
+REDUCTIONS = ("max", "mean")
+STAGE2_POOLS = ("candidates", "all")
+METHODS = ("two_stage", "stage1_only", "stage2_only")
+
+NEURON_SETS_SCHEMA: pa.Schema = TABLES["neuron_sets"].schema
+
+SUMMARY_SCHEMA = pa.schema(
+    [
+        ("concept", pa.string()),
+        ("method", pa.string()),
+        ("set_id", pa.string()),
+        ("n_images", pa.int64()),
+        ("n_neurons", pa.int64()),
+        ("n_candidates", pa.int64()),
+        ("n_selected", pa.int64()),
+        ("threshold_a", pa.float64()),
+        ("threshold_g", pa.float64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ThresholdSpec:
+    """How one stage thresholds its aggregated scores (see ``two_stage.sql`` for the exact rules).
+
+    kind: ``absolute`` (value = the threshold), ``quantile`` (value = q in [0, 1], per concept),
+    ``budget`` (value = n, the top n per concept), ``auto`` (triangle/knee rule, no value) or ``none``.
+    per_concept: (concept, value) pairs that replace ``value`` for those concepts (the paper's
+    hand-set threshold_a^k / threshold_g^k).
+    """
+
+    kind: str = "auto"
+    value: float | None = None
+    per_concept: tuple[tuple[str, float], ...] | Mapping[str, float] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.per_concept, Mapping):
+            object.__setattr__(self, "per_concept", tuple(sorted(self.per_concept.items())))
+        if self.kind not in THRESHOLD_KINDS:
+            raise KneuronError(f"unknown threshold kind {self.kind!r}; expected one of {', '.join(THRESHOLD_KINDS)}")
+        values = [self.value] + [v for _, v in self.per_concept]
+        if self.kind in ("auto", "none"):
+            if self.value is not None or self.per_concept:
+                raise KneuronError(f"threshold kind {self.kind!r} takes no value (got {self.value!r})")
+            return
+        if self.value is None and not self.per_concept:
+            raise KneuronError(f"threshold kind {self.kind!r} needs a value")
+        for value in values:
+            if value is None:
+                continue
+            if not math.isfinite(value):
+                raise KneuronError(f"threshold value must be finite, got {value!r}")
+            if self.kind == "quantile" and not 0.0 <= value <= 1.0:
+                raise KneuronError(f"quantile threshold must lie in [0, 1], got {value!r}")
+            if self.kind == "budget" and (value < 0 or value != int(value)):
+                raise KneuronError(f"budget threshold must be a whole number >= 0, got {value!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> "ThresholdSpec":
+        """Parse the CLI form: ``auto``, ``none``, ``abs:V``, ``q:Q`` or ``top:N``."""
+        text = text.strip()
+        if text in ("auto", "none"):
+            return cls(text)
+        prefix, _, number = text.partition(":")
+        kinds = {"abs": "absolute", "absolute": "absolute", "q": "quantile", "quantile": "quantile",
+                 "top": "budget", "budget": "budget"}
+        if prefix not in kinds or not number:
+            raise KneuronError(f"bad threshold {text!r}; expected auto, abs:V, q:Q or top:N")
+        try:
+            value = float(number)
+        except ValueError:
+            raise KneuronError(f"bad threshold {text!r}: {number!r} is not a number") from None
+        return cls(kinds[prefix], value)
+
+    def value_for(self, concept: str) -> float | None:
+        """The value that applies to ``concept`` (its per-concept override, else ``value``)."""
+        return dict(self.per_concept).get(concept, self.value)
+
+    def describe(self, concept: str) -> dict[str, Any]:
+        """JSON-ready description for ``concept``: {"kind", "value"} (value omitted for auto/none)."""
+        value = self.value_for(concept)
+        if self.kind in ("auto", "none"):
+            return {"kind": self.kind}
+        if value is None:
+            return {"kind": self.kind, "value": None}
+        return {"kind": self.kind, "value": int(value) if self.kind == "budget" else float(value)}
+
+    def bind(self, prefix: str) -> dict[str, Any]:
+        """Query parameters ``{prefix}_kind``, ``{prefix}_value``, ``{prefix}_concepts``, ``{prefix}_values``."""
+        return {
+            f"{prefix}_kind": self.kind,
+            f"{prefix}_value": None if self.value is None else float(self.value),
+            f"{prefix}_concepts": [c for c, _ in self.per_concept],
+            f"{prefix}_values": [float(v) for _, v in self.per_concept],
+        }
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """One selection. The defaults are the defaults of ``kneuron select``.
+
+    Defaults: per-image values max over positions (d_max, g_max), mean over images, stage 1 and stage 2 both
+    by the triangle/knee rule on the positive mean scores, stage 2 over the candidates C_k. On a tiny model
+    (4 layers x 256-512 units) this keeps the steep head of each sorted curve: a few dozen neurons per concept.
+    """
+
+    run_id: str | None = None  # None: the latest run
+    concepts: tuple[str, ...] = ()  # empty: every concept of the run
+    stage1: ThresholdSpec = field(default_factory=lambda: ThresholdSpec("auto"))
+    stage2: ThresholdSpec = field(default_factory=lambda: ThresholdSpec("auto"))
+    aggregate: str = "mean"
+    min_share: float = 0.5
+    reduce: str = "max"
+    stage2_pool: str = "candidates"
+    baselines: bool = True  # also stage1_only(|N_k|) and stage2_only(|N_k|)
+
+    def __post_init__(self) -> None:
+        if self.aggregate not in AGGREGATIONS:
+            raise KneuronError(f"unknown aggregation {self.aggregate!r}; expected one of {', '.join(AGGREGATIONS)}")
+        if self.reduce not in REDUCTIONS:
+            raise KneuronError(f"unknown reduction {self.reduce!r}; expected one of {', '.join(REDUCTIONS)}")
+        if self.stage2_pool not in STAGE2_POOLS:
+            raise KneuronError(f"unknown stage-2 pool {self.stage2_pool!r}; expected one of {', '.join(STAGE2_POOLS)}")
+        if not 0.0 <= self.min_share <= 1.0:
+            raise KneuronError(f"min_share must lie in [0, 1], got {self.min_share!r}")
+
+    def common_params(self) -> dict[str, Any]:
+        """Parameters every method shares (JSON-ready)."""
+        params: dict[str, Any] = {"aggregate": self.aggregate, "reduce": self.reduce}
+        if self.aggregate == "share":
+            params["min_share"] = self.min_share
+        return params
+
+
+@dataclass
+class Selection:
+    """What one `run_selection` produced: the ``neuron_sets`` rows and one summary row per (concept, method)."""
+
+    run_id: str
+    neuron_sets: pa.Table  # NEURON_SETS_SCHEMA
+    summary: pa.Table  # SUMMARY_SCHEMA
+
+
+def set_id_of(run_id: str, concept: str, method: str, params: Mapping[str, Any]) -> str:
+    """Deterministic id of a neuron set: 16 hex digits of SHA-256 over the sorted-key JSON of its identity."""
+    identity = json.dumps({"run_id": run_id, "concept": concept, "method": method, "params": params},
+                          sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
+
+
+def latest_run(con: duckdb.DuckDBPyConnection) -> str:
+    """The id of the most recent run in the warehouse; `KneuronError` when there is none."""
+    table = queries.run(con, "latest_run", {})
+    if table.num_rows == 0:
+        raise KneuronError("the warehouse has no runs: ingest one first (kneuron ingest)")
+    return table.column("run_id")[0].as_py()
+
+
+def query_params(config: SelectionConfig, run_id: str, concepts: list[str] | tuple[str, ...],
+                 stage1: ThresholdSpec, stage2: ThresholdSpec) -> dict[str, Any]:
+    """The bound parameters of ``two_stage.sql``."""
+    return {
+        "run_id": run_id,
+        "concepts": list(concepts),
+        "reduce": config.reduce,
+        "aggregate": config.aggregate,
+        "min_share": float(config.min_share),
+        "g_pool": config.stage2_pool,
+        **stage1.bind("a"),
+        **stage2.bind("g"),
+    }
+
+
+def run_selection(con: duckdb.DuckDBPyConnection, config: SelectionConfig = SelectionConfig()) -> Selection:
+    """Two-stage selection (and, if ``config.baselines``, the single-stage baselines at |N_k|) in DuckDB.
+
+    ``con`` must expose the views ``neuron_stats``, ``samples``, ``splits`` (and ``runs`` when ``config.run_id``
+    is None), as `warehouse.connect` gives. Raises `KneuronError` for an unknown run or concept.
+    """
+    run_id = config.run_id if config.run_id is not None else latest_run(con)
+    created_at = dt.datetime.now(dt.timezone.utc)
+    rows = queries.run(con, "two_stage", query_params(config, run_id, config.concepts, config.stage1, config.stage2))
+    _check_concepts(run_id, config.concepts, rows)
+    if rows.num_rows == 0:
+        raise KneuronError(f"no neuron_stats of ok images in run {run_id!r}")
+
+    tables: list[pa.Table] = []
+    summaries: list[dict[str, Any]] = []
+    two_stage_ids: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    for concept, group in _by_concept(rows):
+        params = {**config.common_params(), "stage1": config.stage1.describe(concept),
+                  "stage2": config.stage2.describe(concept), "stage2_pool": config.stage2_pool}
+        set_id = set_id_of(run_id, concept, "two_stage", params)
+        two_stage_ids[concept] = set_id
+        sizes[concept] = group["n_selected"]
+        tables.append(_set_rows(run_id, concept, "two_stage", set_id, params, group, created_at))
+        summaries.append(_summary_row(concept, "two_stage", set_id, group))
+
+    if config.baselines:
+        budgets = {concept: n for concept, n in sizes.items() if n > 0}
+        for method in ("stage1_only", "stage2_only"):
+            if not budgets:
+                break
+            budget = ThresholdSpec("budget", 0.0, tuple(budgets.items()))
+            stage1, stage2 = (budget, ThresholdSpec("none")) if method == "stage1_only" else (ThresholdSpec("none"), budget)
+            base = queries.run(con, "two_stage",
+                               query_params(config, run_id, sorted(budgets), stage1, stage2))
+            for concept, group in _by_concept(base):
+                params = {**config.common_params(), "budget": budgets[concept],
+                          "budget_of": two_stage_ids[concept]}
+                set_id = set_id_of(run_id, concept, method, params)
+                tables.append(_set_rows(run_id, concept, method, set_id, params, group, created_at))
+                summaries.append(_summary_row(concept, method, set_id, group))
+
+    neuron_sets = pa.concat_tables(tables) if tables else NEURON_SETS_SCHEMA.empty_table()
+    summary = pa.Table.from_pylist(summaries, schema=SUMMARY_SCHEMA)
+    return Selection(run_id=run_id, neuron_sets=neuron_sets, summary=summary)
+
+
+def select_neurons(con: duckdb.DuckDBPyConnection, config: SelectionConfig = SelectionConfig()) -> pa.Table:
+    """The ``neuron_sets`` rows of `run_selection` (two-stage sets, then baselines), NEURON_SETS_SCHEMA."""
+    return run_selection(con, config).neuron_sets
+
+
+def _check_concepts(run_id: str, wanted: tuple[str, ...], rows: pa.Table) -> None:
+    found = set(rows.column("concept").to_pylist())
+    missing = [c for c in wanted if c not in found]
+    if missing:
+        raise KneuronError(f"unknown concept(s) or no ok images in run {run_id!r}: "
+                           f"{', '.join(repr(c) for c in missing)}")
+
+
+def _by_concept(rows: pa.Table) -> list[tuple[str, dict[str, Any]]]:
+    """Split the query result by concept: summary fields plus the columns of the selected neurons."""
+    data = rows.to_pydict()
+    out: dict[str, dict[str, Any]] = {}
+    for i, concept in enumerate(data["concept"]):
+        group = out.get(concept)
+        if group is None:
+            group = {key: data[key][i] for key in
+                     ("n_images", "n_neurons", "n_candidates", "n_selected", "threshold_a", "threshold_g")}
+            group.update(layer=[], unit=[], score=[])
+            out[concept] = group
+        if data["layer"][i] is not None:
+            for key in ("layer", "unit", "score"):
+                group[key].append(data[key][i])
+    return sorted(out.items())
+
+
+def _set_rows(run_id: str, concept: str, method: str, set_id: str, params: dict[str, Any],
+              group: dict[str, Any], created_at: dt.datetime) -> pa.Table:
+    resolved = {key: group[key] for key in ("n_images", "n_candidates", "n_selected", "threshold_a", "threshold_g")}
+    params_json = json.dumps({**params, "resolved": resolved}, sort_keys=True, separators=(",", ":"))
+    n = len(group["layer"])
+    return pa.table(
+        {
+            "set_id": [set_id] * n,
+            "run_id": [run_id] * n,
+            "concept": [concept] * n,
+            "method": [method] * n,
+            "params_json": [params_json] * n,
+            "layer": group["layer"],
+            "unit": group["unit"],
+            "score": group["score"],
+            "created_at": [created_at] * n,
+        },
+        schema=NEURON_SETS_SCHEMA,
+    )
+
+
+def _summary_row(concept: str, method: str, set_id: str, group: dict[str, Any]) -> dict[str, Any]:
+    return {"concept": concept, "method": method, "set_id": set_id,
+            **{key: group[key] for key in ("n_images", "n_neurons", "n_candidates", "n_selected",
+                                           "threshold_a", "threshold_g")}}
+
+
+def store_neuron_sets(warehouse: Warehouse, neuron_sets: pa.Table) -> tuple[list[str], list[str]]:
+    """Write the sets of ``neuron_sets`` that the warehouse does not hold yet, in one atomic batch.
+
+    warehouse: an open writer (``Warehouse.open(path, create=True)``). A set whose set_id is already
+    committed is the same selection of the same run (ids are deterministic) and is left as it is.
+    Returns (written set ids, already present set ids), each sorted.
+    """
+    present = {key[0] for entry in warehouse.committed_files("neuron_sets") for key in entry.keys}
+    ids = sorted(set(neuron_sets.column("set_id").to_pylist()))
+    new = [set_id for set_id in ids if set_id not in present]
+    if new:
+        mask = pa.compute.is_in(neuron_sets.column("set_id"), value_set=pa.array(new, pa.string()))
+        with warehouse.batch() as batch:
+            batch.add("neuron_sets", neuron_sets.filter(mask))
+    return new, [set_id for set_id in ids if set_id in present]

@@ -1,0 +1,101 @@
+"""DuckDB over the warehouse: an in-memory connection with one view per table over the committed files.
+
+    con = connect("kneuron-warehouse")
+    con.sql("SELECT concept, count(*) FROM samples GROUP BY concept")
+
+Views: ``runs``, ``splits``, ``samples``, ``neuron_stats`` (plus ``d_mean = o_mean - i_mean`` as FLOAT),
+``token_stats``, ``neuron_sets``, ``captions``, ``scores``, ``evals``. Each lists the committed Parquet files
+explicitly, so files of uncommitted batches are never read; a table with no files still has a view with the
+right columns and types (float16 columns read as FLOAT). The set of files is fixed when the connection is made:
+connect again to see batches committed later. ``group`` is a column of ``captions`` and ``scores`` and an SQL
+keyword: write it as ``"group"``.
+
+read_only=True (the default) means user SQL on the connection can read the views and nothing else on disk:
+DuckDB's external access is switched off (it cannot be switched back on in that connection) with exactly the
+committed files allowed, plus a private spill directory for large sorts/joins. ``COPY ... TO``, ``ATTACH``,
+``read_csv('/any/file')``, ``INSTALL`` and changing those settings all fail. One gap remains inside DuckDB:
+``COPY ... TO '<exact path of a committed file>' (USE_TMP_FILE false)`` is allowed by DuckDB's path list; the
+writer makes committed files read-only (mode 0444), which stops that for every user except root.
+read_only=False gives a plain in-memory DuckDB connection with the same views, for users who want to
+``COPY`` results out or read other files next to the warehouse.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+import duckdb
+
+from warehouse.schema import TABLES, VIEW_EXTRA_COLUMNS, TableSpec, duckdb_type, spec_of
+from warehouse.store import Warehouse
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def view_sql(spec: TableSpec, files: list[str]) -> str:
+    """``CREATE VIEW`` of ``spec`` over ``files`` (absolute paths), or over no rows when there are none.
+
+    The files are read with hive partitioning (so DuckDB prunes files by run/concept) without type guessing
+    (partition values stay VARCHAR); the stored columns hold the same values, so the view is exact either way.
+    """
+    columns = ", ".join(_identifier(name) for name in spec.columns)
+    extras = "".join(
+        f", CAST({expression} AS {type_}) AS {_identifier(name)}"
+        for name, (expression, type_) in VIEW_EXTRA_COLUMNS.get(spec.name, {}).items()
+    )
+    if files:
+        file_list = "[" + ", ".join(_literal(path) for path in files) + "]"
+        source = f"read_parquet({file_list}, hive_partitioning = true, hive_types_autocast = false)"
+    else:
+        typed_nulls = ", ".join(
+            f"CAST(NULL AS {duckdb_type(f.type)}) AS {_identifier(f.name)}" for f in spec.schema
+        )
+        source = f"(SELECT {typed_nulls} WHERE false)"
+    return f"CREATE OR REPLACE VIEW {_identifier(spec.name)} AS SELECT {columns}{extras} FROM {source}"
+
+
+def table_paths(root: str | os.PathLike[str] | Warehouse, table: str) -> list[str]:
+    """Absolute paths of the committed Parquet files of ``table`` (in commit order), for raw access."""
+    spec_of(table)
+    warehouse = root if isinstance(root, Warehouse) else Warehouse.open(root)
+    return [str(path) for path in warehouse.paths(table)]
+
+
+def connect(root: str | os.PathLike[str] | Warehouse | None = None,
+            read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with a view per warehouse table (see the module docstring).
+
+    root: warehouse directory (default `default_warehouse_path()`), or an open `Warehouse`.
+    read_only: lock the connection down so that SQL can only read the warehouse's committed files.
+    Raises `KneuronError` if ``root`` is not a warehouse of this schema version.
+    """
+    warehouse = root if isinstance(root, Warehouse) else Warehouse.open(root)
+    con = duckdb.connect(":memory:")
+    allowed: list[str] = []
+    for name, spec in TABLES.items():
+        files = [str(path) for path in warehouse.paths(name)]
+        allowed.extend(files)
+        con.execute(view_sql(spec, files))
+    if read_only:
+        _lock_down(con, allowed)
+    return con
+
+
+def _lock_down(con: duckdb.DuckDBPyConnection, readable_files: list[str]) -> None:
+    """Switch off DuckDB's file access except ``readable_files`` and a private spill directory.
+
+    DuckDB creates the spill directory only when a query spills and deletes it when the connection closes.
+    """
+    spill = Path(tempfile.gettempdir()) / f"kneuron-duckdb-{uuid.uuid4().hex}"
+    con.execute("SET temp_directory = ?", [str(spill)])
+    con.execute("SET allowed_paths = ?", [readable_files])
+    con.execute("SET allowed_directories = ?", [[str(spill) + os.sep]])
+    con.execute("SET enable_external_access = false")

@@ -1,0 +1,113 @@
+"""Commit records: a batch of files is part of the warehouse exactly when ``_manifest/<batch_id>.json`` exists.
+
+A record lists the batch's files (table, relative path, rows, bytes, partition values) and, for tables with a
+key (runs, samples, evals, neuron_sets), the distinct key values the file holds, so that the committed
+(concept, image) pairs of a run can be listed without opening any Parquet file. Records are written to a
+temporary name, fsynced and renamed, so a reader sees a whole record or none.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import KneuronError
+from warehouse.layout import MANIFEST_DIR
+from warehouse.schema import SCHEMA_VERSION
+
+RECORD_FORMAT = "kneuron-batch"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One committed Parquet file.
+
+    path: relative to the warehouse root, ``/``-separated.
+    partition: partition column -> value (the unencoded value, as stored in the file's columns).
+    keys: distinct values of the table's key columns in this file (empty for tables without a key).
+    """
+
+    table: str
+    path: str
+    rows: int
+    bytes: int
+    partition: dict[str, Any]
+    keys: list[list[Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """The commit record of one batch."""
+
+    batch_id: str
+    committed_at: str
+    files: list[FileRecord]
+    format: str = RECORD_FORMAT
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "BatchRecord":
+        raw = json.loads(text)
+        if raw.get("format") != RECORD_FORMAT:
+            raise ValueError(f"format is {raw.get('format')!r}, not {RECORD_FORMAT!r}")
+        files = [FileRecord(**entry) for entry in raw["files"]]
+        return cls(batch_id=raw["batch_id"], committed_at=raw["committed_at"], files=files,
+                   format=raw["format"], schema_version=raw["schema_version"])
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_record(root: Path, record: BatchRecord) -> Path:
+    """Commit ``record``: write ``_manifest/.<id>.json.tmp``, fsync, rename to ``_manifest/<id>.json``."""
+    directory = root / MANIFEST_DIR
+    directory.mkdir(exist_ok=True)
+    final = directory / f"{record.batch_id}.json"
+    temp = directory / f".{record.batch_id}.json.tmp"
+    with open(temp, "w", encoding="utf-8") as handle:
+        handle.write(record.to_json())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, final)
+    fsync_dir(directory)
+    return final
+
+
+def read_records(root: Path, known: dict[str, BatchRecord] | None = None) -> dict[str, BatchRecord]:
+    """All commit records under ``root`` by batch id; records already in ``known`` are not read again.
+
+    Raises `KneuronError` naming a record that cannot be parsed (records are written atomically, so this
+    means the file was edited or damaged by hand).
+    """
+    records = dict(known or {})
+    directory = root / MANIFEST_DIR
+    if not directory.is_dir():
+        return records
+    for path in sorted(directory.glob("*.json")):
+        batch_id = path.stem
+        if batch_id in records:
+            continue
+        try:
+            record = BatchRecord.from_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise KneuronError(f"damaged warehouse commit record {path}: {exc}") from None
+        if record.batch_id != batch_id:
+            raise KneuronError(f"damaged warehouse commit record {path}: it names batch {record.batch_id!r}")
+        records[batch_id] = record
+    return records

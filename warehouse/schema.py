@@ -1,0 +1,339 @@
+"""Schema v1 of the neuron warehouse: the one place that defines every table.
+
+Each table is a `TableSpec`: its Arrow schema (narrow types: int16 layer/unit ids, float16 per-neuron values),
+the columns it is hive-partitioned by, the order its rows are written in, the allowed values of its enum-like
+string columns and the key that may be committed only once. `conform` turns what a writer hands in (a pyarrow
+table or a dict of numpy arrays / lists) into a table of exactly that schema, or raises `KneuronError`
+naming the offending columns.
+
+The DuckDB views (`warehouse.connect`) expose the stored columns under the same names; DuckDB reads float16 as
+FLOAT. The view of ``neuron_stats`` adds ``d_mean = o_mean - i_mean`` (FLOAT), which is not stored.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.errors import KneuronError
+
+SCHEMA_VERSION = 1
+FORMAT_NAME = "kneuron-warehouse"
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+# run ids become directory names and DuckDB hive partition values: keep them to a plain, portable alphabet.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How one warehouse table is stored.
+
+    name: table (and view, and top-level directory) name.
+    schema: the Arrow schema of its Parquet files; non-nullable fields must never hold nulls.
+    partition_by: columns that become ``<column>=<value>`` directories (their values are also kept in the file).
+    sort_by: row order within each file (ascending), e.g. (image_id, layer, unit) for neuron_stats.
+    enums: allowed values of string columns (null is allowed only where the field is nullable).
+    key: columns whose value combination may be committed by one batch only (empty: no such rule).
+    key_per_row: the key is unique per row (one samples row per (run, concept, image)); otherwise many rows of
+        one batch may share a key value (all neurons of one neuron set).
+    """
+
+    name: str
+    schema: pa.Schema
+    partition_by: tuple[str, ...]
+    sort_by: tuple[str, ...] = ()
+    enums: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    key: tuple[str, ...] = ()
+    key_per_row: bool = False
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema.names)
+
+
+def _f(name: str, type_: pa.DataType, nullable: bool = False) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable)
+
+
+_RUN = _f("run_id", pa.string())
+_CONCEPT = _f("concept", pa.string())
+_IMAGE = _f("image_id", pa.int64())
+_LAYER = _f("layer", pa.int16())
+_UNIT = _f("unit", pa.int16())
+
+RUNS = TableSpec(
+    name="runs",
+    schema=pa.schema([
+        _RUN,
+        _f("created_at", TIMESTAMP),
+        _f("model_name", pa.string()),
+        _f("model_hash", pa.string()),
+        _f("hook_site", pa.string()),
+        _f("prompt", pa.string()),
+        _f("positions", pa.string()),
+        _f("n_positions", pa.int16()),
+        _f("n_layers", pa.int16()),
+        _f("d_ff", pa.int32()),
+        _f("dtype", pa.string()),
+        _f("inpainter", pa.string()),
+        _f("config_json", pa.string()),
+        _f("kneuron_version", pa.string()),
+    ]),
+    partition_by=("run_id",),
+    enums={"positions": ("image", "prompt")},
+    key=("run_id",),
+    key_per_row=True,
+)
+
+SPLITS = TableSpec(
+    name="splits",
+    schema=pa.schema([_RUN, _CONCEPT, _IMAGE, _f("split", pa.string())]),
+    partition_by=("run_id", "concept"),
+    sort_by=("image_id",),
+    enums={"split": ("ident", "eval")},
+)
+
+SAMPLES = TableSpec(
+    name="samples",
+    schema=pa.schema([
+        _RUN,
+        _CONCEPT,
+        _IMAGE,
+        _f("file_name", pa.string()),
+        _f("mask_area", pa.int32(), nullable=True),
+        _f("mask_fraction", pa.float32(), nullable=True),
+        _f("caption_original", pa.string(), nullable=True),
+        _f("caption_inpainted", pa.string(), nullable=True),
+        _f("target_token_id", pa.int32(), nullable=True),
+        _f("target_source", pa.string(), nullable=True),
+        _f("target_position", pa.int16(), nullable=True),
+        _f("status", pa.string()),
+        _f("skip_reason", pa.string(), nullable=True),
+    ]),
+    partition_by=("run_id", "concept"),
+    sort_by=("image_id",),
+    enums={"target_source": ("caption", "prefix"), "status": ("ok", "skipped")},
+    key=("run_id", "concept", "image_id"),
+    key_per_row=True,
+)
+
+NEURON_STATS = TableSpec(
+    name="neuron_stats",
+    schema=pa.schema([
+        _RUN,
+        _CONCEPT,
+        _IMAGE,
+        _LAYER,
+        _UNIT,
+        _f("o_mean", pa.float16()),
+        _f("i_mean", pa.float16()),
+        _f("d_max", pa.float16()),
+        _f("g_max", pa.float16()),
+        _f("g_mean", pa.float16()),
+    ]),
+    partition_by=("run_id", "concept"),
+    sort_by=("image_id", "layer", "unit"),
+)
+
+TOKEN_STATS = TableSpec(
+    name="token_stats",
+    schema=pa.schema([
+        _RUN,
+        _CONCEPT,
+        _IMAGE,
+        _LAYER,
+        _f("position", pa.int16()),
+        _f("seq_position", pa.int16()),
+        _f("rank", pa.int8()),
+        _UNIT,
+        _f("o_act", pa.float16()),
+        _f("i_act", pa.float16()),
+        _f("g", pa.float16()),
+    ]),
+    partition_by=("run_id", "concept"),
+    sort_by=("image_id", "layer", "position", "rank"),
+)
+
+NEURON_SETS = TableSpec(
+    name="neuron_sets",
+    schema=pa.schema([
+        _f("set_id", pa.string()),
+        _RUN,
+        _CONCEPT,
+        _f("method", pa.string()),
+        _f("params_json", pa.string()),
+        _LAYER,
+        _UNIT,
+        _f("score", pa.float32(), nullable=True),
+        _f("created_at", TIMESTAMP),
+    ]),
+    partition_by=("run_id", "concept"),
+    sort_by=("set_id", "layer", "unit"),
+    key=("set_id",),
+)
+
+CAPTIONS = TableSpec(
+    name="captions",
+    schema=pa.schema([
+        _f("eval_id", pa.string()),
+        _RUN,
+        _f("set_id", pa.string(), nullable=True),
+        _f("method", pa.string()),
+        _CONCEPT,
+        _f("group", pa.string()),
+        _IMAGE,
+        _f("condition", pa.string()),
+        _f("text", pa.string()),
+    ]),
+    partition_by=("run_id", "concept"),
+    sort_by=("eval_id", "image_id"),
+    enums={"group": ("target", "other"), "condition": ("unmodified", "suppressed")},
+)
+
+SCORES = TableSpec(
+    name="scores",
+    schema=pa.schema([
+        _f("eval_id", pa.string()),
+        _RUN,
+        _f("set_id", pa.string(), nullable=True),
+        _f("method", pa.string()),
+        _CONCEPT,
+        _f("group", pa.string()),
+        _IMAGE,
+        _f("metric", pa.string()),
+        _f("reference", pa.string()),
+        _f("value", pa.float32(), nullable=True),
+    ]),
+    partition_by=("run_id", "concept"),
+    sort_by=("eval_id", "image_id", "metric"),
+    enums={"group": ("target", "other"), "reference": ("unmodified", "ground_truth")},
+)
+
+EVALS = TableSpec(
+    name="evals",
+    schema=pa.schema([_f("eval_id", pa.string()), _RUN, _f("created_at", TIMESTAMP), _f("config_json", pa.string())]),
+    partition_by=("run_id",),
+    key=("eval_id",),
+    key_per_row=True,
+)
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (RUNS, SPLITS, SAMPLES, NEURON_STATS, TOKEN_STATS, NEURON_SETS, CAPTIONS, SCORES, EVALS)
+}
+
+# Columns the DuckDB view adds to a table: name -> (SQL expression over stored columns, DuckDB type).
+VIEW_EXTRA_COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
+    "neuron_stats": {"d_mean": ("o_mean - i_mean", "FLOAT")},
+}
+
+
+def spec_of(table: str) -> TableSpec:
+    """The `TableSpec` of ``table``; `KneuronError` naming the known tables otherwise."""
+    try:
+        return TABLES[table]
+    except KeyError:
+        raise KneuronError(f"unknown warehouse table {table!r}; tables: {', '.join(TABLES)}") from None
+
+
+def duckdb_type(type_: pa.DataType) -> str:
+    """The DuckDB type a view exposes for an Arrow column type (float16 is read as FLOAT)."""
+    if pa.types.is_string(type_):
+        return "VARCHAR"
+    if pa.types.is_timestamp(type_):
+        return "TIMESTAMP WITH TIME ZONE" if type_.tz else "TIMESTAMP"
+    names = {
+        pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+        pa.float16(): "FLOAT", pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN",
+    }
+    if type_ in names:
+        return names[type_]
+    raise TypeError(f"no DuckDB type for Arrow type {type_}")
+
+
+def _as_arrow(values: Any, type_: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    """An Arrow array of ``values`` (Arrow array, numpy array, list or scalar-free sequence), not yet cast."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            raise ValueError(f"expected a 1-d array, got shape {values.shape}")
+        if pa.types.is_floating(type_) and values.dtype.kind == "f":
+            return pa.array(values.astype(type_.to_pandas_dtype(), copy=False))
+        return pa.array(values)
+    if pa.types.is_integer(type_) or pa.types.is_floating(type_):
+        return pa.array(values)  # inferred (int64 / float64), then cast with overflow checks
+    return pa.array(values, type=type_)
+
+
+def conform(table: str, data: pa.Table | pa.RecordBatch | Mapping[str, Any]) -> pa.Table:
+    """``data`` as a table with exactly the schema of ``table`` (columns in schema order, types cast).
+
+    data: a pyarrow Table/RecordBatch or a mapping column -> 1-d numpy array / Arrow array / list, all of one
+    length. Nullable columns may be left out (they are filled with nulls). Raises `KneuronError` naming
+    unknown columns, missing columns, columns that do not cast to their type (overflow, wrong kind), nulls in
+    non-nullable columns, values outside an enum, ragged lengths and (samples) a ``skip_reason`` that does not
+    match ``status``. Float columns are rounded to float16/float32 (values beyond float16 range become ±inf).
+    """
+    spec = spec_of(table)
+    if isinstance(data, pa.RecordBatch):
+        data = pa.Table.from_batches([data])
+    if isinstance(data, pa.Table):
+        given: dict[str, Any] = {name: data.column(name) for name in data.column_names}
+        if len(set(data.column_names)) != len(data.column_names):
+            raise KneuronError(f"{table}: duplicate column names in {data.column_names}")
+    elif isinstance(data, Mapping):
+        given = dict(data)
+    else:
+        raise KneuronError(f"{table}: expected a pyarrow Table or a dict of arrays, got {type(data).__name__}")
+
+    unknown = [name for name in given if name not in spec.schema.names]
+    required = [f.name for f in spec.schema if not f.nullable]
+    missing = [name for name in required if name not in given]
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"unknown columns {unknown}")
+        if missing:
+            parts.append(f"missing columns {missing}")
+        raise KneuronError(f"{table}: {'; '.join(parts)} (expected {spec.columns})")
+
+    arrays: list[pa.Array | pa.ChunkedArray] = []
+    lengths: dict[str, int] = {}
+    for f in spec.schema:
+        if f.name not in given:
+            arrays.append(None)  # type: ignore[arg-type]  # filled with nulls once the length is known
+            continue
+        try:
+            array = _as_arrow(given[f.name], f.type).cast(f.type, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError, TypeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise KneuronError(f"{table}: column {f.name!r} does not fit type {f.type}: {first}") from None
+        arrays.append(array)
+        lengths[f.name] = len(array)
+    if len(set(lengths.values())) > 1:
+        raise KneuronError(f"{table}: columns have different lengths {lengths}")
+    n_rows = next(iter(lengths.values()))
+    arrays = [pa.nulls(n_rows, f.type) if a is None else a for a, f in zip(arrays, spec.schema)]
+    result = pa.Table.from_arrays(arrays, schema=spec.schema)
+
+    nulls = [f.name for f in spec.schema if not f.nullable and result.column(f.name).null_count]
+    if nulls:
+        raise KneuronError(f"{table}: nulls in non-nullable columns {nulls}")
+    for name, allowed in spec.enums.items():
+        column = result.column(name)
+        bad = pc.filter(column, pc.invert(pc.fill_null(pc.is_in(column, value_set=pa.array(allowed)), True)))
+        if len(bad):
+            raise KneuronError(f"{table}: column {name!r} has value {bad[0].as_py()!r}; allowed: {list(allowed)}")
+    if table == "samples":
+        ok = pc.equal(result.column("status"), "ok")
+        has_reason = pc.is_valid(result.column("skip_reason"))
+        if pc.any(pc.equal(ok, has_reason)).as_py():
+            raise KneuronError("samples: skip_reason must be null when status is 'ok' and set when 'skipped'")
+    return result
