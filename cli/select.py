@@ -5,8 +5,6 @@ from typing import Any
 
 import click
 
-from engine.errors import KneuronError
-
 
 def layer_counts(neuron_sets: Any, set_id: str) -> str:
     """Compact layer distribution of one set: ``"layer:count"`` pairs by layer, e.g. ``"0:3 2:11"``."""

@@ -103,7 +103,8 @@ def render_csv(table: Any) -> str:
 @click.option("-q", "--query", "query", metavar="NAME",
               help="Run a bundled query: set_sizes, layer_distribution, concept_overlap, generic_neurons, ...")
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
-              help="Bind $NAME (repeatable). Parameters not given are NULL (the bundled analyses read NULL as 'all').")
+              help="Bind $NAME (repeatable); VALUE is bound as a number when it reads as one, else as text. "
+                   "Parameters not given are NULL (the bundled analyses read NULL as 'all').")
 @click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
               help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,

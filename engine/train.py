@@ -101,7 +101,16 @@ def train_tiny_minigpt4(world_dir: Path, out_dir: Path, cfg: TrainConfig,
     assert len(end_id) == 1, "the stop string must be one token"
 
     preprocess = ImagePreprocessor(image_size)
-    pixels = torch.cat([preprocess([data.load_image(i)]) for i in image_ids]).to(cfg.device)  # [N, 3, H, W]
+    # uint8 [N, H, W, 3] kept once; batches are normalised as `ImagePreprocessor` does (images are already
+    # image_size px, so its resize is the identity)
+    raw = torch.from_numpy(np.stack([np.asarray(data.load_image(i).resize((image_size, image_size)))
+                                     for i in image_ids])).to(cfg.device)
+    mean = torch.tensor(preprocess.mean, device=cfg.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, device=cfg.device).view(1, 3, 1, 1)
+
+    def pixels(rows: torch.Tensor) -> torch.Tensor:
+        return (raw[rows].permute(0, 3, 1, 2).float() / 255.0 - mean) / std  # [B, 3, H, W]
+
     encoded = [[adapter.encode(c) + end_id for c in caps] for caps in captions]
     before, after = (ids.to(cfg.device) for ids in adapter.prompt_segments())
     prompt_length = len(before) + adapter.n_image_tokens + len(after)
@@ -121,7 +130,7 @@ def train_tiny_minigpt4(world_dir: Path, out_dir: Path, cfg: TrainConfig,
             targets[j, : len(p)] = torch.tensor(p)
         for group in optim.param_groups:
             group["lr"] = lr_at(step, cfg)
-        logits = model(pixels[torch.from_numpy(rows).to(cfg.device)], before, after, targets.to(cfg.device)).logits
+        logits = model(pixels(torch.from_numpy(rows).to(cfg.device)), before, after, targets.to(cfg.device)).logits
         loss = answer_loss(logits, targets.to(cfg.device), lengths.to(cfg.device), prompt_length)
         optim.zero_grad(set_to_none=True)
         loss.backward()

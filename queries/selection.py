@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute as pc
 
 import queries
 from engine.errors import KneuronError
@@ -322,7 +322,7 @@ def store_neuron_sets(warehouse: Warehouse, neuron_sets: pa.Table) -> tuple[list
     ids = sorted(set(neuron_sets.column("set_id").to_pylist()))
     new = [set_id for set_id in ids if set_id not in present]
     if new:
-        mask = pa.compute.is_in(neuron_sets.column("set_id"), value_set=pa.array(new, pa.string()))
+        mask = pc.is_in(neuron_sets.column("set_id"), value_set=pa.array(new, pa.string()))
         with warehouse.batch() as batch:
             batch.add("neuron_sets", neuron_sets.filter(mask))
     return new, [set_id for set_id in ids if set_id in present]

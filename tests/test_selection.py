@@ -8,6 +8,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -471,8 +472,8 @@ def test_cli_select_writes_neuron_sets_once(tmp_path, world, capsys):
         cells = [c.strip() for c in line.strip("│").split("│")]
         n_c, n_n = summary.loc[(concept, "two_stage"), ["n_candidates", "n_selected"]]
         assert cells[2:6] == [str(n_c), str(n_n), str(n_n), str(n_n)]
-        two = expected.filter(pa.compute.and_(pa.compute.equal(expected.column("concept"), concept),
-                                              pa.compute.equal(expected.column("method"), "two_stage")))
+        two = expected.filter(pc.and_(pc.equal(expected.column("concept"), concept),
+                                              pc.equal(expected.column("method"), "two_stage")))
         layers = pd.Series(two.column("layer").to_pylist()).value_counts().sort_index()
         assert cells[6] == " ".join(f"{l}:{n}" for l, n in layers.items())
     code, out, _ = run_cli(["select", "--warehouse", str(root), "--concept", "it's", "--concept", "dog",

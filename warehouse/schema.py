@@ -328,7 +328,9 @@ def conform(table: str, data: pa.Table | pa.RecordBatch | Mapping[str, Any]) -> 
         raise KneuronError(f"{table}: nulls in non-nullable columns {nulls}")
     for name, allowed in spec.enums.items():
         column = result.column(name)
-        bad = pc.filter(column, pc.invert(pc.fill_null(pc.is_in(column, value_set=pa.array(allowed)), True)))
+        # nulls pass here (is_in says False for them); non-nullable columns were checked for nulls above
+        bad = pc.filter(column, pc.invert(pc.or_kleene(pc.is_in(column, value_set=pa.array(allowed)),
+                                                       pc.is_null(column))))
         if len(bad):
             raise KneuronError(f"{table}: column {name!r} has value {bad[0].as_py()!r}; allowed: {list(allowed)}")
     if table == "samples":

@@ -15,7 +15,7 @@ def tiny_config(variant: Variant, vocab_size: int, image_size: int = 64, patch_s
     """
     vision = dict(hidden_size=vision_width, intermediate_size=vision_width * 4, num_hidden_layers=vision_layers,
                   num_attention_heads=4, image_size=image_size, patch_size=patch_size, qkv_bias=True,
-                  layer_norm_eps=1e-6)
+                  layer_norm_eps=1e-6, initializer_range=0.02)  # HF default 1e-10 stalls training
     qformer = None
     if variant == "qformer":
         qformer = dict(hidden_size=qformer_width, num_hidden_layers=2, num_attention_heads=4,

@@ -1,0 +1,29 @@
+"""`kneuron check`: caption-quality check of a model on a world split (mentions; removal by inpainting)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("check")
+@click.option("--model", default="tiny-shapes-qformer", show_default=True, help="Bundled name or model folder.")
+@click.option("--world", "world_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="COCO-format world (default: the embedded world in ./kneuron-world, generated if missing).")
+@click.option("--split", default="test", show_default=True)
+@click.option("--limit", type=int, default=None, help="Only the first N images.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+def command(model: str, world_dir: Path | None, split: str, limit: int | None, device: str,
+            batch_size: int) -> None:
+    """Print per-category mention precision/recall and the object-removal rates as a Markdown table."""
+    from engine.data.world import WorldConfig, ensure_world
+    from engine.ingest import default_world_path
+    from engine.models import load_model
+    from engine.quality import check_quality
+
+    world = world_dir or ensure_world(default_world_path(), WorldConfig())
+    adapter = load_model(model, device=device)
+    report = check_quality(adapter, world, split=split, limit=limit, batch_size=batch_size)
+    click.echo(f"model {model} on {world} [{split}]")
+    click.echo(report.table())

@@ -1,0 +1,86 @@
+"""`kneuron decode`: neurons projected through the unembedding, their top tokens printed as a table."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("decode", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
+              help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
+@click.option("--run", "run_id", metavar="RUN_ID", help="Run [default: the latest run].")
+@click.option("--concept", metavar="C", help="Decode the current neuron set of this concept.")
+@click.option("--method", default="two_stage", show_default=True, help="Method of the concept's neuron set.")
+@click.option("--set-id", metavar="ID", help="Decode the neuron set with this id.")
+@click.option("--neuron", "neurons", multiple=True, metavar="L:U", help="A neuron layer:unit (repeatable).")
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Tokens per neuron.")
+@click.option("--final-norm/--no-final-norm", default=False, show_default=True,
+              help="Pass each output weight through the final RMSNorm before the unembedding.")
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Neurons of a set shown (strongest first).")
+@click.option("--model", help="Model name or folder [default: the run's model].")
+@click.option("--device", default="cpu", show_default=True, help="Device to load the model on.")
+def command(warehouse_path: str | None, run_id: str | None, concept: str | None, method: str, set_id: str | None,
+            neurons: tuple[str, ...], k: int, final_norm: bool, top: int, model: str | None, device: str) -> None:
+    """Decode neurons: each neuron's output weight W_down[:, i] times the unembedding W_U, top-k tokens.
+
+    Neurons come from --neuron L:U, --set-id ID, or the current --method set of --concept in the run.
+    With a concept, the share of neurons whose top tokens contain the concept word is printed too.
+    """
+    import pyarrow as pa
+
+    from cli.sql import render_table
+    from engine.decode import concept_hit_rate, concept_words, decode_neurons, parse_neuron
+    from engine.errors import KneuronError
+    from engine.models import load_model
+
+    if not (neurons or set_id or concept):
+        raise KneuronError("say which neurons: --neuron L:U, --set-id ID or --concept C [--method M]")
+    if neurons and set_id:
+        raise KneuronError("give either --neuron or --set-id, not both")
+    scores: dict[tuple[int, int], float | None] = {}
+    what = ""
+    if neurons and model:
+        pairs = [parse_neuron(text) for text in neurons]
+        adapter = load_model(model, device=device)
+        what = f"{len(pairs)} neuron(s)"
+    else:
+        from engine.report import RunContext
+
+        ctx = RunContext(warehouse_path, run_id)
+        try:
+            if neurons:
+                pairs = [parse_neuron(text) for text in neurons]
+                what = f"{len(pairs)} neuron(s)"
+            elif set_id:
+                concept, method, members = ctx.set_members(set_id)
+                what = f"set {set_id} ({concept}, {method})"
+                pairs = [(layer, unit) for layer, unit, _ in members]
+                scores = {(layer, unit): score for layer, unit, score in members}
+            else:
+                members = ctx.neuron_sets(method).get((concept, method))
+                if not members:
+                    raise KneuronError(f"no {method} neuron set for concept {concept!r} in run {ctx.run_id}")
+                what = f"{concept} ({method}, run {ctx.run_id})"
+                pairs = [(layer, unit) for layer, unit, _ in members]
+                scores = {(layer, unit): score for layer, unit, score in members}
+            adapter = ctx.load_model(model, device=device)
+            for note in ctx.notes:
+                click.echo(f"note: {note}", err=True)
+        finally:
+            ctx.close()
+    total = len(pairs)
+    decoded_all = decode_neurons(adapter, pairs, k=k, final_norm=final_norm)
+    order = {pair: index for index, pair in enumerate(pairs)}
+    shown = sorted(decoded_all, key=lambda d: order[(d.layer, d.unit)])[:top]
+    table = pa.table({
+        "neuron": [f"{d.layer}:{d.unit}" for d in shown],
+        "score": pa.array([scores.get((d.layer, d.unit)) for d in shown], type=pa.float64()),
+        "top tokens": [" ".join(repr(t) for t in d.tokens) for d in shown],
+    })
+    norm = "with the final norm" if final_norm else "without the final norm"
+    click.echo(f"{what}: top {k} tokens {norm}" + (f" (showing {len(shown)} of {total})" if total > len(shown) else ""))
+    click.echo(render_table(table, max_rows=len(shown) + 1), nl=False)
+    if concept:
+        rate = concept_hit_rate(decoded_all, concept_words(adapter, concept))
+        click.echo(f"concept-word hit rate: {rate:.3f} ({concept!r} in the top {k} tokens of "
+                   f"{round(rate * total)} of {total} neurons)")

@@ -1,0 +1,119 @@
+"""`kneuron heatmap`: a neuron set's activation over an image, drawn on it as a PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def open_image(path: str):  # noqa: ANN201
+    """An RGB PIL image from ``path``; `KneuronError` when it is missing or unreadable."""
+    from PIL import Image
+
+    from engine.data.coco import to_rgb
+    from engine.errors import KneuronError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except FileNotFoundError:
+        raise KneuronError(f"image file not found: {path}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise KneuronError(f"corrupt or unreadable image {path}: {' '.join(str(exc).split())}") from None
+
+
+@click.command("heatmap", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
+              help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
+@click.option("--run", "run_id", metavar="RUN_ID", help="Run [default: the latest run].")
+@click.option("--concept", metavar="C", help="Concept: its current --method set, and its mask for --image-id.")
+@click.option("--method", default="two_stage", show_default=True, help="Method of the concept's neuron set.")
+@click.option("--set-id", metavar="ID", help="Use the neuron set with this id.")
+@click.option("--neuron", "neurons", multiple=True, metavar="L:U", help="A neuron layer:unit (repeatable).")
+@click.option("--image", "image_path", type=click.Path(dir_okay=False), help="An image file.")
+@click.option("--inpainted", "inpainted_path", type=click.Path(dir_okay=False),
+              help="With --image: its inpainted copy, drawn beside it on the same scale.")
+@click.option("--image-id", type=int, help="An image of the run's dataset: drawn beside its copy with the "
+                                           "concept inpainted away (the run's inpainter).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output PNG file.")
+@click.option("--model", help="Model name or folder [default: the run's model].")
+@click.option("--device", default="cpu", show_default=True, help="Device to load the model on.")
+@click.option("--data-root", help="Dataset root for --image-id [default: the run's].")
+@click.option("--split", help="Dataset split for --image-id [default: the run's].")
+@click.option("--value", "heat_value", type=click.Choice(["magnitude", "signed"]), default="magnitude",
+              show_default=True, help="Heat of a token: mean |activation| of the set's units, or the signed mean.")
+@click.option("--probes", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Q-Former models: probe vectors of the Jacobian attribution.")
+def command(warehouse_path: str | None, run_id: str | None, concept: str | None, method: str, set_id: str | None,
+            neurons: tuple[str, ...], image_path: str | None, inpainted_path: str | None, image_id: int | None,
+            out_path: str, model: str | None, device: str, data_root: str | None, split: str | None,
+            heat_value: str, probes: int) -> None:
+    """Draw the mean activation of a neuron set at the image tokens over the image (jet colormap).
+
+    Neurons come from --neuron L:U, --set-id ID, or the current --method set of --concept. The image is a file
+    (--image, optionally with --inpainted) or an image of the run's dataset (--image-id with --concept), shown
+    beside its inpainted copy. Q-Former models map query tokens to patches by a Jacobian attribution (see
+    engine/heatmap.py).
+    """
+    from engine.decode import parse_neuron
+    from engine.errors import KneuronError
+    from engine.heatmap import heatmaps, overlay, side_by_side
+    from engine.models import load_model
+
+    if (image_path is None) == (image_id is None):
+        raise KneuronError("give exactly one of --image PATH and --image-id ID")
+    if inpainted_path and not image_path:
+        raise KneuronError("--inpainted goes with --image")
+    if neurons and set_id:
+        raise KneuronError("give either --neuron or --set-id, not both")
+    if not (neurons or set_id or concept):
+        raise KneuronError("say which neurons: --neuron L:U, --set-id ID or --concept C [--method M]")
+    out = Path(out_path)
+    if out.suffix.lower() != ".png":
+        raise KneuronError(f"--out must be a .png file, got {out}")
+    pairs = [parse_neuron(text) for text in neurons]
+    standalone = bool(pairs) and model is not None and image_path is not None
+    what = f"{len(pairs)} neuron(s)"
+    if standalone:
+        adapter = load_model(model, device=device)
+        images = [open_image(image_path)] + ([open_image(inpainted_path)] if inpainted_path else [])
+    else:
+        from engine.report import RunContext
+
+        ctx = RunContext(warehouse_path, run_id)
+        try:
+            if set_id:
+                set_concept, set_method, members = ctx.set_members(set_id)
+                concept = concept or set_concept
+                pairs = [(layer, unit) for layer, unit, _ in members]
+                what = f"set {set_id} ({set_concept}, {set_method}, {len(pairs)} neurons)"
+            elif not pairs:
+                members = ctx.neuron_sets(method).get((concept, method))
+                if not members:
+                    raise KneuronError(f"no {method} neuron set for concept {concept!r} in run {ctx.run_id}")
+                pairs = [(layer, unit) for layer, unit, _ in members]
+                what = f"{concept} ({method}, {len(pairs)} neurons)"
+            if image_id is not None:
+                if not concept:
+                    raise KneuronError("--image-id needs --concept (whose object is inpainted away)")
+                dataset = ctx.dataset(data_root, split)
+                inpainter, margin = ctx.inpainter(device)
+                images = list(ctx.pair(dataset, concept, image_id, inpainter, margin))
+            else:
+                images = [open_image(image_path)] + ([open_image(inpainted_path)] if inpainted_path else [])
+            adapter = ctx.load_model(model, device=device)
+            for note in ctx.notes:
+                click.echo(f"note: {note}", err=True)
+        finally:
+            ctx.close()
+    heats = heatmaps(adapter, images, pairs, joint=True, n_probes=probes, value=heat_value)
+    if len(images) == 2:
+        picture = side_by_side(overlay(images[0], heats[0]), overlay(images[1], heats[1]),
+                               labels=("original", "inpainted (same scale)"))
+    else:
+        picture = side_by_side(images[0], overlay(images[0], heats[0]), labels=("image", "heatmap"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(out, format="PNG")
+    source = f"image {image_id}" if image_id is not None else image_path
+    click.echo(f"wrote {out} ({picture.width}x{picture.height}): {what} on {source}")

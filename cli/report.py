@@ -1,0 +1,49 @@
+"""`kneuron report`: the HTML + Markdown report of a warehouse run."""
+from __future__ import annotations
+
+import click
+
+
+@click.command("report", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
+              help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
+@click.option("--run", "run_id", metavar="RUN_ID", help="Run [default: the latest run].")
+@click.option("--out", "out_dir", default="kneuron-report", show_default=True, type=click.Path(dir_okay=True),
+              help="Output folder (report.html, report.md, summary.json, figures/).")
+@click.option("--method", default="two_stage", show_default=True,
+              help="Neuron-set method shown in heatmaps, plots and decoded tokens.")
+@click.option("--model", help="Model name or folder [default: the run's model].")
+@click.option("--device", default="cpu", show_default=True, help="Device to load the model on.")
+@click.option("--no-model", is_flag=True, help="Skip heatmaps, contrast and decoded tokens (no model needed).")
+@click.option("--data-root", help="Dataset root for heatmaps [default: the run's].")
+@click.option("--split", help="Dataset split for heatmaps [default: the run's].")
+@click.option("--images", "heatmap_images", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Heatmap figures per concept.")
+@click.option("--contrast-images", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per concept in the heatmap contrast share.")
+@click.option("--decode-top", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Strongest neurons decoded per concept.")
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Tokens per decoded neuron.")
+@click.option("--value", "heat_value", type=click.Choice(["magnitude", "signed"]), default="magnitude",
+              show_default=True, help="Heat of a token: mean |activation| of the set's units, or the signed mean.")
+@click.option("--max-concepts", type=click.IntRange(min=1), help="Concepts with heatmaps and decoding [default: all].")
+def command(warehouse_path: str | None, run_id: str | None, out_dir: str, method: str, model: str | None,
+            device: str, no_model: bool, data_root: str | None, split: str | None, heatmap_images: int,
+            contrast_images: int, decode_top: int, k: int, heat_value: str, max_concepts: int | None) -> None:
+    """Write one self-contained HTML page (and Markdown with PNGs beside it) about a run: configuration,
+    selection summary, suppression results, plots, heatmaps, heatmap contrast and decoded tokens."""
+    from engine.report import ReportConfig, build_report
+
+    config = ReportConfig(run_id=run_id, method=method, model=model, device=device, with_model=not no_model,
+                          data_root=data_root, split=split, heatmap_images=heatmap_images,
+                          contrast_images=contrast_images, decode_top=decode_top, k=k, max_concepts=max_concepts,
+                          heat_value=heat_value)
+    result = build_report(warehouse_path, out_dir, config)
+    click.echo(f"report: {result.html}")
+    click.echo(f"markdown: {result.markdown} (figures in {result.out_dir / 'figures'})")
+    pooled = result.summary.get("heatmap_contrast", {}).get("pooled", {})
+    for name in (method, "random control"):
+        if name in pooled:
+            values = pooled[name]
+            click.echo(f"heatmap contrast ({name}, {values['images']} images): {values['vs_rest']:.3f} brighter on "
+                       f"the concept's object than elsewhere, {values['vs_other_objects']:.3f} than on other objects")

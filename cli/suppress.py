@@ -1,0 +1,93 @@
+"""`kneuron suppress`: suppression evaluation of the selected neuron sets against the baselines."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _budget(value: str | None) -> str | int | None:
+    from engine.errors import KneuronError
+
+    if value is None or value == "same_as:two_stage":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        raise KneuronError(f"--budget must be a whole number or same_as:two_stage, got {value!r}") from None
+    if number < 0:
+        raise KneuronError(f"--budget must be >= 0, got {number}")
+    return number
+
+
+def _write(path: str, text: str) -> None:
+    from engine.errors import KneuronError
+
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise KneuronError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+@click.command("suppress", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
+              help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML file: run, concepts, methods, budget, n_other, max_images, seed, [selection] thresholds, "
+                   "[metrics], [baselines.<name>] options. Command-line options override it.")
+@click.option("--run", "run_id", metavar="RUN_ID", help="Run to evaluate [default: the latest run].")
+@click.option("--concept", "concepts", multiple=True, metavar="C",
+              help="Concept (repeatable) [default: every concept with a two_stage set].")
+@click.option("--method", "methods", multiple=True, metavar="M",
+              help="two_stage, stage1_only, stage2_only, random, random_layer_matched, pan, dai (repeatable) "
+                   "[default: all].")
+@click.option("--budget", metavar="N|same_as:two_stage", help="Baseline neuron budget [default: |N_k|].")
+@click.option("--max-images", type=click.IntRange(min=1), help="At most N target images per concept.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per captioning batch [default: 16].")
+@click.option("--device", help="Model device: auto, cpu, cuda, cuda:1 ... [default: auto].")
+@click.option("--eval-id", help="Evaluation id [default: derived from the settings; a rerun resumes it].")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
+              help="Write the full summary (per concept and averaged; every measure) as CSV.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False),
+              help="Write the results tables as Markdown.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+def command(warehouse_path: str | None, config_path: str | None, run_id: str | None, concepts: tuple[str, ...],
+            methods: tuple[str, ...], budget: str | None, max_images: int | None, batch_size: int | None,
+            device: str | None, eval_id: str | None, csv_path: str | None, markdown_path: str | None,
+            progress: bool) -> None:
+    """Caption evaluation images with each neuron set zeroed and compare methods.
+
+    For every concept k with a selected two_stage set N_k and every method (N_k itself or a baseline at the
+    same budget), the target images (evaluation images of k) and as many other images (without k) are
+    captioned with the set suppressed. BLEU-4, ROUGE-L and BERTScore against the unmodified captions and the
+    ground truth, the mention rate of k and the retention of the other objects' mentions are stored in the
+    warehouse (captions, scores, evals) and printed as tables (averaged over concepts). Rerunning the same
+    evaluation resumes it.
+    """
+    import dataclasses
+
+    from cli.sql import render_csv
+    from engine.eval.summary import markdown_report
+    from engine.evaluate import EvalConfig, load_config, run_evaluation
+
+    config = load_config(config_path) if config_path else EvalConfig()
+    overrides = {"run_id": run_id, "eval_id": eval_id, "budget": _budget(budget), "max_images": max_images,
+                 "batch_size": batch_size, "device": device,
+                 "concepts": tuple(dict.fromkeys(concepts)) or None, "methods": tuple(dict.fromkeys(methods)) or None}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+    result = run_evaluation(config, warehouse_path, progress=progress,
+                            log=lambda message: click.echo(f"note: {message}", err=True))
+    title = (f"Suppression evaluation {result.eval_id} (run {result.run_id}; {len(result.concepts)} concept(s); "
+             f"mean over concepts)")
+    report = markdown_report(result.tables(), title=title)
+    click.echo(f"evaluation {result.eval_id} of run {result.run_id}: {len(result.concepts)} concept(s) x "
+               f"{len(result.methods)} method(s); {result.jobs_run} job(s) run, {result.jobs_skipped} already stored")
+    click.echo()
+    click.echo(report, nl=False)
+    if csv_path:
+        _write(csv_path, render_csv(result.summary))
+    if markdown_path:
+        _write(markdown_path, report)

@@ -1,0 +1,195 @@
+"""Report figures as PNG files (matplotlib, Agg canvas; no pyplot state, no display needed).
+
+Every function takes plain data, a pyarrow Table, a pandas DataFrame, a list of row dicts or a dict of
+columns, with the columns of the bundled query it is meant for, and writes one PNG:
+
+- `layer_distribution_plot`: ``queries/layer_distribution.sql`` rows (concept, layer, n_neurons) of one
+  method: stacked bars, one per concept, a segment per layer.
+- `overlap_matrix_plot`: ``queries/concept_overlap.sql`` rows (concept_a, concept_b, jaccard): the symmetric
+  Jaccard matrix of the concepts' neuron sets.
+- `suppression_plot`: ``queries/report_suppression.sql`` rows (method, group, metric, value): one panel per
+  metric with target vs other bars per method; optional mention-rate rows (method, group, before, after) add a
+  panel of mention-rate drops.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+
+from engine.errors import KneuronError
+
+GROUP_COLOURS = {"target": "#d62728", "other": "#1f77b4"}
+DPI = 100
+
+
+def records(data: Any) -> list[dict[str, Any]]:
+    """Rows of ``data`` (pyarrow Table, pandas DataFrame, list of dicts, dict of columns) as a list of dicts."""
+    if data is None:
+        return []
+    if hasattr(data, "to_pylist"):  # pyarrow Table / RecordBatch
+        return list(data.to_pylist())
+    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas DataFrame
+        return list(data.to_dict(orient="records"))
+    if isinstance(data, Mapping):
+        columns = list(data)
+        lengths = {len(data[c]) for c in columns}
+        if len(lengths) > 1:
+            raise KneuronError(f"columns of different lengths: { {c: len(data[c]) for c in columns} }")
+        n = lengths.pop() if lengths else 0
+        return [{c: data[c][i] for c in columns} for i in range(n)]
+    return [dict(row) for row in data]
+
+
+def _need(rows: list[dict[str, Any]], columns: Sequence[str], what: str) -> None:
+    if rows and (missing := [c for c in columns if c not in rows[0]]):
+        raise KneuronError(f"{what}: missing columns {missing} (have {sorted(rows[0])})")
+
+
+def _figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, format="png", dpi=DPI, metadata={"Software": None})
+    return out
+
+
+def _empty(figure: Figure, message: str) -> None:
+    ax = figure.add_subplot(1, 1, 1)
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12)
+    ax.set_axis_off()
+
+
+# ---------------------------------------------------------------------------------------------- layers
+def layer_distribution_plot(data: Any, out: str | Path, n_layers: int | None = None,
+                            title: str = "Layer distribution of the knowledge neurons") -> Path:
+    """Stacked bars: one bar per concept, its height the set size, a coloured segment per layer.
+
+    data: rows with ``concept``, ``layer``, ``n_neurons`` (one method). n_layers: colour scale size
+    (default: highest layer + 1).
+    """
+    rows = records(data)
+    _need(rows, ("concept", "layer", "n_neurons"), "layer distribution")
+    concepts = sorted({str(r["concept"]) for r in rows})
+    layers = sorted({int(r["layer"]) for r in rows})
+    top = max(n_layers or 0, (layers[-1] + 1) if layers else 1)
+    counts = np.zeros((len(concepts), top))
+    for r in rows:
+        counts[concepts.index(str(r["concept"])), int(r["layer"])] += float(r["n_neurons"])
+    figure = _figure(max(6.0, 0.45 * len(concepts) + 3.0), 4.5)
+    if not concepts:
+        _empty(figure, "no neuron sets")
+        return _save(figure, out)
+    ax = figure.add_subplot(1, 1, 1)
+    palette = colormaps["viridis"].resampled(top)
+    x = np.arange(len(concepts))
+    bottom = np.zeros(len(concepts))
+    for layer in range(top):
+        if counts[:, layer].any():
+            ax.bar(x, counts[:, layer], bottom=bottom, color=palette(layer), width=0.75, edgecolor="white",
+                   linewidth=0.3)
+            bottom += counts[:, layer]
+    ax.set_xticks(x, concepts, rotation=45 if len(concepts) > 6 else 0, ha="right" if len(concepts) > 6 else "center")
+    ax.set_ylabel("neurons in the set")
+    ax.set_title(title)
+    norm = BoundaryNorm(np.arange(-0.5, top + 0.5), top)
+    mappable = ax.scatter([], [], c=[], cmap=ListedColormap([palette(i) for i in range(top)]), norm=norm)
+    bar = figure.colorbar(mappable, ax=ax, ticks=range(0, top, max(1, math.ceil(top / 12))))
+    bar.set_label("layer")
+    figure.tight_layout()
+    return _save(figure, out)
+
+
+# ---------------------------------------------------------------------------------------------- overlap
+def overlap_matrix(data: Any) -> tuple[list[str], np.ndarray]:
+    """(concepts, symmetric ``[C, C]`` Jaccard matrix with ones on the diagonal) from overlap rows."""
+    rows = records(data)
+    _need(rows, ("concept_a", "concept_b", "jaccard"), "overlap matrix")
+    concepts = sorted({str(r["concept_a"]) for r in rows} | {str(r["concept_b"]) for r in rows})
+    matrix = np.eye(len(concepts))
+    for r in rows:
+        i, j = concepts.index(str(r["concept_a"])), concepts.index(str(r["concept_b"]))
+        matrix[i, j] = matrix[j, i] = float(r["jaccard"])
+    return concepts, matrix
+
+
+def overlap_matrix_plot(data: Any, out: str | Path,
+                        title: str = "Overlap of the concepts' neuron sets (Jaccard)") -> Path:
+    """Heatmap of the Jaccard matrix (values written in the cells when there are at most 15 concepts)."""
+    concepts, matrix = overlap_matrix(data)
+    side = max(4.5, 0.45 * len(concepts) + 2.5)
+    figure = _figure(side + 1.0, side)
+    if len(concepts) < 2:
+        _empty(figure, "fewer than two concepts with a neuron set")
+        return _save(figure, out)
+    ax = figure.add_subplot(1, 1, 1)
+    image = ax.imshow(matrix, cmap="magma", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(concepts)), concepts, rotation=45, ha="right")
+    ax.set_yticks(range(len(concepts)), concepts)
+    if len(concepts) <= 15:
+        for i in range(len(concepts)):
+            for j in range(len(concepts)):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="black" if matrix[i, j] > 0.6 else "white")
+    figure.colorbar(image, ax=ax, label="Jaccard |A ∩ B| / |A ∪ B|")
+    ax.set_title(title)
+    figure.tight_layout()
+    return _save(figure, out)
+
+
+# ---------------------------------------------------------------------------------------------- suppression
+def suppression_plot(data: Any, out: str | Path, mention_rates: Any = None,
+                     title: str = "Suppression: captions vs the unmodified model's") -> Path:
+    """One panel per metric: for each method, the mean score on target-concept images and on other images
+    (lower on target and unchanged on other = specific suppression). With ``mention_rates`` (rows: method,
+    group, before, after) a last panel shows the drop of the concept's mention rate, before - after.
+
+    data: rows with ``method``, ``group`` (target | other), ``metric``, ``value`` (means).
+    """
+    rows = records(data)
+    _need(rows, ("method", "group", "metric", "value"), "suppression")
+    mentions = records(mention_rates)
+    _need(mentions, ("method", "group", "before", "after"), "mention rates")
+    metrics = list(dict.fromkeys(str(r["metric"]) for r in rows))
+    methods = list(dict.fromkeys([str(r["method"]) for r in rows] + [str(r["method"]) for r in mentions]))
+    panels = metrics + (["mention rate drop"] if mentions else [])
+    figure = _figure(max(6.0, 0.9 * len(methods) + 2.0) * min(len(panels), 3) if panels else 6.0,
+                     4.0 * max(1, math.ceil(len(panels) / 3)))
+    if not panels:
+        _empty(figure, "no suppression results")
+        return _save(figure, out)
+    n_cols = min(len(panels), 3)
+    n_rows = math.ceil(len(panels) / n_cols)
+    x = np.arange(len(methods))
+    width = 0.38
+    for index, panel in enumerate(panels):
+        ax = figure.add_subplot(n_rows, n_cols, index + 1)
+        for offset, group in ((-width / 2, "target"), (width / 2, "other")):
+            if panel == "mention rate drop":
+                values = {str(r["method"]): float(r["before"]) - float(r["after"]) for r in mentions
+                          if r["group"] == group}
+            else:
+                values = {str(r["method"]): float(r["value"]) for r in rows
+                          if r["metric"] == panel and r["group"] == group and r["value"] is not None}
+            heights = [values.get(m, np.nan) for m in methods]
+            ax.bar(x + offset, heights, width, label=group, color=GROUP_COLOURS[group])
+        ax.set_xticks(x, methods, rotation=30 if len(methods) > 3 else 0, ha="right" if len(methods) > 3 else "center")
+        ax.set_title(panel)
+        ax.axhline(0.0, color="black", linewidth=0.6)
+        if index == 0:
+            ax.legend(frameon=False)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return _save(figure, out)
