@@ -1,7 +1,6 @@
 """`kneuron train`: train a tiny MiniGPT-4 on the embedded world (reproduces the bundled models)."""
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 import click
@@ -14,7 +13,8 @@ from engine.train import TrainConfig
 @click.option("--variant", type=click.Choice(["qformer", "patch"]), default="qformer", show_default=True,
               help="qformer: Vicuna-v0-style Q-Former; patch: LLaMA-2-style grouped patches.")
 @click.option("--world", "world_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="COCO-format world to train on (default: generate the training world into ./kneuron-train-world).")
+              help="COCO-format world to train on [default: the embedded world ($KNEURON_WORLD or ./kneuron-world), "
+                   "generated if missing].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=TrainConfig.steps, show_default=True)
 @click.option("--threads", type=int, default=TrainConfig.threads, show_default=True)
@@ -27,11 +27,10 @@ def command(out_dir: Path, variant: str, world_dir: Path | None, seed: int, step
     (defaults otherwise); `kneuron check --model OUT` measures their caption quality.
     """
     from engine.data.world import ensure_world
+    from engine.ingest import default_world_path
     from engine.train import TRAIN_WORLD, train_tiny_minigpt4
 
-    world = ensure_world(world_dir or Path("kneuron-train-world"), TRAIN_WORLD) if world_dir is None else world_dir
+    world = world_dir if world_dir is not None else ensure_world(default_world_path(), TRAIN_WORLD)
     cfg = TrainConfig(variant=variant, seed=seed, steps=steps, threads=threads, device=device)
-    known = {f.name for f in fields(TrainConfig)}
-    assert {"variant", "seed", "steps"} <= known
     train_tiny_minigpt4(world, out_dir, cfg, log=click.echo)
     click.echo(f"saved {variant} model to {out_dir}")

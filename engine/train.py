@@ -1,8 +1,12 @@
 """Train a tiny MiniGPT-4 (either variant) on a COCO-format captions dataset (the embedded shapes world).
 
-Everything is trained from scratch (the model is tiny); the objective is the official one: next-token
-cross-entropy on the answer tokens only, with the answer followed by the template's stop token (``###`` for
-Vicuna-v0, ``</s>`` for LLaMA-2). Deterministic for a seed on a given machine (one RNG, fixed thread count).
+Everything is trained from scratch (the model is tiny). The objective is the official one — next-token
+cross-entropy on the answer tokens only, the answer followed by the template's stop token (``###`` for
+Vicuna-v0, ``</s>`` for LLaMA-2) — plus, while training only, an auxiliary dense loss on the vision encoder:
+a linear head (discarded afterwards) classifies every ViT patch into the category covering most of it
+(from the instance masks) or background. A ViT trained from scratch through a captioning loss alone learns
+colours quickly but shapes very slowly; the dense signal makes a 2-core CPU run of ~10 minutes enough.
+Deterministic for a seed on a given machine (one RNG, fixed thread count).
 """
 from __future__ import annotations
 
@@ -15,14 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from engine.data.coco import CocoDataset
+from engine.data.world import WorldConfig
 from engine.models.minigpt4 import MiniGPT4
 from engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec, save_minigpt4
 from engine.models.preprocess import ImagePreprocessor
 from engine.models.prompts import DEFAULT_INSTRUCTION, get_template
 from engine.models.tiny import tiny_config
 from engine.models.tokenizer import build_word_tokenizer
+
+#: the world the bundled models were trained on (its train split; val/test are the embedded default's)
+TRAIN_WORLD = WorldConfig()
 
 TEMPLATE_OF_VARIANT = {"qformer": "vicuna0_train", "patch": "llama2"}
 
@@ -34,9 +43,9 @@ class TrainConfig:
     variant: str = "qformer"
     split: str = "train"
     seed: int = 0
-    steps: int = 3000
+    steps: int = 3500
     batch_size: int = 48
-    lr: float = 2e-3
+    lr: float = 1e-3
     min_lr: float = 5e-5
     warmup_steps: int = 150
     weight_decay: float = 0.01
@@ -51,10 +60,12 @@ class TrainConfig:
     d_ff: int = 256
     n_layers: int = 4
     n_heads: int = 4
-    patch_size: int = 8
+    patch_size: int = 32
     instruction: str = DEFAULT_INSTRUCTION
     answer_prefix: str = "a"
     max_new_tokens: int = 32
+    aux_weight: float = 1.0
+    aux_min_cover: float = 0.15
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -72,6 +83,25 @@ def answer_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tens
     pred = logits[:, prompt_length - 1: prompt_length - 1 + t]  # position p predicts token p+1
     mask = torch.arange(t, device=targets.device).unsqueeze(0) < lengths.unsqueeze(1)
     return torch.nn.functional.cross_entropy(pred[mask], targets[mask])
+
+
+def patch_labels(data: CocoDataset, image_ids: list[int], image_size: int, patch_size: int,
+                 min_cover: float) -> torch.Tensor:
+    """``[N, n_patches]`` label per ViT patch (raster order): 1 + index of the category covering most of the
+    patch (at least ``min_cover`` of it), else 0 (background)."""
+    names = list(data.categories.values())
+    grid = image_size // patch_size
+    labels = torch.zeros(len(image_ids), grid * grid, dtype=torch.long)
+    for row, image_id in enumerate(image_ids):
+        best = np.zeros(grid * grid)
+        for name in data.concepts_in(image_id):
+            mask = np.asarray(Image.fromarray(data.concept_mask(image_id, name)).resize(
+                (image_size, image_size), Image.Resampling.NEAREST), dtype=np.float32)
+            cover = mask.reshape(grid, patch_size, grid, patch_size).mean(axis=(1, 3)).reshape(-1)
+            better = (cover > best) & (cover >= min_cover)
+            labels[row, torch.from_numpy(better)] = names.index(name) + 1
+            best = np.maximum(best, np.where(better, cover, best))
+    return labels
 
 
 def train_tiny_minigpt4(world_dir: Path, out_dir: Path, cfg: TrainConfig,
@@ -112,11 +142,16 @@ def train_tiny_minigpt4(world_dir: Path, out_dir: Path, cfg: TrainConfig,
         return (raw[rows].permute(0, 3, 1, 2).float() / 255.0 - mean) / std  # [B, 3, H, W]
 
     encoded = [[adapter.encode(c) + end_id for c in caps] for caps in captions]
+    labels = patch_labels(data, image_ids, image_size, cfg.patch_size, cfg.aux_min_cover).to(cfg.device)
+    aux_head = torch.nn.Linear(cfg.vision_width, len(data.categories) + 1).to(cfg.device)
+    vision_out: dict[str, torch.Tensor] = {}
+    hook = model.vision_model.register_forward_hook(
+        lambda _m, _i, out: vision_out.__setitem__("h", out.last_hidden_state))
     before, after = (ids.to(cfg.device) for ids in adapter.prompt_segments())
     prompt_length = len(before) + adapter.n_image_tokens + len(after)
 
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embed" in n]
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n] + [aux_head.weight]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "embed" in n] + [aux_head.bias]
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     model.train()
@@ -130,8 +165,13 @@ def train_tiny_minigpt4(world_dir: Path, out_dir: Path, cfg: TrainConfig,
             targets[j, : len(p)] = torch.tensor(p)
         for group in optim.param_groups:
             group["lr"] = lr_at(step, cfg)
-        logits = model(pixels(torch.from_numpy(rows).to(cfg.device)), before, after, targets.to(cfg.device)).logits
+        index = torch.from_numpy(rows).to(cfg.device)
+        logits = model(pixels(index), before, after, targets.to(cfg.device)).logits
         loss = answer_loss(logits, targets.to(cfg.device), lengths.to(cfg.device), prompt_length)
+        if cfg.aux_weight:
+            patch_logits = aux_head(vision_out["h"][:, 1:])  # [B, n_patches, 1 + n_categories]
+            loss = loss + cfg.aux_weight * torch.nn.functional.cross_entropy(
+                patch_logits.reshape(-1, patch_logits.shape[-1]), labels[index].reshape(-1))
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -139,6 +179,7 @@ def train_tiny_minigpt4(world_dir: Path, out_dir: Path, cfg: TrainConfig,
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         if step % 100 == 0 or step == cfg.steps - 1:
             log(f"step {step:5d}  loss {running:.4f}  lr {lr_at(step, cfg):.2e}  {time.time() - started:6.1f}s")
+    hook.remove()
     model.eval().cpu()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -200,7 +200,7 @@ def test_captions(coco: CocoDataset, coco_root: Path, tmp_path: Path) -> None:
 
 
 def test_reads_the_shapes_world(tmp_path: Path) -> None:
-    world = generate_world(tmp_path / "w", WorldConfig(seed=2, n_train=0, n_val=0, n_test=6))
+    world = generate_world(tmp_path / "w", WorldConfig(seed=2, n_train=0, n_val=0, n_test=6, image_size=64, layout_cells=0))
     data = CocoDataset(world, "test")
     assert sorted(data.categories.values()) == sorted(CATEGORIES)
     instances = json.loads((world / "annotations" / "instances_test.json").read_text())

@@ -30,7 +30,9 @@ from engine.data.world import (
 )
 from engine.errors import KneuronError
 
-TINY = WorldConfig(seed=3, n_train=8, n_val=4, n_test=8)
+# free placement at 64 px (the default world uses a 4x4 layout at 128 px; see test_layout_*)
+FREE = dict(image_size=64, layout_cells=0)
+TINY = WorldConfig(seed=3, n_train=8, n_val=4, n_test=8, **FREE)
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +64,14 @@ def test_regenerating_gives_byte_identical_files(world: Path, tmp_path: Path) ->
 
 
 def test_another_seed_gives_another_world(world: Path, tmp_path: Path) -> None:
-    other = generate_world(tmp_path / "other", WorldConfig(seed=4, n_train=8, n_val=4, n_test=8))
+    other = generate_world(tmp_path / "other", WorldConfig(seed=4, n_train=8, n_val=4, n_test=8, **FREE))
     assert _load(other, "instances", "train")["annotations"] != _load(world, "instances", "train")["annotations"]
     assert _load(other, "captions", "test")["annotations"] != _load(world, "captions", "test")["annotations"]
     assert (other / "val").joinpath("000002000001.png").read_bytes() != (world / "val/000002000001.png").read_bytes()
 
 
 def test_val_and_test_do_not_depend_on_n_train(world: Path, tmp_path: Path) -> None:
-    other = generate_world(tmp_path / "n1", WorldConfig(seed=3, n_train=1, n_val=4, n_test=8))
+    other = generate_world(tmp_path / "n1", WorldConfig(seed=3, n_train=1, n_val=4, n_test=8, **FREE))
     for split in ("val", "test"):
         for kind in ("instances", "captions"):
             assert _load(other, kind, split)["annotations"] == _load(world, kind, split)["annotations"]
@@ -202,7 +204,7 @@ def test_config_is_validated(kwargs: dict, message: str) -> None:
 
 
 def test_other_image_size_scales_objects(tmp_path: Path) -> None:
-    config = WorldConfig(seed=1, image_size=96, n_train=0, n_val=0, n_test=3, captions_per_image=3)
+    config = WorldConfig(seed=1, image_size=96, n_train=0, n_val=0, n_test=3, captions_per_image=3, layout_cells=0)
     out = generate_world(tmp_path / "big", config)
     for ann in _load(out, "instances", "test")["annotations"]:
         low, high = {"small": (21, 27), "large": (36, 45)}[ann["attributes"]["size"]]
@@ -248,14 +250,40 @@ def test_cli_generates_and_guards_other_folders(tmp_path: Path, capsys: pytest.C
 
 
 def test_ensure_world_reuses_a_complete_world(tmp_path: Path) -> None:
-    config = WorldConfig(seed=9, n_train=2, n_val=1, n_test=1)
+    config = WorldConfig(seed=9, n_train=2, n_val=1, n_test=1, **FREE)
     out = ensure_world(tmp_path / "e", config)
     image = out / "train" / "000001000001.png"
     image.write_bytes(b"left alone")
     assert ensure_world(out, config) == out and image.read_bytes() == b"left alone"  # not regenerated
     with pytest.raises(KneuronError, match=r"another config \(n_train 2 -> 3\)"):
-        ensure_world(out, WorldConfig(seed=9, n_train=3, n_val=1, n_test=1))
+        ensure_world(out, WorldConfig(seed=9, n_train=3, n_val=1, n_test=1, **FREE))
     manifest = json.loads((out / "world.json").read_text())
     (out / "world.json").write_text(json.dumps({**manifest, "complete": False}))
     ensure_world(out, config)  # an interrupted generation is redone
     assert image.read_bytes() != b"left alone" and Image.open(image).size == (64, 64)
+
+
+def test_layout_puts_objects_in_distinct_cells_sized_to_the_cell() -> None:
+    from engine.data.world import SIZE_RANGE_OF_CELL
+
+    config = WorldConfig(seed=5, image_size=128, layout_cells=4, jitter_px=1)
+    pitch = config.image_size / config.layout_cells
+    for index in range(40):
+        _, objects, _ = render_world_image(np.random.default_rng([5, 0, index]), config)
+        cells = set()
+        for obj in objects:
+            col, row = int(obj.center[0] // pitch), int(obj.center[1] // pitch)
+            cells.add((row, col))
+            anchor = ((col + 0.5) * pitch, (row + 0.5) * pitch)
+            # centre: the cell centre +- jitter (jitter scales with size/64; edge cells may be pushed inwards by
+            # the outline margin)
+            tolerance = config.jitter_px * config.image_size / 64 + 4
+            assert abs(obj.center[0] - anchor[0]) <= tolerance and abs(obj.center[1] - anchor[1]) <= tolerance
+            low, high = SIZE_RANGE_OF_CELL[obj.size]
+            assert low * pitch - 1e-6 <= obj.diameter <= high * pitch + 1e-6
+        assert len(cells) == len(objects)
+
+
+def test_layout_must_hold_the_objects() -> None:
+    with pytest.raises(KneuronError, match="cannot hold"):
+        WorldConfig(layout_cells=1, max_objects=3)

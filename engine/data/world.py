@@ -60,6 +60,8 @@ CATEGORY_IDS: dict[str, int] = {name: index + 1 for index, name in enumerate(CAT
 
 # Object extent (px across) per size class at 64 px; scaled linearly with image_size.
 SIZE_RANGE_AT_64: dict[str, tuple[float, float]] = {"small": (14.0, 18.0), "large": (24.0, 30.0)}
+# With a layout, object extent as a fraction of the cell pitch (objects stay inside their cell).
+SIZE_RANGE_OF_CELL: dict[str, tuple[float, float]] = {"small": (0.62, 0.72), "large": (0.82, 0.92)}
 MIN_VISIBLE_FRACTION = 0.75
 SPLIT_ID_BASE: dict[str, int] = {"train": 1_000_000, "val": 2_000_000, "test": 3_000_000}
 MANIFEST_NAME = "world.json"
@@ -85,8 +87,8 @@ class WorldConfig:
     """What a world is a function of. ``max_objects`` is at most 4 (all must fit, mostly visible)."""
 
     seed: int = 0
-    image_size: int = 64
-    n_train: int = 3000
+    image_size: int = 128
+    n_train: int = 8000
     n_val: int = 300
     n_test: int = 300
     min_objects: int = 1
@@ -95,8 +97,8 @@ class WorldConfig:
     #: objects sit in distinct cells of a ``layout_cells`` x ``layout_cells`` grid (centre +- ``jitter_px``);
     #: 0 places them anywhere. A tiny ViT trained from scratch (no translation equivariance) learns shapes
     #: from a few thousand images only when their positions repeat.
-    layout_cells: int = 3
-    jitter_px: int = 3
+    layout_cells: int = 4
+    jitter_px: int = 1
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -262,16 +264,19 @@ def _try_objects(
     size = config.image_size
     scale = size / 64.0
     margin = outline_width(size) + 1.0
+    cells = config.layout_cells
     n = int(rng.integers(config.min_objects, config.max_objects + 1))
     categories = [CATEGORIES[i] for i in rng.choice(len(CATEGORIES), size=n, replace=False)]
     colors = [COLORS[i] for i in rng.choice(len(COLORS), size=n, replace=False)]
     placed: list[WorldObject] = []
-    cells = config.layout_cells
     order = rng.permutation(cells * cells)[:n] if cells else [None] * n
     for category, color, cell in zip(categories, colors, order):
         size_class = SIZES[int(rng.integers(len(SIZES)))]
-        low, high = SIZE_RANGE_AT_64[size_class]
-        diameter = round(float(rng.uniform(low, high)) * scale, 2)
+        if cells:
+            low, high = (f * size / cells for f in SIZE_RANGE_OF_CELL[size_class])
+        else:
+            low, high = (v * scale for v in SIZE_RANGE_AT_64[size_class])
+        diameter = round(float(rng.uniform(low, high)), 2)
         limit = MAX_ROTATION_DEG[category]
         rotation = round(float(rng.uniform(-limit, limit)), 1) if limit > 0 else 0.0
         extent = shape_polygon(category, (0.0, 0.0), diameter, rotation)

@@ -143,6 +143,12 @@ class VLMAdapter(ABC):
         """Token ids that end a caption (EOS and the template's stop token)."""
 
     # ------------------------------------------------------------------ tokens
+    @property
+    def pad_id(self) -> int:
+        """Padding id for teacher-forced targets and batched generation (EOS when the tokenizer has no pad)."""
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` without special tokens."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -125,11 +125,6 @@ class HFVLMAdapter(VLMAdapter):
 
     # ------------------------------------------------------------------ tokens
     @property
-    def pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return int(pad if pad is not None else self.tokenizer.eos_token_id)
-
-    @property
     def stop_token_ids(self) -> list[int]:
         ids = [int(self.tokenizer.eos_token_id)]
         configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)

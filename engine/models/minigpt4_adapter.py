@@ -94,11 +94,6 @@ class MiniGPT4Adapter(VLMAdapter):
         return int(self.tokenizer.bos_token_id)
 
     @property
-    def pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return int(pad if pad is not None else self.tokenizer.eos_token_id)
-
-    @property
     def stop_token_ids(self) -> list[int]:
         if self.spec.stop_token_ids is not None:
             return list(self.spec.stop_token_ids)
