@@ -181,7 +181,9 @@ class CaptionScorer:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             import bert_score
+            from transformers.utils import logging as hf_logging
 
+            hf_logging.disable_progress_bar()  # the weight-loading bar would interleave with our own output
             try:
                 self._bert = bert_score.BERTScorer(
                     model_type=self._model_path_or_name, num_layers=self._layers, lang="en",

@@ -1,0 +1,50 @@
+"""The bundled tiny models load by name and describe the embedded world; training reproduces the pipeline."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from engine.data.coco import CocoDataset
+from engine.data.world import WorldConfig, generate_world
+from engine.eval.mentions import mentions
+from engine.models import BUNDLED, load_model
+from engine.suppress import caption_images
+from engine.train import TRAIN_WORLD, TrainConfig, train_tiny_minigpt4
+
+
+@pytest.fixture(scope="module")
+def test_images(tmp_path_factory: pytest.TempPathFactory) -> CocoDataset:
+    # the first 16 images of the embedded world's test split (per-image seeds: independent of n_train)
+    config = replace(TRAIN_WORLD, n_train=0, n_val=0, n_test=16)
+    return CocoDataset(generate_world(tmp_path_factory.mktemp("world") / "w", config), "test")
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_model_names_the_objects(name: str, test_images: CocoDataset) -> None:
+    torch.set_num_threads(1)
+    adapter = load_model(name)
+    ids = test_images.image_ids()
+    captions = caption_images(adapter, [test_images.load_image(i) for i in ids]).texts
+    tp = fp = fn = 0
+    for image_id, caption in zip(ids, captions):
+        present = set(test_images.concepts_in(image_id))
+        for concept in test_images.categories.values():
+            said = mentions(caption, concept)
+            tp += said and concept in present
+            fp += said and concept not in present
+            fn += (not said) and concept in present
+    assert tp / (tp + fp) >= 0.8 and tp / (tp + fn) >= 0.8, list(zip(ids, captions))
+
+
+def test_training_runs_and_the_folder_loads(tmp_path) -> None:
+    world = generate_world(tmp_path / "w", WorldConfig(seed=2, image_size=64, n_train=12, n_val=0, n_test=0))
+    cfg = TrainConfig(variant="patch", steps=25, batch_size=8, warmup_steps=5, threads=1, vision_width=32,
+                      qformer_width=32, d_model=32, d_ff=64, n_layers=2)
+    logs: list[str] = []
+    train_tiny_minigpt4(world, tmp_path / "m", cfg, log=logs.append)
+    first, last = (float(line.split("loss")[1].split()[0]) for line in (logs[0], logs[-1]))
+    assert last < first
+    adapter = load_model(str(tmp_path / "m"))
+    assert adapter.n_layers == 2 and adapter.d_ff == 64 and adapter.n_image_tokens == 1
