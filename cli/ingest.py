@@ -37,8 +37,9 @@ command resumes the run (finished pairs are skipped); a changed option makes a n
               show_default=True, help="Model dtype (auto: as stored).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Pairs per model batch (and per warehouse commit).")
-@click.option("--positions", type=click.Choice(["image", "prompt"]), default="image", show_default=True,
-              help="Positions P: the image tokens, or every prompt position.")
+@click.option("--positions", type=click.Choice(["image", "prompt", "target"]), default="image", show_default=True,
+              help="Positions P: the image tokens, every prompt position, or the position that predicts the "
+                   "concept token.")
 @click.option("--top-k", type=click.IntRange(1, 127), default=16, show_default=True,
               help="Units kept per (layer, position) in token_stats.")
 @click.option("--inpainter", type=click.Choice(["telea", "ns", "sd"]), default="telea", show_default=True,

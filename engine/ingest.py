@@ -76,6 +76,9 @@ def default_world_path() -> Path:
     return Path(os.environ.get(WORLD_ENV_VAR) or DEFAULT_WORLD_PATH).expanduser()
 
 
+POSITIONS = ("image", "prompt", "target")
+
+
 @dataclass
 class IngestConfig:
     """Every option of an ingest run (the CLI builds one).
@@ -88,7 +91,8 @@ class IngestConfig:
         set); None = all. ident_fraction / seed: the identification/evaluation split.
     model / device / dtype: `load_model` arguments (``device="auto"``: CUDA when available; ``dtype="auto"``:
         the checkpoint's). batch_size: pairs per model batch (= per warehouse batch).
-    positions: P = ``image`` tokens or every ``prompt`` position; top_k: units per (layer, position) in
+    positions: P = ``image`` tokens, every ``prompt`` position, or the ``target`` position (the one that predicts
+        the concept token, per image); top_k: units per (layer, position) in
         ``token_stats``.
     inpainter: ``telea`` | ``ns`` | ``sd``; margin_px: dilation of the mask; inpaint_radius: OpenCV radius;
         sd_model / sd_seed / sd_steps: the diffusers pipeline. save_inpainted: folder to save the inpainted
@@ -127,7 +131,7 @@ class IngestConfig:
         checks = [
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (1 <= self.top_k <= 127, f"top-k must be in 1..127, got {self.top_k}"),
-            (self.positions in ("image", "prompt"), f"positions must be 'image' or 'prompt', got {self.positions!r}"),
+            (self.positions in POSITIONS, f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}"),
             (self.images_per_concept is None or self.images_per_concept >= 1,
              f"images per concept must be >= 1 (or all), got {self.images_per_concept}"),
             (self.min_images >= 1, f"min images must be >= 1, got {self.min_images}"),
@@ -406,6 +410,8 @@ def runs_row(run_id: str, adapter: VLMAdapter, identity: dict[str, Any], config:
 
 def count_positions(adapter: VLMAdapter, positions: str) -> int:
     """|P| for this adapter (builds the inputs of one blank image; no forward)."""
+    if positions == "target":
+        return 1
     prepared = adapter.prepare([Image.new("RGB", (32, 32))])
     return int(prepared.positions(positions).numel())
 

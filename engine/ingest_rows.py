@@ -57,14 +57,16 @@ def token_stats_table(run_id: str, concept: str, image_ids: Sequence[int], recor
         raise ValueError(f"{len(image_ids)} image ids for a record of {b} pairs")
     n = b * n_layers * n_pos * k
     position = np.tile(np.repeat(np.arange(n_pos, dtype=np.int16), k), b * n_layers)
-    seq_positions = record.positions.numpy().astype(np.int64)
+    seq = record.positions.numpy().astype(np.int64)  # [P], or [B, P] when P differs per row
+    seq = np.broadcast_to(seq if seq.ndim == 2 else seq[None, :], (b, n_pos))
+    seq_positions = np.broadcast_to(seq[:, None, :, None], (b, n_layers, n_pos, k)).reshape(-1)
     return pa.table({
         "run_id": constant_strings(run_id, n),
         "concept": constant_strings(concept, n),
         "image_id": np.repeat(np.asarray(image_ids, dtype=np.int64), n_layers * n_pos * k),
         "layer": np.tile(np.repeat(np.arange(n_layers, dtype=np.int16), n_pos * k), b),
         "position": position,
-        "seq_position": seq_positions[position],
+        "seq_position": seq_positions,
         "rank": np.tile(np.arange(k, dtype=np.int8), b * n_layers * n_pos),
         "unit": record.top_units.numpy().reshape(-1).astype(np.int64),
         "o_act": record.top_o.float().numpy().reshape(-1),

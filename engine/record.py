@@ -26,7 +26,8 @@ from engine.models.base import VLMAdapter
 
 @dataclass(frozen=True)
 class RecordConfig:
-    """``positions``: P = ``"image"`` tokens (default) or every ``"prompt"`` position.
+    """``positions``: P = ``"image"`` tokens (default), every ``"prompt"`` position, or ``"target"``: the one
+    position per row whose logits give ``y^c`` (where Pan et al. and Dai et al. read their neurons).
     ``top_k``: units kept per (layer, position) in the sparse token table."""
 
     positions: str = "image"
@@ -53,7 +54,8 @@ class PairRecord:
 
     ``o_mean``, ``i_mean``, ``d_max``, ``g_max``, ``g_mean``: ``[B, L, d_ff]``.
     ``top_units``: ``[B, L, P, k]`` units with the largest ``O_o`` at each (layer, position);
-    ``top_o``/``top_i``/``top_g``: their ``O_o``, ``O_i``, ``g``. ``positions``: ``[P]`` sequence positions.
+    ``top_o``/``top_i``/``top_g``: their ``O_o``, ``O_i``, ``g``. ``positions``: ``[P]`` sequence positions,
+    or ``[B, P]`` when they differ per row (``"target"``).
     ``target_logit``: ``[B]`` the value of ``y^c``; ``target_position``: ``[B]`` where it was read.
     """
 
@@ -102,9 +104,16 @@ def record_pairs(
         images = list(originals) + list(inpainted)
     tokens = [list(t.tokens) for t in targets]
     prepared = adapter.prepare(images, targets=tokens + tokens)
-    positions = prepared.positions(config.positions).to(adapter.device)
     rows = torch.arange(b, device=adapter.device)
     at = target_positions(prepared.prompt_length, targets).to(adapter.device)
+    if config.positions == "target":  # one position per row: index (row, position) pairs
+        act_index = (torch.cat([rows, rows + b]).unsqueeze(1), torch.cat([at, at]).unsqueeze(1))  # -> [2B, 1, d_ff]
+        grad_index = (rows.unsqueeze(1), at.unsqueeze(1))  # -> [B, 1, d_ff]
+        positions = at.unsqueeze(1)
+    else:
+        positions = prepared.positions(config.positions).to(adapter.device)
+        act_index = (slice(None), positions)
+        grad_index = (slice(0, b), positions)
     token_ids = torch.tensor([t.token_id for t in targets], device=adapter.device)
     n_layers = adapter.n_layers
     model = traced(adapter)
@@ -118,8 +127,8 @@ def record_pairs(
         with y.sum().backward():
             # nnsight: gradients must be requested in reverse forward order
             grads = [acts[layer].grad for layer in reversed(range(n_layers))][::-1]
-            grads_p = nnsight.save([g[:b, positions].float() for g in grads])
-        acts_p = nnsight.save([a[:, positions].float() for a in acts])
+            grads_p = nnsight.save([g[grad_index].float() for g in grads])
+        acts_p = nnsight.save([a[act_index].float() for a in acts])
         y_saved = nnsight.save(y.detach().float())
     return reduce_pairs(acts_p, grads_p, b, config.top_k, positions, y_saved, at)
 

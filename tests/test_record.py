@@ -143,3 +143,24 @@ def test_reference_sees_the_concept_token(adapter):  # noqa: ANN001
 
 def test_minigpt4_kinds_are_both_variants():
     assert {tiny_adapter(k).spec.architecture.variant for k in MINIGPT4_KINDS} == {"qformer", "patch"}
+
+
+def test_target_positions_read_the_position_that_predicts_the_concept(adapter):  # noqa: ANN001
+    images = varied_images(6, seed=3)
+    originals, inpainted = images[:3], images[3:]
+    targets = make_targets(adapter)
+    record = record_pairs(adapter, originals, inpainted, targets, RecordConfig(positions="target", top_k=TOP_K))
+    acts, _, _, b, prompt_length = reference_record(adapter, originals, inpainted, targets, "image")
+    at = [prompt_length + t.index - 1 for t in targets]
+    assert record.positions.tolist() == [[p] for p in at]
+    for layer in range(adapter.n_layers):
+        full = acts[layer]
+        for row, pos in enumerate(at):
+            o, i = full[row, pos].detach(), full[b + row, pos].detach()
+            g = o * full.grad[row, pos]
+            torch.testing.assert_close(record.o_mean[row, layer], o, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(record.i_mean[row, layer], i, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(record.d_max[row, layer], o - i, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(record.g_max[row, layer], g, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(record.g_mean[row, layer], g, rtol=1e-4, atol=1e-6)
+    assert record.top_units.shape == (3, adapter.n_layers, 1, TOP_K)

@@ -86,7 +86,7 @@ RUNS = TableSpec(
         _f("kneuron_version", pa.string()),
     ]),
     partition_by=("run_id",),
-    enums={"positions": ("image", "prompt")},
+    enums={"positions": ("image", "prompt", "target")},
     key=("run_id",),
     key_per_row=True,
 )
