@@ -319,13 +319,7 @@ def _one_run(wh: Any, con: Any, run_id: str | None) -> dict[str, Any]:
 def stored_sets(con: Any, run_id: str, set_ids: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """set_id -> {concept, method, params, created_at, neurons [(layer, unit, score)]} of a run's stored sets."""
     table = queries.run(con, "suppress_neuron_sets", {"run_id": run_id, "methods": [], "set_ids": list(set_ids)})
-    out: dict[str, dict[str, Any]] = {}
-    for row in table.to_pylist():
-        entry = out.setdefault(row["set_id"], {"concept": row["concept"], "method": row["method"],
-                                               "params": json.loads(row["params_json"]),
-                                               "created_at": row["created_at"], "neurons": []})
-        entry["neurons"].append((int(row["layer"]), int(row["unit"]), row["score"]))
-    return out
+    return _sets_from_table(table)
 
 
 def _reference_from(set_id: str, entry: Mapping[str, Any]) -> ReferenceSet:

@@ -21,21 +21,11 @@ from engine.models.minigpt4_adapter import save_minigpt4
 from engine.suppress import as_neuron_set, caption_images
 from tests.eval_fixtures import RUN_ID, build_eval_world
 from tests.tiny_models import tiny_minigpt4
+from tests.cli_runner import run_cli
 
 FAST = ("bleu4", "rougeL")  # BERTScore only where a test needs it (model load)
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:  # noqa: ANN001
-    """Run ``kneuron ARGS`` in-process: (exit code, stdout, stderr)."""
-    from cli.main import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -30,6 +30,7 @@ from engine.inpaint import dilate, get_inpainter
 from engine.models.minigpt4_adapter import save_minigpt4
 from engine.record import RecordConfig, Target, record_pairs
 from tests.tiny_models import tiny_minigpt4
+from tests.cli_runner import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 CONCEPTS = ("circle", "square", "star")  # in the tiny tokenizer's vocabulary; the other shapes are not
@@ -291,14 +292,6 @@ def test_bad_images_and_empty_masks_are_recorded_skips(world: Path, adapter, tmp
     assert stats[0] == (n_ok, n_ok * adapter.n_layers * adapter.d_ff)
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_unknown_concept_is_a_one_line_error(world: Path, adapter, tmp_path: Path, capsys) -> None:

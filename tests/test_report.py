@@ -27,6 +27,7 @@ from engine.models.minigpt4_adapter import save_minigpt4
 from engine.plots import layer_distribution_plot, overlap_matrix, overlap_matrix_plot, suppression_plot
 from engine.report import SECTIONS, ReportConfig, build_report
 from tests.hf_tiny import tiny_adapter
+from tests.cli_runner import run_cli
 
 RUN = "tiny-run"
 CONCEPTS = ("circle", "square")
@@ -50,16 +51,6 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:  # noqa: ANN001
-    from cli.main import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

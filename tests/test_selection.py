@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import queries
 from engine.errors import KneuronError
+from tests.cli_runner import run_cli
 from queries.selection import (
     NEURON_SETS_SCHEMA,
     SelectionConfig,
@@ -434,16 +435,6 @@ def warehouse_root(tmp_path_factory, world):
     return root
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from cli.main import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_cli_select_writes_neuron_sets_once(tmp_path, world, capsys):

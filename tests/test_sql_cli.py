@@ -10,7 +10,8 @@ import pytest
 
 import warehouse
 from queries.selection import SelectionConfig, run_selection, store_neuron_sets
-from tests.test_selection import build_warehouse, make_world, run_cli
+from tests.cli_runner import run_cli
+from tests.test_selection import build_warehouse, make_world
 
 PER_CONCEPT = "SELECT concept, count(*) AS n, min(image_id) AS first FROM samples WHERE run_id = 'r1' " \
               "GROUP BY concept ORDER BY concept"

@@ -29,6 +29,7 @@ from engine.data.world import (
     world_config_of,
 )
 from engine.errors import KneuronError
+from tests.cli_runner import run_cli
 
 # free placement at 64 px (the default world uses a 4x4 layout at 128 px; see test_layout_*)
 FREE = dict(image_size=64, layout_cells=0)
@@ -215,13 +216,7 @@ def test_other_image_size_scales_objects(tmp_path: Path) -> None:
 
 
 def _run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    try:
-        main(["world", *args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_cli(["world", *args], capsys)
 
 
 def test_cli_generates_and_guards_other_folders(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
