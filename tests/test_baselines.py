@@ -21,14 +21,6 @@ from tests.eval_fixtures import CONCEPTS, RUN_ID, TWO_STAGE_PARAMS, build_eval_w
 from tests.tiny_models import tiny_minigpt4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: thread hand-off costs more than the work on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def adapter():
     return tiny_minigpt4()

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-import torch
 
 from engine.data.coco import CocoDataset
 from engine.data.world import WorldConfig, generate_world
@@ -23,7 +22,6 @@ def test_images(tmp_path_factory: pytest.TempPathFactory) -> CocoDataset:
 
 @pytest.mark.parametrize("name", BUNDLED)
 def test_bundled_model_names_the_objects(name: str, test_images: CocoDataset) -> None:
-    torch.set_num_threads(1)
     adapter = load_model(name)
     ids = test_images.image_ids()
     captions = caption_images(adapter, [test_images.load_image(i) for i in ids]).texts

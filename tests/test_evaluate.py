@@ -28,14 +28,6 @@ FAST = ("bleu4", "rougeL")  # BERTScore only where a test needs it (model load)
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def adapter():
     return tiny_minigpt4()

@@ -27,17 +27,6 @@ from tests.hf_tiny import tiny_adapter, varied_images
 NEURONS = {0: [1, 7], 2: [5]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: one thread is much faster than several on a loaded machine (restored afterwards)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def qformer():
     return tiny_adapter("minigpt4-qformer")

@@ -330,16 +330,7 @@ def test_bad_options_are_one_line_errors(world: Path, adapter, tmp_path: Path) -
 
 
 # ---------------------------------------------------------------------------------------------- kill -9
-@pytest.fixture
-def one_thread():
-    """CPU results depend on the thread count at the last bit: the subprocess and this process use one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_resume_after_kill_9_gives_the_uninterrupted_tables(world: Path, tmp_path: Path, capsys, one_thread) -> None:
+def test_resume_after_kill_9_gives_the_uninterrupted_tables(world: Path, tmp_path: Path, capsys) -> None:
     model_dir = tmp_path / "model"
     tiny = tiny_minigpt4(seed=1)
     save_minigpt4(tiny.model, tiny.tokenizer, tiny.spec, model_dir)

@@ -144,12 +144,7 @@ def save_tiny_inpainting_pipeline(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions: extra threads only contend on a shared 2-core machine
-    yield save_tiny_inpainting_pipeline(tmp_path_factory.mktemp("tiny-sd-inpaint"))
-    torch.set_num_threads(threads)
+    return save_tiny_inpainting_pipeline(tmp_path_factory.mktemp("tiny-sd-inpaint"))
 
 
 def test_diffusion_inpainter_loads_by_path_and_is_seeded(tiny_pipeline_dir: Path) -> None:

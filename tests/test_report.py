@@ -40,17 +40,6 @@ SETS = {  # (concept, method) -> [(layer, unit, score)]
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: one thread is much faster than several on a loaded machine (restored afterwards)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 
 @pytest.fixture(scope="module")
