@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import click
 
+from cli.options import neuron_set_options
+
 
 @click.command("decode", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
-              help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
-@click.option("--run", "run_id", metavar="RUN_ID", help="Run [default: the latest run].")
-@click.option("--concept", metavar="C", help="Decode the current neuron set of this concept.")
-@click.option("--method", default="two_stage", show_default=True, help="Method of the concept's neuron set.")
-@click.option("--set-id", metavar="ID", help="Decode the neuron set with this id.")
-@click.option("--neuron", "neurons", multiple=True, metavar="L:U", help="A neuron layer:unit (repeatable).")
+@neuron_set_options(concept_help="Decode the current neuron set of this concept.",
+                    set_help="Decode the neuron set with this id.")
 @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Tokens per neuron.")
 @click.option("--final-norm/--no-final-norm", default=False, show_default=True,
               help="Pass each output weight through the final RMSNorm before the unembedding.")

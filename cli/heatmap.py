@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from cli.options import neuron_set_options
+
 
 def open_image(path: str):  # noqa: ANN201
     """An RGB PIL image from ``path``; `KneuronError` when it is missing or unreadable."""
@@ -24,13 +26,8 @@ def open_image(path: str):  # noqa: ANN201
 
 
 @click.command("heatmap", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
-              help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
-@click.option("--run", "run_id", metavar="RUN_ID", help="Run [default: the latest run].")
-@click.option("--concept", metavar="C", help="Concept: its current --method set, and its mask for --image-id.")
-@click.option("--method", default="two_stage", show_default=True, help="Method of the concept's neuron set.")
-@click.option("--set-id", metavar="ID", help="Use the neuron set with this id.")
-@click.option("--neuron", "neurons", multiple=True, metavar="L:U", help="A neuron layer:unit (repeatable).")
+@neuron_set_options(concept_help="Concept: its current --method set, and its mask for --image-id.",
+                    set_help="Use the neuron set with this id.")
 @click.option("--image", "image_path", type=click.Path(dir_okay=False), help="An image file.")
 @click.option("--inpainted", "inpainted_path", type=click.Path(dir_okay=False),
               help="With --image: its inpainted copy, drawn beside it on the same scale.")
