@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cli.options import neuron_set_options
+from cli.options import neuron_set_options, require_neuron_choice
 
 
 @click.command("decode", context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,13 +27,9 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
 
     from cli.sql import render_table
     from engine.decode import concept_hit_rate, concept_words, decode_neurons, parse_neuron
-    from engine.errors import KneuronError
     from engine.models import load_model
 
-    if not (neurons or set_id or concept):
-        raise KneuronError("say which neurons: --neuron L:U, --set-id ID or --concept C [--method M]")
-    if neurons and set_id:
-        raise KneuronError("give either --neuron or --set-id, not both")
+    require_neuron_choice(neurons, set_id, concept)
     scores: dict[tuple[int, int], float | None] = {}
     what = ""
     if neurons and model:
@@ -48,18 +44,11 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
             if neurons:
                 pairs = [parse_neuron(text) for text in neurons]
                 what = f"{len(pairs)} neuron(s)"
-            elif set_id:
-                concept, method, members = ctx.set_members(set_id)
-                what = f"set {set_id} ({concept}, {method})"
-                pairs = [(layer, unit) for layer, unit, _ in members]
-                scores = {(layer, unit): score for layer, unit, score in members}
             else:
-                members = ctx.neuron_sets(method).get((concept, method))
-                if not members:
-                    raise KneuronError(f"no {method} neuron set for concept {concept!r} in run {ctx.run_id}")
-                what = f"{concept} ({method}, run {ctx.run_id})"
+                concept, members, what = ctx.chosen_set(concept, method, set_id)
                 pairs = [(layer, unit) for layer, unit, _ in members]
                 scores = {(layer, unit): score for layer, unit, score in members}
+                what += f", run {ctx.run_id}"
             adapter = ctx.load_model(model, device=device)
             for note in ctx.notes:
                 click.echo(f"note: {note}", err=True)

@@ -5,24 +5,7 @@ from pathlib import Path
 
 import click
 
-from cli.options import neuron_set_options
-
-
-def open_image(path: str):  # noqa: ANN201
-    """An RGB PIL image from ``path``; `KneuronError` when it is missing or unreadable."""
-    from PIL import Image
-
-    from engine.data.coco import to_rgb
-    from engine.errors import KneuronError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
-    except FileNotFoundError:
-        raise KneuronError(f"image file not found: {path}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise KneuronError(f"corrupt or unreadable image {path}: {' '.join(str(exc).split())}") from None
+from cli.options import neuron_set_options, open_image, require_neuron_choice
 
 
 @click.command("heatmap", context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,10 +45,7 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
         raise KneuronError("give exactly one of --image PATH and --image-id ID")
     if inpainted_path and not image_path:
         raise KneuronError("--inpainted goes with --image")
-    if neurons and set_id:
-        raise KneuronError("give either --neuron or --set-id, not both")
-    if not (neurons or set_id or concept):
-        raise KneuronError("say which neurons: --neuron L:U, --set-id ID or --concept C [--method M]")
+    require_neuron_choice(neurons, set_id, concept)
     out = Path(out_path)
     if out.suffix.lower() != ".png":
         raise KneuronError(f"--out must be a .png file, got {out}")
@@ -80,17 +60,9 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
 
         ctx = RunContext(warehouse_path, run_id)
         try:
-            if set_id:
-                set_concept, set_method, members = ctx.set_members(set_id)
-                concept = concept or set_concept
+            if not pairs:
+                concept, members, what = ctx.chosen_set(concept, method, set_id)
                 pairs = [(layer, unit) for layer, unit, _ in members]
-                what = f"set {set_id} ({set_concept}, {set_method}, {len(pairs)} neurons)"
-            elif not pairs:
-                members = ctx.neuron_sets(method).get((concept, method))
-                if not members:
-                    raise KneuronError(f"no {method} neuron set for concept {concept!r} in run {ctx.run_id}")
-                pairs = [(layer, unit) for layer, unit, _ in members]
-                what = f"{concept} ({method}, {len(pairs)} neurons)"
             if image_id is not None:
                 if not concept:
                     raise KneuronError("--image-id needs --concept (whose object is inpainted away)")

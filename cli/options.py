@@ -1,4 +1,4 @@
-"""Click options shared by the commands that pick a neuron set (`decode`, `heatmap`)."""
+"""Click options and input checks shared by the commands that pick a neuron set (`decode`, `heatmap`, `caption`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -27,3 +27,30 @@ def neuron_set_options(concept_help: str, set_help: str) -> Callable[[Callable[.
         return command
 
     return decorate
+
+
+def require_neuron_choice(neurons: tuple[str, ...], set_id: str | None, concept: str | None) -> None:
+    """`KneuronError` unless the options name neurons one way: ``--neuron``s, ``--set-id`` or ``--concept``."""
+    from engine.errors import KneuronError
+
+    if neurons and set_id:
+        raise KneuronError("give either --neuron or --set-id, not both")
+    if not (neurons or set_id or concept):
+        raise KneuronError("say which neurons: --neuron L:U, --set-id ID or --concept C [--method M]")
+
+
+def open_image(path: str):  # noqa: ANN201
+    """An RGB PIL image from ``path``; `KneuronError` when it is missing or unreadable."""
+    from PIL import Image
+
+    from engine.data.coco import to_rgb
+    from engine.errors import KneuronError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except FileNotFoundError:
+        raise KneuronError(f"image file not found: {path}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise KneuronError(f"corrupt or unreadable image {path}: {' '.join(str(exc).split())}") from None

@@ -6,16 +6,23 @@ from pathlib import Path
 
 import click
 
+from engine.data.world import WorldConfig
+
+DEFAULT = WorldConfig()  # the embedded default world
+
 
 @click.command("world")
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the world.")
-@click.option("--image-size", type=int, default=64, show_default=True, help="Image side in pixels.")
-@click.option("--n-train", type=int, default=3000, show_default=True, help="Images in the train split.")
-@click.option("--n-val", type=int, default=300, show_default=True, help="Images in the val split.")
-@click.option("--n-test", type=int, default=300, show_default=True, help="Images in the test split.")
+@click.option("--seed", type=int, default=DEFAULT.seed, show_default=True, help="Random seed of the world.")
+@click.option("--image-size", type=int, default=DEFAULT.image_size, show_default=True, help="Image side in pixels.")
+@click.option("--n-train", type=int, default=DEFAULT.n_train, show_default=True, help="Images in the train split.")
+@click.option("--n-val", type=int, default=DEFAULT.n_val, show_default=True, help="Images in the val split.")
+@click.option("--n-test", type=int, default=DEFAULT.n_test, show_default=True, help="Images in the test split.")
+@click.option("--layout-cells", type=int, default=DEFAULT.layout_cells, show_default=True,
+              help="Objects sit in distinct cells of an N x N grid (0: anywhere).")
 @click.option("--force", is_flag=True, help="Write into a non-empty folder that is not a world of this config.")
-def command(out_dir: Path, seed: int, image_size: int, n_train: int, n_val: int, n_test: int, force: bool) -> None:
+def command(out_dir: Path, seed: int, image_size: int, n_train: int, n_val: int, n_test: int,
+            layout_cells: int, force: bool) -> None:
     """Generate the embedded shapes world (MS COCO 2017 layout) under OUT_DIR.
 
     A folder holding a world of the same config is regenerated in place (byte-identical files).
@@ -23,13 +30,13 @@ def command(out_dir: Path, seed: int, image_size: int, n_train: int, n_val: int,
     from engine.data.world import (
         CATEGORIES,
         SPLITS,
-        WorldConfig,
         check_world_target,
         generate_world,
         read_world_manifest,
     )
 
-    config = WorldConfig(seed=seed, image_size=image_size, n_train=n_train, n_val=n_val, n_test=n_test)
+    config = WorldConfig(seed=seed, image_size=image_size, n_train=n_train, n_val=n_val, n_test=n_test,
+                         layout_cells=layout_cells)
     check_world_target(out_dir, config, force)
     started = time.perf_counter()
     generate_world(out_dir, config)

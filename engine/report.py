@@ -241,6 +241,20 @@ class RunContext:
             raise KneuronError(f"no neuron set {set_id!r} in run {self.run_id}")
         return rows[0]["concept"], rows[0]["method"], [(r["layer"], r["unit"], r["score"]) for r in rows]
 
+    def chosen_set(self, concept: str | None, method: str, set_id: str | None
+                   ) -> tuple[str | None, list[tuple[int, int, float | None]], str]:
+        """(concept, members, description) of the set ``set_id``, else of ``concept``'s current ``method`` set.
+
+        The concept is the set's own unless ``concept`` names another one.
+        """
+        if set_id:
+            set_concept, set_method, members = self.set_members(set_id)
+            return concept or set_concept, members, f"set {set_id} ({set_concept}, {set_method}, {len(members)} neurons)"
+        members = self.neuron_sets(method).get((concept, method)) if concept else None
+        if not members:
+            raise KneuronError(f"no {method} neuron set for concept {concept!r} in run {self.run_id}")
+        return concept, members, f"{concept} ({method}, {len(members)} neurons)"
+
     def images(self) -> dict[str, list[int]]:
         """concept -> its evaluation image ids (identification images only for a concept without any)."""
         by_split: dict[str, dict[str, list[int]]] = {}

@@ -39,10 +39,13 @@ def test_bundled_model_names_the_objects(name: str, test_images: CocoDataset) ->
 def test_training_runs_and_the_folder_loads(tmp_path) -> None:
     world = generate_world(tmp_path / "w", WorldConfig(seed=2, image_size=64, n_train=12, n_val=0, n_test=0))
     cfg = TrainConfig(variant="patch", steps=25, batch_size=8, warmup_steps=5, threads=1, vision_width=32,
-                      qformer_width=32, d_model=32, d_ff=64, n_layers=2)
+                      qformer_width=32, d_model=32, d_ff=64, n_layers=2,
+                      vision_pretrain_steps=5, vision_lr_scale=0.5)
     logs: list[str] = []
     train_tiny_minigpt4(world, tmp_path / "m", cfg, log=logs.append)
-    first, last = (float(line.split("loss")[1].split()[0]) for line in (logs[0], logs[-1]))
-    assert last < first
+    caption_steps = [line for line in logs if line.startswith("step")]
+    vision_steps = [line for line in logs if line.startswith("vision step")]
+    first, last = (float(line.split("loss")[1].split()[0]) for line in (caption_steps[0], caption_steps[-1]))
+    assert last < first and len(vision_steps) == 2  # steps 0 and 4 of the ViT pre-training
     adapter = load_model(str(tmp_path / "m"))
     assert adapter.n_layers == 2 and adapter.d_ff == 64 and adapter.n_image_tokens == 1

@@ -26,6 +26,7 @@ from engine.decode import decode_neurons
 from engine.models.minigpt4_adapter import save_minigpt4
 from engine.plots import layer_distribution_plot, overlap_matrix, overlap_matrix_plot, suppression_plot
 from engine.report import SECTIONS, ReportConfig, build_report
+from engine.suppress import as_neuron_set, caption_images
 from tests.hf_tiny import tiny_adapter
 from tests.cli_runner import run_cli
 
@@ -375,12 +376,43 @@ def test_cli_decode(full, model_dir, capsys) -> None:  # noqa: ANN001
     adapter = load_model(str(model_dir))
     for decoded in decode_neurons(adapter, [(2, 5), (1, 7), (2, 11)], k=4):
         assert " ".join(repr(t) for t in decoded.tokens) in stdout
-    assert "circle (two_stage, run tiny-run): top 4 tokens without the final norm" in stdout
+    assert "circle (two_stage, 3 neurons), run tiny-run: top 4 tokens without the final norm" in stdout
     assert "concept-word hit rate:" in stdout
     code, stdout, _ = run_cli(["decode", "--model", str(model_dir), "--neuron", "1:3", "--final-norm"], capsys)
     assert code == 0 and "with the final norm" in stdout and "1:3" in stdout
     code, _, err = run_cli(["decode", "--warehouse", str(full), "--concept", "heart"], capsys)
     assert code == 2 and "no two_stage neuron set for concept 'heart' in run tiny-run" in err
+
+
+def test_cli_caption(full, model_dir, tmp_path, capsys) -> None:  # noqa: ANN001
+    from engine.models import load_model
+
+    paths = []
+    for seed in (0, 1):
+        paths.append(tmp_path / f"c{seed}.png")
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(paths[-1])
+    adapter = load_model(str(model_dir))
+    images = [Image.open(p).convert("RGB") for p in paths]
+    plain = caption_images(adapter, images).texts
+    code, stdout, err = run_cli(["caption", *map(str, paths), "--model", str(model_dir)], capsys)
+    assert (code, err) == (0, "")
+    assert stdout.splitlines() == [f"{p}: {c}" for p, c in zip(paths, plain)]
+
+    suppressed = caption_images(adapter, images, as_neuron_set([(2, 5), (1, 7), (2, 11)])).texts
+    code, stdout, err = run_cli(["caption", *map(str, paths), "--warehouse", str(full), "--concept", "circle"],
+                                capsys)
+    assert code == 0, err
+    assert stdout.splitlines() == ["suppressed: circle (two_stage, 3 neurons)"] + [
+        line for p, c, s in zip(paths, plain, suppressed) for line in (str(p), f"  unmodified: {c}", f"  suppressed: {s}")]
+
+    code, stdout, _ = run_cli(["caption", str(paths[0]), "--model", str(model_dir), "--neuron", "0:1"], capsys)
+    expected = caption_images(adapter, images[:1], as_neuron_set([(0, 1)])).texts[0]
+    assert code == 0 and stdout.splitlines()[1:] == [str(paths[0]), f"  unmodified: {plain[0]}",
+                                                     f"  suppressed: {expected}"]
+    code, _, err = run_cli(["caption", str(paths[0]), "--neuron", "0:1", "--set-id", "x"], capsys)
+    assert code == 2 and err.strip() == "kneuron: error: give either --neuron or --set-id, not both"
+    code, _, err = run_cli(["caption", str(tmp_path / "missing.png"), "--model", str(model_dir)], capsys)
+    assert code == 2 and "image file not found" in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_report(bare, tmp_path, capsys) -> None:  # noqa: ANN001

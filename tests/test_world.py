@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +243,13 @@ def test_cli_generates_and_guards_other_folders(tmp_path: Path, capsys: pytest.C
     code, _, stderr = _run_cli([str(foreign), *small], capsys)
     assert code == 2 and "not a kneuron world" in stderr and str(foreign) in stderr
     assert not (foreign / "train").exists()
+
+
+def test_cli_defaults_are_the_embedded_world(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "default_like"
+    code, stdout, _ = _run_cli([str(out), "--n-train", "1", "--n-val", "1", "--n-test", "1"], capsys)
+    assert code == 0 and "128 px" in stdout
+    assert world_config_of(out) == replace(WorldConfig(), n_train=1, n_val=1, n_test=1)
 
 
 def test_ensure_world_reuses_a_complete_world(tmp_path: Path) -> None:

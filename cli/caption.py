@@ -1,0 +1,60 @@
+"""`kneuron caption`: greedy captions of image files, optionally beside the captions with neurons suppressed."""
+from __future__ import annotations
+
+import click
+
+from cli.options import neuron_set_options, open_image, require_neuron_choice
+
+DEFAULT_MODEL = "tiny-shapes-qformer"
+
+
+@click.command("caption", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@neuron_set_options(concept_help="Suppress the current --method neuron set of this concept.",
+                    set_help="Suppress the neuron set with this id.")
+@click.option("--model", help=f"Model name or folder [default: the run's model when the neurons come from a "
+                              f"warehouse, else {DEFAULT_MODEL}].")
+@click.option("--device", default="cpu", show_default=True, help="Device to load the model on.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+def command(images: tuple[str, ...], warehouse_path: str | None, run_id: str | None, concept: str | None,
+            method: str, set_id: str | None, neurons: tuple[str, ...], model: str | None, device: str,
+            batch_size: int) -> None:
+    """Caption IMAGES (greedy, the model's template and stop rules).
+
+    With neurons (--neuron L:U, --set-id ID, or the current --method set of --concept in the run) each image
+    is captioned twice: as it is and with those FFN units set to zero at every position while generating.
+    """
+    from engine.decode import parse_neuron
+    from engine.models import load_model
+    from engine.suppress import as_neuron_set, caption_images
+
+    pictures = [open_image(path) for path in images]
+    pairs = [parse_neuron(text) for text in neurons]
+    suppress = bool(neurons or set_id or concept)
+    if suppress:
+        require_neuron_choice(neurons, set_id, concept)
+    what = f"{len(pairs)} neuron(s)"
+    if suppress and not (pairs and model):
+        from engine.report import RunContext
+
+        ctx = RunContext(warehouse_path, run_id)
+        try:
+            if not pairs:
+                _, members, what = ctx.chosen_set(concept, method, set_id)
+                pairs = [(layer, unit) for layer, unit, _ in members]
+            adapter = ctx.load_model(model, device=device)
+            for note in ctx.notes:
+                click.echo(f"note: {note}", err=True)
+        finally:
+            ctx.close()
+    else:
+        adapter = load_model(model or DEFAULT_MODEL, device=device)
+    plain = caption_images(adapter, pictures, batch_size=batch_size).texts
+    if not suppress:
+        for path, caption in zip(images, plain):
+            click.echo(f"{path}: {caption}")
+        return
+    suppressed = caption_images(adapter, pictures, as_neuron_set(pairs), batch_size=batch_size).texts
+    click.echo(f"suppressed: {what}")
+    for path, caption, changed in zip(images, plain, suppressed):
+        click.echo(f"{path}\n  unmodified: {caption}\n  suppressed: {changed}")
