@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from engine.decode import check_neurons
 from engine.models.base import VLMAdapter
 from engine.record import traced
 
@@ -37,7 +38,11 @@ class Captions:
 
 def generate_ids(adapter: VLMAdapter, images: Sequence[Image.Image] | torch.Tensor,
                  neurons: NeuronSet | None = None, **generate_kwargs) -> torch.Tensor:
-    """New tokens ``[B, T_new]`` for one batch, with ``neurons`` zeroed (None or empty: the plain model)."""
+    """New tokens ``[B, T_new]`` for one batch, with ``neurons`` zeroed (None or empty: the plain model).
+
+    `KneuronError` for a neuron outside the model.
+    """
+    check_neurons(adapter, [(layer, unit) for layer, units in (neurons or {}).items() for unit in units])
     prepared = adapter.prepare(images)
     args, kwargs = adapter.generate_call(prepared, **generate_kwargs)
     active = {layer: units for layer, units in (neurons or {}).items() if len(units)}

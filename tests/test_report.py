@@ -409,6 +409,9 @@ def test_cli_caption(full, model_dir, tmp_path, capsys) -> None:  # noqa: ANN001
     expected = caption_images(adapter, images[:1], as_neuron_set([(0, 1)])).texts[0]
     assert code == 0 and stdout.splitlines()[1:] == [str(paths[0]), f"  unmodified: {plain[0]}",
                                                      f"  suppressed: {expected}"]
+    code, _, err = run_cli(["caption", str(paths[0]), "--model", str(model_dir), "--neuron", "0:9999"], capsys)
+    assert code == 2 and err.strip() == (f"kneuron: error: neuron 0:9999 is outside the model "
+                                         f"({adapter.n_layers} layers x {adapter.d_ff} units)")
     code, _, err = run_cli(["caption", str(paths[0]), "--neuron", "0:1", "--set-id", "x"], capsys)
     assert code == 2 and err.strip() == "kneuron: error: give either --neuron or --set-id, not both"
     code, _, err = run_cli(["caption", str(tmp_path / "missing.png"), "--model", str(model_dir)], capsys)

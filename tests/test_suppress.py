@@ -112,3 +112,11 @@ def test_single_unit_suppression_matches_reference(adapter, images):  # noqa: AN
     ids, _ = reference_captions(adapter, images, neurons)
     assert caption_images(adapter, images, neurons, batch_size=BATCH).token_ids == ids
     assert not torch.equal(first_step_logits(adapter, images, {}), first_step_logits(adapter, images, neurons))
+
+
+@pytest.mark.parametrize("bad", [{-1: [0]}, {0: [10**6]}])
+def test_neurons_outside_the_model_are_refused(adapter, images, bad):  # noqa: ANN001
+    from engine.errors import KneuronError
+
+    with pytest.raises(KneuronError, match=r"is outside the model \(\d+ layers x \d+ units\)"):
+        caption_images(adapter, images, bad, batch_size=BATCH)
