@@ -11,7 +11,8 @@ With ``vision_pretrain_steps`` the ViT is first pre-trained alone on that dense 
 comes pre-trained), on augmented images (random horizontal flip and RGB channel order, which keep every
 shape's identity; the patch labels follow the flip), then trained on with the rest at ``vision_lr_scale``
 times the learning rate (0: frozen). Trained jointly from scratch, the ViT memorises the 8000 training images
-and keeps confusing circles with hexagons on new ones. Deterministic for a seed on a given machine (one RNG, fixed thread count).
+and keeps confusing circles with hexagons on new ones. Deterministic for a seed on a given machine (one RNG,
+fixed thread count).
 """
 from __future__ import annotations
 
