@@ -38,11 +38,7 @@ class Captions:
 
 def generate_ids(adapter: VLMAdapter, images: Sequence[Image.Image] | torch.Tensor,
                  neurons: NeuronSet | None = None, **generate_kwargs) -> torch.Tensor:
-    """New tokens ``[B, T_new]`` for one batch, with ``neurons`` zeroed (None or empty: the plain model).
-
-    `KneuronError` for a neuron outside the model.
-    """
-    check_neurons(adapter, [(layer, unit) for layer, units in (neurons or {}).items() for unit in units])
+    """New tokens ``[B, T_new]`` for one batch, with ``neurons`` zeroed (None or empty: the plain model)."""
     prepared = adapter.prepare(images)
     args, kwargs = adapter.generate_call(prepared, **generate_kwargs)
     active = {layer: units for layer, units in (neurons or {}).items() if len(units)}
@@ -67,7 +63,11 @@ def generate_ids(adapter: VLMAdapter, images: Sequence[Image.Image] | torch.Tens
 
 def caption_images(adapter: VLMAdapter, images: Sequence[Image.Image], neurons: NeuronSet | None = None,
                    batch_size: int = 16, **generate_kwargs) -> Captions:
-    """Caption ``images`` in batches, with ``neurons`` suppressed; deterministic (greedy)."""
+    """Caption ``images`` in batches, with ``neurons`` suppressed; deterministic (greedy).
+
+    `KneuronError` for a neuron outside the model, before any captioning.
+    """
+    check_neurons(adapter, [(layer, unit) for layer, units in (neurons or {}).items() for unit in units])
     texts: list[str] = []
     ids: list[list[int]] = []
     for start in range(0, len(images), batch_size):
