@@ -27,9 +27,10 @@ import time
 
 import torch
 
+from engine.caption import caption_images
 from engine.models.base import VLMAdapter
-from engine.suppress import as_neuron_set, caption_images
-from tests.tiny_models import random_images, tiny_minigpt4
+from engine.neurons import as_neuron_set
+from tests.helpers.tiny_models import random_images, tiny_minigpt4
 
 DEVICE = os.environ.get("KNEURON_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 MODEL = os.environ.get("KNEURON_BENCH_SUPPRESS_MODEL", "tiny")
@@ -66,7 +67,8 @@ class _Zero:
     """Forward pre-hooks on ``down_proj`` that zero the set's units of its input (every position)."""
 
     def __init__(self, adapter: VLMAdapter, neurons: dict[int, list[int]]) -> None:
-        self.adapter, self.neurons, self.handles = adapter, neurons, []
+        self.adapter, self.neurons = adapter, neurons
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> "_Zero":
         for layer, units in self.neurons.items():
@@ -90,7 +92,7 @@ def full_forward_logits(adapter: VLMAdapter, image, tokens: list[int]) -> torch.
     if "input_ids" in prepared.kwargs:  # Hugging Face VLMs
         output = adapter.model(*prepared.args, **prepared.kwargs, use_cache=False)
     else:  # MiniGPT-4: its forward takes no cache flag; run its LLM on the same embeddings
-        embeds = adapter.model.embed(*prepared.args)
+        embeds = adapter.model.embed(*prepared.args)  # type: ignore[operator]
         output = adapter.language_model(inputs_embeds=embeds, use_cache=False)
     return adapter.logits(output)[0, -1].float()
 

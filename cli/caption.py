@@ -11,7 +11,7 @@ DEFAULT_MODEL = "tiny-shapes-qformer"
 @click.command("caption", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @neuron_set_options(concept_help="Suppress the current --method neuron set of this concept.",
-                    set_help="Suppress the neuron set with this id.")
+                    set_help="Suppress the neuron set with this id (`kneuron ls sets`).")
 @click.option("--model", help=f"Model name or folder [default: the run's model when the neurons come from a "
                               f"warehouse, else {DEFAULT_MODEL}].")
 @click.option("--device", default="cpu", show_default=True, help="Device to load the model on.")
@@ -21,12 +21,12 @@ def command(images: tuple[str, ...], warehouse_path: str | None, run_id: str | N
             batch_size: int) -> None:
     """Caption IMAGES (greedy, the model's template and stop rules).
 
-    With neurons (--neuron L:U, --set-id ID, or the current --method set of --concept in the run) each image
+    With neurons (--neuron L:U, --set SET_ID, or the current --method set of --concept in the run) each image
     is captioned twice: as it is and with those FFN units set to zero at every position while generating.
     """
-    from engine.decode import parse_neuron
+    from engine.caption import caption_images
     from engine.models import load_model
-    from engine.suppress import as_neuron_set, caption_images
+    from engine.neurons import as_neuron_set, parse_neuron
 
     pictures = [open_image(path) for path in images]
     pairs = [parse_neuron(text) for text in neurons]
@@ -35,18 +35,15 @@ def command(images: tuple[str, ...], warehouse_path: str | None, run_id: str | N
         require_neuron_choice(neurons, set_id, concept)
     what = f"{len(pairs)} neuron(s)"
     if suppress and not (pairs and model):
-        from engine.report import RunContext
+        from engine.pipelines.run import RunReader
 
-        ctx = RunContext(warehouse_path, run_id)
-        try:
+        with RunReader(warehouse_path, run_id) as run:
             if not pairs:
-                _, members, what = ctx.chosen_set(concept, method, set_id)
+                _, members, what = run.chosen_set(concept, method, set_id)
                 pairs = [(layer, unit) for layer, unit, _ in members]
-            adapter = ctx.load_model(model, device=device)
-            for note in ctx.notes:
+            adapter = run.load_model(model, device=device)
+            for note in run.notes:
                 click.echo(f"note: {note}", err=True)
-        finally:
-            ctx.close()
     else:
         adapter = load_model(model or DEFAULT_MODEL, device=device)
     plain = caption_images(adapter, pictures, batch_size=batch_size).texts

@@ -17,8 +17,7 @@ import click
 def command(model: str, world_dir: Path | None, split: str, limit: int | None, device: str,
             batch_size: int) -> None:
     """Print per-category mention precision/recall and the object-removal rates as a Markdown table."""
-    from engine.data.world import WorldConfig, ensure_world
-    from engine.ingest import default_world_path
+    from engine.data.world import WorldConfig, default_world_path, ensure_world
     from engine.models import load_model
     from engine.quality import check_quality
 

@@ -8,7 +8,7 @@ from cli.options import neuron_set_options, require_neuron_choice
 
 @click.command("decode", context_settings={"help_option_names": ["-h", "--help"]})
 @neuron_set_options(concept_help="Decode the current neuron set of this concept.",
-                    set_help="Decode the neuron set with this id.")
+                    set_help="Decode the neuron set with this id (`kneuron ls sets`).")
 @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Tokens per neuron.")
 @click.option("--final-norm/--no-final-norm", default=False, show_default=True,
               help="Pass each output weight through the final RMSNorm before the unembedding.")
@@ -20,14 +20,15 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
             neurons: tuple[str, ...], k: int, final_norm: bool, top: int, model: str | None, device: str) -> None:
     """Decode neurons: each neuron's output weight W_down[:, i] times the unembedding W_U, top-k tokens.
 
-    Neurons come from --neuron L:U, --set-id ID, or the current --method set of --concept in the run.
+    Neurons come from --neuron L:U, --set SET_ID, or the current --method set of --concept in the run.
     With a concept, the share of neurons whose top tokens contain the concept word is printed too.
     """
     import pyarrow as pa
 
-    from cli.sql import render_table
-    from engine.decode import concept_hit_rate, concept_words, decode_neurons, parse_neuron
+    from cli.render import render_table
+    from engine.decode import concept_hit_rate, concept_words, decode_neurons
     from engine.models import load_model
+    from engine.neurons import parse_neuron
 
     require_neuron_choice(neurons, set_id, concept)
     scores: dict[tuple[int, int], float | None] = {}
@@ -37,23 +38,20 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
         adapter = load_model(model, device=device)
         what = f"{len(pairs)} neuron(s)"
     else:
-        from engine.report import RunContext
+        from engine.pipelines.run import RunReader
 
-        ctx = RunContext(warehouse_path, run_id)
-        try:
+        with RunReader(warehouse_path, run_id) as run:
             if neurons:
                 pairs = [parse_neuron(text) for text in neurons]
                 what = f"{len(pairs)} neuron(s)"
             else:
-                concept, members, what = ctx.chosen_set(concept, method, set_id)
+                concept, members, what = run.chosen_set(concept, method, set_id)
                 pairs = [(layer, unit) for layer, unit, _ in members]
                 scores = {(layer, unit): score for layer, unit, score in members}
-                what += f", run {ctx.run_id}"
-            adapter = ctx.load_model(model, device=device)
-            for note in ctx.notes:
+                what += f", run {run.run_id}"
+            adapter = run.load_model(model, device=device)
+            for note in run.notes:
                 click.echo(f"note: {note}", err=True)
-        finally:
-            ctx.close()
     total = len(pairs)
     decoded_all = decode_neurons(adapter, pairs, k=k, final_norm=final_norm)
     order = {pair: index for index, pair in enumerate(pairs)}

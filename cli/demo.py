@@ -25,6 +25,8 @@ def command(ctx: click.Context, model: str, world_dir: str | None, warehouse_pat
     """Run the whole method on the embedded shapes world with a bundled tiny MiniGPT-4 and write the report.
 
     Each step is the command of the same name with its defaults; rerunning resumes (finished work is reused).
+    Every step works on the run this ingest made (or resumed) and suppress evaluates the two-stage sets this
+    select chose, whatever other runs and selections the warehouse holds.
     """
     from cli import ingest, report, select, suppress
 
@@ -34,12 +36,17 @@ def command(ctx: click.Context, model: str, world_dir: str | None, warehouse_pat
         click.echo(f"\n== {name}  (+{time.time() - started:.0f}s)")
 
     step("ingest: record O'_o, O'_i and g_c for every concept")
-    ctx.invoke(ingest.command, coco_root=world_dir, model=model, device=device,
-               images_per_concept=str(images_per_concept), warehouse_path=warehouse_path, progress=progress)
+    run_id = ctx.invoke(ingest.command, coco_root=world_dir, model=model, device=device,
+                        images_per_concept=str(images_per_concept), warehouse_path=warehouse_path, progress=progress)
     step("select: two-stage filtering in DuckDB")
-    ctx.invoke(select.command, warehouse_path=warehouse_path)
+    selected = ctx.invoke(select.command, warehouse_path=warehouse_path, run_id=run_id)
+    two_stage = [row["set_id"] for row in selected.selection.summary.to_pylist()
+                 if row["method"] == "two_stage" and row["n_selected"]]
     step("suppress: caption evaluation images with each neuron set zeroed, against baselines")
-    ctx.invoke(suppress.command, warehouse_path=warehouse_path, device=device, progress=progress)
+    ctx.invoke(suppress.command, warehouse_path=warehouse_path, run_id=run_id, set_ids=tuple(two_stage),
+               device=device, progress=progress)
     step("report")
-    ctx.invoke(report.command, warehouse_path=warehouse_path, out_dir=out_dir, device=device)
+    ctx.invoke(report.command, warehouse_path=warehouse_path, run_id=run_id, set_ids=tuple(two_stage),
+               out_dir=out_dir, device=device)
     click.echo(f"\ndemo finished in {time.time() - started:.0f}s; open {Path(out_dir).resolve() / 'report.html'}")
+

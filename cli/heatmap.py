@@ -10,7 +10,7 @@ from cli.options import neuron_set_options, open_image, require_neuron_choice
 
 @click.command("heatmap", context_settings={"help_option_names": ["-h", "--help"]})
 @neuron_set_options(concept_help="Concept: its current --method set, and its mask for --image-id.",
-                    set_help="Use the neuron set with this id.")
+                    set_help="Use the neuron set with this id (`kneuron ls sets`).")
 @click.option("--image", "image_path", type=click.Path(dir_okay=False), help="An image file.")
 @click.option("--inpainted", "inpainted_path", type=click.Path(dir_okay=False),
               help="With --image: its inpainted copy, drawn beside it on the same scale.")
@@ -31,15 +31,15 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
             heat_value: str, probes: int) -> None:
     """Draw the mean activation of a neuron set at the image tokens over the image (jet colormap).
 
-    Neurons come from --neuron L:U, --set-id ID, or the current --method set of --concept. The image is a file
+    Neurons come from --neuron L:U, --set SET_ID, or the current --method set of --concept. The image is a file
     (--image, optionally with --inpainted) or an image of the run's dataset (--image-id with --concept), shown
     beside its inpainted copy. Q-Former models map query tokens to patches by a Jacobian attribution (see
     engine/heatmap.py).
     """
-    from engine.decode import parse_neuron
     from engine.errors import KneuronError
     from engine.heatmap import heatmaps, overlay, side_by_side
     from engine.models import load_model
+    from engine.neurons import parse_neuron
 
     if (image_path is None) == (image_id is None):
         raise KneuronError("give exactly one of --image PATH and --image-id ID")
@@ -50,32 +50,29 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
     if out.suffix.lower() != ".png":
         raise KneuronError(f"--out must be a .png file, got {out}")
     pairs = [parse_neuron(text) for text in neurons]
-    standalone = bool(pairs) and model is not None and image_path is not None
     what = f"{len(pairs)} neuron(s)"
-    if standalone:
+    if pairs and model is not None and image_path is not None:  # no warehouse needed
         adapter = load_model(model, device=device)
         images = [open_image(image_path)] + ([open_image(inpainted_path)] if inpainted_path else [])
     else:
-        from engine.report import RunContext
+        from engine.pipelines.run import RunReader
 
-        ctx = RunContext(warehouse_path, run_id)
-        try:
+        with RunReader(warehouse_path, run_id) as run:
             if not pairs:
-                concept, members, what = ctx.chosen_set(concept, method, set_id)
+                concept, members, what = run.chosen_set(concept, method, set_id)
                 pairs = [(layer, unit) for layer, unit, _ in members]
             if image_id is not None:
                 if not concept:
                     raise KneuronError("--image-id needs --concept (whose object is inpainted away)")
-                dataset = ctx.dataset(data_root, split)
-                inpainter, margin = ctx.inpainter(device)
-                images = list(ctx.pair(dataset, concept, image_id, inpainter, margin))
+                dataset = run.dataset(data_root, split)
+                inpainter, margin = run.inpainter(device)
+                images = list(run.pair(dataset, concept, image_id, inpainter, margin))
             else:
+                assert image_path is not None  # exactly one of --image and --image-id was checked above
                 images = [open_image(image_path)] + ([open_image(inpainted_path)] if inpainted_path else [])
-            adapter = ctx.load_model(model, device=device)
-            for note in ctx.notes:
+            adapter = run.load_model(model, device=device)
+            for note in run.notes:
                 click.echo(f"note: {note}", err=True)
-        finally:
-            ctx.close()
     heats = heatmaps(adapter, images, pairs, joint=True, n_probes=probes, value=heat_value)
     if len(images) == 2:
         picture = side_by_side(overlay(images[0], heats[0]), overlay(images[1], heats[1]),

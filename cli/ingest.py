@@ -56,14 +56,17 @@ command resumes the run (finished pairs are skipped); a changed option makes a n
 @click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False), default=None,
               help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
 @click.option("--run-id", default=None, help="Run id [default: derived from the options, so reruns resume].")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Log progress (pairs done / total, rate, ETA) to stderr at least every 30 s.")
+@click.option("--retry-skipped/--no-retry-skipped", default=True, show_default=True,
+              help="On resume, record again the pairs stored as skipped (e.g. an image that was missing).")
 def command(coco_root: str | None, split: str, concepts: tuple[str, ...], min_images: int, min_area: float,
             images_per_concept: str, ident_fraction: float, seed: int, model: str, device: str, dtype: str,
             batch_size: int, positions: str, top_k: int, inpainter: str, margin_px: float, inpaint_radius: float,
             sd_model: str | None, sd_seed: int, sd_steps: int, save_inpainted: str | None,
-            warehouse_path: str | None, run_id: str | None, progress: bool) -> None:
+            warehouse_path: str | None, run_id: str | None, progress: bool, retry_skipped: bool) -> str:
     from engine.errors import KneuronError
-    from engine.ingest import IngestConfig, run_ingest
+    from engine.pipelines.ingest import IngestConfig, run_ingest
 
     if images_per_concept.strip().lower() == "all":
         per_concept = None
@@ -78,6 +81,8 @@ def command(coco_root: str | None, split: str, concepts: tuple[str, ...], min_im
         dtype=dtype, batch_size=batch_size, positions=positions, top_k=top_k, inpainter=inpainter,
         margin_px=margin_px, inpaint_radius=inpaint_radius, sd_model=sd_model, sd_seed=sd_seed, sd_steps=sd_steps,
         save_inpainted=save_inpainted, warehouse=warehouse_path, run_id=run_id, progress=progress,
+        retry_skipped=retry_skipped,
     )
     summary = run_ingest(config, log=lambda message: click.echo(f"kneuron: {message}", err=True))
     click.echo(summary.line())
+    return summary.run_id

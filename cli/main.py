@@ -6,6 +6,7 @@ Commands are imported only when invoked, so ``kneuron --help`` stays fast (no to
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 import click
@@ -20,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("cli.ingest", "Record stage-1/stage-2 neuron signals of COCO images into the warehouse."),
     "select": ("cli.select", "Two-stage neuron selection in DuckDB; writes neuron_sets."),
     "sql": ("cli.sql", "Run ad-hoc SQL over the warehouse views."),
+    "ls": ("cli.ls", "List the runs, neuron sets (which is current) or evaluations of a warehouse."),
+    "verify": ("cli.verify", "Check the warehouse's files against their commit records; --repair."),
     "suppress": ("cli.suppress", "Suppression evaluation of neuron sets and baselines."),
     "decode": ("cli.decode", "Decode neurons to vocabulary tokens."),
     "heatmap": ("cli.heatmap", "Activation heatmaps of a neuron set over an image."),

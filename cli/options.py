@@ -1,6 +1,7 @@
 """Click options and input checks shared by the commands that pick a neuron set (`decode`, `heatmap`, `caption`)."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -8,7 +9,10 @@ import click
 
 
 def neuron_set_options(concept_help: str, set_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``--warehouse --run --concept --method --set-id --neuron``: where the neurons come from."""
+    """``--warehouse --run --concept --method --set --neuron``: where the neurons come from.
+
+    The command receives ``set_id`` (from ``--set SET_ID``, or its hidden old spelling ``--set-id``).
+    """
     options = [
         click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
                      help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse]."),
@@ -16,27 +20,39 @@ def neuron_set_options(concept_help: str, set_help: str) -> Callable[[Callable[.
         click.option("--concept", metavar="C", help=concept_help),
         click.option("--method", default="two_stage", show_default=True,
                      help="Method of the concept's neuron set."),
-        click.option("--set-id", metavar="ID", help=set_help),
+        click.option("--set", "set_id", metavar="SET_ID", help=set_help),
+        click.option("--set-id", "set_id_alias", metavar="SET_ID", hidden=True, help="Old spelling of --set."),
         click.option("--neuron", "neurons", multiple=True, metavar="L:U",
                      help="A neuron layer:unit (repeatable)."),
     ]
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def merged(*args: Any, set_id_alias: str | None = None, **kwargs: Any) -> Any:
+            if set_id_alias is not None:
+                if kwargs.get("set_id") not in (None, set_id_alias):
+                    from engine.errors import KneuronError
+
+                    raise KneuronError("give one set: --set and --set-id (its old spelling) name different sets")
+                kwargs["set_id"] = set_id_alias
+            return command(*args, **kwargs)
+
+        wrapped: Callable[..., Any] = merged
         for option in reversed(options):
-            command = option(command)
-        return command
+            wrapped = option(wrapped)
+        return wrapped
 
     return decorate
 
 
 def require_neuron_choice(neurons: tuple[str, ...], set_id: str | None, concept: str | None) -> None:
-    """`KneuronError` unless the options name neurons one way: ``--neuron``s, ``--set-id`` or ``--concept``."""
+    """`KneuronError` unless the options name neurons one way: ``--neuron``s, ``--set`` or ``--concept``."""
     from engine.errors import KneuronError
 
     if neurons and set_id:
-        raise KneuronError("give either --neuron or --set-id, not both")
+        raise KneuronError("give either --neuron or --set, not both")
     if not (neurons or set_id or concept):
-        raise KneuronError("say which neurons: --neuron L:U, --set-id ID or --concept C [--method M]")
+        raise KneuronError("say which neurons: --neuron L:U, --set SET_ID or --concept C [--method M]")
 
 
 def open_image(path: str):  # noqa: ANN201

@@ -12,6 +12,9 @@ import click
               help="Output folder (report.html, report.md, summary.json, figures/).")
 @click.option("--method", default="two_stage", show_default=True,
               help="Neuron-set method shown in heatmaps, plots and decoded tokens.")
+@click.option("--set", "set_ids", multiple=True, metavar="SET_ID",
+              help="A --method set to show instead of its concept's current one (repeatable, one per concept; "
+                   "`kneuron ls sets` lists them) [default: the current sets].")
 @click.option("--model", help="Model name or folder [default: the run's model].")
 @click.option("--device", default="cpu", show_default=True, help="Device to load the model on.")
 @click.option("--no-model", is_flag=True, help="Skip heatmaps, contrast and decoded tokens (no model needed).")
@@ -27,23 +30,31 @@ import click
 @click.option("--value", "heat_value", type=click.Choice(["magnitude", "signed"]), default="magnitude",
               show_default=True, help="Heat of a token: mean |activation| of the set's units, or the signed mean.")
 @click.option("--max-concepts", type=click.IntRange(min=1), help="Concepts with heatmaps and decoding [default: all].")
-def command(warehouse_path: str | None, run_id: str | None, out_dir: str, method: str, model: str | None,
-            device: str, no_model: bool, data_root: str | None, split: str | None, heatmap_images: int,
-            contrast_images: int, decode_top: int, k: int, heat_value: str, max_concepts: int | None) -> None:
+def command(warehouse_path: str | None, run_id: str | None, out_dir: str, method: str, set_ids: tuple[str, ...],
+            model: str | None, device: str, no_model: bool, data_root: str | None, split: str | None,
+            heatmap_images: int, contrast_images: int, decode_top: int, k: int, heat_value: str,
+            max_concepts: int | None) -> None:
     """Write one self-contained HTML page (and Markdown with PNGs beside it) about a run: configuration,
     selection summary, suppression results, plots, heatmaps, heatmap contrast and decoded tokens."""
-    from engine.report import ReportConfig, build_report
+    from engine.pipelines.report import ReportConfig, build_report
 
-    config = ReportConfig(run_id=run_id, method=method, model=model, device=device, with_model=not no_model,
-                          data_root=data_root, split=split, heatmap_images=heatmap_images,
+    config = ReportConfig(run_id=run_id, method=method, set_ids=tuple(set_ids), model=model, device=device,
+                          with_model=not no_model, data_root=data_root, split=split, heatmap_images=heatmap_images,
                           contrast_images=contrast_images, decode_top=decode_top, k=k, max_concepts=max_concepts,
                           heat_value=heat_value)
     result = build_report(warehouse_path, out_dir, config)
     click.echo(f"report: {result.html}")
     click.echo(f"markdown: {result.markdown} (figures in {result.out_dir / 'figures'})")
+    shown = ", ".join(f"{s['concept']} {s['set_id']}" for s in result.summary["sets"] if s["method"] == method)
+    click.echo(f"{method} sets shown: {shown or 'none'}")
     pooled = result.summary.get("heatmap_contrast", {}).get("pooled", {})
-    for name in (method, "random control"):
+    for name in (method, "random"):
         if name in pooled:
             values = pooled[name]
+            others = values["vs_other_objects"]
             click.echo(f"heatmap contrast ({name}, {values['images']} images): {values['vs_rest']:.3f} brighter on "
-                       f"the concept's object than elsewhere, {values['vs_other_objects']:.3f} than on other objects")
+                       f"the concept's object than elsewhere, "
+                       f"{'—' if others is None else format(others, '.3f')} than on other objects")
+    if pooled and "random" not in pooled:
+        click.echo("heatmap contrast: no stored random baseline set in this run, so no chance level "
+                   "(`kneuron suppress` stores one)")

@@ -53,33 +53,29 @@ def summary_table(selection: Any) -> Any:
 @click.option("--with-baselines/--no-baselines", default=True, show_default=True,
               help="Also write stage1_only and stage2_only sets of size |N_k|.")
 def command(warehouse_path: str | None, run_id: str | None, concepts: tuple[str, ...], stage1: str, stage2: str,
-            aggregate: str, min_share: float, reduce: str, stage2_pool: str, with_baselines: bool) -> None:
+            aggregate: str, min_share: float, reduce: str, stage2_pool: str, with_baselines: bool) -> Any:
     """Select knowledge neurons (two-stage filtering) and store them as neuron_sets.
 
     Stage 1 keeps the neurons whose activation drops when the concept is inpainted away (C_k); stage 2 keeps
     those of C_k with a large GradCAM-style attribution (N_k). Thresholds: `auto` (knee of the sorted scores),
     `abs:V`, `q:Q` (per-concept quantile) or `top:N`. Sets already in the warehouse (same run, concept,
-    method and parameters) are not written again.
+    method and parameters) are not written again, but become the current sets again (printed).
     """
-    import warehouse
-    from cli.sql import render_table
-    from queries.selection import SelectionConfig, ThresholdSpec, run_selection, store_neuron_sets
+    from cli.render import render_table
+    from engine.pipelines.select import select_sets
+    from queries.selection import SelectionConfig, ThresholdSpec
 
     config = SelectionConfig(
         run_id=run_id, concepts=tuple(dict.fromkeys(concepts)), stage1=ThresholdSpec.parse(stage1),
         stage2=ThresholdSpec.parse(stage2), aggregate=aggregate, min_share=min_share, reduce=reduce,
         stage2_pool=stage2_pool, baselines=with_baselines,
     )
-    con = warehouse.connect(warehouse_path, read_only=True)
-    try:
-        selection = run_selection(con, config)
-    finally:
-        con.close()
-    with warehouse.Warehouse.open(warehouse_path, create=True) as wh:
-        written, present = store_neuron_sets(wh, selection.neuron_sets)
-
+    result = select_sets(warehouse_path, config)
+    selection = result.selection
     n_concepts = len(set(selection.summary.column("concept").to_pylist()))
-    click.echo(f"run {selection.run_id}: {n_concepts} concept(s); wrote {len(written)} neuron set(s)"
-               + (f", {len(present)} already stored" if present else "")
+    click.echo(f"run {selection.run_id}: {n_concepts} concept(s); wrote {len(result.written)} neuron set(s)"
+               + (f", {len(result.present)} already stored" if result.present else "")
                + f" [stage1 {stage1}, stage2 {stage2}, aggregate {aggregate}, reduce {reduce}]")
+    click.echo(f"current sets now: {' '.join(result.current) if result.current else '(none: every set is empty)'}")
     click.echo(render_table(summary_table(selection), max_rows=10_000), nl=False)
+    return result  # for `kneuron demo`, which evaluates exactly these sets

@@ -1,17 +1,12 @@
 """`kneuron sql`: run SQL over the warehouse views (read-only) and print or save the result."""
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
-import json
-import math
-import shutil
 from pathlib import Path
 from typing import Any
 
 import click
 
+from cli.render import render_csv, render_json, render_table
 from engine.errors import KneuronError
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -46,55 +41,44 @@ def read_sql(sql: str | None, file: str | None, query: str | None) -> str:
             raise KneuronError(f"cannot read SQL file {path}: {exc.strerror or exc}") from None
     if query is not None:
         return queries.load(query)
-    return sql  # type: ignore[return-value]
+    assert sql is not None
+    return sql
 
 
-def render_table(table: Any, max_rows: int) -> str:
-    """``table`` (pyarrow) as DuckDB's box drawing, at most ``max_rows`` rows, fitted to the terminal."""
+def check_output_outside(output: str | None, root: Path) -> None:
+    """Refuse an ``--output`` path inside the warehouse at ``root``: results never overwrite stored data."""
+    if output is None:
+        return
+    target = Path(output).expanduser().absolute().resolve()
+    if target == root.resolve() or root.resolve() in target.parents:
+        raise KneuronError(f"--output {output} is inside the warehouse {root}; write results elsewhere")
+
+
+def run_read_only(wh: Any, text: str, params: dict[str, Any]) -> Any:
+    """Run ``text`` over the views of the open warehouse ``wh`` (plus the derived views of `queries`), after
+    `warehouse.check_read_only_sql` let every statement through; the last result as Arrow.
+
+    A query that fails because a committed file vanished is the one-line error naming that file.
+    """
     import duckdb
 
-    con = duckdb.connect()
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        con.from_arrow(table).show(max_rows=max_rows, max_width=shutil.get_terminal_size((120, 24)).columns,
-                                   null_value="NULL")
-    con.close()
-    return buffer.getvalue()
+    import queries
+    import warehouse
 
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_ready(item) for item in value]
-    return value
-
-
-def render_json(table: Any) -> str:
-    """One JSON object per row (JSON Lines); timestamps as ISO text, NaN/inf as null."""
-    lines = [json.dumps(_json_ready(row), default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v),
-                        ensure_ascii=False)
-             for row in table.to_pylist()]
-    return "".join(line + "\n" for line in lines)
-
-
-def render_csv(table: Any) -> str:
-    """CSV with a header row; nested values (lists, structs) as DuckDB writes them as text, NULL as empty."""
-    import duckdb
-
-    con = duckdb.connect()
-    relation = con.from_arrow(table)
-    as_text = relation.project(", ".join(f'CAST("{name.replace(chr(34), chr(34) * 2)}" AS VARCHAR)'
-                                         for name in table.column_names)) if table.num_columns else relation
-    rows = as_text.fetchall() if table.num_columns else []
-    con.close()
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(table.column_names)
-    writer.writerows(["" if value is None else value for value in row] for row in rows)
-    return buffer.getvalue()
+    parser = duckdb.connect(":memory:")
+    try:
+        warehouse.check_read_only_sql(parser, text)
+    finally:
+        parser.close()
+    con = queries.connect(wh, read_only=True)
+    try:
+        return queries.execute(con, text, params)
+    except KneuronError as exc:
+        if isinstance(exc.__cause__, duckdb.Error):  # DuckDB says IO or Permission Error for a vanished file
+            wh.check_files()  # names the file and suggests `kneuron verify --repair`
+        raise
+    finally:
+        con.close()
 
 
 @click.command("sql", context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,10 +98,13 @@ def render_csv(table: Any) -> str:
               help="Rows shown by --format table.")
 def command(sql: str | None, file: str | None, query: str | None, params: tuple[str, ...],
             warehouse_path: str | None, fmt: str, output: str | None, max_rows: int) -> None:
-    """Run SQL over the warehouse views, read-only.
+    """Run read-only SQL over the warehouse views.
 
-    Views: runs, splits, samples, neuron_stats, token_stats, neuron_sets, captions, scores, evals.
-    Only the result of the last statement is printed. Any SQL error is one line and exit code 2.
+    Views: runs, splits, samples, neuron_stats, token_stats, neuron_sets, captions, scores, evals,
+    set_choices, current_sets. Only reading statements run: SELECT (WITH, VALUES, DESCRIBE, SHOW,
+    SUMMARIZE), EXPLAIN and read-only PRAGMAs; anything else (COPY, CREATE, DROP, INSERT, ATTACH, SET, ...)
+    is refused before any statement runs. Only the result of the last statement is printed. Any SQL error
+    is one line and exit code 2.
 
     \b
       kneuron sql "SELECT concept, count(*) FROM samples GROUP BY ALL"
@@ -136,11 +123,9 @@ def command(sql: str | None, file: str | None, query: str | None, params: tuple[
     if unknown:
         raise KneuronError(f"--param {', '.join(unknown)}: the SQL has no such parameter"
                            + (f" (it has {', '.join('$' + w for w in wanted)})" if wanted else ""))
-    con = warehouse.connect(warehouse_path, read_only=True)
-    try:
-        table = queries.execute(con, text, {name: bound.get(name) for name in wanted})
-    finally:
-        con.close()
+    wh = warehouse.Warehouse.open(warehouse_path)
+    check_output_outside(output, wh.root)
+    table = run_read_only(wh, text, {name: bound.get(name) for name in wanted})
 
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -151,7 +136,7 @@ def command(sql: str | None, file: str | None, query: str | None, params: tuple[
             raise KneuronError(f"cannot write {output}: {exc}") from None
         click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
         return
-    if table.num_columns == 0:  # a statement without a result (SET, CREATE, ...)
+    if table.num_columns == 0:  # a statement without a result
         return
     rendered = {"table": lambda: render_table(table, max_rows), "csv": lambda: render_csv(table),
                 "json": lambda: render_json(table)}[fmt]()

@@ -43,6 +43,9 @@ def _write(path: str, text: str) -> None:
 @click.option("--method", "methods", multiple=True, metavar="M",
               help="two_stage, stage1_only, stage2_only, random, random_layer_matched, pan, dai (repeatable) "
                    "[default: all].")
+@click.option("--set", "set_ids", multiple=True, metavar="SET_ID",
+              help="two_stage neuron set to evaluate (repeatable; at most one per concept; the config key `sets`) "
+                   "[default: each concept's current two_stage set].")
 @click.option("--budget", metavar="N|same_as:two_stage", help="Baseline neuron budget [default: |N_k|].")
 @click.option("--max-images", type=click.IntRange(min=1), help="At most N target images per concept.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per captioning batch [default: 16].")
@@ -52,34 +55,38 @@ def _write(path: str, text: str) -> None:
               help="Write the full summary (per concept and averaged; every measure) as CSV.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False),
               help="Write the results tables as Markdown.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress lines on stderr (at most one every 30 s while captioning).")
 def command(warehouse_path: str | None, config_path: str | None, run_id: str | None, concepts: tuple[str, ...],
-            methods: tuple[str, ...], budget: str | None, max_images: int | None, batch_size: int | None,
-            device: str | None, eval_id: str | None, csv_path: str | None, markdown_path: str | None,
-            progress: bool) -> None:
+            methods: tuple[str, ...], set_ids: tuple[str, ...], budget: str | None, max_images: int | None,
+            batch_size: int | None, device: str | None, eval_id: str | None, csv_path: str | None,
+            markdown_path: str | None, progress: bool) -> None:
     """Caption evaluation images with each neuron set zeroed and compare methods.
 
-    For every concept k with a selected two_stage set N_k and every method (N_k itself or a baseline at the
-    same budget), the target images (evaluation images of k) and as many other images (without k) are
-    captioned with the set suppressed. BLEU-4, ROUGE-L and BERTScore against the unmodified captions and the
-    ground truth, the mention rate of k and the retention of the other objects' mentions are stored in the
-    warehouse (captions, scores, evals) and printed as tables (averaged over concepts). Rerunning the same
-    evaluation resumes it.
+    For every concept k with a two_stage set N_k (its current set, or the one given by --set; the log names
+    it) and every method (N_k itself or a baseline at the same budget), the target images (evaluation images
+    of k) and as many other images (without k) are captioned with the set suppressed. BLEU-4, ROUGE-L and
+    BERTScore against the unmodified captions and the ground truth, the mention rate of k and the retention of
+    the other objects' mentions are stored in the warehouse (captions, scores, evals) and printed as tables
+    (averaged over concepts). Rerunning the same evaluation resumes it.
     """
     import dataclasses
+    from typing import Any
 
-    from cli.sql import render_csv
+    from cli.render import render_csv
+    from engine.eval.config import EvalConfig, load_config
     from engine.eval.summary import markdown_report
-    from engine.evaluate import EvalConfig, load_config, run_evaluation
+    from engine.pipelines.suppress import run_evaluation
 
     config = load_config(config_path) if config_path else EvalConfig()
-    overrides = {"run_id": run_id, "eval_id": eval_id, "budget": _budget(budget), "max_images": max_images,
-                 "batch_size": batch_size, "device": device,
-                 "concepts": tuple(dict.fromkeys(concepts)) or None, "methods": tuple(dict.fromkeys(methods)) or None}
+    overrides: dict[str, Any] = {
+        "run_id": run_id, "eval_id": eval_id, "budget": _budget(budget), "max_images": max_images,
+        "batch_size": batch_size, "device": device, "concepts": tuple(dict.fromkeys(concepts)) or None,
+        "methods": tuple(dict.fromkeys(methods)) or None, "sets": tuple(dict.fromkeys(set_ids)) or None}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
     result = run_evaluation(config, warehouse_path, progress=progress,
-                            log=lambda message: click.echo(f"note: {message}", err=True))
+                            log=lambda message: click.echo(f"kneuron: {message}", err=True))
     title = (f"Suppression evaluation {result.eval_id} (run {result.run_id}; {len(result.concepts)} concept(s); "
              f"mean over concepts)")
     report = markdown_report(result.tables(), title=title)

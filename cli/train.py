@@ -28,8 +28,7 @@ def command(out_dir: Path, variant: str, world_dir: Path | None, seed: int, step
     The bundled models were made with `kneuron train OUT --variant qformer` and `--variant patch`
     (each variant's recipe, seed 0); `kneuron check --model OUT` measures their caption quality.
     """
-    from engine.data.world import ensure_world
-    from engine.ingest import default_world_path
+    from engine.data.world import default_world_path, ensure_world
     from engine.train import TRAIN_WORLD, train_tiny_minigpt4
 
     world = world_dir if world_dir is not None else ensure_world(default_world_path(), TRAIN_WORLD)

@@ -34,13 +34,17 @@ def command(out_dir: Path, seed: int, image_size: int, n_train: int, n_val: int,
         generate_world,
         read_world_manifest,
     )
+    from engine.errors import KneuronError
 
     config = WorldConfig(seed=seed, image_size=image_size, n_train=n_train, n_val=n_val, n_test=n_test,
                          layout_cells=layout_cells)
     check_world_target(out_dir, config, force)
     started = time.perf_counter()
     generate_world(out_dir, config)
-    counts = read_world_manifest(out_dir)["counts"]
+    manifest = read_world_manifest(out_dir)
+    if manifest is None:
+        raise KneuronError(f"world {out_dir} has no readable manifest after generation")
+    counts = manifest["counts"]
     splits = ", ".join(f"{split} {counts[split]['images']}" for split in SPLITS)
     annotations = sum(counts[split]["annotations"] for split in SPLITS)
     click.echo(

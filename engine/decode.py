@@ -1,8 +1,8 @@
 """Decode FFN neurons to vocabulary tokens: project a neuron's output weight through the unembedding.
 
 Neuron ``(l, i)`` writes ``O^l[i] * W_down^l[:, i]`` into the residual stream, so its direct effect on the
-next-token logits is ``W_U · W_down^l[:, i]`` (``[V]``), Pan et al.'s ``down_proj.weight.T @ lm_head.weight.T``
-(reference/method.md §3). With ``final_norm=True`` the column first goes through the model's final RMSNorm
+next-token logits is ``W_U · W_down^l[:, i]`` (``[V]``), Pan et al.'s (2024) ``down_proj.weight.T @ lm_head.weight.T``.
+With ``final_norm=True`` the column first goes through the model's final RMSNorm
 (``x / rms(x) * weight``, the module itself, eps included), which is what the residual stream passes through
 before ``lm_head``; the ranking then reflects the norm's per-dimension weights too.
 
@@ -13,11 +13,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
 from engine.errors import KneuronError
 from engine.models.base import VLMAdapter
+from engine.neurons import check_neurons, neuron_pairs
 
 #: word-start markers of SentencePiece (``▁``) and byte-level BPE (``Ġ``) vocabularies
 _WORD_MARKERS = "\u2581\u0120"
@@ -39,23 +41,6 @@ class DecodedNeuron:
     logits: tuple[float, ...]
 
 
-def neuron_pairs(neurons: Mapping[int, Sequence[int]] | Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``{layer: units}`` or ``[(layer, unit), ...]`` -> sorted unique ``[(layer, unit), ...]``."""
-    if isinstance(neurons, Mapping):
-        pairs = [(int(layer), int(unit)) for layer, units in neurons.items() for unit in units]
-    else:
-        pairs = [(int(layer), int(unit)) for layer, unit in neurons]
-    return sorted(set(pairs))
-
-
-def check_neurons(adapter: VLMAdapter, pairs: Sequence[tuple[int, int]]) -> None:
-    """`KneuronError` naming the first ``(layer, unit)`` outside the model."""
-    n_layers, d_ff = adapter.n_layers, adapter.d_ff
-    for layer, unit in pairs:
-        if not (0 <= layer < n_layers and 0 <= unit < d_ff):
-            raise KneuronError(f"neuron {layer}:{unit} is outside the model ({n_layers} layers x {d_ff} units)")
-
-
 def neuron_logits(adapter: VLMAdapter, pairs: Sequence[tuple[int, int]], final_norm: bool = False) -> torch.Tensor:
     """``[n, V]`` float32 logits ``W_U · W_down^l[:, i]`` (or ``W_U · norm(W_down^l[:, i])``) per neuron."""
     check_neurons(adapter, pairs)
@@ -69,7 +54,7 @@ def neuron_logits(adapter: VLMAdapter, pairs: Sequence[tuple[int, int]], final_n
         vectors = torch.stack(columns).to(w_u.device)  # [n, d]
         if final_norm:
             norm = adapter.final_norm()
-            vectors = norm(vectors.to(norm.weight.dtype).unsqueeze(0)).squeeze(0)
+            vectors = norm(vectors.to(cast(torch.Tensor, norm.weight).dtype).unsqueeze(0)).squeeze(0)
         return (vectors.float() @ w_u.float().T).cpu()  # [n, V]
 
 
@@ -132,10 +117,3 @@ def concept_words(adapter: VLMAdapter, concept: str) -> list[str]:
                 out.append(first)
     return list(dict.fromkeys(out))
 
-
-def parse_neuron(text: str) -> tuple[int, int]:
-    """``"L:U"`` (layer:unit, e.g. ``"12:3071"``) -> ``(12, 3071)``; `KneuronError` on anything else."""
-    layer, sep, unit = text.strip().partition(":")
-    if not sep or not layer.strip().isdigit() or not unit.strip().isdigit():
-        raise KneuronError(f"bad neuron {text!r}; expected LAYER:UNIT, e.g. 12:3071")
-    return int(layer), int(unit)

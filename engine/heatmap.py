@@ -1,4 +1,4 @@
-"""Activation heatmaps: where on the image a neuron set fires (Pan et al.'s recipe, reference/method.md §3).
+"""Activation heatmaps: where on the image a neuron set fires (the recipe of Pan et al. 2024, steps 1-4 below).
 
 1. `token_activations`: how active the set's units are at each image token ``[B, n_image_tokens]``: the mean
    of ``|O^l[..., i]|`` over the units (``value="magnitude"``, the default) or of ``O^l[..., i]`` itself
@@ -60,9 +60,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from engine.decode import check_neurons, neuron_pairs
 from engine.errors import KneuronError
-from engine.models.base import VLMAdapter
+from engine.models.base import ImageConnector, VLMAdapter
+from engine.neurons import check_neurons, neuron_pairs
 from engine.record import traced
 
 Neurons = Mapping[int, Sequence[int]] | Iterable[tuple[int, int]]
@@ -125,39 +125,6 @@ def grouping_map(patch_grid: tuple[int, int]) -> torch.Tensor:
     return out
 
 
-@dataclass(frozen=True)
-class ImageConnector:
-    """How a Q-Former model turns vision features into LLM image tokens.
-
-    ``vision``: the module whose output ``last_hidden_state`` ``[B, 1 + n_patches, d_vision]`` (CLS first) the
-    connector reads. ``tokens(pixel_values, rows)``: runs the model's own image encoding and returns the LLM
-    input embeddings of the image tokens ``[rows, n_image_tokens, d_model]``; inside it, `vision`'s output is
-    replaced by the ``rows`` feature rows (so `vision` itself runs on one image only).
-    """
-
-    vision: torch.nn.Module
-    tokens: Callable[[torch.Tensor, int], torch.Tensor]
-
-
-def image_connector(adapter: VLMAdapter) -> ImageConnector:
-    """The `ImageConnector` of a Q-Former adapter (MiniGPT-4 Vicuna, BLIP-2, InstructBLIP)."""
-    from engine.models.hf_adapters import Blip2Adapter, InstructBlipAdapter
-    from engine.models.minigpt4_adapter import MiniGPT4Adapter
-
-    model = adapter.model
-    if isinstance(adapter, MiniGPT4Adapter) and adapter.spec.architecture.variant == "qformer":
-        return ImageConnector(model.vision_model, lambda pixels, rows: model.encode_img(pixels))
-    if isinstance(adapter, InstructBlipAdapter):
-        def instructblip_tokens(pixels: torch.Tensor, rows: int) -> torch.Tensor:
-            extra = {k: v.to(adapter.device) for k, v in adapter.extra_inputs(rows, adapter.instruction).items()}
-            return model.get_image_features(pixels, **extra).pooler_output
-        return ImageConnector(model.vision_model, instructblip_tokens)
-    if isinstance(adapter, Blip2Adapter):
-        return ImageConnector(model.vision_model, lambda pixels, rows: model.get_image_features(pixels).pooler_output)
-    raise KneuronError(f"model {adapter.name!r} has neither a patch grid nor a known Q-Former: "
-                       "no token -> patch map for its image tokens")
-
-
 def _probes(d_out: int, n_probes: int, seed: int) -> tuple[torch.Tensor, float]:
     """Probe vectors ``[R, d_out]`` and the factor turning ``Σ_r ‖w_rᵀJ‖²`` into ``‖J‖_F²``."""
     if d_out <= n_probes:
@@ -209,8 +176,8 @@ def jacobian_patch_map(tokens_of: Callable[[torch.Tensor], torch.Tensor], featur
 def qformer_patch_map(adapter: VLMAdapter, images: Sequence[Image.Image] | torch.Tensor, n_probes: int = 16,
                       seed: int = 0, max_rows: int = 256) -> torch.Tensor:
     """`jacobian_patch_map` of a Q-Former adapter's images: ``[B, n_query_tokens, n_patches]``."""
-    connector = image_connector(adapter)
-    pixels = adapter.pixel_values(images).to(adapter.device)  # type: ignore[attr-defined]
+    connector = adapter.image_connector()
+    pixels = adapter.pixel_values(images).to(adapter.device)
     captured: dict[str, torch.Tensor] = {}
 
     def capture(module, args, output):  # noqa: ANN001

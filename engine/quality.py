@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from engine.caption import caption_images
 from engine.data.coco import CocoDataset
 from engine.eval.mentions import mentions
 from engine.inpaint import dilate, get_inpainter
 from engine.models.base import VLMAdapter
-from engine.suppress import caption_images
 
 
 @dataclass

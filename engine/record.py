@@ -48,6 +48,23 @@ class Target:
     source: str = "caption"  # "caption" | "prefix"
 
 
+def choose_target(caption_ids: Sequence[int], concept_ids: Sequence[int], prefix_ids: Sequence[int]) -> Target:
+    """The teacher-forced tokens and the place of ``y^c`` for one original image.
+
+    ``caption``: the first place where the concept's sub-tokens occur in the model's own caption; the tokens are
+    the caption up to and including the concept's first sub-token. ``prefix``: the concept word is not in the
+    caption: teacher-force the answer prefix, ``y^c`` is read right after it.
+    """
+    caption_ids = [int(t) for t in caption_ids]
+    concept_ids = [int(t) for t in concept_ids]
+    m = len(concept_ids)
+    for j in range(len(caption_ids) - m + 1):
+        if caption_ids[j:j + m] == concept_ids:
+            return Target(tuple(caption_ids[: j + 1]), j, concept_ids[0], source="caption")
+    prefix = tuple(int(t) for t in prefix_ids)
+    return Target(prefix, len(prefix), concept_ids[0], source="prefix")
+
+
 @dataclass
 class PairRecord:
     """Reduced signals of ``B`` pairs; float32 on CPU.
@@ -98,14 +115,17 @@ def record_pairs(
 ) -> PairRecord:
     """Record ``O_o``, ``O_i`` and ``g_c`` reductions for ``B`` (original, inpainted) pairs in one forward+backward."""
     b = len(targets)
+    images: Sequence[Image.Image] | torch.Tensor
     if isinstance(originals, torch.Tensor):
-        images = torch.cat([adapter.pixel_values(originals), adapter.pixel_values(inpainted)])  # type: ignore[attr-defined]
+        images = torch.cat([adapter.pixel_values(originals), adapter.pixel_values(inpainted)])
     else:
         images = list(originals) + list(inpainted)
     tokens = [list(t.tokens) for t in targets]
     prepared = adapter.prepare(images, targets=tokens + tokens)
     rows = torch.arange(b, device=adapter.device)
     at = target_positions(prepared.prompt_length, targets).to(adapter.device)
+    act_index: tuple[slice | torch.Tensor, torch.Tensor]
+    grad_index: tuple[slice | torch.Tensor, torch.Tensor]
     if config.positions == "target":  # one position per row: index (row, position) pairs
         act_index = (torch.cat([rows, rows + b]).unsqueeze(1), torch.cat([at, at]).unsqueeze(1))  # -> [2B, 1, d_ff]
         grad_index = (rows.unsqueeze(1), at.unsqueeze(1))  # -> [B, 1, d_ff]

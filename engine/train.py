@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +30,8 @@ from PIL import Image
 
 from engine.data.coco import CocoDataset
 from engine.data.world import WorldConfig
-from engine.models.minigpt4 import MiniGPT4
+from engine.errors import KneuronError
+from engine.models.minigpt4 import MiniGPT4, Variant
 from engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec, save_minigpt4
 from engine.models.preprocess import ImagePreprocessor
 from engine.models.prompts import DEFAULT_INSTRUCTION, get_template
@@ -40,6 +42,15 @@ from engine.models.tokenizer import build_word_tokenizer
 TRAIN_WORLD = WorldConfig()
 
 TEMPLATE_OF_VARIANT = {"qformer": "vicuna0_train", "patch": "llama2"}
+
+
+_VARIANTS: dict[str, Variant] = {"qformer": "qformer", "patch": "patch"}
+
+
+def _variant(name: str) -> Variant:
+    if name in _VARIANTS:
+        return _VARIANTS[name]
+    raise KneuronError(f"unknown MiniGPT-4 variant {name!r}; use qformer or patch")
 
 
 @dataclass
@@ -78,7 +89,8 @@ class TrainConfig:
     @classmethod
     def bundled(cls, variant: str, **overrides: object) -> TrainConfig:
         """The recipe of the bundled ``tiny-shapes-<variant>`` model, with ``overrides`` applied."""
-        return cls(**{"variant": variant, **BUNDLED_RECIPES[variant], **overrides})
+        values: dict[str, Any] = {"variant": variant, **BUNDLED_RECIPES[variant], **overrides}  # checked by cls
+        return cls(**values)
 
 
 #: what the bundled models changed from the :class:`TrainConfig` defaults
@@ -188,6 +200,7 @@ def _param_groups(model: MiniGPT4, aux_head: torch.nn.Linear, cfg: TrainConfig) 
 def train_tiny_minigpt4(world_dir: Path, out_dir: Path, cfg: TrainConfig,
                         log: Callable[[str], None] = print) -> MiniGPT4Adapter:
     """Train and save a tiny MiniGPT-4 on ``world_dir``'s ``cfg.split``; returns the trained adapter."""
+    variant = _variant(cfg.variant)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -197,7 +210,7 @@ def train_tiny_minigpt4(world_dir: Path, out_dir: Path, cfg: TrainConfig,
     template = get_template(TEMPLATE_OF_VARIANT[cfg.variant])
     tokenizer = build_word_tokenizer([c for caps in captions for c in caps] + [template.text, cfg.instruction])
     image_size = data.load_image(image_ids[0]).size[0]
-    arch = tiny_config(cfg.variant, vocab_size=len(tokenizer), image_size=image_size, patch_size=cfg.patch_size,
+    arch = tiny_config(variant, vocab_size=len(tokenizer), image_size=image_size, patch_size=cfg.patch_size,
                        vision_width=cfg.vision_width, vision_layers=cfg.vision_layers,
                        qformer_width=cfg.qformer_width, num_query_tokens=cfg.num_query_tokens,
                        d_model=cfg.d_model, d_ff=cfg.d_ff, n_layers=cfg.n_layers, n_heads=cfg.n_heads,

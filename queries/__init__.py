@@ -86,3 +86,23 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+#: derived views every connection gets (``queries/views/<name>.sql``), in creation order
+VIEWS = ("current_sets",)
+
+
+def connect(root: Any = None, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection over the warehouse at ``root`` (`warehouse.connect`) plus the derived views of this
+    package (`VIEWS`: ``current_sets``, the one definition of which neuron set is current)."""
+    import warehouse
+
+    con = warehouse.connect(root, read_only=read_only)
+    install_views(con)
+    return con
+
+
+def install_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the derived views (`VIEWS`) on a connection that has the warehouse's table views."""
+    for name in VIEWS:
+        con.execute((QUERY_DIR / "views" / f"{name}.sql").read_text(encoding="utf-8"))

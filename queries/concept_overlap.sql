@@ -2,17 +2,14 @@
 --
 -- Parameters (NULL = no filter): $run_id VARCHAR, $method VARCHAR (use one method, e.g. 'two_stage', to
 -- compare like with like; with NULL every method is paired within itself).
--- The current set of a (run, concept, method) is its most recent one (created_at, then set_id).
+-- The current sets are the view current_sets (queries/views/current_sets.sql).
 -- Columns: run_id, method, concept_a, concept_b (concept_a < concept_b), n_a = |A|, n_b = |B|,
 --   n_shared = |A ∩ B| (same (layer, unit)), jaccard = |A ∩ B| / |A ∪ B|. Every pair of non-empty sets appears,
 --   also with n_shared = 0.
 WITH current_ids AS (
     SELECT set_id
-    FROM neuron_sets
+    FROM current_sets
     WHERE ($run_id IS NULL OR run_id = $run_id) AND ($method IS NULL OR method = $method)
-    GROUP BY set_id, run_id, concept, method
-    QUALIFY row_number() OVER (PARTITION BY run_id, concept, method
-                               ORDER BY max(created_at) DESC, set_id DESC) = 1
 ),
 members AS (
     SELECT DISTINCT run_id, method, concept, layer, unit

@@ -4,16 +4,13 @@
 -- Parameters (NULL = default): $run_id VARCHAR, $method VARCHAR (NULL: every method, each on its own),
 --   $min_concepts INTEGER (keep neurons in at least this many concepts; NULL: 2), $top INTEGER (rows per
 --   run and method; NULL: 50).
--- The current set of a (run, concept, method) is its most recent one (created_at, then set_id).
+-- The current sets are the view current_sets (queries/views/current_sets.sql).
 -- Columns: run_id, method, layer, unit, n_concepts, share_of_concepts (n_concepts / concepts with a
 --   non-empty set), concepts (sorted list); ordered by n_concepts desc, then layer, unit.
 WITH current_ids AS (
     SELECT set_id
-    FROM neuron_sets
+    FROM current_sets
     WHERE ($run_id IS NULL OR run_id = $run_id) AND ($method IS NULL OR method = $method)
-    GROUP BY set_id, run_id, concept, method
-    QUALIFY row_number() OVER (PARTITION BY run_id, concept, method
-                               ORDER BY max(created_at) DESC, set_id DESC) = 1
 ),
 members AS (
     SELECT DISTINCT run_id, method, concept, layer, unit

@@ -1,16 +1,13 @@
 -- layer_distribution.sql: how the neurons of the current sets spread over layers, per run, concept, method.
 --
 -- Parameters (NULL = no filter): $run_id VARCHAR, $method VARCHAR.
--- The current set of a (run, concept, method) is its most recent one (created_at, then set_id).
+-- The current sets are the view current_sets (queries/views/current_sets.sql).
 -- Columns: run_id, concept, method, set_id, layer, n_neurons (neurons of the set in that layer),
 --   share (n_neurons / size of the set). Layers without neurons are left out.
 WITH current_ids AS (
     SELECT set_id
-    FROM neuron_sets
+    FROM current_sets
     WHERE ($run_id IS NULL OR run_id = $run_id) AND ($method IS NULL OR method = $method)
-    GROUP BY set_id, run_id, concept, method
-    QUALIFY row_number() OVER (PARTITION BY run_id, concept, method
-                               ORDER BY max(created_at) DESC, set_id DESC) = 1
 )
 SELECT run_id, concept, method, set_id, layer, count(*) AS n_neurons,
        count(*) / sum(count(*)) OVER (PARTITION BY set_id) AS share

@@ -2,12 +2,13 @@
 
 The definitions live in ``queries/two_stage.sql`` (header comment); this module only turns a
 `SelectionConfig` into bound parameters, runs the query once for the two-stage sets and once per baseline,
-shapes the result as ``neuron_sets`` rows and (`store_neuron_sets`) writes them to the warehouse:
+shapes the result as ``neuron_sets`` rows (`set_rows`, the one builder of such rows); the select pipeline
+(`engine.pipelines.select`) stores them:
 
     set_id VARCHAR, run_id VARCHAR, concept VARCHAR, method VARCHAR, params_json VARCHAR,
     layer SMALLINT, unit SMALLINT, score FLOAT, created_at TIMESTAMP WITH TIME ZONE (UTC)
 
-(the warehouse's schema, `warehouse.schema.TABLES["neuron_sets"]`). ``score`` is the stage-2 aggregated
+(the warehouse's schema, `warehouse.TABLES["neuron_sets"]`). ``score`` is the stage-2 aggregated
 score for ``two_stage`` and ``stage2_only`` sets and the stage-1 score for ``stage1_only``.
 
 ``set_id`` is the first 16 hex digits of the SHA-256 of (run, concept, method, params) with sorted keys, so
@@ -20,17 +21,16 @@ import datetime as dt
 import hashlib
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, cast
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
 import queries
 from engine.errors import KneuronError
-from warehouse.schema import TABLES
-from warehouse.store import Warehouse
+from warehouse import TABLES
 
 THRESHOLD_KINDS = ("absolute", "quantile", "budget", "auto", "none")
 AGGREGATIONS = ("mean", "share")
@@ -74,7 +74,7 @@ class ThresholdSpec:
             object.__setattr__(self, "per_concept", tuple(sorted(self.per_concept.items())))
         if self.kind not in THRESHOLD_KINDS:
             raise KneuronError(f"unknown threshold kind {self.kind!r}; expected one of {', '.join(THRESHOLD_KINDS)}")
-        values = [self.value] + [v for _, v in self.per_concept]
+        values = [self.value] + [v for _, v in self.pairs]
         if self.kind in ("auto", "none"):
             if self.value is not None or self.per_concept:
                 raise KneuronError(f"threshold kind {self.kind!r} takes no value (got {self.value!r})")
@@ -108,9 +108,14 @@ class ThresholdSpec:
             raise KneuronError(f"bad threshold {text!r}: {number!r} is not a number") from None
         return cls(kinds[prefix], value)
 
+    @property
+    def pairs(self) -> tuple[tuple[str, float], ...]:
+        """``per_concept`` as sorted (concept, value) pairs (a mapping given at construction is converted)."""
+        return cast(tuple[tuple[str, float], ...], self.per_concept)
+
     def value_for(self, concept: str) -> float | None:
         """The value that applies to ``concept`` (its per-concept override, else ``value``)."""
-        return dict(self.per_concept).get(concept, self.value)
+        return dict(self.pairs).get(concept, self.value)
 
     def describe(self, concept: str) -> dict[str, Any]:
         """JSON-ready description for ``concept``: {"kind", "value"} (value omitted for auto/none)."""
@@ -126,8 +131,8 @@ class ThresholdSpec:
         return {
             f"{prefix}_kind": self.kind,
             f"{prefix}_value": None if self.value is None else float(self.value),
-            f"{prefix}_concepts": [c for c, _ in self.per_concept],
-            f"{prefix}_values": [float(v) for _, v in self.per_concept],
+            f"{prefix}_concepts": [c for c, _ in self.pairs],
+            f"{prefix}_values": [float(v) for _, v in self.pairs],
         }
 
 
@@ -230,7 +235,7 @@ def run_selection(con: duckdb.DuckDBPyConnection, config: SelectionConfig = Sele
         set_id = set_id_of(run_id, concept, "two_stage", params)
         two_stage_ids[concept] = set_id
         sizes[concept] = group["n_selected"]
-        tables.append(_set_rows(run_id, concept, "two_stage", set_id, params, group, created_at))
+        tables.append(_group_rows(run_id, concept, "two_stage", set_id, params, group, created_at))
         summaries.append(_summary_row(concept, "two_stage", set_id, group))
 
     if config.baselines:
@@ -239,14 +244,15 @@ def run_selection(con: duckdb.DuckDBPyConnection, config: SelectionConfig = Sele
             if not budgets:
                 break
             budget = ThresholdSpec("budget", 0.0, tuple(budgets.items()))
-            stage1, stage2 = (budget, ThresholdSpec("none")) if method == "stage1_only" else (ThresholdSpec("none"), budget)
+            off = ThresholdSpec("none")
+            stage1, stage2 = (budget, off) if method == "stage1_only" else (off, budget)
             base = queries.run(con, "two_stage",
                                query_params(config, run_id, sorted(budgets), stage1, stage2))
             for concept, group in _by_concept(base):
                 params = {**config.common_params(), "budget": budgets[concept],
                           "budget_of": two_stage_ids[concept]}
                 set_id = set_id_of(run_id, concept, method, params)
-                tables.append(_set_rows(run_id, concept, method, set_id, params, group, created_at))
+                tables.append(_group_rows(run_id, concept, method, set_id, params, group, created_at))
                 summaries.append(_summary_row(concept, method, set_id, group))
 
     neuron_sets = pa.concat_tables(tables) if tables else NEURON_SETS_SCHEMA.empty_table()
@@ -284,11 +290,16 @@ def _by_concept(rows: pa.Table) -> list[tuple[str, dict[str, Any]]]:
     return sorted(out.items())
 
 
-def _set_rows(run_id: str, concept: str, method: str, set_id: str, params: dict[str, Any],
-              group: dict[str, Any], created_at: dt.datetime) -> pa.Table:
-    resolved = {key: group[key] for key in ("n_images", "n_candidates", "n_selected", "threshold_a", "threshold_g")}
-    params_json = json.dumps({**params, "resolved": resolved}, sort_keys=True, separators=(",", ":"))
-    n = len(group["layer"])
+def set_rows(run_id: str, concept: str, method: str, set_id: str, params: Mapping[str, Any],
+             neurons: Sequence[tuple[int, int, float | None]], created_at: dt.datetime,
+             resolved: Mapping[str, Any]) -> pa.Table:
+    """The ``neuron_sets`` rows of one set, one per neuron ``(layer, unit, score or None)``, NEURON_SETS_SCHEMA.
+
+    ``params_json`` is ``params`` plus ``resolved`` (facts of this selection that do not enter the set id).
+    The only place ``neuron_sets`` rows are built: selection here, baselines in the suppression pipeline.
+    """
+    params_json = json.dumps({**params, "resolved": dict(resolved)}, sort_keys=True, separators=(",", ":"))
+    n = len(neurons)
     return pa.table(
         {
             "set_id": [set_id] * n,
@@ -296,33 +307,23 @@ def _set_rows(run_id: str, concept: str, method: str, set_id: str, params: dict[
             "concept": [concept] * n,
             "method": [method] * n,
             "params_json": [params_json] * n,
-            "layer": group["layer"],
-            "unit": group["unit"],
-            "score": group["score"],
+            "layer": [int(layer) for layer, _, _ in neurons],
+            "unit": [int(unit) for _, unit, _ in neurons],
+            "score": [None if score is None else float(score) for _, _, score in neurons],
             "created_at": [created_at] * n,
         },
         schema=NEURON_SETS_SCHEMA,
     )
 
 
+def _group_rows(run_id: str, concept: str, method: str, set_id: str, params: dict[str, Any],
+                group: dict[str, Any], created_at: dt.datetime) -> pa.Table:
+    resolved = {key: group[key] for key in ("n_images", "n_candidates", "n_selected", "threshold_a", "threshold_g")}
+    return set_rows(run_id, concept, method, set_id, params,
+                    list(zip(group["layer"], group["unit"], group["score"])), created_at, resolved)
+
+
 def _summary_row(concept: str, method: str, set_id: str, group: dict[str, Any]) -> dict[str, Any]:
     return {"concept": concept, "method": method, "set_id": set_id,
             **{key: group[key] for key in ("n_images", "n_neurons", "n_candidates", "n_selected",
                                            "threshold_a", "threshold_g")}}
-
-
-def store_neuron_sets(warehouse: Warehouse, neuron_sets: pa.Table) -> tuple[list[str], list[str]]:
-    """Write the sets of ``neuron_sets`` that the warehouse does not hold yet, in one atomic batch.
-
-    warehouse: an open writer (``Warehouse.open(path, create=True)``). A set whose set_id is already
-    committed is the same selection of the same run (ids are deterministic) and is left as it is.
-    Returns (written set ids, already present set ids), each sorted.
-    """
-    present = {key[0] for entry in warehouse.committed_files("neuron_sets") for key in entry.keys}
-    ids = sorted(set(neuron_sets.column("set_id").to_pylist()))
-    new = [set_id for set_id in ids if set_id not in present]
-    if new:
-        mask = pc.is_in(neuron_sets.column("set_id"), value_set=pa.array(new, pa.string()))
-        with warehouse.batch() as batch:
-            batch.add("neuron_sets", neuron_sets.filter(mask))
-    return new, [set_id for set_id in ids if set_id in present]

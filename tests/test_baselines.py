@@ -16,9 +16,10 @@ from engine.baselines.dai import ig_attributions, refine
 from engine.baselines.pan import pan_scores
 from engine.baselines.random import fit_counts, scale_counts
 from engine.errors import KneuronError
+from engine.pipelines.sets import StoredStageRanking
 from engine.record import Target
-from tests.eval_fixtures import CONCEPTS, RUN_ID, TWO_STAGE_PARAMS, build_eval_world
-from tests.tiny_models import tiny_minigpt4
+from tests.helpers.eval_fixtures import CONCEPTS, RUN_ID, TWO_STAGE_PARAMS, build_eval_world
+from tests.helpers.tiny_models import tiny_minigpt4
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +33,12 @@ def world(tmp_path_factory):
 
 
 def make_ctx(adapter, world, con=None, seed=0) -> BaselineContext:  # noqa: ANN001
+    """The context of the fixture run; with ``con``, the stage-only baselines rank its stored signals."""
     refs = {c: ReferenceSet(set_id, TWO_STAGE_PARAMS, tuple(neurons))
             for c, (set_id, neurons) in world.two_stage.items()}
+    ranking = None if con is None else StoredStageRanking(con, RUN_ID, {c: r.params for c, r in refs.items()})
     return BaselineContext(adapter=adapter, dataset=world.dataset, run_id=RUN_ID, ident_images=world.ident,
-                           reference_sets=refs, seed=seed, batch_size=3, con=con)
+                           reference_sets=refs, seed=seed, batch_size=3, stage_ranking=ranking)
 
 
 def two_targets(adapter) -> list[Target]:  # noqa: ANN001
@@ -97,7 +100,7 @@ def test_pan_selects_the_top_summed_scores(adapter, world):
     total = pan_scores(adapter, images, targets).double().sum(0).numpy()
     chosen = get_baseline("pan").select(ctx, "square", 5)
     flat = np.argsort(-total.reshape(-1), kind="stable")[:5]
-    assert [(l, u) for l, u, _ in chosen] == [(int(i // adapter.d_ff), int(i % adapter.d_ff)) for i in flat]
+    assert [(layer, u) for layer, u, _ in chosen] == [(int(i // adapter.d_ff), int(i % adapter.d_ff)) for i in flat]
     assert [s for _, _, s in chosen] == pytest.approx(sorted(total.reshape(-1), reverse=True)[:5])
 
 
@@ -171,7 +174,7 @@ def test_random_baselines_are_seeded_and_exclude_the_two_stage_set(adapter, worl
         assert first == get_baseline(name).select(make_ctx(adapter, world, seed=5), "circle", 6)
         assert first != get_baseline(name).select(other_seed, "circle", 6)
         assert first != get_baseline(name).select(ctx, "square", 6)
-        assert not reference & {(l, u) for l, u, _ in first}
+        assert not reference & {(layer, u) for layer, u, _ in first}
         assert len(set(first)) == 6 and all(s is None for _, _, s in first)
     kept = get_baseline("random", exclude_reference=False).params(ctx, "circle", 6)
     assert kept["exclude_reference"] is False and kept["seed"] == 5 and kept["budget_of"] == "ts-circle"
@@ -197,13 +200,16 @@ def test_random_layer_matched_counts(adapter, world):
 def test_stage_baselines_equal_numpy_top_budget(adapter, world):
     with warehouse.connect(world.warehouse) as con:
         ctx = make_ctx(adapter, world, con=con)
-        stats = con.sql(f"SELECT layer, unit, avg(d_max) AS a, avg(g_max) AS g FROM neuron_stats "
-                        f"WHERE concept = 'square' GROUP BY layer, unit").fetchnumpy()
+        stats = con.sql("SELECT layer, unit, avg(d_max) AS a, avg(g_max) AS g FROM neuron_stats "
+                        "WHERE concept = 'square' GROUP BY layer, unit").fetchnumpy()
         for name, column in (("stage1_only", "a"), ("stage2_only", "g")):
             chosen = get_baseline(name).select(ctx, "square", 7)
             order = np.lexsort((stats["unit"], stats["layer"], -stats[column]))[:7]
-            assert [(l, u) for l, u, _ in chosen] == [(int(stats["layer"][i]), int(stats["unit"][i])) for i in order]
+            assert [(layer, u) for layer, u, _ in chosen] == [(int(stats["layer"][i]), int(stats["unit"][i]))
+                                                              for i in order]
             assert [s for _, _, s in chosen] == pytest.approx(stats[column][order], rel=1e-6)
+    with pytest.raises(KneuronError, match="baseline 'stage1_only' needs the stored stage signals"):
+        get_baseline("stage1_only").select(make_ctx(adapter, world), "square", 7)
 
 
 def test_stage_baseline_ids_match_the_selection_module(adapter, world):
@@ -215,13 +221,14 @@ def test_stage_baseline_ids_match_the_selection_module(adapter, world):
         ts = [r for r in rows if r["method"] == "two_stage"]
         params = {k: v for k, v in json.loads(ts[0]["params_json"]).items() if k != "resolved"}
         reference = ReferenceSet(ts[0]["set_id"], params, tuple((r["layer"], r["unit"]) for r in ts))
-        ctx = BaselineContext(adapter=adapter, run_id=RUN_ID, reference_sets={"circle": reference}, con=con)
+        ctx = BaselineContext(adapter=adapter, run_id=RUN_ID, reference_sets={"circle": reference},
+                              stage_ranking=StoredStageRanking(con, RUN_ID, {"circle": reference.params}))
         for name in ("stage1_only", "stage2_only"):
             stored = [r for r in rows if r["method"] == name]
             baseline = get_baseline(name)
             assert set_id_of(RUN_ID, "circle", name, baseline.params(ctx, "circle", reference.size)) \
                 == stored[0]["set_id"]
-            assert sorted((l, u) for l, u, _ in baseline.select(ctx, "circle", reference.size)) \
+            assert sorted((layer, u) for layer, u, _ in baseline.select(ctx, "circle", reference.size)) \
                 == sorted((r["layer"], r["unit"]) for r in stored)
 
 
@@ -233,8 +240,8 @@ def test_every_baseline_gives_exactly_the_budget(adapter, world, budget):
         for name in sorted(BASELINES):
             chosen = get_baseline(name, **({"steps": 4} if name == "dai" else {})).select(ctx, "circle", budget)
             assert len(chosen) == budget, name
-            assert len({(l, u) for l, u, _ in chosen}) == budget, name
-            assert all(0 <= l < adapter.n_layers and 0 <= u < adapter.d_ff for l, u, _ in chosen), name
+            assert len({(layer, u) for layer, u, _ in chosen}) == budget, name
+            assert all(0 <= layer < adapter.n_layers and 0 <= u < adapter.d_ff for layer, u, _ in chosen), name
 
 
 def test_model_baselines_are_deterministic(adapter, world):

@@ -5,11 +5,11 @@ from dataclasses import replace
 
 import pytest
 
+from engine.caption import caption_images
 from engine.data.coco import CocoDataset
 from engine.data.world import WorldConfig, generate_world
 from engine.eval.mentions import mentions
 from engine.models import BUNDLED, load_model
-from engine.suppress import caption_images
 from engine.train import TRAIN_WORLD, TrainConfig, train_tiny_minigpt4
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -200,7 +201,8 @@ def test_captions(coco: CocoDataset, coco_root: Path, tmp_path: Path) -> None:
 
 
 def test_reads_the_shapes_world(tmp_path: Path) -> None:
-    world = generate_world(tmp_path / "w", WorldConfig(seed=2, n_train=0, n_val=0, n_test=6, image_size=64, layout_cells=0))
+    world = generate_world(tmp_path / "w",
+                           WorldConfig(seed=2, n_train=0, n_val=0, n_test=6, image_size=64, layout_cells=0))
     data = CocoDataset(world, "test")
     assert sorted(data.categories.values()) == sorted(CATEGORIES)
     instances = json.loads((world / "annotations" / "instances_test.json").read_text())
@@ -234,3 +236,110 @@ def test_split_ident_eval() -> None:
     assert split_ident_eval([], 0.5, 0, "dog") == ([], [])
     with pytest.raises(KneuronError, match="ident_fraction"):
         split_ident_eval(ids, 1.5, 0, "dog")
+
+
+# ------------------------------------------------------------------------------------------ malformed annotations
+BAD_SEGMENTATIONS = {
+    # annotation id: (segmentation, the reason in the error)
+    101: ([[1, 2, 3]], "polygon 0 has 3 coordinates (needs an even number, at least 6: x,y of three points or more)"),
+    102: ([[1, 2, 3, 4]], "polygon 0 has 4 coordinates"),
+    103: ([[1, 1, 8, 1, 8, 8], [2, 2, 5]], "polygon 1 has 3 coordinates"),
+    104: ([], "empty polygon list"),
+    105: ([["a", 2, 3, 4, 5, 6]], "polygon 0 is not a list of numbers"),
+    106: ({"size": [5, 5], "counts": [25]}, "RLE size [5, 5] is not the image's [height, width] [16, 20]"),
+    107: ({"size": [H, W], "counts": [10, 20]}, "RLE run lengths cover 30 pixels, not the image's 320"),
+    108: ({"size": [H, W], "counts": "0"}, "RLE run lengths cover 0 pixels, not the image's 320"),
+    109: ({"size": [H, W], "counts": "zz!!"}, "RLE counts string is not valid compressed RLE"),
+    110: (None, "segmentation is neither polygons nor RLE: NoneType"),
+    111: ([[1, 1, 8, 1, 8, 1e12]], "polygon 0 reaches far outside the 20x16 image"),
+}
+
+
+@pytest.fixture()
+def bad_coco(tmp_path: Path) -> CocoDataset:
+    """Image 1 has a good dog and one malformed cat annotation per bad case; each case is its own image."""
+    root = tmp_path / "bad"
+    (root / "annotations").mkdir(parents=True)
+    (root / "val2017").mkdir()
+    image_ids = [1] + sorted(BAD_SEGMENTATIONS)
+    for image_id in image_ids:
+        Image.fromarray(RGB).save(root / "val2017" / f"{image_id:012d}.png")
+    annotations = [{"id": 1, "image_id": 1, "category_id": 18, "iscrowd": 0, "area": 80.0, "bbox": [2, 2, 10, 8],
+                    "segmentation": [[2, 2, 12, 2, 12, 10, 2, 10]]}]
+    for ann_id, (segmentation, _) in BAD_SEGMENTATIONS.items():
+        annotations.append({"id": ann_id, "image_id": ann_id, "category_id": 17, "iscrowd": 0, "area": 9.0,
+                            "bbox": [1, 1, 3, 3], "segmentation": segmentation})
+        annotations.append({"id": 1000 + ann_id, "image_id": ann_id, "category_id": 18, "iscrowd": 0, "area": 9.0,
+                            "bbox": [1, 1, 3, 3], "segmentation": [[1, 1, 4, 1, 4, 4, 1, 4]]})
+    instances = {"images": [{"id": i, "file_name": f"{i:012d}.png", "width": W, "height": H} for i in image_ids],
+                 "categories": [{"id": 17, "name": "cat"}, {"id": 18, "name": "dog"}], "annotations": annotations}
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(instances))
+    return CocoDataset(root, "val2017")
+
+
+@pytest.mark.parametrize("ann_id", sorted(BAD_SEGMENTATIONS))
+def test_malformed_segmentation_is_one_line_naming_annotation_image_and_file(bad_coco: CocoDataset,
+                                                                             ann_id: int) -> None:
+    reason = BAD_SEGMENTATIONS[ann_id][1]
+    expected = f"malformed segmentation in annotation {ann_id} (image {ann_id}) of {bad_coco.instances_path}: "
+    for call in (lambda: bad_coco.concept_mask(ann_id, "cat"), lambda: bad_coco.annotation_mask(ann_id)):
+        with pytest.raises(KneuronError) as caught:
+            call()
+        message = str(caught.value)
+        assert message.startswith(expected + reason), message
+        assert "\n" not in message
+    # the same image's other concept and the other images are unaffected: only that (concept, image) pair fails
+    assert bad_coco.concept_mask(ann_id, "dog")[1:4, 1:4].all()
+    assert bad_coco.images_with("cat") == sorted(BAD_SEGMENTATIONS)  # listing needs no mask
+
+
+def test_good_annotations_next_to_malformed_ones_decode(bad_coco: CocoDataset) -> None:
+    mask = bad_coco.concept_mask(1, "dog")
+    assert mask[3:10, 3:12].all() and not mask[12:, :].any()
+    assert np.array_equal(bad_coco.annotation_mask(1), mask)
+    with pytest.raises(KneuronError, match=re.escape(f"annotation id 999 is not in {bad_coco.instances_path}")):
+        bad_coco.annotation_mask(999)
+
+
+def test_segmentation_problem_without_pycocotools() -> None:
+    """Cases pycocotools would crash on (NaN coordinates: a segfault) are caught before it runs."""
+    from engine.data.coco import segmentation_problem
+
+    assert segmentation_problem([[1, 2, float("nan"), 4, 5, 6]], H, W) == "polygon 0 has a non-finite coordinate"
+    assert segmentation_problem([[1, 2, float("inf"), 4, 5, 6]], H, W) == "polygon 0 has a non-finite coordinate"
+    assert segmentation_problem([[True, 2, 3, 4, 5, 6]], H, W) == "polygon 0 is not a list of numbers"
+    assert segmentation_problem({"counts": [H * W]}, H, W) == "RLE without a [height, width] size: None"
+    assert segmentation_problem({"size": [H, W], "counts": [-1, H * W + 1]}, H, W) == "RLE has a negative run length"
+    assert segmentation_problem({"size": [H, W], "counts": 5}, H, W) == (
+        "RLE counts are neither a list nor a string: int")
+    assert segmentation_problem("abc", H, W) == "segmentation is neither polygons nor RLE: str"
+    assert segmentation_problem([[2, 2, 12, 2, 12, 10, 2, 10]], H, W) is None
+    assert segmentation_problem([[-3, -3, 5, -3, 5, 5]], H, W) is None  # partly outside: pycocotools clips it
+    assert segmentation_problem(_uncompressed_rle(_crowd_mask()), H, W) is None
+    assert segmentation_problem(_compressed_rle(_dog_mask()), H, W) is None
+
+
+def test_rle_string_counts_match_pycocotools() -> None:
+    from pycocotools import mask as mask_utils
+
+    from engine.data.coco import rle_string_counts
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        mask = rng.random((H, W)) < rng.random()
+        expected = _uncompressed_rle(mask)["counts"]
+        encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
+        assert rle_string_counts(encoded) == expected
+        assert rle_string_counts(encoded.decode("ascii")) == expected
+    assert rle_string_counts("") == []
+    assert rle_string_counts("\x7f") is None  # out of the 6-bit range
+    assert rle_string_counts("o") is None  # continuation bit set, then the string ends
+
+
+def test_malformed_area_is_one_line(bad_coco: CocoDataset, tmp_path: Path) -> None:
+    path = bad_coco.instances_path
+    data = json.loads(path.read_text())
+    data["annotations"][0]["area"] = "big"
+    path.write_text(json.dumps(data))
+    with pytest.raises(KneuronError, match=re.escape(f"malformed area 'big' in annotation 1 (image 1) of {path}")):
+        CocoDataset(bad_coco.root, "val2017").images_with("dog")

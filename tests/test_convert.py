@@ -17,7 +17,7 @@ from cli.main import group
 from engine.errors import KneuronError
 from engine.models import load_model
 from engine.models.convert import convert_official, default_qformer_heads, default_vision_heads
-from tests.tiny_models import tiny_tokenizer
+from tests.helpers.tiny_models import tiny_tokenizer
 
 IMAGE, PATCH, WIDTH, VIT_LAYERS, VIT_HEADS, VIT_MLP = 32, 8, 32, 2, 4, 80  # 4x4 = 16 patches
 Q_WIDTH, Q_LAYERS, Q_HEADS, Q_FF, N_QUERY, CROSS_EVERY = 48, 3, 4, 96, 6, 2  # cross-attention on layers 0, 2

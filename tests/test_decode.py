@@ -6,7 +6,7 @@ import torch
 
 from engine.decode import DecodedNeuron, concept_hit_rate, concept_words, decode_neurons, neuron_logits
 from engine.errors import KneuronError
-from tests.hf_tiny import tiny_adapter
+from tests.helpers.hf_tiny import tiny_adapter
 
 NEURONS = [(2, 5), (0, 1), (1, 95), (0, 1)]  # unsorted, with a duplicate
 

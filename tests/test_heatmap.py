@@ -22,7 +22,7 @@ from engine.heatmap import (
     token_activations,
     token_to_patch_map,
 )
-from tests.hf_tiny import tiny_adapter, varied_images
+from tests.helpers.hf_tiny import tiny_adapter, varied_images
 
 NEURONS = {0: [1, 7], 2: [5]}
 
@@ -317,3 +317,49 @@ def test_heatmap_object_contrast_runs_on_a_model(patch) -> None:  # noqa: ANN001
     assert len(per_image) == 2 and 0.0 <= share <= 1.0
     assert all(0.0 <= r.inside <= 1.0 and 0.0 <= r.outside <= 1.0 for r in per_image)
     assert np.isnan(per_image[0].others) and 0.0 <= per_image[1].others <= 1.0
+
+
+# ------------------------------------------------------------------------------------------------ adapter method
+def test_heatmap_imports_no_concrete_adapter() -> None:
+    """Model-specific knowledge lives in the adapters (`VLMAdapter.image_connector`), not in the heatmap."""
+    import ast
+    import inspect
+
+    import engine.heatmap as hm
+
+    tree = ast.parse(inspect.getsource(hm))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {name for name in imported if name and name.startswith("engine.models")} - {"engine.models.base"}
+    assert "isinstance(adapter" not in inspect.getsource(hm)
+
+
+def test_qformer_connector_tokens_are_the_models_image_tokens(qformer) -> None:  # noqa: ANN001
+    connector = qformer.image_connector()
+    assert connector.vision is qformer.model.vision_model
+    pixels = qformer.pixel_values(varied_images(2))
+    with torch.no_grad():
+        torch.testing.assert_close(connector.tokens(pixels, 2), qformer.model.encode_img(pixels))
+
+
+def test_adapters_without_a_connector_say_so(patch) -> None:  # noqa: ANN001
+    with pytest.raises(KneuronError) as caught:
+        patch.image_connector()
+    assert str(caught.value) == (f"model {patch.name!r} (MiniGPT-4 patch variant) has no Q-Former: its image "
+                                 "tokens map to patches through its patch grid")
+    llava = tiny_adapter("llava")
+    llava.model.config.vision_feature_select_strategy = "full"  # CLS token first: no patch grid
+    assert llava.patch_grid is None
+    with pytest.raises(KneuronError) as caught:
+        token_to_patch_map(llava, varied_images(1))
+    assert str(caught.value) == ("model 'tiny-random-llava' (LLaVA, vision_feature_select_strategy='full') has no "
+                                 "Q-Former and its image tokens are not a patch grid: no token -> patch map for "
+                                 "its image tokens")
+    with pytest.raises(KneuronError, match="no token -> patch map"):
+        heatmap(llava, varied_images(1)[0], NEURONS)
+    from engine.models.base import VLMAdapter
+
+    with pytest.raises(KneuronError) as caught:
+        VLMAdapter.image_connector(llava)  # the interface's default, for adapters that know no connector
+    assert str(caught.value) == ("model 'tiny-random-llava' has neither a patch grid nor a known Q-Former: no "
+                                 "token -> patch map for its image tokens")

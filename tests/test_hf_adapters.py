@@ -10,12 +10,27 @@ import torch
 
 from engine.errors import KneuronError
 from engine.models import load_model
-from engine.models.hf_adapters import (Blip2Adapter, InstructBlipAdapter, LlavaAdapter, encode_prompt,
-                                       load_hf_vlm, read_hf_config)
+from engine.models.hf_adapters import (
+    Blip2Adapter,
+    InstructBlipAdapter,
+    LlavaAdapter,
+    encode_prompt,
+    load_hf_vlm,
+    read_hf_config,
+)
 from engine.models.preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor
 from engine.models.prompts import DEFAULT_INSTRUCTION
-from tests.hf_tiny import (D_FF, FAMILIES, IMAGE_SIZE, N_LAYERS, N_QUERY, save_hf_folder, tiny_hf_adapter,
-                           tiny_image_processor, varied_images)
+from tests.helpers.hf_tiny import (
+    D_FF,
+    FAMILIES,
+    IMAGE_SIZE,
+    N_LAYERS,
+    N_QUERY,
+    save_hf_folder,
+    tiny_hf_adapter,
+    tiny_image_processor,
+    varied_images,
+)
 
 CLASSES = {"llava": LlavaAdapter, "blip-2": Blip2Adapter, "instructblip": InstructBlipAdapter}
 
@@ -239,3 +254,28 @@ def test_broken_folders_are_one_line_errors(tmp_path):  # noqa: ANN001
     (folder / "model.safetensors").unlink()
     assert "weights" in one_line_error(folder)
     assert read_hf_config(folder)["model_type"] == "llava"
+
+
+@pytest.mark.parametrize("family", ["blip-2", "instructblip"])
+def test_qformer_image_connector(family: str) -> None:
+    """`image_connector`: the vision tower and the LLM input embeddings of the image tokens, as the model makes
+    them (InstructBLIP's Q-Former also reads the instruction)."""
+    adapter = tiny_hf_adapter(family)
+    connector = adapter.image_connector()
+    assert connector.vision is adapter.model.vision_model
+    prepared = adapter.prepare(varied_images(2))
+    pixels = prepared.kwargs["pixel_values"]
+    with torch.no_grad():
+        tokens = connector.tokens(pixels, 2)
+        extra = {k: v for k, v in prepared.kwargs.items() if k.startswith("qformer_")}
+        assert bool(extra) == (family == "instructblip")
+        expected = adapter.model.get_image_features(pixels, **extra).pooler_output
+    assert tokens.shape == (2, N_QUERY, 64)
+    torch.testing.assert_close(tokens, expected)
+
+
+def test_llava_has_no_image_connector() -> None:
+    adapter = tiny_hf_adapter("llava")
+    with pytest.raises(KneuronError, match=r"^model 'tiny-random-llava' \(LLaVA, vision_feature_select_strategy="
+                                           r"'default'\) has no Q-Former"):
+        adapter.image_connector()

@@ -112,7 +112,7 @@ def test_input_validation() -> None:
 
 # ----- diffusers -----------------------------------------------------------------------------------------
 def save_tiny_inpainting_pipeline(folder: Path) -> Path:
-    """Random-weight Stable Diffusion inpainting pipeline built from configs (offline.md §3), saved to folder."""
+    """Random-weight Stable Diffusion inpainting pipeline built from configs (no download), saved to folder."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -180,3 +180,20 @@ def test_diffusion_inpainter_missing_folder(tmp_path: Path) -> None:
     image, mask = flat_scene(16)
     with pytest.raises(KneuronError, match="cannot load inpainting pipeline"):
         inpainter.inpaint(image, mask)
+
+
+def test_sd_inpainter_without_diffusers_says_how_to_install(monkeypatch) -> None:
+    import importlib.metadata
+
+    from engine.inpaint import diffusion
+
+    real = importlib.metadata.version
+
+    def version(name: str) -> str:
+        if name == "diffusers":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    with pytest.raises(KneuronError, match=r"^the sd inpainter needs diffusers: pip install 'kneuron\[sd\]'$"):
+        diffusion._diffusers_version()

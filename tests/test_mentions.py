@@ -7,7 +7,13 @@ import pytest
 
 from engine.errors import KneuronError
 from engine.eval.mentions import (
-    COCO_SYNONYMS, SHAPES_SYNONYMS, SYNONYMS, concepts_mentioned, mention_rate, mentions, plurals,
+    COCO_SYNONYMS,
+    SHAPES_SYNONYMS,
+    SYNONYMS,
+    concepts_mentioned,
+    mention_rate,
+    mentions,
+    plurals,
 )
 
 # The 80 MS COCO 2017 instance categories, written out independently of the module.

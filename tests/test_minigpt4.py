@@ -13,7 +13,7 @@ from engine.models import load_model
 from engine.models.minigpt4_adapter import save_minigpt4
 from engine.models.preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor
 from engine.models.prompts import LLAMA2, VICUNA0
-from tests.tiny_models import random_images, tiny_minigpt4
+from tests.helpers.tiny_models import random_images, tiny_minigpt4
 
 
 @pytest.mark.parametrize("variant,n_tokens", [("qformer", 4), ("patch", 4)])
@@ -113,3 +113,17 @@ def test_loader_errors_are_one_line(tmp_path) -> None:
     (tmp_path / "p" / "kneuron_model.json").write_text(json.dumps(spec))
     with pytest.raises(KneuronError, match=r"incompatible checkpoint .*missing: .*qformer"):
         load_model(str(tmp_path / "p"))
+
+
+def test_fingerprint_follows_the_weights(tmp_path) -> None:
+    from engine.models.fingerprint import model_fingerprint
+
+    adapter = tiny_minigpt4("qformer")
+    first = model_fingerprint(adapter)
+    assert len(first) == 64 and first == model_fingerprint(tiny_minigpt4("qformer"))  # same seed, same weights
+    save_minigpt4(adapter.model, adapter.tokenizer, adapter.spec, tmp_path / "m")
+    assert model_fingerprint(load_model(str(tmp_path / "m"))) == first  # survives a save / load round trip
+    assert model_fingerprint(tiny_minigpt4("qformer", seed=1)) != first
+    with torch.no_grad():
+        adapter.model.llama_proj.weight[0, 0] += 1.0  # one changed value (the tensor is fully sampled)
+    assert model_fingerprint(adapter) != first

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.record import RecordConfig, Target, record_pairs
-from tests.hf_tiny import ALL_KINDS, MINIGPT4_KINDS, tiny_adapter, varied_images
+from tests.helpers.hf_tiny import ALL_KINDS, MINIGPT4_KINDS, tiny_adapter, varied_images
 
 TOP_K = 5
 

@@ -73,3 +73,13 @@ def test_vision_learning_rate_scale_and_freezing(scale: float) -> None:
     decayed = {pid for pid, _, wd in grouped if wd > 0}
     assert id(head.weight) in decayed and id(head.bias) not in decayed
     assert id(model.language_model.get_input_embeddings().weight) not in decayed
+
+
+def test_unknown_variant_is_one_line_before_reading_data(tmp_path) -> None:  # noqa: ANN001
+    from engine.errors import KneuronError
+    from engine.train import train_tiny_minigpt4
+
+    with pytest.raises(KneuronError, match=r"^unknown MiniGPT-4 variant 'vicuna'; use qformer or patch$"):
+        train_tiny_minigpt4(tmp_path / "no-world", tmp_path / "out", TrainConfig(variant="vicuna"), log=lambda _: None)
+    assert not (tmp_path / "out").exists()
+    assert torch.get_num_threads() == 1  # refused before the run touched torch's settings

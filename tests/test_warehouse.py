@@ -1,14 +1,12 @@
 """The persisted neuron warehouse: schema, atomic batches, single writer, resume, DuckDB views."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import numpy as np
@@ -17,80 +15,28 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.errors import KneuronError
+from tests.helpers.warehouse_rows import (
+    D_FF,
+    N_LAYERS,
+    RUN,
+    all_table_rows,
+    neuron_rows,
+    run_row,
+    sample_rows,
+)
 from warehouse import TABLES, Warehouse, conform, connect, default_warehouse_path, table_paths
 from warehouse.layout import MANIFEST_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = "run-1"
-CONCEPTS = ["dog", "traffic light"]
-N_LAYERS, D_FF = 2, 5
-UTC = dt.timezone.utc
 
 
 # ---------------------------------------------------------------------- row builders (tiny, deterministic)
-def run_row(run_id: str = RUN) -> dict[str, list]:
-    return {
-        "run_id": [run_id], "created_at": [dt.datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)],
-        "model_name": ["tiny-minigpt4"], "model_hash": ["ab" * 32], "hook_site": ["mlp.down_proj.input"],
-        "prompt": ["<Img><ImageHere></Img> Describe it."], "positions": ["image"], "n_positions": [4],
-        "n_layers": [N_LAYERS], "d_ff": [D_FF], "dtype": ["float32"], "inpainter": ["opencv-telea"],
-        "config_json": ['{"seed": 0}'], "kneuron_version": ["0.1.0"],
-    }
 
 
-def sample_rows(concept: str, image_ids: list[int], run_id: str = RUN, skipped: int | None = None) -> dict:
-    n = len(image_ids)
-    status = ["skipped" if image_id == skipped else "ok" for image_id in image_ids]
-    return {
-        "run_id": [run_id] * n, "concept": [concept] * n, "image_id": image_ids,
-        "file_name": [f"{i:012d}.jpg" for i in image_ids], "mask_area": [100 + i for i in image_ids],
-        "mask_fraction": [0.25] * n, "caption_original": [f"a {concept}"] * n,
-        "caption_inpainted": ["a street"] * n, "target_token_id": [42] * n,
-        "target_source": ["caption"] * n, "target_position": [3] * n, "status": status,
-        "skip_reason": ["empty mask" if s == "skipped" else None for s in status],
-    }
 
 
-def neuron_rows(concept: str, image_id: int, seed: int, run_id: str = RUN) -> dict:
-    rng = np.random.default_rng(seed)
-    n = N_LAYERS * D_FF
-    return {
-        "run_id": [run_id] * n, "concept": [concept] * n, "image_id": np.full(n, image_id),
-        "layer": np.repeat(np.arange(N_LAYERS), D_FF), "unit": np.tile(np.arange(D_FF), N_LAYERS),
-        **{name: rng.standard_normal(n).astype(np.float32) for name in ("o_mean", "i_mean", "d_max", "g_max",
-                                                                        "g_mean")},
-    }
 
 
-def all_table_rows() -> dict[str, dict[str, Any]]:
-    """A few rows for every table of the schema (one run, two concepts)."""
-    rng = np.random.default_rng(7)
-    created = dt.datetime(2025, 3, 2, tzinfo=UTC)
-    k = 3  # token_stats rows: 1 layer x 1 position x 3 ranks
-    return {
-        "runs": run_row(),
-        "splits": {"run_id": [RUN] * 4, "concept": ["dog", "dog", "traffic light", "traffic light"],
-                   "image_id": [11, 12, 21, 22], "split": ["ident", "eval", "ident", "eval"]},
-        "samples": sample_rows("traffic light", [21, 23], skipped=23),
-        "neuron_stats": neuron_rows("traffic light", 21, seed=1),
-        "token_stats": {"run_id": [RUN] * k, "concept": ["dog"] * k, "image_id": [11] * k, "layer": [1] * k,
-                        "position": [0] * k, "seq_position": [6] * k, "rank": [0, 1, 2], "unit": [4, 0, 2],
-                        "o_act": rng.standard_normal(k), "i_act": rng.standard_normal(k),
-                        "g": rng.standard_normal(k)},
-        "neuron_sets": {"set_id": ["set-a"] * 2, "run_id": [RUN] * 2, "concept": ["dog"] * 2,
-                        "method": ["two_stage"] * 2, "params_json": ['{"a": 0.5}'] * 2, "layer": [0, 1],
-                        "unit": [3, 1], "score": [0.5, 0.25], "created_at": [created] * 2},
-        "captions": {"eval_id": ["ev-1"] * 2, "run_id": [RUN] * 2, "set_id": [None, "set-a"],
-                     "method": ["none", "two_stage"], "concept": ["dog"] * 2, "group": ["target"] * 2,
-                     "image_id": [12, 12], "condition": ["unmodified", "suppressed"],
-                     "text": ["a dog on grass", "grass"]},
-        "scores": {"eval_id": ["ev-1"] * 2, "run_id": [RUN] * 2, "set_id": ["set-a"] * 2,
-                   "method": ["two_stage"] * 2, "concept": ["dog"] * 2, "group": ["other"] * 2,
-                   "image_id": [12, 12], "metric": ["bleu", "rouge_l"], "reference": ["unmodified",
-                                                                                     "ground_truth"],
-                   "value": [0.125, 0.5]},
-        "evals": {"eval_id": ["ev-1"], "run_id": [RUN], "created_at": [created], "config_json": ["{}"]},
-    }
 
 
 def view_rows(con: duckdb.DuckDBPyConnection, table: str, columns: list[str] | None = None) -> list[dict]:
@@ -186,12 +132,12 @@ def test_exception_inside_batch_leaves_nothing(tmp_path: Path) -> None:
 
 CRASH_SCRIPT = textwrap.dedent("""
     import os, sys
-    import warehouse.store
+    import warehouse.batch
     from warehouse import Warehouse
     sys.path.insert(0, os.path.dirname({test_file!r}))
     from test_warehouse import neuron_rows, sample_rows
     wh = Warehouse.open({root!r}, create=True)
-    warehouse.store.write_record = lambda *args: os._exit(9)   # die where the commit record would be written
+    warehouse.batch.write_record = lambda *args: os._exit(9)   # die where the commit record would be written
     with wh.batch() as batch:
         batch.add("samples", sample_rows("dog", [7]))
         batch.add("neuron_stats", neuron_rows("dog", 7, seed=0))
@@ -210,7 +156,8 @@ def test_crash_before_commit_record_is_invisible_and_collected(tmp_path: Path) -
     orphans = [p for p in data_files(root) if not p.startswith("runs/")]
     assert len(orphans) == 2 and all(p.endswith(".parquet") for p in orphans)
     # plus a half-written temp file of another batch
-    stray = root / "neuron_stats" / "run_id=run-1" / "concept=cat" / ".part-20250101T000000000000Z-0a0b0c0d-0000.parquet.tmp"
+    stray = (root / "neuron_stats" / "run_id=run-1" / "concept=cat"
+             / ".part-20250101T000000000000Z-0a0b0c0d-0000.parquet.tmp")
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"PAR1 half")
 
@@ -437,6 +384,26 @@ def test_views_on_an_empty_warehouse_have_the_columns_and_types_of_filled_ones(t
         assert [row[0] for row in described] == TABLES[table].columns + extra
 
 
+def test_set_choices_view_of_a_warehouse_written_before_the_table_existed(tmp_path: Path) -> None:
+    root = tmp_path / "old"
+    with writer(root) as wh, wh.batch() as batch:
+        for table, data in all_table_rows().items():
+            if table != "set_choices":
+                batch.add(table, data)
+    assert not (root / "set_choices").exists()
+    con = connect(root)
+    assert con.execute("SELECT count(*) FROM set_choices").fetchall() == [(0,)]
+    assert [row[:2] for row in con.sql("DESCRIBE set_choices").fetchall()] == [
+        ("run_id", "VARCHAR"), ("concept", "VARCHAR"), ("method", "VARCHAR"), ("set_id", "VARCHAR"),
+        ("chosen_at", "TIMESTAMP WITH TIME ZONE")]
+    with writer(root) as wh, wh.batch() as batch:  # the old warehouse takes the new table's rows
+        batch.add("set_choices", all_table_rows()["set_choices"])
+    assert sorted(p.relative_to(root).as_posix().rsplit("/", 1)[0] for p in (root / "set_choices").rglob("*.parquet")) \
+        == ["set_choices/run_id=run-1/concept=dog", "set_choices/run_id=run-1/concept=traffic%20light"]
+    assert connect(root).execute("SELECT set_id FROM set_choices ORDER BY chosen_at").fetchall() == [
+        ("set-a",), ("set-b",)]
+
+
 def test_read_only_connection_cannot_touch_files(tmp_path: Path) -> None:
     root = tmp_path / "wh"
     outside = tmp_path / "secret.csv"
@@ -481,3 +448,32 @@ def test_connection_sees_only_what_was_committed_when_it_was_made(tmp_path: Path
     assert before.sql("SELECT image_id FROM samples").fetchall() == [(1,)]
     assert connect(root).sql("SELECT image_id FROM samples ORDER BY 1").fetchall() == [(1,), (2,)]
     assert [Path(p).name.startswith("part-") for p in table_paths(root, "samples")] == [True, True]
+
+
+def test_a_skipped_sample_may_be_superseded_and_the_view_shows_the_latest(tmp_path: Path) -> None:
+    """A skipped samples row may be followed by a later row of the same pair (the pair recorded again); an ok
+    row may not. The view shows one row per pair: the ok one, else the latest skipped one."""
+    root = tmp_path / "wh"
+    with writer(root) as wh:
+        with wh.batch() as batch:
+            batch.add("runs", run_row())
+            batch.add("samples", sample_rows("dog", [1, 2], skipped=2))
+        with wh.batch() as batch:  # skipped again, for another reason: allowed, and this one is shown
+            rows = sample_rows("dog", [2], skipped=2)
+            rows["skip_reason"] = ["image file not found"]
+            batch.add("samples", rows)
+        with pytest.raises(KneuronError, match=r"samples: .*dog.*1.* is already in the warehouse"):
+            with wh.batch() as batch:
+                batch.add("samples", sample_rows("dog", [1]))  # an ok row is never superseded
+        con = connect(root)
+        assert view_rows(con, "samples", ["image_id", "status", "skip_reason"]) == [
+            {"image_id": 1, "status": "ok", "skip_reason": None},
+            {"image_id": 2, "status": "skipped", "skip_reason": "image file not found"}]
+        with wh.batch() as batch:
+            batch.add("samples", sample_rows("dog", [2]))  # now recorded
+        with pytest.raises(KneuronError, match="is already in the warehouse"):
+            with wh.batch() as batch:
+                batch.add("samples", sample_rows("dog", [2], skipped=2))  # the ok row stays
+    assert view_rows(connect(root), "samples", ["image_id", "status"]) == [
+        {"image_id": 1, "status": "ok"}, {"image_id": 2, "status": "ok"}]
+    assert Warehouse.open(root).read("samples").num_rows == 4  # the raw files keep every row

@@ -12,7 +12,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from cli.main import main
 from engine.data.shapes import render_coverage, shape_polygon
 from engine.data.world import (
     BACKGROUNDS,
@@ -30,7 +29,7 @@ from engine.data.world import (
     world_config_of,
 )
 from engine.errors import KneuronError
-from tests.cli_runner import run_cli
+from tests.helpers.cli_runner import run_cli
 
 # free placement at 64 px (the default world uses a 4x4 layout at 128 px; see test_layout_*)
 FREE = dict(image_size=64, layout_cells=0)

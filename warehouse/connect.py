@@ -4,11 +4,14 @@
     con.sql("SELECT concept, count(*) FROM samples GROUP BY concept")
 
 Views: ``runs``, ``splits``, ``samples``, ``neuron_stats`` (plus ``d_mean = o_mean - i_mean`` as FLOAT),
-``token_stats``, ``neuron_sets``, ``captions``, ``scores``, ``evals``. Each lists the committed Parquet files
-explicitly, so files of uncommitted batches are never read; a table with no files still has a view with the
-right columns and types (float16 columns read as FLOAT). The set of files is fixed when the connection is made:
-connect again to see batches committed later. ``group`` is a column of ``captions`` and ``scores`` and an SQL
-keyword: write it as ``"group"``.
+``token_stats``, ``neuron_sets``, ``captions``, ``scores``, ``evals``, ``set_choices``. Each lists the
+committed Parquet files explicitly, so files of uncommitted batches are never read; a table with no files
+(also a table added to the schema after the warehouse was written) still has a view with the right columns and
+types (float16 columns read as FLOAT). A committed file that is missing or not of its recorded size makes
+`connect` raise a one-line `KneuronError` naming it and suggesting ``kneuron verify --repair`` (DuckDB would
+fail every query of every view). The set of files is fixed when the connection is made: connect again to see
+batches committed later. ``group`` is a column of ``captions`` and ``scores`` and an SQL keyword: write it as
+``"group"``.
 
 read_only=True (the default) means user SQL on the connection can read the views and nothing else on disk:
 DuckDB's external access is switched off (it cannot be switched back on in that connection) with exactly the
@@ -17,7 +20,8 @@ committed files allowed, plus a private spill directory for large sorts/joins. `
 ``COPY ... TO '<exact path of a committed file>' (USE_TMP_FILE false)`` is allowed by DuckDB's path list; the
 writer makes committed files read-only (mode 0444), which stops that for every user except root.
 read_only=False gives a plain in-memory DuckDB connection with the same views, for users who want to
-``COPY`` results out or read other files next to the warehouse.
+``COPY`` results out or read other files next to the warehouse. `warehouse.readonly.check_read_only_sql`
+closes the remaining gap for user SQL: it lets only reading statements through.
 """
 from __future__ import annotations
 
@@ -28,8 +32,14 @@ from pathlib import Path
 
 import duckdb
 
+from engine.errors import KneuronError
 from warehouse.schema import TABLES, VIEW_EXTRA_COLUMNS, TableSpec, duckdb_type, spec_of
 from warehouse.store import Warehouse
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (DuckDB's run over several lines)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def _identifier(name: str) -> str:
@@ -45,6 +55,7 @@ def view_sql(spec: TableSpec, files: list[str]) -> str:
 
     The files are read with hive partitioning (so DuckDB prunes files by run/concept) without type guessing
     (partition values stay VARCHAR); the stored columns hold the same values, so the view is exact either way.
+    A table with ``spec.supersedable`` shows one row per key (see `TableSpec`); ``files`` are in commit order.
     """
     columns = ", ".join(_identifier(name) for name in spec.columns)
     extras = "".join(
@@ -53,7 +64,16 @@ def view_sql(spec: TableSpec, files: list[str]) -> str:
     )
     if files:
         file_list = "[" + ", ".join(_literal(path) for path in files) + "]"
-        source = f"read_parquet({file_list}, hive_partitioning = true, hive_types_autocast = false)"
+        if spec.supersedable is not None:  # one row per key: a non-superseded one, else the latest file's
+            column, value = spec.supersedable
+            source = (
+                f"(SELECT * FROM read_parquet({file_list}, hive_partitioning = true, hive_types_autocast = false, "
+                f"filename = '_kneuron_file') QUALIFY row_number() OVER (PARTITION BY "
+                f"{', '.join(_identifier(k) for k in spec.key)} ORDER BY ({_identifier(column)} = {_literal(value)}), "
+                f"list_position({file_list}, _kneuron_file) DESC) = 1)"
+            )
+        else:
+            source = f"read_parquet({file_list}, hive_partitioning = true, hive_types_autocast = false)"
     else:
         typed_nulls = ", ".join(
             f"CAST(NULL AS {duckdb_type(f.type)}) AS {_identifier(f.name)}" for f in spec.schema
@@ -75,15 +95,23 @@ def connect(root: str | os.PathLike[str] | Warehouse | None = None,
 
     root: warehouse directory (default `default_warehouse_path()`), or an open `Warehouse`.
     read_only: lock the connection down so that SQL can only read the warehouse's committed files.
-    Raises `KneuronError` if ``root`` is not a warehouse of this schema version.
+    Raises `KneuronError` if ``root`` is not a warehouse of this schema version, or names the first committed
+    file that is missing or not of its recorded size.
     """
     warehouse = root if isinstance(root, Warehouse) else Warehouse.open(root)
+    warehouse.check_files()
     con = duckdb.connect(":memory:")
     allowed: list[str] = []
-    for name, spec in TABLES.items():
-        files = [str(path) for path in warehouse.paths(name)]
-        allowed.extend(files)
-        con.execute(view_sql(spec, files))
+    try:
+        for name, spec in TABLES.items():
+            files = [str(path) for path in warehouse.paths(name)]
+            allowed.extend(files)
+            con.execute(view_sql(spec, files))
+    except duckdb.Error as exc:  # e.g. a file went away since the check: name it
+        con.close()
+        warehouse.check_files()
+        raise KneuronError(f"cannot open the views of warehouse {warehouse.root}: {_first_line(exc)}; "
+                           "run `kneuron verify` to check its files") from None
     if read_only:
         _lock_down(con, allowed)
     return con

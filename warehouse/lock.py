@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from engine.errors import KneuronError
+from warehouse.faults import READ_ONLY_ERRNOS, read_only_error, write_error
 
 
 class WriterLock:
@@ -24,13 +25,20 @@ class WriterLock:
 
     @property
     def held(self) -> bool:
+        """Whether this object holds the lock now."""
         return self._fd is not None
 
     def acquire(self) -> None:
-        """Take the lock or raise `KneuronError` naming the pid of the process that holds it."""
+        """Take the lock or raise `KneuronError`: naming the pid of the process that holds it, or saying that
+        the warehouse is read-only when the lock file cannot be opened for writing (EROFS, EACCES, EPERM)."""
         if self._fd is not None:
             return
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno in READ_ONLY_ERRNOS:
+                raise read_only_error(self.root, self.lock_file, exc) from None
+            raise KneuronError(f"cannot open the writer lock {self.lock_file}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -42,8 +50,12 @@ class WriterLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise write_error(self.root, self.lock_file, exc, batch=False) from None
         self._fd = fd
 
     def release(self) -> None:

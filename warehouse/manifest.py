@@ -1,9 +1,10 @@
 """Commit records: a batch of files is part of the warehouse exactly when ``_manifest/<batch_id>.json`` exists.
 
-A record lists the batch's files (table, relative path, rows, bytes, partition values) and, for tables with a
-key (runs, samples, evals, neuron_sets), the distinct key values the file holds, so that the committed
-(concept, image) pairs of a run can be listed without opening any Parquet file. Records are written to a
-temporary name, fsynced and renamed, so a reader sees a whole record or none.
+A record lists the batch's files (table, relative path, rows, bytes, sha256 of the bytes, partition values)
+and, for tables with a key (runs, samples, evals, neuron_sets), the distinct key values the file holds, so that
+the committed (concept, image) pairs of a run can be listed without opening any Parquet file. Records are
+written to a temporary name, fsynced and renamed, so a reader sees a whole record or none. Records written
+before checksums existed have no ``sha256`` (None): such files are verified by size and row count only.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class FileRecord:
     path: relative to the warehouse root, ``/``-separated.
     partition: partition column -> value (the unencoded value, as stored in the file's columns).
     keys: distinct values of the table's key columns in this file (empty for tables without a key).
+    sha256: hex digest of the file's bytes as written (None in records made before checksums existed).
     """
 
     table: str
@@ -35,6 +37,7 @@ class FileRecord:
     bytes: int
     partition: dict[str, Any]
     keys: list[list[Any]] = field(default_factory=list)
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,12 @@ class BatchRecord:
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
+        """The record as compact JSON (keys sorted), the form stored in ``_manifest/<batch_id>.json``."""
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "BatchRecord":
+        """Parse a stored record; `ValueError`/`KeyError`/`TypeError` when it is not one."""
         raw = json.loads(text)
         if raw.get("format") != RECORD_FORMAT:
             raise ValueError(f"format is {raw.get('format')!r}, not {RECORD_FORMAT!r}")
@@ -80,20 +85,40 @@ def write_record(root: Path, record: BatchRecord) -> Path:
     directory.mkdir(exist_ok=True)
     final = directory / f"{record.batch_id}.json"
     temp = directory / f".{record.batch_id}.json.tmp"
-    with open(temp, "w", encoding="utf-8") as handle:
-        handle.write(record.to_json())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, final)
+    try:
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(record.to_json())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     fsync_dir(directory)
     return final
 
 
-def read_records(root: Path, known: dict[str, BatchRecord] | None = None) -> dict[str, BatchRecord]:
+def remove_record(root: Path, batch_id: str) -> bool:
+    """Un-commit a batch: delete ``_manifest/<batch_id>.json`` and fsync the directory (its files stay).
+
+    Returns whether there was a record. After this the batch's files are unreferenced leftovers, which the
+    next writer deletes like those of a crashed batch.
+    """
+    directory = root / MANIFEST_DIR
+    try:
+        (directory / f"{batch_id}.json").unlink()
+    except FileNotFoundError:
+        return False
+    fsync_dir(directory)
+    return True
+
+
+def read_records(root: Path, known: dict[str, BatchRecord] | None = None,
+                 damaged: dict[str, str] | None = None) -> dict[str, BatchRecord]:
     """All commit records under ``root`` by batch id; records already in ``known`` are not read again.
 
-    Raises `KneuronError` naming a record that cannot be parsed (records are written atomically, so this
-    means the file was edited or damaged by hand).
+    A record that cannot be parsed (records are written atomically, so it was edited or damaged by hand)
+    raises `KneuronError` naming it, unless ``damaged`` is given: then its batch id -> reason goes there.
     """
     records = dict(known or {})
     directory = root / MANIFEST_DIR
@@ -105,9 +130,13 @@ def read_records(root: Path, known: dict[str, BatchRecord] | None = None) -> dic
             continue
         try:
             record = BatchRecord.from_json(path.read_text(encoding="utf-8"))
+            if record.batch_id != batch_id:
+                raise ValueError(f"it names batch {record.batch_id!r}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise KneuronError(f"damaged warehouse commit record {path}: {exc}") from None
-        if record.batch_id != batch_id:
-            raise KneuronError(f"damaged warehouse commit record {path}: it names batch {record.batch_id!r}")
+            if damaged is None:
+                raise KneuronError(f"damaged warehouse commit record {path}: {exc}; "
+                                   "run `kneuron verify --repair` to drop its batch") from None
+            damaged[batch_id] = str(exc) or type(exc).__name__
+            continue
         records[batch_id] = record
     return records

@@ -8,6 +8,9 @@ naming the offending columns.
 
 The DuckDB views (`warehouse.connect`) expose the stored columns under the same names; DuckDB reads float16 as
 FLOAT. The view of ``neuron_stats`` adds ``d_mean = o_mean - i_mean`` (FLOAT), which is not stored.
+
+Schema v1 grows only by whole tables (``set_choices`` was added later): a warehouse written before a table
+existed has no files of it, and its view is simply empty.
 """
 from __future__ import annotations
 
@@ -30,6 +33,11 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
+def valid_run_id(text: str) -> bool:
+    """Whether ``text`` can be a run id: 1-128 of ``A-Z a-z 0-9 _ . -``, starting with a letter or digit."""
+    return isinstance(text, str) and RUN_ID_PATTERN.fullmatch(text) is not None
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """How one warehouse table is stored.
@@ -42,6 +50,9 @@ class TableSpec:
     key: columns whose value combination may be committed by one batch only (empty: no such rule).
     key_per_row: the key is unique per row (one samples row per (run, concept, image)); otherwise many rows of
         one batch may share a key value (all neurons of one neuron set).
+    supersedable: ``(column, value)``: a committed row whose ``column`` holds ``value`` may be followed by a later
+        row with the same key (a ``skipped`` sample recorded again once its image is fixed); the view shows
+        one row per key: any row without that value, else the latest. None: keys are never committed twice.
     """
 
     name: str
@@ -51,6 +62,7 @@ class TableSpec:
     enums: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     key: tuple[str, ...] = ()
     key_per_row: bool = False
+    supersedable: tuple[str, str] | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -121,6 +133,7 @@ SAMPLES = TableSpec(
     enums={"target_source": ("caption", "prefix"), "status": ("ok", "skipped")},
     key=("run_id", "concept", "image_id"),
     key_per_row=True,
+    supersedable=("status", "skipped"),
 )
 
 NEURON_STATS = TableSpec(
@@ -223,12 +236,30 @@ EVALS = TableSpec(
     key_per_row=True,
 )
 
+# One row per time a neuron set was made the current one of its (run, concept, method); the latest
+# ``chosen_at`` wins. Rows are only ever added, so the history of choices stays queryable.
+SET_CHOICES = TableSpec(
+    name="set_choices",
+    schema=pa.schema([
+        _RUN,
+        _CONCEPT,
+        _f("method", pa.string()),
+        _f("set_id", pa.string()),
+        _f("chosen_at", TIMESTAMP),
+    ]),
+    partition_by=("run_id", "concept"),
+    sort_by=("chosen_at", "method", "set_id"),
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
-    for spec in (RUNS, SPLITS, SAMPLES, NEURON_STATS, TOKEN_STATS, NEURON_SETS, CAPTIONS, SCORES, EVALS)
+    for spec in (RUNS, SPLITS, SAMPLES, NEURON_STATS, TOKEN_STATS, NEURON_SETS, CAPTIONS, SCORES, EVALS,
+                 SET_CHOICES)
 }
 
 # Columns the DuckDB view adds to a table: name -> (SQL expression over stored columns, DuckDB type).
+# Storage plumbing, not analysis: d_mean is derived in the view from the stored float16 o_mean and i_mean, so
+# no float16 value is stored twice and no file grows by a column. Analyses only read it from the view.
 VIEW_EXTRA_COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
     "neuron_stats": {"d_mean": ("o_mean - i_mean", "FLOAT")},
 }
@@ -304,11 +335,11 @@ def conform(table: str, data: pa.Table | pa.RecordBatch | Mapping[str, Any]) -> 
             parts.append(f"missing columns {missing}")
         raise KneuronError(f"{table}: {'; '.join(parts)} (expected {spec.columns})")
 
-    arrays: list[pa.Array | pa.ChunkedArray] = []
+    arrays: list[pa.Array | pa.ChunkedArray | None] = []
     lengths: dict[str, int] = {}
     for f in spec.schema:
         if f.name not in given:
-            arrays.append(None)  # type: ignore[arg-type]  # filled with nulls once the length is known
+            arrays.append(None)  # filled with nulls once the length is known
             continue
         try:
             array = _as_arrow(given[f.name], f.type).cast(f.type, safe=True)
@@ -320,8 +351,8 @@ def conform(table: str, data: pa.Table | pa.RecordBatch | Mapping[str, Any]) -> 
     if len(set(lengths.values())) > 1:
         raise KneuronError(f"{table}: columns have different lengths {lengths}")
     n_rows = next(iter(lengths.values()))
-    arrays = [pa.nulls(n_rows, f.type) if a is None else a for a, f in zip(arrays, spec.schema)]
-    result = pa.Table.from_arrays(arrays, schema=spec.schema)
+    filled = [pa.nulls(n_rows, f.type) if a is None else a for a, f in zip(arrays, spec.schema)]
+    result = pa.Table.from_arrays(filled, schema=spec.schema)
 
     nulls = [f.name for f in spec.schema if not f.nullable and result.column(f.name).null_count]
     if nulls:

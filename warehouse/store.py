@@ -9,30 +9,37 @@
 
     wh = Warehouse.open(path)                              # reader: no lock, sees committed batches only
     wh.finished_pairs(run_id)                              # {(concept, image_id)} with a committed samples row
+    wh.check_run_files(run_id)                             # cheap: the run's committed files exist, right size
 
 Integrity rules the writer enforces (each violation is a one-line `KneuronError`):
 - rows of a table other than ``runs`` must name a run whose ``runs`` row is committed or in the same batch;
 - a key is committed once: one ``runs`` row per run, one ``evals`` row per eval, one ``samples`` row per
   (run, concept, image) — which is what lets an interrupted ingest resume without duplicates — and a
-  ``set_id`` of ``neuron_sets`` belongs to one batch.
+  ``set_id`` of ``neuron_sets`` belongs to one batch. One exception: a ``skipped`` samples row may be followed
+  by a later row for the same pair (`TableSpec.supersedable`: the pair recorded again once its image is fixed;
+  the view shows the later row, `read` returns both).
+
+`Batch` (staging, checksums, commit) lives in `warehouse.batch`; `Warehouse.batch` makes one.
+
+Storage faults are one-line `KneuronError`s too (`warehouse.faults`): a read-only warehouse (EROFS, EACCES on
+the lock or any write), a full disk during a batch (its files are removed, nothing is committed), a committed
+file that is missing or has the wrong size (run ``kneuron verify --repair``; see `warehouse.verify`).
 """
 from __future__ import annotations
 
 import json
 import os
 import secrets
-from collections import Counter
-from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.errors import KneuronError
+from warehouse.batch import Batch
+from warehouse.faults import damaged_file_error, missing_file_error, write_error
 from warehouse.layout import (
     DATA_FILE,
     DEFAULT_PATH,
@@ -40,16 +47,12 @@ from warehouse.layout import (
     LOCK_FILE,
     MANIFEST_DIR,
     MARKER_FILE,
-    ROW_GROUP_ROWS,
     TEMP_FILE,
     data_file_name,
-    parquet_options,
-    partition_dir,
-    temp_file_name,
 )
 from warehouse.lock import WriterLock
-from warehouse.manifest import BatchRecord, FileRecord, fsync_dir, read_records, write_record
-from warehouse.schema import FORMAT_NAME, RUN_ID_PATTERN, SCHEMA_VERSION, TABLES, TableSpec, conform, spec_of
+from warehouse.manifest import BatchRecord, FileRecord, fsync_dir, read_records, remove_record
+from warehouse.schema import FORMAT_NAME, SCHEMA_VERSION, TABLES, TableSpec, spec_of
 
 
 def default_warehouse_path() -> Path:
@@ -66,7 +69,7 @@ def _marker_text() -> str:
     return json.dumps({"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION}, indent=2) + "\n"
 
 
-def _check_marker(root: Path) -> None:
+def check_marker(root: Path) -> None:
     """Raise `KneuronError` unless ``root/warehouse.json`` names this format and schema version."""
     marker = root / MARKER_FILE
     try:
@@ -116,7 +119,8 @@ class Warehouse:
             exclusive writer lock (`KneuronError` naming the holder's pid if another writer has it), then
             deletes the files of batches that never committed (crash, kill -9).
         Errors (`KneuronError`): missing warehouse (reader), non-empty directory that is not a warehouse,
-        other format or schema version.
+        other format or schema version, a damaged commit record, and (writer) a read-only warehouse (EROFS,
+        EACCES on the lock file or a write) or a full disk.
         """
         root = Path(path if path is not None else default_warehouse_path()).expanduser().absolute()
         if not create:
@@ -128,7 +132,7 @@ class Warehouse:
                 if any(root.iterdir()):
                     raise KneuronError(f"{root} is not a kneuron warehouse (no {MARKER_FILE})")
                 raise KneuronError(f"no kneuron warehouse at {root} (empty directory)")
-            _check_marker(root)
+            check_marker(root)
             warehouse = cls(root, None)
             warehouse.refresh()
             return warehouse
@@ -137,28 +141,36 @@ class Warehouse:
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise KneuronError(f"cannot create warehouse directory {root}: {exc.strerror}") from None
+            raise write_error(root, root, exc, batch=False) from None
         lock = WriterLock(root, root / LOCK_FILE)
         lock.acquire()
         try:
-            marker = root / MARKER_FILE
-            if not marker.exists():
-                _check_can_host(root)
-                temp = root / f".{MARKER_FILE}.tmp"
-                temp.write_text(_marker_text(), encoding="utf-8")
-                os.replace(temp, marker)
-                fsync_dir(root)
-            _check_marker(root)
-            warehouse = cls(root, lock)
-            warehouse.refresh()
-            warehouse._collect_garbage()
+            _write_marker(root)
+            return cls.with_lock(root, lock)
         except BaseException:
             lock.release()
             raise
+
+    @classmethod
+    def with_lock(cls, root: Path, lock: WriterLock) -> "Warehouse":
+        """The writer of the existing warehouse at ``root`` (absolute) under ``lock``, which the caller took
+        (`warehouse.verify.repair` takes the lock first, to drop damaged commit records before reading them).
+
+        Checks the marker, reads the commit records and deletes the files of batches that never committed.
+        The returned writer's `close` releases ``lock``.
+        """
+        check_marker(root)
+        warehouse = cls(root, lock)
+        warehouse.refresh()
+        try:
+            warehouse._collect_garbage()
+        except OSError as exc:
+            raise write_error(root, exc.filename or root, exc, batch=False) from None
         return warehouse
 
     @property
     def writable(self) -> bool:
+        """Whether this is the writer (holds the lock)."""
         return self._lock is not None and self._lock.held
 
     def close(self) -> None:
@@ -186,6 +198,7 @@ class Warehouse:
                 self._register(record)
 
     def _register(self, record: BatchRecord) -> None:
+        """Add a committed batch to what this object knows (records and keys)."""
         self._records[record.batch_id] = record
         for entry in record.files:
             self._keys[entry.table].update(tuple(key) for key in entry.keys)
@@ -201,28 +214,91 @@ class Warehouse:
                         concept: str | None = None) -> list[FileRecord]:
         """Committed files of ``table`` (optionally of one run / concept), in commit order."""
         spec_of(table)
-        wanted = {key: value for key, value in (("run_id", run_id), ("concept", concept)) if value is not None}
         return [
             entry
             for record in self.batches
             for entry in record.files
-            if entry.table == table and all(entry.partition.get(k) == v for k, v in wanted.items())
+            if entry.table == table and _in_partition(entry, run_id=run_id, concept=concept)
         ]
 
-    def paths(self, table: str, **partition: str | None) -> list[Path]:
+    def paths(self, table: str, *, run_id: str | None = None, concept: str | None = None) -> list[Path]:
         """Absolute paths of the committed Parquet files of ``table`` (see `committed_files`)."""
-        return [self.root / entry.path for entry in self.committed_files(table, **partition)]
+        return [self.root / entry.path for entry in self.committed_files(table, run_id=run_id, concept=concept)]
+
+    def file_problem(self, batch_id: str, entry: FileRecord) -> KneuronError | None:
+        """The cheap check of one committed file (exists, has its recorded size; no hashing): None when it
+        passes, else the one-line error naming the file and suggesting ``kneuron verify --repair``."""
+        path = self.root / entry.path
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return missing_file_error(path, entry.table, batch_id)
+        except OSError as exc:
+            return damaged_file_error(path, entry.table, batch_id, f"cannot stat it: {exc.strerror or exc}")
+        if size != entry.bytes:
+            return damaged_file_error(path, entry.table, batch_id,
+                                      f"{size} bytes, its commit record says {entry.bytes}")
+        return None
+
+    def check_files(self, table: str | None = None, *, run_id: str | None = None) -> None:
+        """Raise `KneuronError` naming the first committed file (of ``table`` / of run ``run_id``, else of
+        every table) that is missing or not of its recorded size; the message says to run
+        ``kneuron verify --repair``. Costs one stat per file; contents are not read (see `warehouse.verify`)."""
+        if table is not None:
+            spec_of(table)
+        for record in self.batches:
+            for entry in record.files:
+                if table is not None and entry.table != table:
+                    continue
+                if run_id is not None and entry.partition.get("run_id") != run_id:
+                    continue
+                problem = self.file_problem(record.batch_id, entry)
+                if problem is not None:
+                    raise problem
+
+    def check_run_files(self, run_id: str) -> None:
+        """`check_files` of one run: every committed file of ``run_id`` (all tables) exists with its recorded
+        size. Resuming writers call it first: a pair whose stored files are gone must be un-committed with
+        ``kneuron verify --repair`` before it can be written again."""
+        self.check_files(run_id=run_id)
 
     def read(self, table: str, *, run_id: str | None = None, concept: str | None = None,
              columns: list[str] | None = None) -> pa.Table:
-        """The committed rows of ``table`` (optionally one run / concept) as one Arrow table of its schema."""
+        """The committed rows of ``table`` (optionally one run / concept) as one Arrow table of its schema.
+
+        A committed file that is missing or unreadable is a one-line `KneuronError` naming it.
+        """
         spec = spec_of(table)
-        parts = [pq.ParquetFile(path).read(columns=columns)
-                 for path in self.paths(table, run_id=run_id, concept=concept)]
+        parts = []
+        for record in self.batches:
+            for entry in record.files:
+                if entry.table != table or not _in_partition(entry, run_id=run_id, concept=concept):
+                    continue
+                parts.append(self._read_file(record.batch_id, entry, columns))
         if not parts:
             empty = spec.schema.empty_table()
             return empty.select(columns) if columns else empty
         return pa.concat_tables(parts)
+
+    def supersedable_keys(self, spec: TableSpec, keys: Iterable[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+        """The committed ``keys`` of ``spec`` whose every committed row may be superseded (``spec.supersedable``:
+        e.g. samples rows that are all ``skipped``); reads only the files that hold one of those keys."""
+        if spec.supersedable is None:
+            return set()
+        column, value = spec.supersedable
+        wanted = {tuple(key) for key in keys}
+        allowed: set[tuple[Any, ...]] = set()
+        refused: set[tuple[Any, ...]] = set()
+        for record in self.batches:
+            for entry in record.files:
+                if entry.table != spec.name or not wanted & {tuple(k) for k in entry.keys}:
+                    continue
+                rows = self._read_file(record.batch_id, entry, [*spec.key, column]).to_pylist()
+                for row in rows:
+                    key = tuple(row[name] for name in spec.key)
+                    if key in wanted:
+                        (allowed if row[column] == value else refused).add(key)
+        return allowed - refused
 
     def runs(self) -> list[dict[str, Any]]:
         """The committed ``runs`` rows as dicts, oldest first."""
@@ -235,11 +311,37 @@ class Warehouse:
             self.refresh()
         return {key[0] for key in self._keys["runs"]}
 
+    def _read_file(self, batch_id: str, entry: FileRecord, columns: list[str] | None) -> pa.Table:
+        """One committed file as Arrow; `KneuronError` naming it when it is missing or does not read."""
+        problem = self.file_problem(batch_id, entry)
+        if problem is not None:
+            raise problem
+        path = self.root / entry.path
+        try:
+            return pq.ParquetFile(path).read(columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise damaged_file_error(path, entry.table, batch_id, f"unreadable: {first}") from None
+
     def finished_pairs(self, run_id: str) -> set[tuple[str, int]]:
-        """(concept, image_id) pairs of ``run_id`` that have a committed ``samples`` row (ok or skipped)."""
+        """(concept, image_id) pairs of ``run_id`` whose committed ``samples`` row is really there.
+
+        A pair counts when a committed ``samples`` file holds its row (ok or skipped) and that file exists with
+        its recorded size (one stat per samples file of the run). Pairs whose samples file is missing (or of
+        the wrong size) are left out, so a resuming ingest does not take them for done; their commit record
+        still claims them, though, so writing them again is refused until ``kneuron verify --repair`` (`repair`)
+        has removed that batch — `check_run_files` says so in one line, and resuming writers call it first.
+        """
         if not self.writable:
             self.refresh()
-        return {(concept, image_id) for run, concept, image_id in self._keys["samples"] if run == run_id}
+        pairs: set[tuple[str, int]] = set()
+        for record in self._records.values():
+            for entry in record.files:
+                if entry.table != "samples" or entry.partition.get("run_id") != run_id:
+                    continue
+                if self.file_problem(record.batch_id, entry) is None:
+                    pairs.update((concept, image_id) for run, concept, image_id in entry.keys if run == run_id)
+        return pairs
 
     # ------------------------------------------------------------------ writing
     def batch(self, batch_id: str | None = None) -> "Batch":
@@ -253,6 +355,39 @@ class Warehouse:
             raise KneuronError(f"invalid or already used batch id {batch_id!r}")
         self._open_batch = Batch(self, batch_id)
         return self._open_batch
+
+    def remove_batch(self, batch_id: str) -> list[Path]:
+        """Un-commit batch ``batch_id`` (writer only) and delete its files; returns the files deleted.
+
+        The commit record goes first (and its directory is fsynced), so a crash in between leaves unreferenced
+        files, which the next writer deletes; the batch is never half visible. Its keys are free again: the
+        next ingest re-records its (concept, image) pairs.
+        """
+        if not self.writable:
+            raise KneuronError(f"warehouse {self.root} is open read-only; open it with create=True to repair it")
+        record = self._records.get(batch_id)
+        try:
+            remove_record(self.root, batch_id)
+        except OSError as exc:
+            raise write_error(self.root, exc.filename or self.root / MANIFEST_DIR, exc, batch=False) from None
+        self._records.pop(batch_id, None)
+        self._keys = _keys_of(self._records.values())
+        removed: list[Path] = []
+        for entry in record.files if record is not None else []:
+            path = self.root / entry.path
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # un-committed already: the next writer deletes the rest
+                raise KneuronError(f"batch {batch_id} of warehouse {self.root} was removed from the commit records "
+                                   f"but its file {path} could not be deleted ({exc.strerror or exc}); the next "
+                                   "writer deletes it") from None
+            removed.append(path)
+        for directory in sorted({path.parent for path in removed}):
+            fsync_dir(directory)
+        _remove_empty_dirs(self.root, {path.parent for path in removed})
+        return removed
 
     def _collect_garbage(self) -> None:
         """Delete writer files that no commit record names (left by a crash), and directories left empty."""
@@ -279,212 +414,42 @@ class Warehouse:
         self.garbage_collected = removed
 
 
-@dataclass
-class _PendingFile:
-    record: FileRecord
-    temp: Path
-    final: Path
-
-
-class Batch:
-    """The files of one unit of work; visible all together once committed, never in part.
-
-    Use ``with warehouse.batch() as b: b.add(table, data)``: leaving the block commits, an exception aborts.
-    """
-
-    def __init__(self, warehouse: Warehouse, batch_id: str) -> None:
-        self.warehouse = warehouse
-        self.batch_id = batch_id
-        self.record: BatchRecord | None = None
-        self._pending: list[_PendingFile] = []
-        self._keys: dict[str, set[tuple[Any, ...]]] = {name: set() for name in TABLES}
-        self._state = "open"
-
-    def __enter__(self) -> "Batch":
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
-
-    # ------------------------------------------------------------------ adding data
-    def add(self, table: str, data: pa.Table | pa.RecordBatch | Mapping[str, Any]) -> list[str]:
-        """Validate ``data`` against ``table``'s schema (see `schema.conform`) and stage it in temp files.
-
-        Rows are split by partition (one file per partition), sorted by the table's sort key, and written
-        with the table's Parquet encodings. Returns the paths (relative to the root) the files will have.
-        """
-        if self._state != "open":
-            raise KneuronError(f"batch {self.batch_id} is already {self._state}")
-        spec = spec_of(table)
-        rows = conform(table, data)
-        if rows.num_rows == 0:
-            return []
-        self._check_run_ids(spec, rows)
-        new_keys = self._check_keys(spec, rows)
-        written: list[str] = []
-        for values, part in _split_partitions(spec, rows):
-            written.append(self._write(spec, values, _sorted(spec, part)))
-        self._keys[table].update(new_keys)
-        return written
-
-    def _check_run_ids(self, spec: TableSpec, rows: pa.Table) -> None:
-        run_ids = pc.unique(rows.column("run_id")).to_pylist()
-        for run_id in run_ids:
-            if not RUN_ID_PATTERN.fullmatch(run_id):
-                raise KneuronError(
-                    f"{spec.name}: run_id {run_id!r} must be 1-128 of A-Z a-z 0-9 _ . - (starting alphanumeric)"
-                )
-        if spec.name == "runs":
-            return
-        known = self.warehouse.run_ids() | {key[0] for key in self._keys["runs"]}
-        unknown = [run_id for run_id in run_ids if run_id not in known]
-        if unknown:
-            raise KneuronError(
-                f"{spec.name}: run {unknown[0]!r} is not in the warehouse; add its runs row first "
-                "(earlier or in this batch)"
-            )
-
-    def _check_keys(self, spec: TableSpec, rows: pa.Table) -> set[tuple[Any, ...]]:
-        if not spec.key:
-            return set()
-        if spec.key_per_row:
-            keys = list(zip(*(rows.column(name).to_pylist() for name in spec.key)))
-            if len(set(keys)) != len(keys):
-                duplicate = next(key for key, count in Counter(keys).items() if count > 1)
-                raise KneuronError(f"{spec.name}: duplicate rows for {_describe(spec, duplicate)}")
-            taken = self.warehouse._keys[spec.name] | self._keys[spec.name]
-        else:
-            unique = rows.select(list(spec.key)).group_by(list(spec.key)).aggregate([])
-            keys = list(zip(*(unique.column(name).to_pylist() for name in spec.key)))
-            taken = self.warehouse._keys[spec.name]
-        clash = sorted(key for key in set(keys) if key in taken)
-        if clash:
-            where = "in the warehouse" if clash[0] in self.warehouse._keys[spec.name] else "in this batch"
-            raise KneuronError(f"{spec.name}: {_describe(spec, clash[0])} is already {where}")
-        return set(keys)
-
-    def _write(self, spec: TableSpec, values: dict[str, Any], rows: pa.Table) -> str:
-        root = self.warehouse.root
-        seq = len(self._pending)
-        directory = partition_dir(spec, values)
-        relative = f"{directory}/{data_file_name(self.batch_id, seq)}"
-        temp = root / directory / temp_file_name(self.batch_id, seq)
-        temp.parent.mkdir(parents=True, exist_ok=True)
-        pending = _PendingFile(
-            record=FileRecord(table=spec.name, path=relative, rows=rows.num_rows, bytes=0,
-                              partition=dict(values), keys=_file_keys(spec, rows)),
-            temp=temp,
-            final=root / relative,
-        )
-        self._pending.append(pending)  # before writing, so that an abort also removes a half-written file
-        with open(temp, "wb") as handle:
-            pq.write_table(rows, handle, row_group_size=ROW_GROUP_ROWS, **parquet_options(spec))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o444)  # committed files are never modified; also keeps DuckDB COPY from overwriting them
-        pending.record = replace(pending.record, bytes=temp.stat().st_size)
-        return relative
-
-    # ------------------------------------------------------------------ commit / abort
-    def commit(self) -> BatchRecord | None:
-        """Rename the staged files to their final names, then write the commit record (which publishes them).
-
-        A batch without rows commits nothing and returns None. If anything fails, the batch's files are
-        removed and the error propagates; the warehouse is as before the batch.
-        """
-        if self._state != "open":
-            raise KneuronError(f"batch {self.batch_id} is already {self._state}")
-        try:
-            if not self._pending:
-                self._state = "committed"
-                return None
-            for pending in self._pending:
-                os.replace(pending.temp, pending.final)
-            for directory in sorted({pending.final.parent for pending in self._pending}):
-                fsync_dir(directory)
-            record = BatchRecord(
-                batch_id=self.batch_id,
-                committed_at=datetime.now(timezone.utc).isoformat(),
-                files=[pending.record for pending in self._pending],
-            )
-            write_record(self.warehouse.root, record)
-        except BaseException:
-            self._remove_files()
-            self._state = "aborted"
-            raise
-        finally:
-            self.warehouse._open_batch = None
-        self.warehouse._register(record)
-        self.record = record
-        self._state = "committed"
-        return record
-
-    def abort(self) -> None:
-        """Delete the staged files; nothing of the batch becomes visible. Idempotent."""
-        if self._state == "open":
-            self._remove_files()
-            self._state = "aborted"
-            self.warehouse._open_batch = None
-
-    def _remove_files(self) -> None:
-        for pending in self._pending:
-            for path in (pending.temp, pending.final):
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
-
-
 # ---------------------------------------------------------------------- helpers
-def _describe(spec: TableSpec, key: tuple[Any, ...]) -> str:
-    return ", ".join(f"{name} {value!r}" for name, value in zip(spec.key, key))
-
-
-def _file_keys(spec: TableSpec, rows: pa.Table) -> list[list[Any]]:
-    """Distinct key values of ``rows`` (for the commit record), sorted."""
-    if not spec.key:
-        return []
-    unique = rows.select(list(spec.key)).group_by(list(spec.key)).aggregate([])
-    return sorted([list(key) for key in zip(*(unique.column(name).to_pylist() for name in spec.key))])
-
-
-def _split_partitions(spec: TableSpec, rows: pa.Table) -> Iterator[tuple[dict[str, Any], pa.Table]]:
-    """(partition values, rows) for each distinct combination of ``spec.partition_by``, in sorted order."""
-    keys = list(spec.partition_by)
-    combos = rows.select(keys).group_by(keys).aggregate([]).sort_by([(key, "ascending") for key in keys])
-    if combos.num_rows == 1:
-        yield combos.to_pylist()[0], rows
+def _write_marker(root: Path) -> None:
+    """Create ``warehouse.json`` (temp name, rename, fsync) unless it exists; refuses a foreign directory."""
+    marker = root / MARKER_FILE
+    if marker.exists():
         return
-    for values in combos.to_pylist():
-        mask = None
-        for key in keys:
-            equal = pc.equal(rows.column(key), values[key])
-            mask = equal if mask is None else pc.and_(mask, equal)
-        yield values, rows.filter(mask)
+    _check_can_host(root)
+    temp = root / f".{MARKER_FILE}.tmp"
+    try:
+        temp.write_text(_marker_text(), encoding="utf-8")
+        os.replace(temp, marker)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise write_error(root, marker, exc, batch=False) from None
+    fsync_dir(root)
 
 
-def _is_sorted(columns: list[np.ndarray]) -> bool:
-    """Whether rows are in ascending lexicographic order of ``columns`` (numpy arrays of equal length)."""
-    if len(columns[0]) < 2:
-        return True
-    ordered = np.zeros(len(columns[0]) - 1, dtype=bool)  # strictly ordered by an earlier column
-    tied = np.ones_like(ordered)                           # equal on all earlier columns
-    for column in columns:
-        before, after = column[:-1], column[1:]
-        ordered |= tied & (after > before)
-        tied &= after == before
-    return bool(np.all(ordered | tied))
+def _in_partition(entry: FileRecord, *, run_id: str | None, concept: str | None) -> bool:
+    """Whether a committed file belongs to run ``run_id`` and concept ``concept`` (None: any)."""
+    wanted = (("run_id", run_id), ("concept", concept))
+    return all(entry.partition.get(key) == value for key, value in wanted if value is not None)
 
 
-def _sorted(spec: TableSpec, rows: pa.Table) -> pa.Table:
-    """``rows`` in the order of ``spec.sort_by`` (a no-copy check first: ingest usually hands them in order)."""
-    if not spec.sort_by:
-        return rows
-    columns = [rows.column(name) for name in spec.sort_by]
-    if all(pa.types.is_integer(column.type) for column in columns):
-        if _is_sorted([column.to_numpy() for column in columns]):
-            return rows
-    return rows.sort_by([(name, "ascending") for name in spec.sort_by])
+def _keys_of(records: Iterable[BatchRecord]) -> dict[str, set[tuple[Any, ...]]]:
+    """The committed keys of every table in ``records`` (as the writer's duplicate checks use them)."""
+    keys: dict[str, set[tuple[Any, ...]]] = {name: set() for name in TABLES}
+    for record in records:
+        for entry in record.files:
+            keys.setdefault(entry.table, set()).update(tuple(key) for key in entry.keys)
+    return keys
+
+
+def _remove_empty_dirs(root: Path, directories: Iterable[Path]) -> None:
+    """Remove each of ``directories`` and its parents below the table directory while they are empty."""
+    for directory in sorted(directories, key=lambda path: len(path.parts), reverse=True):
+        current = directory
+        while current.parent != root and current.is_dir() and not any(current.iterdir()):
+            current.rmdir()
+            current = current.parent

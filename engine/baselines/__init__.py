@@ -4,9 +4,17 @@
 ablations from the selection module), ``pan`` (Pan et al. 2024 contribution score) and ``dai`` (Dai et al.
 2022 integrated gradients). All implement `Baseline`; ``get_baseline(name, **options)`` gives one.
 """
-from engine.baselines.base import (BASELINES, Baseline, BaselineContext, ReferenceSet, ScoredNeuron,
-                                   concept_target, get_baseline, register)
-from engine.baselines import dai, pan, random, stage  # noqa: F401,E402  (register the bundled baselines)
+from engine.baselines import dai, pan, random, stage  # noqa: F401  (register the bundled baselines)
+from engine.baselines.base import (
+    BASELINES,
+    Baseline,
+    BaselineContext,
+    ReferenceSet,
+    ScoredNeuron,
+    concept_target,
+    get_baseline,
+    register,
+)
 
 __all__ = ["BASELINES", "Baseline", "BaselineContext", "ReferenceSet", "ScoredNeuron", "concept_target",
            "get_baseline", "register"]

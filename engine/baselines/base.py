@@ -6,7 +6,7 @@ method has none, e.g. random), sorted by descending score (then layer, unit), an
 context (model, images, seed) gives the same list.
 
 ``params`` is the method's identity: together with (run, concept, method) it gives the ``set_id`` under which
-the set is stored in ``neuron_sets`` (`queries.selection.set_id_of`), so a set already stored is reused, not
+the set is stored in ``neuron_sets`` (a hash of both), so a set already stored is reused, not
 recomputed.
 
 Identification inputs shared by the model-based baselines (Pan et al., Dai et al.): for each identification
@@ -27,7 +27,7 @@ from PIL import Image
 
 from engine.errors import KneuronError
 from engine.models.base import VLMAdapter
-from engine.record import Target
+from engine.record import Target, choose_target
 
 #: one selected neuron: (layer, unit, score or None)
 ScoredNeuron = tuple[int, int, Optional[float]]
@@ -61,7 +61,8 @@ class BaselineContext:
     run_id: the warehouse run. ident_images: concept -> identification image ids (ascending).
     reference_sets: concept -> the selected ``two_stage`` set (layer matching, stage baselines).
     seed: base seed of the random baselines. batch_size: images per captioning / forward batch.
-    con: a DuckDB connection with the warehouse views (stage baselines compute missing sets with it).
+    stage_ranking: one stage's ranking of the neurons (`engine.baselines.stage.StageRanking`), for the
+        stage-only baselines; the caller backs it with the stored signals.
     """
 
     adapter: VLMAdapter | None = None
@@ -71,7 +72,7 @@ class BaselineContext:
     reference_sets: Mapping[str, ReferenceSet] = field(default_factory=dict)
     seed: int = 0
     batch_size: int = 8
-    con: Any = None
+    stage_ranking: Any = None
     _targets: dict[str, tuple[list[int], list[Target]]] = field(default_factory=dict, repr=False)
 
     def reference(self, concept: str) -> ReferenceSet:
@@ -94,7 +95,7 @@ class BaselineContext:
     def ident_targets(self, concept: str) -> tuple[list[int], list[Target]]:
         """(image ids, `Target` per image) for the identification images of ``concept`` (computed once)."""
         if concept not in self._targets:
-            from engine.suppress import caption_images
+            from engine.caption import caption_images
 
             adapter, dataset = self.require_model("ident_targets")
             ids = self.ident_ids(concept)
@@ -111,15 +112,13 @@ class BaselineContext:
 
 
 def concept_target(adapter: VLMAdapter, caption_ids: Sequence[int], concept: str) -> Target:
-    """Where ``y^c`` is read for one identification image: the ingest rule (`engine.ingest.choose_target`).
+    """Where ``y^c`` is read for one identification image: the ingest rule (`engine.record.choose_target`).
 
     The caption up to and including the first occurrence of the concept's sub-token sequence
     (``source="caption"``), else the answer prefix with ``y^c`` right after it (``source="prefix"``). The
     logits at sequence position ``prompt_length + index - 1`` predict the concept's first sub-token, so the
     baselines read the same position as stage 2 of the two-stage method.
     """
-    from engine.ingest import choose_target
-
     pieces = [int(i) for i in adapter.concept_tokens(concept)]
     if not pieces:
         raise KneuronError(f"concept {concept!r} has no tokens in the vocabulary of model {adapter.name}")

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.baselines.base import (Baseline, BaselineContext, ScoredNeuron, check_budget, register,
-                                   top_neurons)
+from engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, check_budget, register, top_neurons
 from engine.models.base import VLMAdapter
 from engine.record import Target, target_positions, traced
 

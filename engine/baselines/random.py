@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.baselines.base import (Baseline, BaselineContext, ScoredNeuron, check_budget, concept_rng,
-                                   register)
+from engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, check_budget, concept_rng, register
 from engine.errors import KneuronError
 
 

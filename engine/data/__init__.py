@@ -17,6 +17,7 @@ from engine.data.world import (
 
 __all__ = [
     "BACKGROUNDS", "CATEGORIES", "COLORS", "SIZES", "SPLITS", "CocoDataset", "WorldConfig",
-    "caption_vocabulary", "check_world_target", "ensure_world", "generate_world", "read_world_manifest", "split_ident_eval", "to_rgb",
+    "caption_vocabulary", "check_world_target", "ensure_world", "generate_world", "read_world_manifest",
+    "split_ident_eval", "to_rgb",
     "world_config_of",
 ]

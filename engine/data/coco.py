@@ -32,7 +32,7 @@ from pycocotools.coco import COCO
 
 from engine.errors import KneuronError
 
-__all__ = ["CocoDataset", "split_ident_eval", "to_rgb"]
+__all__ = ["CocoDataset", "rle_string_counts", "segmentation_problem", "split_ident_eval", "to_rgb"]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -127,15 +127,22 @@ class CocoDataset:
         """All image ids of the split, ascending (images without annotations included)."""
         return sorted(int(i) for i in self._coco.imgs)
 
-    def images_with(self, concept: str, min_area: int = 0) -> list[int]:
+    def images_with(self, concept: str, min_area: float = 0) -> list[int]:
         """Ascending ids of images with at least one non-crowd instance of ``concept`` whose
         annotated ``area`` (pixels) is >= ``min_area``."""
         cat_id = self.category_id(concept)
-        ids = {
-            int(ann["image_id"])
-            for ann in (self._coco.anns[a] for a in self._coco.getAnnIds(catIds=[cat_id]))
-            if not ann.get("iscrowd", 0) and float(ann.get("area", 0)) >= min_area
-        }
+        ids = set()
+        for ann_id in self._coco.getAnnIds(catIds=[cat_id]):
+            ann = self._coco.anns[ann_id]
+            if ann.get("iscrowd", 0):
+                continue
+            try:
+                area = float(ann.get("area", 0))
+            except (TypeError, ValueError):
+                raise KneuronError(f"malformed area {ann.get('area')!r} in annotation {ann_id} "
+                                   f"(image {ann.get('image_id')}) of {self.instances_path}") from None
+            if area >= min_area:
+                ids.add(int(ann["image_id"]))
         return sorted(ids)
 
     def concepts_in(self, image_id: int) -> list[str]:
@@ -151,21 +158,49 @@ class CocoDataset:
     def concept_mask(self, image_id: int, concept: str) -> np.ndarray:
         """``bool [H, W]``: union of every instance (crowd too) of ``concept`` in the image.
 
-        No instance or no pixel -> KneuronError.
+        No instance or no pixel -> KneuronError; so is a malformed instance (see `annotation_mask`).
         """
         info = self._image_info(image_id)
         cat_id = self.category_id(concept)
-        mask = np.zeros((int(info["height"]), int(info["width"])), dtype=bool)
+        height, width = self._image_size(info)
+        mask = np.zeros((height, width), dtype=bool)
         for ann_id in self._coco.getAnnIds(imgIds=[image_id], catIds=[cat_id]):
-            try:
-                mask |= self._coco.annToMask(self._coco.anns[ann_id]).astype(bool)
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
-                raise KneuronError(
-                    f"bad segmentation in annotation {ann_id} of {self.instances_path}: {_one_line(exc)}"
-                ) from None
+            mask |= self.annotation_mask(ann_id)
         if not mask.any():
             raise KneuronError(f"empty mask: concept {concept!r} has no pixels in image {image_id} ({self.split})")
         return mask
+
+    def annotation_mask(self, ann_id: int) -> np.ndarray:
+        """``bool [H, W]``: the pixels of one annotation (polygons, uncompressed or compressed RLE).
+
+        The segmentation is checked before pycocotools sees it (pycocotools raises bare ``Exception`` on an odd
+        polygon and crashes the process on a NaN coordinate). A malformed one -> one-line KneuronError
+        ``malformed segmentation in annotation A (image I) of FILE: REASON``, so a caller can skip that
+        (concept, image) pair with the reason.
+        """
+        ann = self._coco.anns.get(ann_id)
+        if ann is None:
+            raise KneuronError(f"annotation id {ann_id} is not in {self.instances_path}")
+        image_id = ann.get("image_id")
+
+        def bad(reason: str) -> KneuronError:
+            return KneuronError(f"malformed segmentation in annotation {ann_id} (image {image_id}) of "
+                                f"{self.instances_path}: {reason}")
+
+        info = self._coco.imgs.get(image_id) if isinstance(image_id, int) else None
+        if info is None:
+            raise bad(f"image id {image_id!r} is not in the file")
+        height, width = self._image_size(info)
+        reason = segmentation_problem(ann.get("segmentation"), height, width)
+        if reason is not None:
+            raise bad(reason)
+        try:
+            decoded = self._coco.annToMask(ann)
+        except Exception as exc:  # pycocotools raises bare Exception, TypeError, ValueError, IndexError
+            raise bad(_one_line(exc)) from None
+        if decoded.shape != (height, width):
+            raise bad(f"decodes to {decoded.shape[1]}x{decoded.shape[0]} pixels, not the image's {width}x{height}")
+        return decoded.astype(bool)
 
     # ------------------------------------------------------------------------------------------ images
 
@@ -174,6 +209,16 @@ class CocoDataset:
         if info is None:
             raise KneuronError(f"image id {image_id} is not in {self.instances_path}")
         return info
+
+    def _image_size(self, info: dict) -> tuple[int, int]:
+        """``(height, width)`` of an image entry; missing or non-positive -> KneuronError."""
+        try:
+            height, width = int(info["height"]), int(info["width"])
+        except (KeyError, TypeError, ValueError):
+            height = width = 0
+        if height <= 0 or width <= 0:
+            raise KneuronError(f"image {info.get('id')} in {self.instances_path} has no valid width/height")
+        return height, width
 
     def image_path(self, image_id: int) -> Path:
         return self.image_dir / self._image_info(image_id)["file_name"]
@@ -190,18 +235,96 @@ class CocoDataset:
                 rgb = to_rgb(image)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise KneuronError(f"corrupt or unreadable image {path}: {_one_line(exc)}") from None
-        expected = (info.get("width"), info.get("height"))
-        if None not in expected and rgb.size != (int(expected[0]), int(expected[1])):
-            raise KneuronError(
-                f"image {path} is {rgb.width}x{rgb.height} but {self.instances_path.name} says "
-                f"{expected[0]}x{expected[1]}"
-            )
+        if info.get("width") is not None and info.get("height") is not None:
+            height, width = self._image_size(info)
+            if rgb.size != (width, height):
+                raise KneuronError(
+                    f"image {path} is {rgb.width}x{rgb.height} but {self.instances_path.name} says {width}x{height}"
+                )
         return rgb
 
     def captions(self, image_id: int) -> list[str]:
         """Captions of the image in annotation-id order, whitespace normalised; [] if none."""
         self._image_info(image_id)
         return list(self._captions.get(image_id, []))
+
+
+def rle_string_counts(counts: str | bytes) -> list[int] | None:
+    """Run lengths of COCO's compressed RLE string (pycocotools' ``rleFrString``: 5 bits per character from
+    ``'0'``, continuation bit 0x20, sign bit 0x10, counts after the second stored as differences); None when the
+    string is not valid RLE (a character out of range or a number cut off)."""
+    text = counts.decode("ascii", errors="replace") if isinstance(counts, bytes) else counts
+    out: list[int] = []
+    p = 0
+    while p < len(text):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(text):
+                return None
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def segmentation_problem(segmentation: object, height: int, width: int) -> str | None:
+    """Why a COCO ``segmentation`` cannot be decoded on a ``height x width`` image, or None if it can.
+
+    Polygons: a non-empty list of lists of finite numbers, each of even length >= 6 (three points), every
+    point within one image size of the image. RLE: ``{"size": [height, width], "counts": ...}`` with
+    non-negative run lengths (a list of integers, or a compressed string) summing to ``height * width``.
+    """
+    if isinstance(segmentation, list):
+        if not segmentation:
+            return "empty polygon list"
+        for index, polygon in enumerate(segmentation):
+            if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
+                return f"polygon {index} is not a list of numbers"
+            if len(polygon) < 6 or len(polygon) % 2:
+                return (f"polygon {index} has {len(polygon)} coordinates "
+                        "(needs an even number, at least 6: x,y of three points or more)")
+            if not all(math.isfinite(v) for v in polygon):
+                return f"polygon {index} has a non-finite coordinate"
+            xs, ys = polygon[0::2], polygon[1::2]
+            if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
+                return f"polygon {index} reaches far outside the {width}x{height} image"
+        return None
+    if isinstance(segmentation, dict):
+        size, counts = segmentation.get("size"), segmentation.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_number(v) for v in size)):
+            return f"RLE without a [height, width] size: {size!r}"
+        if [int(size[0]), int(size[1])] != [height, width]:
+            return f"RLE size {size} is not the image's [height, width] [{height}, {width}]"
+        if isinstance(counts, list):
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+                return "RLE counts are not all integers"
+            runs: list[int] = counts
+        elif isinstance(counts, (str, bytes)):
+            decoded = rle_string_counts(counts)
+            if decoded is None:
+                return "RLE counts string is not valid compressed RLE"
+            runs = decoded
+        else:
+            return f"RLE counts are neither a list nor a string: {type(counts).__name__}"
+        if any(v < 0 for v in runs):
+            return "RLE has a negative run length"
+        if sum(runs) != height * width:
+            return f"RLE run lengths cover {sum(runs)} pixels, not the image's {height * width}"
+        return None
+    return f"segmentation is neither polygons nor RLE: {type(segmentation).__name__}"
 
 
 def split_ident_eval(

@@ -19,15 +19,21 @@ with ``(seed, s, i)``, so the val/test images do not depend on ``n_train``. JSON
 sorted keys and no timestamps, so regenerating gives byte-identical files.
 Image ids: train 1_000_001.., val 2_000_001.., test 3_000_001..; annotation id = image_id * 10 + k
 (k = 1.. in drawing order); caption id = image_id * 10 + j (j = 0..).
+
+The module has one job: turning a `WorldConfig` into that folder. Placement, occlusion, outlines, captions
+and the COCO files all read the same per-image draw and the same config, so they stay together (the shape
+geometry itself lives in `engine.data.shapes`).
 """
 from __future__ import annotations
 
 import colorsys
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -38,7 +44,8 @@ from engine.errors import KneuronError
 
 __all__ = [
     "BACKGROUNDS", "CATEGORIES", "COLORS", "COLOR_RGB", "SIZES", "SPLITS", "WorldConfig", "WorldObject",
-    "caption_vocabulary", "check_world_target", "ensure_world", "generate_world", "read_world_manifest", "relation", "render_world_image",
+    "caption_vocabulary", "check_world_target", "ensure_world", "generate_world", "read_world_manifest", "relation",
+    "render_world_image",
     "world_captions", "world_config_of",
 ]
 
@@ -290,8 +297,8 @@ def _try_objects(
                 pitch = size / cells
                 anchor = ((int(cell) % cells + 0.5) * pitch, (int(cell) // cells + 0.5) * pitch)
                 jitter = rng.uniform(-config.jitter_px, config.jitter_px, 2) * scale
-                center = tuple(round(float(np.clip(anchor[k] + jitter[k], lowest[k], highest[k])), 2)
-                               for k in range(2))
+                center = (round(float(np.clip(anchor[0] + jitter[0], lowest[0], highest[0])), 2),
+                          round(float(np.clip(anchor[1] + jitter[1], lowest[1], highest[1])), 2))
             obj = WorldObject(category, color, size_class, center, diameter, rotation, None,
                               np.zeros(0, bool), np.zeros(0, bool))
             fill, _ = object_coverages(obj, size)
@@ -452,6 +459,15 @@ def _manifest(config: WorldConfig, complete: bool, counts: dict | None) -> dict:
     }
 
 
+WORLD_ENV_VAR = "KNEURON_WORLD"
+DEFAULT_WORLD_PATH = "./kneuron-world"
+
+
+def default_world_path() -> Path:
+    """``$KNEURON_WORLD`` if set, else ``./kneuron-world``."""
+    return Path(os.environ.get(WORLD_ENV_VAR) or DEFAULT_WORLD_PATH).expanduser()
+
+
 def read_world_manifest(world_dir: Path | str) -> dict | None:
     """The ``world.json`` manifest of a generated world, or None if there is none (or it is unreadable)."""
     path = Path(world_dir) / MANIFEST_NAME
@@ -521,7 +537,9 @@ def generate_world(out_dir: Path | str, config: WorldConfig = WorldConfig()) -> 
     for split_index, split in enumerate(SPLITS):
         split_dir = out_dir / split
         split_dir.mkdir(exist_ok=True)
-        images, annotations, captions = [], [], []
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
+        captions: list[dict[str, Any]] = []
         for index in range(config.n_images(split)):
             rng = np.random.default_rng([config.seed, split_index, index])
             pixels, objects, background = render_world_image(rng, config)

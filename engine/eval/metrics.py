@@ -256,4 +256,5 @@ class CaptionScorer:
             raise KneuronError("corpus BLEU needs at least one hypothesis")
         n_streams = max(len(g) for g in groups)
         streams = [[g[k] if k < len(g) else None for g in groups] for k in range(n_streams)]
-        return float(self._corpus_bleu.corpus_score(list(hyps), streams).score / 100.0)
+        # sacrebleu documents None as "no reference here" (variable references per segment); its hints say str
+        return float(self._corpus_bleu.corpus_score(list(hyps), streams).score / 100.0)  # type: ignore[arg-type]

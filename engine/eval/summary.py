@@ -1,9 +1,10 @@
 """Aggregate per-image suppression outcomes into the results tables (per concept, method and image group).
 
-Input: one `ImageOutcome` per (concept, method, group, image): the unmodified caption (``before``), the caption
-with the method's neuron set suppressed (``after``), the concepts annotated in the image, and per
-(metric, reference) the score of ``before`` and of ``after`` (reference ``unmodified``: the unmodified caption
-itself, so ``before`` scores what the metric gives identical strings; ``ground_truth``: the dataset's captions).
+Input: one `ImageOutcome` per (concept, method, group, image) (`outcomes_from_rows` joins them from the stored
+``captions`` and ``scores`` rows of an evaluation): the unmodified caption (``before``), the caption with the
+method's neuron set suppressed (``after``), the concepts annotated in the image, and per (metric, reference) the
+score of ``before`` and of ``after`` (reference ``unmodified``: the unmodified caption itself, so ``before``
+scores what the metric gives identical strings; ``ground_truth``: the dataset's captions).
 
 Measures, per (concept, method, group), each a mean over the group's images:
 - ``bleu4`` / ``rougeL`` / ``bertscore`` against each reference: ``before``, ``after`` and
@@ -23,8 +24,9 @@ are left out; ``n`` is summed). The result is a tidy table (`SUMMARY_SCHEMA`); `
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -68,6 +70,50 @@ class ImageOutcome:
     n_neurons: int = 0
 
 
+class HasNeurons(Protocol):
+    """A neuron set as `outcomes_from_rows` needs it (e.g. `engine.pipelines.sets.StoredSet`): its neurons."""
+
+    @property
+    def neurons(self) -> Sized: ...
+
+
+def outcomes_from_rows(captions: Sequence[Mapping[str, Any]], scores: Sequence[Mapping[str, Any]],
+                       concepts_in: Callable[[int], Sequence[str]], sets: Mapping[str, HasNeurons]
+                       ) -> list[ImageOutcome]:
+    """Join the stored captions and scores of one evaluation into `ImageOutcome` records (suppressed methods only).
+
+    captions / scores: rows of the ``captions`` / ``scores`` tables of one evaluation (the columns of
+    ``queries/suppress_eval_captions.sql`` / ``suppress_eval_scores.sql``); method `UNMODIFIED` holds the
+    unmodified captions and their scores. concepts_in: the concepts annotated in an image (other-object
+    retention). sets: set_id -> the set (its neuron count; a set not given counts 0 neurons). Suppressed
+    captions without an unmodified caption of the same (concept, group, image) are left out; NaN scores too.
+    """
+    before: dict[tuple[str, str, int], str] = {}
+    after: dict[tuple[str, str, str, int], tuple[str, str | None]] = {}
+    for row in captions:
+        if row["method"] == UNMODIFIED:
+            before[(row["concept"], row["group"], int(row["image_id"]))] = row["text"]
+        else:
+            after[(row["concept"], row["method"], row["group"], int(row["image_id"]))] = (row["text"], row["set_id"])
+    values: dict[tuple[str, str, str, int], dict[tuple[str, str], float]] = {}
+    for row in scores:
+        if row["value"] is None or (isinstance(row["value"], float) and math.isnan(row["value"])):
+            continue
+        key = (row["concept"], row["method"], row["group"], int(row["image_id"]))
+        values.setdefault(key, {})[(row["metric"], row["reference"])] = float(row["value"])
+    out = []
+    for (concept, method, group, image_id), (text, set_id) in sorted(after.items()):
+        if (concept, group, image_id) not in before:
+            continue
+        n_neurons = len(sets[set_id].neurons) if set_id is not None and set_id in sets else 0
+        out.append(ImageOutcome(
+            concept=concept, method=method, group=group, image_id=image_id,
+            before=before[(concept, group, image_id)], after=text, present=tuple(concepts_in(image_id)),
+            scores_before=values.get((concept, UNMODIFIED, group, image_id), {}),
+            scores_after=values.get((concept, method, group, image_id), {}), n_neurons=n_neurons))
+    return out
+
+
 def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
@@ -98,9 +144,9 @@ def concept_rows(outcomes: Sequence[ImageOutcome], metrics: Sequence[str] = METR
     rows: list[dict] = []
     for reference in references:
         for metric in metrics:
-            pairs = [(o.scores_before.get((metric, reference)), o.scores_after.get((metric, reference)))
+            found = [(o.scores_before.get((metric, reference)), o.scores_after.get((metric, reference)))
                      for o in outcomes]
-            pairs = [(b, a) for b, a in pairs if b is not None and a is not None]
+            pairs = [(b, a) for b, a in found if b is not None and a is not None]
             if not pairs:
                 continue
             before = _mean([b for b, _ in pairs])

@@ -12,6 +12,7 @@ pasted into the original so that every pixel outside the mask keeps its original
 """
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -94,20 +95,21 @@ class DiffusionInpainter(Inpainter):
         return self.model
 
     def config(self) -> dict[str, Any]:
-        import importlib.metadata
 
         return {
             "name": self.name, "model": self.model_id, "prompt": self.prompt,
             "negative_prompt": self.negative_prompt, "steps": self.steps,
             "guidance_scale": self.guidance_scale, "strength": self.strength, "seed": self.seed,
             "dtype": self.dtype, "max_side": self.max_side,
-            "diffusers": importlib.metadata.version("diffusers"),
+            "diffusers": _diffusers_version(),
         }
 
     def _load(self) -> Any:
         if self._pipeline is not None:
             return self._pipeline
         import torch
+
+        _diffusers_version()
         from diffusers import AutoPipelineForInpainting
 
         local = os.path.isdir(self.model)
@@ -152,3 +154,11 @@ class DiffusionInpainter(Inpainter):
         if (work_h, work_w) != (height, width):
             filled = np.asarray(Image.fromarray(filled).resize((width, height), Image.Resampling.BICUBIC))
         return np.ascontiguousarray(filled)
+
+
+def _diffusers_version() -> str:
+    """The installed diffusers version; `KneuronError` saying how to install it when it is missing."""
+    try:
+        return importlib.metadata.version("diffusers")
+    except importlib.metadata.PackageNotFoundError:
+        raise KneuronError("the sd inpainter needs diffusers: pip install 'kneuron[sd]'") from None

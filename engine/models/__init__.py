@@ -6,12 +6,15 @@ text model.
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from engine.errors import KneuronError
-from engine.models.base import PreparedBatch, VLMAdapter
+from engine.models.base import ImageConnector, PreparedBatch, VLMAdapter
+from engine.models.devices import resolve_device
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 BUNDLED = ("tiny-shapes-qformer", "tiny-shapes-patch")
@@ -22,6 +25,7 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 
 
 def resolve_dtype(name: str | None) -> torch.dtype | None:
+    """A ``--dtype`` name -> ``torch.dtype``; None or ``"auto"`` -> None (keep the checkpoint's dtype)."""
     if name is None or name == "auto":
         return None
     if name not in DTYPES:
@@ -46,20 +50,42 @@ def resolve_model_path(name_or_path: str) -> Path:
     return folder
 
 
-def load_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu", dtype: str | torch.dtype | None = None
-               ) -> VLMAdapter:
-    """Load any supported model as a `VLMAdapter` (frozen, eval mode)."""
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return "checkpoint dtype" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cpu",
+               dtype: str | torch.dtype | None = None, log: Callable[[str], None] | None = None) -> VLMAdapter:
+    """Load any supported model as a `VLMAdapter` (frozen, eval mode).
+
+    ``device``: checked by `resolve_device` first (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), so a device
+    torch cannot use is one `KneuronError` line before any weight is read. ``dtype``: a name of `DTYPES`,
+    ``"auto"``/None (the checkpoint's dtype; float32 for kneuron MiniGPT-4 folders) or a ``torch.dtype``.
+    ``log``: when given, gets one line before loading (``loading model NAME from PATH (dtype, device)``) and
+    one after it (``loaded model NAME in S s``).
+    """
     torch_dtype = resolve_dtype(dtype) if isinstance(dtype, str) or dtype is None else dtype
+    target = resolve_device(device)
     folder = resolve_model_path(name_or_path)
+    loader: Callable[..., VLMAdapter]
     if (folder / "kneuron_model.json").is_file():
         from engine.models.minigpt4_adapter import load_minigpt4
 
-        return load_minigpt4(folder, device=device, dtype=torch_dtype, name=name_or_path)
-    if (folder / "config.json").is_file():
+        loader = load_minigpt4
+    elif (folder / "config.json").is_file():
         from engine.models.hf_adapters import load_hf_vlm
 
-        return load_hf_vlm(folder, device=device, dtype=torch_dtype, name=name_or_path)
-    raise KneuronError(f"not a model folder (no kneuron_model.json or config.json): {folder}")
+        loader = load_hf_vlm
+    else:
+        raise KneuronError(f"not a model folder (no kneuron_model.json or config.json): {folder}")
+    if log is not None:
+        log(f"loading model {name_or_path} from {folder} ({_dtype_name(torch_dtype)}, {target})")
+    started = time.perf_counter()
+    adapter = loader(folder, device=target, dtype=torch_dtype, name=name_or_path)
+    if log is not None:
+        log(f"loaded model {name_or_path} in {time.perf_counter() - started:.1f} s")
+    return adapter
 
 
-__all__ = ["BUNDLED", "DEFAULT_MODEL", "PreparedBatch", "VLMAdapter", "load_model", "resolve_dtype"]
+__all__ = ["BUNDLED", "DEFAULT_MODEL", "DTYPES", "ImageConnector", "PreparedBatch", "VLMAdapter", "load_model",
+           "resolve_device", "resolve_dtype", "resolve_model_path"]

@@ -1,8 +1,9 @@
 """The interface every model adapter implements (MiniGPT-4 and Hugging Face VLMs alike).
 
 An adapter owns a model, its tokenizer and its prompt, and answers what the engine needs to know: how many
-layers and FFN units there are, where the neuron site is, where the image tokens sit, how to build inputs
-(optionally with teacher-forced answer tokens appended), how to caption, and how to decode neurons.
+layers and FFN units there are, where the neuron site is, where the image tokens sit and which image regions
+they come from (`VLMAdapter.patch_grid`, `VLMAdapter.image_connector`), how to build inputs (optionally with
+teacher-forced answer tokens appended), how to caption, and how to decode neurons.
 
 Neuron site (hook name, TransformerLens style): ``blocks.{l}.mlp.down_proj.input`` = ``SiLU(gate(x)) * up(x)``,
 shape ``[batch, pos, d_ff]``.
@@ -10,15 +11,31 @@ shape ``[batch, pos, d_ff]``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
 from torch import nn
 
+from engine.errors import KneuronError
+
 HOOK_SITE = "mlp.down_proj.input"
+
+
+@dataclass(frozen=True)
+class ImageConnector:
+    """How a Q-Former model turns vision features into LLM image tokens (what a token -> patch map differentiates).
+
+    ``vision``: the module whose output ``last_hidden_state`` ``[B, 1 + n_patches, d_vision]`` (CLS first) the
+    connector reads. ``tokens(pixel_values, rows)``: runs the model's own image encoding and returns the LLM
+    input embeddings of the image tokens ``[rows, n_image_tokens, d_model]``; a caller may replace `vision`'s
+    output by ``rows`` feature rows with a forward hook (so `vision` itself runs on one image only).
+    """
+
+    vision: nn.Module
+    tokens: Callable[[torch.Tensor, int], torch.Tensor]
 
 
 @dataclass
@@ -98,7 +115,21 @@ class VLMAdapter(ABC):
         """(rows, cols) of image tokens when they map to image regions directly, else None (Q-Former)."""
         return None
 
+    def image_connector(self) -> ImageConnector:
+        """The Q-Former connector that makes this model's image tokens from its ViT patch features.
+
+        Token -> image-region maps of models without a `patch_grid` are computed through it. An adapter whose
+        image tokens cannot be traced back to ViT patches this way raises a one-line `KneuronError` saying so
+        (the default here), rather than guessing a map.
+        """
+        raise KneuronError(f"model {self.name!r} has neither a patch grid nor a known Q-Former: "
+                           "no token -> patch map for its image tokens")
+
     # ------------------------------------------------------------------ inputs
+    @abstractmethod
+    def pixel_values(self, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` model-ready pixels: tensors pass through, PIL images are preprocessed."""
+
     @abstractmethod
     def prepare(
         self,
@@ -166,10 +197,10 @@ class VLMAdapter(ABC):
     # ------------------------------------------------------------------ decoding neurons
     def unembedding(self) -> torch.Tensor:
         """``W_U`` ``[V, d_model]`` (the lm_head weight)."""
-        return self.language_model.lm_head.weight
+        return cast(torch.Tensor, cast(nn.Linear, self.language_model.lm_head).weight)
 
     def final_norm(self) -> nn.Module:
-        return self.language_model.model.norm
+        return cast(nn.Module, cast(nn.Module, self.language_model.model).norm)
 
     def down_proj_weight(self, layer: int) -> torch.Tensor:
         """``W_down^l`` ``[d_model, d_ff]``: column ``i`` is neuron ``(l, i)``'s output vector."""

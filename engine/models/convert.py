@@ -1,24 +1,31 @@
 """Convert the official MiniGPT-4 checkpoints into a kneuron model folder (``kneuron convert``).
 
-Inputs (where each comes from: ``/work/shared/reference/minigpt4.md`` §1.2):
+Inputs (official releases; nothing is downloaded here):
 
-- ``eva_vit_g.pth``: the EVA ViT-g state dict (LAVIS/BLIP-2 release), keys *without* the ``visual_encoder.``
-  prefix (``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.{i}.{norm1,attn.qkv.weight,attn.q_bias,
-  attn.v_bias,attn.proj.*,norm2,mlp.fc1.*,mlp.fc2.*}``).
-- ``blip2_pretrained_flant5xxl.pth`` (Q-Former variant only): ``{"model": state_dict}`` holding ``Qformer.*``,
-  ``query_tokens`` and ``ln_vision.*`` (plus ``t5_proj.*`` etc., which MiniGPT-4 does not use and which are
-  dropped). The patch (LLaMA-2) variant loads no Q-Former checkpoint, so its ``ln_vision`` keeps the default
-  init (weight 1, bias 0), exactly as in the official code.
-- ``pretrained_minigpt4*.pth``: ``{"model": state_dict}``; only ``llama_proj.*`` is used (the file also holds
-  buffers such as ``Qformer.bert.embeddings.position_ids``; they are listed and ignored).
-- a Vicuna / LLaMA-2 Hugging Face folder (``config.json``, weights, tokenizer).
+- ``eva_vit_g.pth``: the EVA ViT-g/14 state dict of the LAVIS/BLIP-2 release
+  (``storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/eva_vit_g.pth``), keys *without*
+  the ``visual_encoder.`` prefix (``cls_token``, ``pos_embed``, ``patch_embed.proj.*``,
+  ``blocks.{i}.{norm1,attn.qkv.weight,attn.q_bias,attn.v_bias,attn.proj.*,norm2,mlp.fc1.*,mlp.fc2.*}``).
+- ``blip2_pretrained_flant5xxl.pth`` (Q-Former variant only; same LAVIS release): ``{"model": state_dict}``
+  holding ``Qformer.*``, ``query_tokens`` and ``ln_vision.*`` (plus ``t5_proj.*`` etc., which MiniGPT-4 does
+  not use and which are dropped). The patch (LLaMA-2) variant loads no Q-Former checkpoint, so its
+  ``ln_vision`` keeps the default init (weight 1, bias 0), exactly as in the official code.
+- ``pretrained_minigpt4*.pth`` (Vision-CAIR's MiniGPT-4 release: ``pretrained_minigpt4.pth`` 13B,
+  ``prerained_minigpt4_7b.pth`` 7B, ``pretrained_minigpt4_llama2_7b.pth`` LLaMA-2): ``{"model": state_dict}``;
+  only ``llama_proj.*`` is used (the file also holds buffers such as
+  ``Qformer.bert.embeddings.position_ids``; they are listed and ignored).
+- a Vicuna v0 / LLaMA-2-chat Hugging Face folder (``config.json``, weights, tokenizer).
 
-Keys are renamed to the Hugging Face BLIP-2 layout used by `engine.models.minigpt4.MiniGPT4` (minigpt4.md §2.3),
-sizes are inferred from tensor shapes, and every non-LLM weight is written to ``model.safetensors`` next to a
-``kneuron_model.json`` whose ``llm_path`` points at the LLM folder. The official code loads the two
-checkpoints with ``strict=False`` on top of the ViT (Q-Former checkpoint first, then the MiniGPT-4 one); this
-converter follows the same order, so ``visual_encoder.*`` keys in the Q-Former checkpoint (if any) override
-``eva_vit_g.pth``, and it fails with one `KneuronError` line on any missing, unexpected or mis-shaped key.
+Keys are renamed to the Hugging Face BLIP-2 layout used by `engine.models.minigpt4.MiniGPT4` (`rename_vit`,
+`rename_blip2`), sizes are inferred from tensor shapes, and every non-LLM weight is written to
+``model.safetensors`` next to a ``kneuron_model.json`` whose ``llm_path`` points at the LLM folder. The
+official code loads the two checkpoints with ``strict=False`` on top of the ViT (Q-Former checkpoint first,
+then the MiniGPT-4 one); this converter follows the same order, so ``visual_encoder.*`` keys in the Q-Former
+checkpoint (if any) override ``eva_vit_g.pth``, and it fails with one `KneuronError` line on any missing,
+unexpected or mis-shaped key.
+
+The module has one job: official checkpoint files in, one model folder out. Loading, key renaming, size
+inference and the key check share the official key layout, so they stay in one file.
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ from typing import Any
 import torch
 
 from engine.errors import KneuronError
-from engine.models.minigpt4 import MiniGPT4, MiniGPT4Config
+from engine.models.minigpt4 import MiniGPT4, MiniGPT4Config, Variant
 from engine.models.minigpt4_adapter import SPEC_FILE, WEIGHTS_FILE, ModelSpec, load_state_strict
 from engine.models.prompts import get_template
 
@@ -125,7 +132,7 @@ def tensors_only(state: dict[str, Any], path: Path, log: Log) -> dict[str, torch
     return {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-# ---------------------------------------------------------------------- renaming (minigpt4.md §2.3)
+# ---------------------------------------------------------------------- renaming (official keys -> HF BLIP-2 layout)
 def rename_vit(state: dict[str, torch.Tensor], prefix: str = VIT_PREFIX
                ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``visual_encoder.*`` EVA keys -> ``vision_model.*`` HF keys. Returns ``(renamed, unused)``.
@@ -283,7 +290,7 @@ def infer_qformer_config(state: dict[str, torch.Tensor], heads: int | None = Non
                 layer_norm_eps=QFORMER_LAYER_NORM_EPS, hidden_act="gelu"), queries
 
 
-def detect_variant(proj_in: int, vision_width: int, n_patches: int) -> tuple[str, int]:
+def detect_variant(proj_in: int, vision_width: int, n_patches: int) -> tuple[Variant, int]:
     """``(variant, patches_per_token)`` from ``llama_proj``'s input width.
 
     ``proj_in = k * vision_width`` with ``k > 1`` dividing the patch count -> ``patch`` (official LLaMA-2: 5632 =
@@ -396,17 +403,18 @@ def convert_official(eva_vit: Path, qformer: Path | None, minigpt4: Path, llm: P
     n_patches = (vision["image_size"] // vision["patch_size"]) ** 2
     proj_in = int(proj["llama_proj.weight"].shape[1])
     detected, patches_per_token = detect_variant(proj_in, vision["hidden_size"], n_patches)
+    chosen: Variant = detected if variant == "auto" else "patch" if variant == "patch" else "qformer"
     if variant == "auto":
-        variant = detected
-        log(f"variant: {variant} (llama_proj input width {proj_in}, ViT width {vision['hidden_size']})")
+        log(f"variant: {chosen} (llama_proj input width {proj_in}, ViT width {vision['hidden_size']})")
     elif variant == "patch" and detected != "patch":
         patches_per_token = 4  # official grouping; the strict check reports llama_proj's shape
-    if variant == "qformer" and qformer is None:
-        raise KneuronError("the Q-Former (Vicuna-v0) variant needs the BLIP-2 Q-Former checkpoint "
-                           "blip2_pretrained_flant5xxl.pth (--qformer)")
+    variant = chosen
 
     qformer_config, n_queries = None, 32
-    if variant == "qformer":
+    if chosen == "qformer":
+        if qformer is None:
+            raise KneuronError("the Q-Former (Vicuna-v0) variant needs the BLIP-2 Q-Former checkpoint "
+                               "blip2_pretrained_flant5xxl.pth (--qformer)")
         blip2 = tensors_only(model_entry(load_checkpoint(qformer, "Q-Former", log), qformer, "Q-Former"),
                              qformer, log)
         renamed, dropped = rename_blip2(blip2)
@@ -425,7 +433,7 @@ def convert_official(eva_vit: Path, qformer: Path | None, minigpt4: Path, llm: P
         state["vision_model.post_layernorm.bias"] = torch.zeros(vision["hidden_size"])
     state.update(proj)
 
-    config = MiniGPT4Config(variant=variant, vision=vision, qformer=qformer_config, num_query_tokens=n_queries,
+    config = MiniGPT4Config(variant=chosen, vision=vision, qformer=qformer_config, num_query_tokens=n_queries,
                             llm=None, patches_per_token=patches_per_token, ln_vision_eps=LN_VISION_EPS)
     _check_keys(config, llm_config, state, f"{eva_vit} + {qformer or '-'} + {minigpt4}")
     log(f"vision: {vision['num_hidden_layers']} layers, width {vision['hidden_size']}, "

@@ -35,7 +35,7 @@ from PIL import Image
 from torch import nn
 
 from engine.errors import KneuronError
-from engine.models.base import PreparedBatch, VLMAdapter, pad_targets
+from engine.models.base import ImageConnector, PreparedBatch, VLMAdapter, pad_targets
 from engine.models.preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor
 from engine.models.prompts import DEFAULT_INSTRUCTION
 
@@ -94,6 +94,8 @@ class HFVLMAdapter(VLMAdapter):
     (plus `extra_inputs`); the prepared batch carries them in ``kwargs`` (``args`` is empty).
     """
 
+    #: a Hugging Face ``*ForConditionalGeneration``; its submodules differ by family and are reached by attribute
+    model: Any
     family: str = ""
     default_template: str = ""
 
@@ -173,7 +175,8 @@ class HFVLMAdapter(VLMAdapter):
         b = pixel_values.shape[0]
         prompt = torch.tensor(self.prompt_ids(instruction), dtype=torch.long)
         input_ids = prompt.unsqueeze(0).expand(b, -1)
-        target_ids, lengths = (None, [])
+        target_ids: torch.Tensor | None = None
+        lengths: list[int] = []
         if targets is not None:
             if len(targets) != b:
                 raise ValueError(f"{len(targets)} target rows for {b} images")
@@ -259,6 +262,13 @@ class LlavaAdapter(HFVLMAdapter):
             return None
         return self._patch_side, self._patch_side
 
+    def image_connector(self) -> ImageConnector:
+        """LLaVA has no Q-Former: with ``"default"`` its image tokens are patches (`patch_grid`); with ``"full"``
+        the CLS token comes first and no map is drawn: `KneuronError`."""
+        raise KneuronError(f"model {self.name!r} (LLaVA, vision_feature_select_strategy="
+                           f"{self.config.vision_feature_select_strategy!r}) has no Q-Former and its image tokens "
+                           "are not a patch grid: no token -> patch map for its image tokens")
+
 
 class Blip2Adapter(HFVLMAdapter):
     """``Blip2ForConditionalGeneration`` with a LLaMA language model (``model.language_model`` is a
@@ -281,6 +291,16 @@ class Blip2Adapter(HFVLMAdapter):
     @property
     def n_image_tokens(self) -> int:
         return int(self.config.num_query_tokens)
+
+    def image_connector(self) -> ImageConnector:
+        """ViT -> Q-Former -> ``language_projection`` (``get_image_features(...).pooler_output``)."""
+        model = self.model
+
+        def tokens(pixels: torch.Tensor, rows: int) -> torch.Tensor:
+            extra = {k: v.to(self.device) for k, v in self.extra_inputs(rows, self.instruction).items()}
+            return model.get_image_features(pixels, **extra).pooler_output
+
+        return ImageConnector(self.vision_tower, tokens)
 
 
 class InstructBlipAdapter(Blip2Adapter):
@@ -309,9 +329,12 @@ ADAPTERS: dict[str, type[HFVLMAdapter]] = {"llava": LlavaAdapter, "blip-2": Blip
 DEFAULT_TEXT_TYPE = {"llava": "llama", "blip-2": "opt", "instructblip": "opt"}
 
 
-def _model_class(model_type: str) -> type:
-    from transformers import (Blip2ForConditionalGeneration, InstructBlipForConditionalGeneration,
-                              LlavaForConditionalGeneration)
+def _model_class(model_type: str) -> Any:
+    from transformers import (
+        Blip2ForConditionalGeneration,
+        InstructBlipForConditionalGeneration,
+        LlavaForConditionalGeneration,
+    )
 
     return {"llava": LlavaForConditionalGeneration, "blip-2": Blip2ForConditionalGeneration,
             "instructblip": InstructBlipForConditionalGeneration}[model_type]

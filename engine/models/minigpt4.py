@@ -12,7 +12,7 @@ is the neuron activation ``O^l``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -26,6 +26,11 @@ from transformers import (
 )
 
 Variant = Literal["qformer", "patch"]
+
+
+def _side(value: int | list[int] | tuple[int, int]) -> int:
+    """A square size from a Hugging Face vision config field (an int, or ``[height, width]``)."""
+    return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
 
 
 @dataclass
@@ -59,12 +64,12 @@ class MiniGPT4Config:
 
     @property
     def image_size(self) -> int:
-        return int(self.vision_config().image_size)
+        return _side(self.vision_config().image_size)
 
     @property
     def n_patches(self) -> int:
         vc = self.vision_config()
-        return (vc.image_size // vc.patch_size) ** 2
+        return (_side(vc.image_size) // _side(vc.patch_size)) ** 2
 
     @property
     def n_image_tokens(self) -> int:
@@ -148,7 +153,7 @@ class MiniGPT4(nn.Module):
             ids = ids.to(image.device)
             return embed_tokens(ids if ids.dim() == 2 else ids.unsqueeze(0).expand(b, -1))
 
-        parts = [rows(ids_before), image.to(embed_tokens.weight.dtype), rows(ids_after)]
+        parts = [rows(ids_before), image.to(cast(torch.Tensor, embed_tokens.weight).dtype), rows(ids_after)]
         if target_ids is not None and target_ids.shape[-1] > 0:
             parts.append(rows(target_ids))
         return torch.cat(parts, dim=1)

@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 from PIL import Image
+from torch import nn
 
 from engine.errors import KneuronError
-from engine.models.base import PreparedBatch, VLMAdapter, pad_targets
+from engine.models.base import ImageConnector, PreparedBatch, VLMAdapter, pad_targets
 from engine.models.minigpt4 import MiniGPT4, MiniGPT4Config
 from engine.models.preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor
 from engine.models.prompts import DEFAULT_INSTRUCTION, PromptTemplate, get_template
@@ -58,6 +59,8 @@ class ModelSpec:
 class MiniGPT4Adapter(VLMAdapter):
     """MiniGPT-4 (both variants) behind the common adapter interface."""
 
+    model: MiniGPT4
+
     def __init__(self, model: MiniGPT4, tokenizer: Any, spec: ModelSpec, name: str = "minigpt4") -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -73,7 +76,7 @@ class MiniGPT4Adapter(VLMAdapter):
         return root.language_model.model.layers
 
     @property
-    def language_model(self):
+    def language_model(self) -> nn.Module:
         return self.model.language_model
 
     @property
@@ -87,6 +90,15 @@ class MiniGPT4Adapter(VLMAdapter):
             return None
         side = int(round(arch.n_patches ** 0.5))
         return side, side // arch.patches_per_token
+
+    def image_connector(self) -> ImageConnector:
+        """The Q-Former variant: ViT -> Q-Former -> ``llama_proj`` (`MiniGPT4.encode_img`). The patch variant has
+        no Q-Former (its tokens group patches directly, see `patch_grid`): `KneuronError`."""
+        if self.spec.architecture.variant != "qformer":
+            raise KneuronError(f"model {self.name!r} (MiniGPT-4 {self.spec.architecture.variant} variant) has no "
+                               "Q-Former: its image tokens map to patches through its patch grid")
+        model = self.model
+        return ImageConnector(model.vision_model, lambda pixels, rows: model.encode_img(pixels))
 
     # ------------------------------------------------------------------ tokens
     @property
@@ -135,7 +147,8 @@ class MiniGPT4Adapter(VLMAdapter):
         n0, n1 = len(before), len(after)
         positions = torch.arange(n0, n0 + self.n_image_tokens)
         b = pixel_values.shape[0]
-        target_ids, lengths = (None, [])
+        target_ids: torch.Tensor | None = None
+        lengths: list[int] = []
         args: tuple[Any, ...] = (pixel_values, before.to(device), after.to(device))
         if targets is not None:
             target_ids, lengths = pad_targets(targets, self.pad_id)
@@ -209,7 +222,8 @@ def load_minigpt4(folder: str | Path, device: str | torch.device = "cpu", dtype:
         if not (llm_dir / "config.json").is_file():
             raise KneuronError(f"language model folder not found (no config.json): {llm_dir}")
         llm = LlamaForCausalLM.from_pretrained(llm_dir, dtype=dtype or torch.float32)
-    tok_dir = folder if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file() else llm_dir
+    has_tokenizer = (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
+    tok_dir = folder if has_tokenizer else llm_dir
     if tok_dir is None:
         raise KneuronError(f"no tokenizer in {folder}")
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
@@ -221,7 +235,7 @@ def load_minigpt4(folder: str | Path, device: str | torch.device = "cpu", dtype:
     tied = "language_model.lm_head.weight"
     if (llm is None and tied not in state and model.language_model.config.tie_word_embeddings
             and "language_model.model.embed_tokens.weight" in state):
-        state[tied] = state.get("language_model.model.embed_tokens.weight")
+        state[tied] = state["language_model.model.embed_tokens.weight"]
     load_state_strict(model, state, str(weights), ignore_prefix="language_model." if llm is not None else None)
     model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     model.eval()

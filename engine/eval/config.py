@@ -1,0 +1,229 @@
+"""The settings of one suppression evaluation (`EvalConfig`), read from TOML (`load_config`) or a dict
+(`config_from_dict`) with one-line errors. Pure: no model, no storage.
+
+``EvalConfig.identity`` is the part of the settings that determines the results; the suppression pipeline
+(`engine.pipelines.suppress`) hashes it (with the resolved run, concepts, sets, budgets, images and generation
+settings) into the ``eval_id``, so the same settings always resume the same evaluation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from engine.errors import KneuronError
+from engine.eval.metrics import METRICS, MetricConfig
+
+REFERENCE_METHOD = "two_stage"
+DEFAULT_METHODS: tuple[str, ...] = ("two_stage", "stage1_only", "stage2_only", "random", "random_layer_matched",
+                                    "pan", "dai")
+SAME_AS_REFERENCE = "same_as:two_stage"
+
+
+@dataclass
+class EvalConfig:
+    """One suppression evaluation (``kneuron suppress --config FILE.toml`` reads the same keys).
+
+    run_id: warehouse run (None: the latest). eval_id: None = derived from everything that determines the
+        results (rerunning resumes).
+    concepts: concepts to evaluate (empty: every concept with a two_stage set). methods: ``two_stage`` and/or
+        registered baselines (`engine.baselines.BASELINES`).
+    sets: explicit two_stage set ids (at most one per concept; ``kneuron suppress --set``). Default: each
+        concept's current two_stage set (the latest chosen by ``kneuron select``, else the latest stored).
+    selection: select the two_stage sets with these thresholds instead (keys of `queries.selection`:
+        ``stage1``/``stage2`` as ``auto | abs:V | q:Q | top:N``, ``aggregate``, ``min_share``, ``reduce``,
+        ``stage2_pool``); new sets are stored.
+    budget: baseline size: ``"same_as:two_stage"`` (|N_k|) or a number; budget_per_concept overrides it.
+    n_other: other images per concept: ``"match"`` (as many as target images) or a number.
+    max_images: at most this many target images per concept (seeded choice); None = all.
+    batch_size: images per captioning batch (and per forward in the model-based baselines).
+    max_new_tokens: None = the model's default. seed: image choices and random baselines.
+    metrics: metric names (subset of bleu4, rougeL, bertscore); metric_config: BERTScore model etc.
+    baseline_options: method -> keyword options (e.g. ``{"dai": {"steps": 20}}``).
+    model / device / dtype: override the run's model (default: the run's ``model_name`` and dtype; device
+        ``auto`` = CUDA when available). dataset_root / dataset_split: override the run's dataset.
+    """
+
+    run_id: str | None = None
+    eval_id: str | None = None
+    concepts: tuple[str, ...] = ()
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    sets: tuple[str, ...] = ()
+    selection: Mapping[str, Any] | None = None
+    budget: str | int = SAME_AS_REFERENCE
+    budget_per_concept: Mapping[str, int] = field(default_factory=dict)
+    n_other: str | int = "match"
+    max_images: int | None = None
+    batch_size: int = 16
+    max_new_tokens: int | None = None
+    seed: int = 0
+    metrics: tuple[str, ...] = METRICS
+    metric_config: MetricConfig = field(default_factory=MetricConfig)
+    baseline_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    model: str | None = None
+    device: str = "auto"
+    dtype: str | None = None
+    dataset_root: str | None = None
+    dataset_split: str | None = None
+
+    def validate(self) -> None:
+        """Raise `KneuronError` naming the first impossible value."""
+        import engine.baselines  # noqa: F401  (registers the baselines)
+        from engine.baselines.base import BASELINES
+
+        known = [REFERENCE_METHOD, *sorted(BASELINES)]
+        for method in self.methods:
+            if method not in known:
+                raise KneuronError(f"unknown method {method!r}; known: {', '.join(known)}")
+        if not self.methods:
+            raise KneuronError("no methods to evaluate")
+        if len(set(self.methods)) != len(self.methods):
+            raise KneuronError(f"methods listed twice: {list(self.methods)}")
+        for metric in self.metrics:
+            if metric not in METRICS:
+                raise KneuronError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+        if isinstance(self.budget, str):
+            if self.budget != SAME_AS_REFERENCE:
+                raise KneuronError(f"budget must be {SAME_AS_REFERENCE!r} or a whole number >= 0, got {self.budget!r}")
+        elif not _whole(self.budget):
+            raise KneuronError(f"budget must be {SAME_AS_REFERENCE!r} or a whole number >= 0, got {self.budget!r}")
+        for concept, value in self.budget_per_concept.items():
+            if not _whole(value):
+                raise KneuronError(f"budget of concept {concept!r} must be a whole number >= 0, got {value!r}")
+        if isinstance(self.n_other, str):
+            if self.n_other != "match":
+                raise KneuronError(f"n_other must be 'match' or a whole number >= 0, got {self.n_other!r}")
+        elif not _whole(self.n_other):
+            raise KneuronError(f"n_other must be 'match' or a whole number >= 0, got {self.n_other!r}")
+        if self.max_images is not None and (not _whole(self.max_images) or self.max_images < 1):
+            raise KneuronError(f"max_images must be a whole number >= 1, got {self.max_images!r}")
+        if not _whole(self.batch_size) or self.batch_size < 1:
+            raise KneuronError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        if self.max_new_tokens is not None and (not _whole(self.max_new_tokens) or self.max_new_tokens < 1):
+            raise KneuronError(f"max_new_tokens must be a whole number >= 1, got {self.max_new_tokens!r}")
+        if not _whole(self.seed):
+            raise KneuronError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        if self.sets and self.selection is not None:
+            raise KneuronError("give either sets or selection, not both")
+        for method in self.baseline_options:
+            if method not in BASELINES:
+                raise KneuronError(f"options for unknown baseline {method!r}; known: {', '.join(sorted(BASELINES))}")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change results, less those resolved elsewhere (run, concepts) and those that do not
+        (batch size, device, eval id). It enters the ``eval_id``: a new field here changes every eval id, so
+        old evaluations would no longer resume."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("eval_id", "run_id", "concepts", "batch_size", "device", "metric_config")}
+        data["metric_config"] = {"bertscore_model": self.metric_config.bertscore_model,
+                                 "bertscore_layers": self.metric_config.bertscore_layers}
+        return json.loads(json.dumps(data, sort_keys=True, default=jsonable))
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def jsonable(value: Any) -> Any:
+    """``json.dumps`` fallback of the settings: tuples and sets as lists, dataclasses and mappings as dicts."""
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return dict(value) if isinstance(value, Mapping) else str(value)
+
+
+#: TOML keys -> EvalConfig fields (tables handled separately: metrics, selection, baselines, budget_per_concept)
+_SCALAR_KEYS: dict[str, str] = {
+    "run": "run_id", "run_id": "run_id", "eval_id": "eval_id", "budget": "budget", "n_other": "n_other",
+    "max_images": "max_images", "batch_size": "batch_size", "max_new_tokens": "max_new_tokens", "seed": "seed",
+    "model": "model", "device": "device", "dtype": "dtype", "dataset_root": "dataset_root",
+    "dataset_split": "dataset_split",
+}
+_LIST_KEYS = ("concepts", "methods", "sets")
+_TABLE_KEYS = ("metrics", "selection", "baselines", "budget_per_concept")
+_METRIC_KEYS = ("names", "bertscore_model", "bertscore_layers", "device", "batch_size")
+_SELECTION_KEYS = ("stage1", "stage2", "aggregate", "min_share", "reduce", "stage2_pool")
+
+
+def load_config(path: str | Path) -> EvalConfig:
+    """Read an `EvalConfig` from a TOML file; any problem is one `KneuronError` line naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KneuronError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise KneuronError(f"bad TOML in {path}: {' '.join(str(exc).split())}") from None
+    return config_from_dict(data, source=str(path))
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "config") -> EvalConfig:
+    """An `EvalConfig` from the TOML structure (see `load_config`); unknown keys and wrong types are errors."""
+    known = sorted([*_SCALAR_KEYS, *_LIST_KEYS, *_TABLE_KEYS])
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SCALAR_KEYS:
+            kwargs[_SCALAR_KEYS[key]] = value
+        elif key in _LIST_KEYS:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise KneuronError(f"{source}: {key} must be a list of strings, got {value!r}")
+            kwargs[key] = tuple(value)
+        elif key in _TABLE_KEYS:
+            if not isinstance(value, dict):
+                raise KneuronError(f"{source}: [{key}] must be a table, got {value!r}")
+        else:
+            raise KneuronError(f"{source}: unknown key {key!r} (known: {', '.join(known)})")
+    for key, expected in (("run_id", str), ("eval_id", str), ("model", str), ("device", str), ("dtype", str),
+                          ("dataset_root", str), ("dataset_split", str)):
+        if key in kwargs and not isinstance(kwargs[key], expected):
+            raise KneuronError(f"{source}: {key} must be a string, got {kwargs[key]!r}")
+    for key in ("budget", "n_other", "max_images", "batch_size", "max_new_tokens", "seed"):
+        if key in kwargs and isinstance(kwargs[key], (float, bool)):
+            raise KneuronError(f"{source}: {key} must be a whole number, got {kwargs[key]!r}")
+    if "metrics" in data:
+        metrics = dict(data["metrics"])
+        unknown = [k for k in metrics if k not in _METRIC_KEYS]
+        if unknown:
+            raise KneuronError(f"{source}: unknown key {unknown[0]!r} in [metrics] (known: {', '.join(_METRIC_KEYS)})")
+        names = metrics.pop("names", None)
+        if names is not None:
+            if not isinstance(names, list) or not all(isinstance(v, str) for v in names):
+                raise KneuronError(f"{source}: metrics.names must be a list of strings, got {names!r}")
+            kwargs["metrics"] = tuple(names)
+        try:
+            kwargs["metric_config"] = MetricConfig(**metrics)
+        except TypeError as exc:
+            raise KneuronError(f"{source}: bad [metrics]: {exc}") from None
+    if "selection" in data:
+        unknown = [k for k in data["selection"] if k not in _SELECTION_KEYS]
+        if unknown:
+            raise KneuronError(f"{source}: unknown key {unknown[0]!r} in [selection] "
+                               f"(known: {', '.join(_SELECTION_KEYS)})")
+        kwargs["selection"] = dict(data["selection"])
+    if "baselines" in data:
+        options = {}
+        for method, values in data["baselines"].items():
+            if not isinstance(values, dict):
+                raise KneuronError(f"{source}: [baselines.{method}] must be a table, got {values!r}")
+            options[method] = dict(values)
+        kwargs["baseline_options"] = options
+    if "budget_per_concept" in data:
+        kwargs["budget_per_concept"] = dict(data["budget_per_concept"])
+    config = EvalConfig(**kwargs)
+    try:
+        config.validate()
+    except KneuronError as exc:
+        raise KneuronError(f"{source}: {exc}") from None
+    return config
+
+
+__all__ = ["DEFAULT_METHODS", "REFERENCE_METHOD", "SAME_AS_REFERENCE", "EvalConfig", "config_from_dict", "jsonable",
+           "load_config"]

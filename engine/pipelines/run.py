@@ -1,0 +1,164 @@
+"""The run reader: one run of a warehouse, and what the report and the neuron CLIs load from it.
+
+    with RunReader("kneuron-warehouse") as run:             # the latest run
+        concept, neurons, what = run.chosen_set("dog", "two_stage", None)   # dog's current two_stage set
+        adapter = run.load_model()                            # the model that recorded the run
+
+``run.row`` is the run's ``runs`` row and ``run.config`` its parsed ``config_json``. Which set of a (concept,
+method) is current is decided in SQL, by the ``current_sets`` view (`engine.pipelines.sets.current_set_ids`):
+the latest chosen by ``kneuron select``, else the latest stored.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import queries
+from engine.baselines import ScoredNeuron
+from engine.errors import KneuronError
+from engine.pipelines.sets import StoredSet, current_set_ids, stored_sets
+
+
+def strongest_first(neurons: list[ScoredNeuron]) -> list[ScoredNeuron]:
+    """``neurons`` by score descending (no score last), then layer, then unit."""
+    return sorted(neurons, key=lambda n: (n[2] is None, -(n[2] or 0.0), n[0], n[1]))
+
+
+class RunReader:
+    """One run of a warehouse (the latest when ``run_id`` is None), read through a read-only connection."""
+
+    def __init__(self, root: str | Path | None, run_id: str | None = None) -> None:
+        self.con = queries.connect(root, read_only=True)
+        self.root = root
+        try:
+            if run_id is None:
+                latest = queries.run(self.con, "latest_run").to_pylist()
+                if not latest:
+                    import warehouse
+
+                    raise KneuronError(f"warehouse {root or warehouse.default_warehouse_path()} has no runs; "
+                                       "run `kneuron ingest` first")
+                run_id = str(latest[0]["run_id"])
+            rows = queries.run(self.con, "report_run", {"run_id": run_id}).to_pylist()
+            if not rows:
+                known = sorted(r["run_id"] for r in queries.run(self.con, "list_runs", {"run_id": None}).to_pylist())
+                raise KneuronError(f"unknown run {run_id!r}; runs in the warehouse: {', '.join(known) or 'none'}")
+        except BaseException:
+            self.con.close()
+            raise
+        self.run_id: str = run_id
+        self.row: dict[str, Any] = rows[0]
+        try:
+            self.config: dict[str, Any] = json.loads(self.row.get("config_json") or "{}")
+        except ValueError:
+            self.config = {}
+        self.notes: list[str] = []
+
+    def __enter__(self) -> RunReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def query(self, name: str, **params: Any) -> Any:
+        """The bundled query ``name`` with ``$run_id`` bound to this run (and ``params``)."""
+        return queries.run(self.con, name, {"run_id": self.run_id, **params})
+
+    def close(self) -> None:
+        self.con.close()
+
+    # ------------------------------------------------------------------ model, data, inpainting
+    @property
+    def model_name(self) -> str:
+        return str(self.config.get("config", {}).get("model") or self.row["model_name"])
+
+    def load_model(self, model: str | None = None, device: str = "cpu") -> Any:
+        """The run's model (or ``model``); a note is kept when its fingerprint differs from the run's."""
+        from engine.models import load_model
+        from engine.models.fingerprint import model_fingerprint
+
+        adapter = load_model(model or self.model_name, device=device,
+                             dtype=self.row.get("dtype") if model is None and device != "cpu" else None)
+        if model_fingerprint(adapter) != self.row.get("model_hash"):
+            self.notes.append(f"the loaded model {model or self.model_name!r} is not the one that recorded the "
+                              f"run (fingerprint differs from {self.row.get('model_hash')})")
+        return adapter
+
+    def dataset(self, data_root: str | None = None, split: str | None = None) -> Any:
+        """The run's COCO split (``identity.dataset`` / ``identity.split`` of its config), or the override."""
+        from engine.data.coco import CocoDataset
+
+        identity = self.config.get("identity", {})
+        root = data_root or identity.get("dataset") or self.config.get("config", {}).get("coco_root")
+        split = split or identity.get("split") or self.config.get("config", {}).get("split")
+        if not root or not split:
+            raise KneuronError(f"run {self.run_id} does not record its dataset; give --data-root and --split")
+        return CocoDataset(root, split)
+
+    def inpainter(self, device: str = "cpu") -> tuple[Any, float]:
+        """The run's inpainter and dilation margin (px), rebuilt from its config."""
+        from engine.inpaint import get_inpainter
+
+        config = self.config.get("config", {})
+        name = config.get("inpainter", "telea")
+        margin = float(config.get("margin_px", 0.0))
+        if name in ("telea", "ns"):
+            return get_inpainter(name, radius=config.get("inpaint_radius", 5.0)), margin
+        return get_inpainter(name, model=config.get("sd_model"), seed=config.get("sd_seed", 0),
+                             steps=config.get("sd_steps", 25), device=device), margin
+
+    @staticmethod
+    def pair(dataset: Any, concept: str, image_id: int, inpainter: Any, margin: float) -> tuple[Any, Any]:
+        """(original, inpainted) PIL images, made the way ingest makes them."""
+        import numpy as np
+        from PIL import Image
+
+        from engine.inpaint import removal_mask
+
+        original = dataset.load_image(image_id)
+        mask = removal_mask([dataset.concept_mask(image_id, concept)], (original.height, original.width), margin)
+        return original, Image.fromarray(inpainter.inpaint(np.asarray(original), mask))
+
+    def images(self) -> dict[str, list[int]]:
+        """concept -> its evaluation image ids (identification images only for a concept without any)."""
+        by_split: dict[str, dict[str, list[int]]] = {}
+        for row in self.query("report_images").to_pylist():
+            by_split.setdefault(row["concept"], {}).setdefault(row["split"], []).append(int(row["image_id"]))
+        return {concept: splits.get("eval") or splits.get("ident", []) for concept, splits in by_split.items()}
+
+    # ------------------------------------------------------------------ neuron sets
+    def current_set_ids(self, method: str | None = None) -> dict[tuple[str, str], str]:
+        """(concept, method) -> set id of the run's current sets (of ``method``, or of every method)."""
+        return current_set_ids(self.con, self.run_id, method)
+
+    def sets(self, set_ids: list[str]) -> dict[str, StoredSet]:
+        """set id -> `StoredSet` of the given sets of this run, neurons strongest first; `KneuronError` naming
+        any id the run does not hold."""
+        found = stored_sets(self.con, self.run_id, set_ids) if set_ids else {}
+        missing = [set_id for set_id in set_ids if set_id not in found]
+        if missing:
+            raise KneuronError(f"no neuron set {', '.join(repr(s) for s in missing)} in run {self.run_id}")
+        for entry in found.values():
+            entry.neurons = strongest_first(entry.neurons)
+        return found
+
+    def current_sets(self, method: str | None = None) -> dict[tuple[str, str], StoredSet]:
+        """(concept, method) -> the current `StoredSet` (neurons strongest first) of every (concept, method)."""
+        ids = self.current_set_ids(method)
+        found = self.sets(sorted(set(ids.values())))
+        return {key: found[set_id] for key, set_id in ids.items()}
+
+    def chosen_set(self, concept: str | None, method: str, set_id: str | None
+                   ) -> tuple[str | None, list[ScoredNeuron], str]:
+        """(concept, neurons strongest first, description) of the set ``set_id``, else of ``concept``'s current
+        ``method`` set. The concept is the set's own unless ``concept`` names another one."""
+        if set_id:
+            chosen = self.sets([set_id])[set_id]
+            return (concept or chosen.concept, chosen.neurons,
+                    f"set {set_id} ({chosen.concept}, {chosen.method}, {len(chosen.neurons)} neurons)")
+        current = self.current_set_ids(method).get((concept, method)) if concept else None
+        if current is None:
+            raise KneuronError(f"no {method} neuron set for concept {concept!r} in run {self.run_id}")
+        chosen = self.sets([current])[current]
+        return concept, chosen.neurons, f"{concept} ({method}, {len(chosen.neurons)} neurons, set {current})"

@@ -1,0 +1,372 @@
+"""The suppress step: caption each concept's target and other images with a neuron set zeroed, score the
+captions, store everything in the warehouse and summarise it per method.
+
+    result = run_evaluation(load_config("eval.toml"), warehouse_path)
+
+For every concept ``k`` (with a two_stage reference set ``N_k`` in the run) and every method ``M``:
+
+- **reference set** (`engine.pipelines.suppress_inputs.reference_sets`): the set given by id
+  (``config.sets``), a selection run now (``config.selection``), or the concept's current two_stage set; the
+  log names the set used per concept;
+- **images** (`engine.eval.images.choose_images`, from the run's ``splits`` table): *target* = evaluation
+  images of ``k``; *other* = evaluation images of the run's other concepts without ``k``;
+- **neuron set**: ``two_stage`` = ``N_k`` itself; a baseline = `engine.baselines` at the budget (``|N_k|`` by
+  default, ``budget = "same_as:two_stage"``; or a number). A baseline set already in ``neuron_sets`` (same run,
+  concept, method and params, hence the same ``set_id``) is reused; a new one (rows by
+  `queries.selection.set_rows`) is stored with the results;
+- **captions**: greedy, batched, KV cache on, with the set zeroed at every position and decoding step
+  (`caption_images`); the unmodified captions are made once per image and reused: looked up first in memory,
+  then in ``captions`` (condition ``unmodified``, same run, same generation settings);
+- **scores** (`engine.eval.scoring.ScoreCache` over `CaptionScorer`, 0-1): BLEU-4, ROUGE-L F1, BERTScore F1 of
+  the suppressed caption against (a) the unmodified caption and (b) the ground-truth captions. The unmodified
+  captions are scored against the same references, so every drop is ``before - after``; equal inputs get
+  equal values, so an empty set gives a drop of exactly 0.
+
+Warehouse writes (one atomic batch each): per concept the ``unmodified`` captions and scores (method
+``unmodified``, no set), then per (concept, method) the suppressed captions, their scores and any new baseline
+set; the ``evals`` row comes with the first batch. The ``eval_id`` is a hash of everything that determines the
+results, so rerunning the same evaluation resumes it: (concept, method) pairs already stored are skipped.
+The summary (`engine.eval.summary`) is computed from the stored rows of the evaluation. Progress: a log line
+(`engine.progress.Progress`) at most every 30 s while captioning.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import torch
+
+import queries
+from engine.baselines.base import BaselineContext, ReferenceSet, ScoredNeuron, get_baseline
+from engine.caption import caption_images
+from engine.errors import KneuronError
+from engine.eval.config import REFERENCE_METHOD, EvalConfig, jsonable
+from engine.eval.images import EvalImages, choose_images
+from engine.eval.metrics import METRICS, CaptionScorer
+from engine.eval.scoring import ScoreCache
+from engine.eval.summary import UNMODIFIED, outcomes_from_rows, paper_tables, summarize
+from engine.models.base import VLMAdapter
+from engine.neurons import as_neuron_set
+from engine.pipelines.sets import StoredSet, StoredStageRanking, stored_sets
+from engine.pipelines.suppress_inputs import (
+    budgets,
+    generation_settings,
+    hash_of,
+    metric_provenance,
+    one_run,
+    open_dataset,
+    open_model,
+    reference_sets,
+    resolve_concepts,
+    run_images,
+    stored_identity,
+)
+from engine.progress import Progress
+from queries.selection import set_id_of, set_rows
+from warehouse import Warehouse
+
+Log = Callable[[str], None]
+Rows = Mapping[str, Sequence[Any]]
+
+
+@dataclass
+class EvalResult:
+    """What `run_evaluation` did and found."""
+
+    eval_id: str
+    run_id: str
+    concepts: list[str]
+    methods: list[str]
+    summary: pa.Table
+    jobs_run: int = 0
+    jobs_skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def tables(self) -> dict[str, pa.Table]:
+        """The paper-shaped tables (`engine.eval.summary.paper_tables`) of the average over concepts."""
+        present = set(self.summary.column("measure").to_pylist())
+        return paper_tables(self.summary, metrics=[m for m in METRICS if m in present], methods=self.methods)
+
+
+class _Evaluation:
+    """State of one evaluation while it runs (model, caches, warehouse writer)."""
+
+    def __init__(self, config: EvalConfig, wh: Warehouse, run_id: str, eval_id: str,
+                 eval_row: Callable[[], dict[str, list[Any]]] | None, adapter: VLMAdapter, dataset: Any,
+                 scores: ScoreCache, unmodified: dict[int, str], sets: dict[str, StoredSet], ctx: BaselineContext,
+                 budgets: Mapping[str, int], images: EvalImages, log: Log, progress: Progress | None) -> None:
+        self.config, self.wh, self.run_id, self.eval_id = config, wh, run_id, eval_id
+        self.eval_row = eval_row
+        self.adapter, self.dataset, self.scores = adapter, dataset, scores
+        self.unmodified, self.sets, self.ctx, self.budgets, self.images = unmodified, sets, ctx, budgets, images
+        self.log, self.progress = log, progress
+        self.generate_kwargs = {} if config.max_new_tokens is None else {"max_new_tokens": config.max_new_tokens}
+        self._pixels: tuple[str, dict[int, Any]] | None = None
+
+    # -------------------------------------------------------------- inputs
+    def pixels(self, concept: str) -> dict[int, Any]:
+        """The concept's target and other images (kept while the concept is evaluated)."""
+        if self._pixels is None or self._pixels[0] != concept:
+            ids = self.images.target[concept] + self.images.other[concept]
+            self._pixels = (concept, {i: self.dataset.load_image(i) for i in ids})
+        return self._pixels[1]
+
+    def rows(self, concept: str) -> list[tuple[str, int]]:
+        return ([("target", i) for i in self.images.target[concept]]
+                + [("other", i) for i in self.images.other[concept]])
+
+    def captions(self, image_ids: Sequence[int], pixels: Mapping[int, Any],
+                 neurons: Mapping[int, Sequence[int]] | None) -> list[str]:
+        """Captions of ``image_ids``, one `caption_images` call per batch (the same batches as one call)."""
+        torch.manual_seed(self.config.seed)
+        texts: list[str] = []
+        size = self.config.batch_size
+        for start in range(0, len(image_ids), size):
+            chunk = image_ids[start:start + size]
+            texts += caption_images(self.adapter, [pixels[i] for i in chunk], neurons, batch_size=size,
+                                    **self.generate_kwargs).texts
+            if self.progress is not None:
+                self.progress.advance(len(chunk))
+        return texts
+
+    # -------------------------------------------------------------- rows
+    def score_rows(self, concept: str, method: str, set_id: str | None, texts: Mapping[tuple[str, int], str]
+                   ) -> dict[str, list[Any]]:
+        """``scores`` rows of ``texts[(group, image)]`` against the unmodified captions and the ground truth."""
+        keys, pairs = [], []
+        for (group, image_id), text in texts.items():
+            keys.append((group, image_id, "unmodified"))
+            pairs.append((text, (self.unmodified[image_id],)))
+            truth = tuple(self.dataset.captions(image_id))
+            if truth:
+                keys.append((group, image_id, "ground_truth"))
+                pairs.append((text, truth))
+        values = self.scores.score(pairs)
+        out: dict[str, list[Any]] = {name: [] for name in ("group", "image_id", "metric", "reference", "value")}
+        for (group, image_id, reference), value in zip(keys, values):
+            for metric in self.scores.metrics:
+                out["group"].append(group)
+                out["image_id"].append(image_id)
+                out["metric"].append(metric)
+                out["reference"].append(reference)
+                out["value"].append(value[metric])
+        n = len(out["group"])
+        return {"eval_id": [self.eval_id] * n, "run_id": [self.run_id] * n, "set_id": [set_id] * n,
+                "method": [method] * n, "concept": [concept] * n, **out}
+
+    def caption_rows(self, concept: str, method: str, set_id: str | None, condition: str,
+                     texts: Mapping[tuple[str, int], str]) -> dict[str, list[Any]]:
+        n = len(texts)
+        return {"eval_id": [self.eval_id] * n, "run_id": [self.run_id] * n, "set_id": [set_id] * n,
+                "method": [method] * n, "concept": [concept] * n, "group": [g for g, _ in texts],
+                "image_id": [i for _, i in texts], "condition": [condition] * n, "text": list(texts.values())}
+
+    def write(self, tables: Mapping[str, Rows | pa.Table]) -> None:
+        with self.wh.batch() as batch:
+            if self.eval_row is not None:
+                batch.add("evals", self.eval_row())
+            for table, rows in tables.items():
+                batch.add(table, rows)
+        self.eval_row = None
+
+    # -------------------------------------------------------------- jobs
+    def run_unmodified(self, concept: str, write: bool) -> None:
+        """Make (or reuse) the unmodified captions of the concept's images; store them with their scores."""
+        pixels = self.pixels(concept)
+        missing = [i for _, i in self.rows(concept) if i not in self.unmodified]
+        if missing:
+            for image_id, text in zip(missing, self.captions(missing, pixels, None)):
+                self.unmodified[image_id] = text
+        if not write:
+            return
+        texts = {(group, i): self.unmodified[i] for group, i in self.rows(concept)}
+        self.write({"captions": self.caption_rows(concept, UNMODIFIED, None, "unmodified", texts),
+                    "scores": self.score_rows(concept, UNMODIFIED, None, texts)})
+
+    def neuron_set(self, concept: str, method: str) -> tuple[str, list[ScoredNeuron], pa.Table | None]:
+        """(set_id, neurons, ``neuron_sets`` rows to store or None) of ``method`` for ``concept``."""
+        if method == REFERENCE_METHOD:
+            reference = self.ctx.reference(concept)
+            return reference.set_id, list(self.sets[reference.set_id].neurons), None
+        baseline = get_baseline(method, **dict(self.config.baseline_options.get(method, {})))
+        budget = self.budgets[concept]
+        params = baseline.params(self.ctx, concept, budget)
+        set_id = set_id_of(self.run_id, concept, method, params)
+        if set_id in self.sets:
+            return set_id, list(self.sets[set_id].neurons), None
+        self.log(f"{method}: selecting {budget} neuron(s) for {concept!r}")
+        neurons = baseline.select(self.ctx, concept, budget)
+        if len(neurons) != budget:
+            self.log(f"{method} gave {len(neurons)} neuron(s) for {concept!r} instead of {budget}")
+        created_at = datetime.now(timezone.utc)
+        resolved = {"n_selected": len(neurons)}
+        self.sets[set_id] = StoredSet(set_id, concept, method, {**params, "resolved": resolved}, created_at,
+                                      list(neurons))
+        return set_id, list(neurons), set_rows(self.run_id, concept, method, set_id, params, neurons, created_at,
+                                               resolved)
+
+    def run_method(self, concept: str, method: str) -> None:
+        """Suppressed captions of the concept's images for ``method``'s set, with scores; one warehouse batch."""
+        set_id, neurons, new_set = self.neuron_set(concept, method)
+        rows = self.rows(concept)
+        texts_list = self.captions([i for _, i in rows], self.pixels(concept),
+                                   as_neuron_set([(layer, unit) for layer, unit, _ in neurons]))
+        texts = dict(zip(rows, texts_list))
+        tables: dict[str, Rows | pa.Table] = {}
+        if new_set is not None and new_set.num_rows:  # an empty set has no rows to store
+            tables["neuron_sets"] = new_set
+        tables["captions"] = self.caption_rows(concept, method, set_id, "suppressed", texts)
+        tables["scores"] = self.score_rows(concept, method, set_id, texts)
+        self.write(tables)
+
+
+def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | None = None,
+                   adapter: VLMAdapter | None = None, dataset: Any = None, scorer: CaptionScorer | None = None,
+                   progress: bool = True, log: Log | None = None) -> EvalResult:
+    """Run (or resume) one suppression evaluation and return its summary (see the module docstring).
+
+    adapter / dataset / scorer: use these instead of loading the run's model, its dataset and a new
+    `CaptionScorer` (tests, or a caller that already holds them). log: notes, the reference set of each concept
+    and (``progress``) a progress line at most every 30 s.
+    """
+    config.validate()
+    Warehouse.open(warehouse_path)  # a reader first: a missing warehouse is an error, not created empty
+    notes: list[str] = []
+    say: Log = log if log is not None else (lambda message: None)
+
+    def note(message: str) -> None:
+        notes.append(message)
+        say(message)
+
+    with Warehouse.open(warehouse_path, create=True) as wh:
+        con = queries.connect(wh)
+        try:
+            run = one_run(wh, con, config.run_id)
+            run_id = run["run_id"]
+            sets = stored_sets(con, run_id)
+            references, how = reference_sets(config, wh, con, run_id, sets, note)
+            concepts = resolve_concepts(config, references, run_id)
+            for concept in concepts:
+                say(f"concept {concept!r}: {REFERENCE_METHOD} set {references[concept].set_id} "
+                    f"({references[concept].size} neurons; {how})")
+            sizes = budgets(config, references, concepts)
+            adapter = adapter if adapter is not None else open_model(config, run)
+            dataset = dataset if dataset is not None else open_dataset(config, run)
+            eval_images, ident_images = run_images(con, run_id)
+            present: dict[int, tuple[str, ...]] = {}
+
+            def contains(image_id: int, concept: str) -> bool:
+                if image_id not in present:
+                    present[image_id] = tuple(dataset.concepts_in(image_id))
+                return concept in present[image_id]
+
+            images = choose_images(config, concepts, eval_images, contains)
+            for concept in concepts:
+                if not images.target[concept]:
+                    note(f"concept {concept!r} has no evaluation images in run {run_id!r}")
+            scorer = scorer if scorer is not None else CaptionScorer(config.metric_config)
+            generation = generation_settings(adapter, run, config)
+            generation_key = hash_of(generation, 16)
+            identity = {"run_id": run_id, "config": config.identity(), "concepts": concepts,
+                        "references": {c: references[c].set_id for c in concepts}, "budgets": sizes,
+                        "images": {c: [images.target[c], images.other[c]] for c in concepts},
+                        "generation_key": generation_key, "bertscore": scorer.model_id}
+            eval_id = config.eval_id or f"eval-{hash_of(identity)}"
+            existing = _check_stored(con, eval_id, run_id, identity)
+
+            def eval_row() -> dict[str, list[Any]]:  # made at the first write: metric signatures need a score
+                details = {**identity, "generation": generation, "methods": list(config.methods),
+                           "metrics": metric_provenance(scorer), "batch_size": config.batch_size}
+                return {"eval_id": [eval_id], "run_id": [run_id], "created_at": [datetime.now(timezone.utc)],
+                        "config_json": [json.dumps(details, sort_keys=True, default=jsonable)]}
+
+            done = set(_done_jobs(con, eval_id))
+            cached = queries.run(con, "suppress_cached_captions",
+                                 {"run_id": run_id, "generation_key": generation_key}).to_pydict()
+            unmodified = dict(zip((int(i) for i in cached["image_id"]), cached["text"]))
+            ctx = BaselineContext(adapter=adapter, dataset=dataset, run_id=run_id, ident_images=ident_images,
+                                  reference_sets=references, seed=config.seed, batch_size=config.batch_size,
+                                  stage_ranking=_stage_ranking(con, run_id, references))
+            jobs = [(c, m) for c in concepts if images.target[c] for m in (UNMODIFIED, *config.methods)]
+            skipped = sum(job in done for job in jobs)
+            total = _captions_to_make(jobs, done, config.methods, images, unmodified)
+            bar = Progress(total, "suppress: captions", say) if progress and total else None
+            evaluation = _Evaluation(config, wh, run_id, eval_id, None if existing else eval_row, adapter, dataset,
+                                     ScoreCache(scorer, config.metrics), unmodified, sets, ctx, sizes, images, say,
+                                     bar)
+            for concept, method in jobs:
+                if method == UNMODIFIED:
+                    # needed by every method of the concept even when stored already
+                    if any((concept, m) not in done for m in (UNMODIFIED, *config.methods)):
+                        evaluation.run_unmodified(concept, write=(concept, UNMODIFIED) not in done)
+                elif (concept, method) not in done:
+                    evaluation.run_method(concept, method)
+            if bar is not None:
+                bar.close()
+        finally:
+            con.close()
+        summary = summarize_evaluation(wh, eval_id, dataset, sets, config.metrics)
+    return EvalResult(eval_id=eval_id, run_id=run_id, concepts=concepts, methods=list(config.methods),
+                      summary=summary, jobs_run=len(jobs) - skipped, jobs_skipped=skipped, notes=notes)
+
+
+def _stage_ranking(con: duckdb.DuckDBPyConnection, run_id: str, references: Mapping[str, ReferenceSet]
+                   ) -> StoredStageRanking:
+    return StoredStageRanking(con, run_id, {concept: ref.params for concept, ref in references.items()})
+
+
+def _check_stored(con: duckdb.DuckDBPyConnection, eval_id: str, run_id: str, identity: Mapping[str, Any]) -> bool:
+    """Whether evaluation ``eval_id`` is stored already; `KneuronError` if it is stored with other settings."""
+    existing = queries.run(con, "suppress_eval_row", {"eval_id": eval_id}).to_pylist()
+    if existing and existing[0]["run_id"] != run_id:
+        raise KneuronError(f"evaluation {eval_id!r} belongs to run {existing[0]['run_id']!r}, not {run_id!r}")
+    if existing and stored_identity(existing[0]) != json.loads(json.dumps(identity, default=jsonable)):
+        raise KneuronError(f"evaluation {eval_id!r} is stored with other settings; choose another eval_id "
+                           "or leave it out (derived from the settings)")
+    return bool(existing)
+
+
+def _captions_to_make(jobs: Sequence[tuple[str, str]], done: set[tuple[str, str]], methods: Sequence[str],
+                      images: EvalImages, unmodified: Mapping[int, str]) -> int:
+    """How many captions the jobs still to run will generate (the total of the progress lines)."""
+    have = set(unmodified)
+    total = 0
+    for concept, method in jobs:
+        ids = images.target[concept] + images.other[concept]
+        if method == UNMODIFIED:
+            if any((concept, m) not in done for m in (UNMODIFIED, *methods)):
+                total += sum(i not in have for i in ids)
+                have.update(ids)
+        elif (concept, method) not in done:
+            total += len(ids)
+    return total
+
+
+def _done_jobs(con: duckdb.DuckDBPyConnection, eval_id: str) -> list[tuple[str, str]]:
+    rows = queries.run(con, "suppress_eval_captions", {"eval_id": eval_id}).select(["concept", "method"]).to_pydict()
+    return sorted(set(zip(rows["concept"], rows["method"])))
+
+
+def summarize_evaluation(wh: Warehouse, eval_id: str, dataset: Any, sets: Mapping[str, StoredSet] | None = None,
+                         metrics: Sequence[str] = METRICS) -> pa.Table:
+    """The summary table of a stored evaluation (`engine.eval.summary.summarize` over its rows).
+
+    dataset: gives the concepts annotated in each image (other-object retention); sets: set_id -> stored set
+    (its neuron count; missing sets count 0 neurons).
+    """
+    con = queries.connect(wh)
+    try:
+        captions = queries.run(con, "suppress_eval_captions", {"eval_id": eval_id}).to_pylist()
+        scores = queries.run(con, "suppress_eval_scores", {"eval_id": eval_id}).to_pylist()
+    finally:
+        con.close()
+    return summarize(outcomes_from_rows(captions, scores, dataset.concepts_in, sets or {}), metrics)
+
+
+__all__ = ["EvalResult", "run_evaluation", "summarize_evaluation"]

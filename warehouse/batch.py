@@ -1,0 +1,286 @@
+"""One atomic batch of the warehouse writer: validate, sort and stage files, then commit or abort them whole.
+
+    with warehouse.batch() as b:                           # `Warehouse.batch` makes one (writer only)
+        b.add("samples", {...})                            # validated, cast, sorted, written to temp files
+    # leaving the block renames the files and writes _manifest/<batch_id>.json: now they are visible.
+
+Each staged file is hashed while it is written (sha256 of exactly the bytes written) and its commit record
+carries that checksum with its size and rows. A write that fails (full disk, read-only file system) removes
+every file of the batch and is a one-line `KneuronError`; nothing of the batch is ever visible.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections import Counter
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from engine.errors import KneuronError
+from warehouse.faults import write_error
+from warehouse.layout import ROW_GROUP_ROWS, data_file_name, parquet_options, partition_dir, temp_file_name
+from warehouse.manifest import BatchRecord, FileRecord, fsync_dir, write_record
+from warehouse.schema import TABLES, TableSpec, conform, spec_of, valid_run_id
+
+if TYPE_CHECKING:
+    from warehouse.store import Warehouse
+
+
+@dataclass
+class _PendingFile:
+    record: FileRecord
+    temp: Path
+    final: Path
+
+
+class Batch:
+    """The files of one unit of work; visible all together once committed, never in part.
+
+    Use ``with warehouse.batch() as b: b.add(table, data)``: leaving the block commits, an exception aborts.
+    """
+
+    def __init__(self, warehouse: Warehouse, batch_id: str) -> None:
+        self.warehouse = warehouse
+        self.batch_id = batch_id
+        self.record: BatchRecord | None = None
+        self._pending: list[_PendingFile] = []
+        self._keys: dict[str, set[tuple[Any, ...]]] = {name: set() for name in TABLES}
+        self._state = "open"
+
+    def __enter__(self) -> "Batch":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    # ------------------------------------------------------------------ adding data
+    def add(self, table: str, data: pa.Table | pa.RecordBatch | Mapping[str, Any]) -> list[str]:
+        """Validate ``data`` against ``table``'s schema (see `schema.conform`) and stage it in temp files.
+
+        Rows are split by partition (one file per partition), sorted by the table's sort key, and written
+        with the table's Parquet encodings. Returns the paths (relative to the root) the files will have.
+        """
+        if self._state != "open":
+            raise KneuronError(f"batch {self.batch_id} is already {self._state}")
+        spec = spec_of(table)
+        rows = conform(table, data)
+        if rows.num_rows == 0:
+            return []
+        self._check_run_ids(spec, rows)
+        new_keys = self._check_keys(spec, rows)
+        written: list[str] = []
+        for values, part in _split_partitions(spec, rows):
+            try:
+                written.append(self._write(spec, values, _sorted(spec, part)))
+            except OSError as exc:
+                # a full disk or a read-only file system: the batch cannot commit; drop all of its files now
+                failed = self._pending[-1].temp if self._pending else self.warehouse.root
+                self.abort()
+                raise write_error(self.warehouse.root, exc.filename or failed, exc) from None
+        self._keys[table].update(new_keys)
+        return written
+
+    def _check_run_ids(self, spec: TableSpec, rows: pa.Table) -> None:
+        run_ids = pc.unique(rows.column("run_id")).to_pylist()
+        for run_id in run_ids:
+            if not valid_run_id(run_id):
+                raise KneuronError(
+                    f"{spec.name}: run_id {run_id!r} must be 1-128 of A-Z a-z 0-9 _ . - (starting alphanumeric)"
+                )
+        if spec.name == "runs":
+            return
+        known = self.warehouse.run_ids() | {key[0] for key in self._keys["runs"]}
+        unknown = [run_id for run_id in run_ids if run_id not in known]
+        if unknown:
+            raise KneuronError(
+                f"{spec.name}: run {unknown[0]!r} is not in the warehouse; add its runs row first "
+                "(earlier or in this batch)"
+            )
+
+    def _check_keys(self, spec: TableSpec, rows: pa.Table) -> set[tuple[Any, ...]]:
+        if not spec.key:
+            return set()
+        if spec.key_per_row:
+            keys = list(zip(*(rows.column(name).to_pylist() for name in spec.key)))
+            if len(set(keys)) != len(keys):
+                duplicate = next(key for key, count in Counter(keys).items() if count > 1)
+                raise KneuronError(f"{spec.name}: duplicate rows for {_describe(spec, duplicate)}")
+            taken = self.warehouse._keys[spec.name] | self._keys[spec.name]
+        else:
+            unique = rows.select(list(spec.key)).group_by(list(spec.key)).aggregate([])
+            keys = list(zip(*(unique.column(name).to_pylist() for name in spec.key)))
+            taken = self.warehouse._keys[spec.name]
+        clash = sorted(key for key in set(keys) if key in taken)
+        if clash and spec.supersedable is not None and not any(key in self._keys[spec.name] for key in clash):
+            clash = sorted(set(clash) - self.warehouse.supersedable_keys(spec, clash))
+        if clash:
+            where = "in the warehouse" if clash[0] in self.warehouse._keys[spec.name] else "in this batch"
+            raise KneuronError(f"{spec.name}: {_describe(spec, clash[0])} is already {where}")
+        return set(keys)
+
+    def _write(self, spec: TableSpec, values: dict[str, Any], rows: pa.Table) -> str:
+        root = self.warehouse.root
+        seq = len(self._pending)
+        directory = partition_dir(spec, values)
+        relative = f"{directory}/{data_file_name(self.batch_id, seq)}"
+        temp = root / directory / temp_file_name(self.batch_id, seq)
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        pending = _PendingFile(
+            record=FileRecord(table=spec.name, path=relative, rows=rows.num_rows, bytes=0,
+                              partition=dict(values), keys=_file_keys(spec, rows)),
+            temp=temp,
+            final=root / relative,
+        )
+        self._pending.append(pending)  # before writing, so that an abort also removes a half-written file
+        with open(temp, "wb") as handle:
+            hashing = _HashingWriter(handle)
+            pq.write_table(rows, hashing, row_group_size=ROW_GROUP_ROWS, **parquet_options(spec))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o444)  # committed files are never modified; also keeps DuckDB COPY from overwriting them
+        pending.record = replace(pending.record, bytes=hashing.size, sha256=hashing.hexdigest())
+        return relative
+
+    # ------------------------------------------------------------------ commit / abort
+    def commit(self) -> BatchRecord | None:
+        """Rename the staged files to their final names, then write the commit record (which publishes them).
+
+        A batch without rows commits nothing and returns None. If anything fails, the batch's files are
+        removed and the error propagates; the warehouse is as before the batch.
+        """
+        if self._state != "open":
+            raise KneuronError(f"batch {self.batch_id} is already {self._state}")
+        try:
+            if not self._pending:
+                self._state = "committed"
+                return None
+            for pending in self._pending:
+                os.replace(pending.temp, pending.final)
+            for directory in sorted({pending.final.parent for pending in self._pending}):
+                fsync_dir(directory)
+            record = BatchRecord(
+                batch_id=self.batch_id,
+                committed_at=datetime.now(timezone.utc).isoformat(),
+                files=[pending.record for pending in self._pending],
+            )
+            write_record(self.warehouse.root, record)
+        except OSError as exc:
+            self._remove_files()
+            self._state = "aborted"
+            raise write_error(self.warehouse.root, exc.filename or self.warehouse.root, exc) from None
+        except BaseException:
+            self._remove_files()
+            self._state = "aborted"
+            raise
+        finally:
+            self.warehouse._open_batch = None
+        self.warehouse._register(record)
+        self.record = record
+        self._state = "committed"
+        return record
+
+    def abort(self) -> None:
+        """Delete the staged files; nothing of the batch becomes visible. Idempotent."""
+        if self._state == "open":
+            self._remove_files()
+            self._state = "aborted"
+            self.warehouse._open_batch = None
+
+    def _remove_files(self) -> None:
+        for pending in self._pending:
+            for path in (pending.temp, pending.final):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+
+
+
+# ---------------------------------------------------------------------- helpers
+class _HashingWriter(io.RawIOBase):
+    """A write-only file object that passes bytes on to ``target`` and keeps their sha256 and count."""
+
+    def __init__(self, target: io.BufferedWriter) -> None:
+        super().__init__()
+        self._target = target
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        """Write ``data`` (bytes-like) to the target, hashing exactly what was written."""
+        view = memoryview(data).cast("B")
+        written = self._target.write(view)
+        self._hash.update(view[:written])
+        self.size += written
+        return written
+
+    def flush(self) -> None:
+        self._target.flush()
+
+    def hexdigest(self) -> str:
+        """sha256 of everything written so far, as hex."""
+        return self._hash.hexdigest()
+
+def _describe(spec: TableSpec, key: tuple[Any, ...]) -> str:
+    return ", ".join(f"{name} {value!r}" for name, value in zip(spec.key, key))
+
+
+def _file_keys(spec: TableSpec, rows: pa.Table) -> list[list[Any]]:
+    """Distinct key values of ``rows`` (for the commit record), sorted."""
+    if not spec.key:
+        return []
+    unique = rows.select(list(spec.key)).group_by(list(spec.key)).aggregate([])
+    return sorted([list(key) for key in zip(*(unique.column(name).to_pylist() for name in spec.key))])
+
+
+def _split_partitions(spec: TableSpec, rows: pa.Table) -> Iterator[tuple[dict[str, Any], pa.Table]]:
+    """(partition values, rows) for each distinct combination of ``spec.partition_by``, in sorted order."""
+    keys = list(spec.partition_by)
+    combos = rows.select(keys).group_by(keys).aggregate([]).sort_by([(key, "ascending") for key in keys])
+    if combos.num_rows == 1:
+        yield combos.to_pylist()[0], rows
+        return
+    for values in combos.to_pylist():
+        mask = None
+        for key in keys:
+            equal = pc.equal(rows.column(key), values[key])
+            mask = equal if mask is None else pc.and_(mask, equal)
+        yield values, rows.filter(mask)
+
+
+def _is_sorted(columns: list[np.ndarray]) -> bool:
+    """Whether rows are in ascending lexicographic order of ``columns`` (numpy arrays of equal length)."""
+    if len(columns[0]) < 2:
+        return True
+    ordered = np.zeros(len(columns[0]) - 1, dtype=bool)  # strictly ordered by an earlier column
+    tied = np.ones_like(ordered)                           # equal on all earlier columns
+    for column in columns:
+        before, after = column[:-1], column[1:]
+        ordered |= tied & (after > before)
+        tied &= after == before
+    return bool(np.all(ordered | tied))
+
+
+def _sorted(spec: TableSpec, rows: pa.Table) -> pa.Table:
+    """``rows`` in the order of ``spec.sort_by`` (a no-copy check first: ingest usually hands them in order)."""
+    if not spec.sort_by:
+        return rows
+    columns = [rows.column(name) for name in spec.sort_by]
+    if all(pa.types.is_integer(column.type) for column in columns):
+        if _is_sorted([column.to_numpy() for column in columns]):
+            return rows
+    return rows.sort_by([(name, "ascending") for name in spec.sort_by])

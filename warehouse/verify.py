@@ -1,0 +1,306 @@
+"""Check every committed file of a warehouse against its commit record, and remove the batches that fail.
+
+    report = verify_warehouse("kneuron-warehouse")     # reads every committed file; changes nothing
+    report.ok, report.problems, report.bad_batches
+    result = repair("kneuron-warehouse")               # writer lock; un-commits the failing batches
+
+Per committed file, `verify_warehouse` checks, in this order (the first failure is the file's problem):
+
+- ``missing``: the file exists;
+- ``size``: it has the byte size of its record;
+- ``checksum``: the sha256 of its bytes is that of the record (records made before checksums have none);
+- ``unreadable``: it reads as Parquet (fully decoded when the record has no checksum; with a matching
+  checksum the bytes are the ones written, so its footer and ``run_id`` column are read);
+- ``rows``: it holds the record's number of rows;
+- ``orphan_run``: (tables other than ``runs``) every row's ``run_id`` names a committed run, i.e. one whose
+  ``runs`` row sits in a file without problems. A batch that fails loses its runs, so this is repeated until
+  nothing changes.
+
+A commit record that cannot be parsed is a ``damaged_record`` problem of its batch. A batch fails when any of
+its files (or its record) has a problem: its other files are only as good as the whole batch, and `repair`
+removes whole batches. `repair` takes the writer lock, removes each failing batch's commit record first (and
+fsyncs ``_manifest/``), then its files, so a crash in between leaves only unreferenced files that the next
+writer deletes. The removed (run, concept, image) pairs are no longer finished: the next ``kneuron ingest``
+of that run records them again.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from warehouse.faults import write_error
+from warehouse.layout import LOCK_FILE, MANIFEST_DIR, MARKER_FILE
+from warehouse.lock import WriterLock
+from warehouse.manifest import BatchRecord, FileRecord, read_records, remove_record
+from warehouse.schema import TABLES
+from warehouse.store import Warehouse, check_marker, default_warehouse_path
+
+HASH_CHUNK = 1 << 20
+PROBLEM_KINDS = ("missing", "size", "checksum", "unreadable", "rows", "orphan_run", "damaged_record")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a committed batch.
+
+    batch_id: the batch it belongs to (removing this batch is the repair).
+    table: the file's table ("" for a damaged commit record).
+    path: the file, relative to the warehouse root (or the commit record's path).
+    kind: one of `PROBLEM_KINDS`.
+    detail: what was found, one line.
+    """
+
+    batch_id: str
+    table: str
+    path: str
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class TableSummary:
+    """What a table's commit records hold and how much of it failed the checks."""
+
+    table: str
+    files: int
+    rows: int
+    bad_files: int
+    bad_batches: int
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The outcome of `verify_warehouse`: a summary per table and every problem, per file."""
+
+    root: Path
+    batches: int
+    tables: list[TableSummary]
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong."""
+        return not self.problems
+
+    @property
+    def bad_batches(self) -> list[str]:
+        """Ids of the batches that fail (sorted): what `repair` removes."""
+        return sorted({problem.batch_id for problem in self.problems})
+
+    def problems_by_table(self) -> dict[str, list[Problem]]:
+        """Problems grouped by table (a damaged commit record is under "")."""
+        return _group(self.problems, "table")
+
+    def problems_by_batch(self) -> dict[str, list[Problem]]:
+        """Problems grouped by batch id."""
+        return _group(self.problems, "batch_id")
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """One dict per table (table, files, rows, bad_files, bad_batches), for printing."""
+        return [vars(summary).copy() for summary in self.tables]
+
+    def problem_rows(self) -> list[dict[str, Any]]:
+        """One dict per problem (batch_id, table, path, kind, detail), by batch then path, for printing."""
+        ordered = sorted(self.problems, key=lambda p: (p.batch_id, p.table, p.path))
+        return [vars(problem).copy() for problem in ordered]
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    """What `repair` found and did: the report before, the batches and files removed, the report after."""
+
+    before: VerifyReport
+    removed_batches: list[str]
+    removed_files: list[str]
+    after: VerifyReport
+
+
+# ---------------------------------------------------------------------- verify
+def verify_warehouse(root: str | os.PathLike[str] | Warehouse | None = None) -> VerifyReport:
+    """Check every committed file of the warehouse at ``root`` (see the module docstring); changes nothing.
+
+    root: warehouse directory (default `default_warehouse_path()`) or an open `Warehouse`.
+    Raises `KneuronError` only when ``root`` is not a warehouse of this schema version.
+    """
+    if isinstance(root, Warehouse):
+        warehouse_root = root.root
+    else:
+        warehouse_root = _open_reader_root(root)
+    damaged: dict[str, str] = {}
+    records = read_records(warehouse_root, damaged=damaged)
+    return _verify(warehouse_root, records, damaged)
+
+
+def _open_reader_root(root: str | os.PathLike[str] | None) -> Path:
+    """The absolute root of an existing warehouse (`KneuronError` otherwise, as `Warehouse.open` says it);
+    its commit records are not read here, so damaged ones can be reported."""
+    path = Path(root if root is not None else default_warehouse_path()).expanduser().absolute()
+    if not (path / MARKER_FILE).is_file():
+        Warehouse.open(path)  # raises the one-line error for a missing path, a file, a foreign directory
+    check_marker(path)
+    return path
+
+
+def _verify(root: Path, records: dict[str, BatchRecord], damaged: dict[str, str]) -> VerifyReport:
+    """The report over ``records`` (committed batches by id) plus the ``damaged`` records (id -> reason)."""
+    problems = [Problem(batch_id, "", f"{MANIFEST_DIR}/{batch_id}.json", "damaged_record", reason)
+                for batch_id, reason in sorted(damaged.items())]
+    run_ids: dict[tuple[str, str], set[str]] = {}
+    for batch_id in sorted(records):
+        for entry in records[batch_id].files:
+            problem, run_ids[(batch_id, entry.path)] = _check_file(root, batch_id, entry)
+            if problem is not None:
+                problems.append(problem)
+    problems.extend(_orphan_problems(records, run_ids, {p.batch_id for p in problems}))
+    return VerifyReport(root=root, batches=len(records) + len(damaged),
+                        tables=_summaries(records, problems), problems=problems)
+
+
+def _check_file(root: Path, batch_id: str, entry: FileRecord) -> tuple[Problem | None, set[str]]:
+    """The first problem of one committed file (or None) and the run ids its rows name (empty if unread)."""
+    path = root / entry.path
+
+    def problem(kind: str, detail: str) -> tuple[Problem, set[str]]:
+        return Problem(batch_id, entry.table, entry.path, kind, detail), set()
+
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return problem("missing", "the file does not exist")
+    except OSError as exc:
+        return problem("missing", f"cannot stat the file: {exc.strerror or exc}")
+    if size != entry.bytes:
+        return problem("size", f"{size} bytes, the commit record says {entry.bytes}")
+    if entry.sha256 is not None:
+        try:
+            digest = _sha256(path)
+        except OSError as exc:
+            return problem("unreadable", f"cannot read the file: {exc.strerror or exc}")
+        if digest != entry.sha256:
+            return problem("checksum", f"sha256 {digest[:12]}..., the commit record says {entry.sha256[:12]}...")
+    try:
+        rows, run_ids = _read_parquet(path, full=entry.sha256 is None)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        return problem("unreadable", f"not readable as Parquet: {first}")
+    if rows != entry.rows:
+        return problem("rows", f"{rows} rows, the commit record says {entry.rows}")
+    return None, run_ids
+
+
+def _sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_parquet(path: Path, *, full: bool) -> tuple[int, set[str]]:
+    """(rows, distinct run ids) of a Parquet file, reading row group by row group.
+
+    full: decode every column (proves the whole file reads); otherwise only ``run_id`` is decoded.
+    """
+    parquet = pq.ParquetFile(path)
+    columns = None if full else ["run_id"]
+    rows = 0
+    run_ids: set[str] = set()
+    for batch in parquet.iter_batches(columns=columns):
+        rows += batch.num_rows
+        run_ids.update(pc.unique(batch.column("run_id")).to_pylist())
+    return rows, run_ids
+
+
+def _orphan_problems(records: dict[str, BatchRecord], run_ids: dict[tuple[str, str], set[str]],
+                     failing: set[str]) -> list[Problem]:
+    """``orphan_run`` problems: files naming runs whose ``runs`` row is not in a good batch (to a fixpoint)."""
+    failing = set(failing)
+    found: list[Problem] = []
+    runs_files = [(batch_id, entry.path) for batch_id, record in records.items() for entry in record.files
+                  if entry.table == "runs"]
+    while True:
+        committed = {run for batch_id, path in runs_files if batch_id not in failing
+                     for run in run_ids[(batch_id, path)]}
+        new: list[Problem] = []
+        for batch_id in sorted(records):
+            if batch_id in failing:
+                continue
+            for entry in records[batch_id].files:
+                unknown = sorted(run_ids[(batch_id, entry.path)] - committed) if entry.table != "runs" else []
+                if unknown:
+                    new.append(Problem(batch_id, entry.table, entry.path, "orphan_run",
+                                       f"rows name run {unknown[0]!r}, which has no committed runs row"))
+        if not new:
+            return found
+        found.extend(new)
+        failing.update(problem.batch_id for problem in new)
+
+
+def _summaries(records: dict[str, BatchRecord], problems: list[Problem]) -> list[TableSummary]:
+    """One `TableSummary` per table of the schema (plus any other table a record names)."""
+    tables = list(TABLES) + sorted({e.table for r in records.values() for e in r.files} - set(TABLES))
+    bad_files = {(p.table, p.path) for p in problems}
+    summaries = []
+    for table in tables:
+        entries = [(batch_id, e) for batch_id, r in records.items() for e in r.files if e.table == table]
+        summaries.append(TableSummary(
+            table=table,
+            files=len(entries),
+            rows=sum(e.rows for _, e in entries),
+            bad_files=sum((table, e.path) in bad_files for _, e in entries),
+            bad_batches=len({p.batch_id for p in problems if p.table == table}),
+        ))
+    return summaries
+
+
+def _group(problems: list[Problem], attribute: str) -> dict[str, list[Problem]]:
+    grouped: dict[str, list[Problem]] = {}
+    for problem in problems:
+        grouped.setdefault(getattr(problem, attribute), []).append(problem)
+    return grouped
+
+
+# ---------------------------------------------------------------------- repair
+def repair(root: str | os.PathLike[str] | None = None) -> RepairResult:
+    """Remove every batch `verify_warehouse` finds failing, under the writer lock; report before and after.
+
+    Per failing batch: its commit record is deleted first (``_manifest/`` fsynced), then its files; a damaged
+    commit record is deleted and its files collected as leftovers. Raises `KneuronError` when ``root`` is not a
+    warehouse, another writer holds the lock, or the warehouse is read-only.
+    """
+    path = _open_reader_root(root)
+    lock = WriterLock(path, path / LOCK_FILE)
+    lock.acquire()
+    try:
+        damaged: dict[str, str] = {}
+        before = _verify(path, read_records(path, damaged=damaged), damaged)
+        removed_files: list[str] = []
+        for batch_id in damaged:
+            _remove_record(path, batch_id)
+        writer = Warehouse.with_lock(path, lock)  # also deletes the files the damaged records named
+        removed_files.extend(p.relative_to(path).as_posix() for p in writer.garbage_collected)
+        for batch_id in before.bad_batches:
+            if batch_id not in damaged:
+                removed_files.extend(p.relative_to(path).as_posix() for p in writer.remove_batch(batch_id))
+        after = _verify(path, read_records(path), {})
+    finally:
+        lock.release()
+    return RepairResult(before=before, removed_batches=before.bad_batches, removed_files=sorted(removed_files),
+                        after=after)
+
+
+def _remove_record(root: Path, batch_id: str) -> None:
+    """Delete one commit record (the lock is held); a read-only warehouse is a one-line error."""
+    try:
+        remove_record(root, batch_id)
+    except OSError as exc:
+        raise write_error(root, root / MANIFEST_DIR / f"{batch_id}.json", exc, batch=False) from None
+
