@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     from engine.errors import KneuronError
 
     try:
-        group.main(args=argv, prog_name="kneuron", standalone_mode=False)
+        result = group.main(args=argv, prog_name="kneuron", standalone_mode=False)
+        if isinstance(result, int) and not isinstance(result, bool) and result:
+            sys.exit(result)  # `ctx.exit(N)` inside a command: click returns N when not standalone
     except KneuronError as exc:
         click.echo(f"kneuron: error: {exc}", err=True)
         sys.exit(2)

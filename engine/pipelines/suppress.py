@@ -256,7 +256,7 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
                 say(f"concept {concept!r}: {REFERENCE_METHOD} set {references[concept].set_id} "
                     f"({references[concept].size} neurons; {how})")
             sizes = budgets(config, references, concepts)
-            adapter = adapter if adapter is not None else open_model(config, run)
+            adapter = adapter if adapter is not None else open_model(config, run, say if progress else None)
             dataset = dataset if dataset is not None else open_dataset(config, run)
             eval_images, ident_images = run_images(con, run_id)
             present: dict[int, tuple[str, ...]] = {}

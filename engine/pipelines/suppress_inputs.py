@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import torch
 
 import queries
 from engine.baselines.base import ReferenceSet
@@ -147,16 +146,13 @@ def run_config(run: Mapping[str, Any]) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
-def open_model(config: EvalConfig, run: Mapping[str, Any]) -> VLMAdapter:
-    """The run's model (or ``config.model``) in the run's dtype (or ``config.dtype``)."""
+def open_model(config: EvalConfig, run: Mapping[str, Any], log: Callable[[str], None] | None = None) -> VLMAdapter:
+    """The run's model (or ``config.model``) in the run's dtype (or ``config.dtype``); ``log`` hears what loads."""
     from engine.models import load_model
 
     identity = run_config(run).get("identity", {})
-    device = config.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_model(config.model or run["model_name"], device=device,
-                      dtype=config.dtype or identity.get("dtype") or run.get("dtype"))
+    return load_model(config.model or run["model_name"], device=config.device,
+                      dtype=config.dtype or identity.get("dtype") or run.get("dtype"), log=log)
 
 
 def open_dataset(config: EvalConfig, run: Mapping[str, Any]) -> Any:
