@@ -29,36 +29,19 @@ from tests.helpers.report_fixtures import (
     OLD_SET_ID,
     RUN,
     build,
-    make_model,
-    make_world,
     section_html,
     splits_of,
 )
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:  # noqa: ANN001
-    return make_world(tmp_path_factory.mktemp("world"))
+def bare(tmp_path_factory, report_world, report_model_dir) -> Path:  # noqa: ANN001
+    return build(tmp_path_factory.mktemp("wh") / "bare", report_world, report_model_dir, with_scores=False)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:  # noqa: ANN001
-    return make_model(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
-def full(tmp_path_factory, world, model_dir) -> Path:  # noqa: ANN001
-    return build(tmp_path_factory.mktemp("wh") / "full", world, model_dir, with_scores=True, with_random=True)
-
-
-@pytest.fixture(scope="module")
-def bare(tmp_path_factory, world, model_dir) -> Path:  # noqa: ANN001
-    return build(tmp_path_factory.mktemp("wh") / "bare", world, model_dir, with_scores=False)
-
-
-@pytest.fixture(scope="module")
-def report(full, tmp_path_factory):  # noqa: ANN001
-    return build_report(full, tmp_path_factory.mktemp("report") / "out",
+def report(report_full, tmp_path_factory):  # noqa: ANN001
+    return build_report(report_full, tmp_path_factory.mktemp("report") / "out",
                         ReportConfig(heatmap_images=1, contrast_images=3, decode_top=2, k=5))
 
 
@@ -75,7 +58,7 @@ def test_report_is_self_contained_and_has_every_section(report) -> None:  # noqa
     assert "tiny-run" in section_html(text, "configuration")
 
 
-def test_report_sections_hold_the_data(report, world) -> None:  # noqa: ANN001
+def test_report_sections_hold_the_data(report, report_world) -> None:  # noqa: ANN001
     text = report.html.read_text(encoding="utf-8")
     selection = section_html(text, "selection")
     assert "circle" in selection and "stage1_only" in selection and "1:1 2:2" in selection  # circle: layers
@@ -98,7 +81,7 @@ def test_report_sections_hold_the_data(report, world) -> None:  # noqa: ANN001
     summary = json.loads(report.summary_json.read_text())
     assert summary["run_id"] == RUN
     pooled = summary["heatmap_contrast"]["pooled"]["two_stage"]
-    n_eval = sum(min(3, len(evaluation)) for _, evaluation in splits_of(world).values())  # contrast_images=3
+    n_eval = sum(min(3, len(evaluation)) for _, evaluation in splits_of(report_world).values())  # contrast_images=3
     assert 0.0 <= pooled["vs_rest"] <= 1.0 and pooled["images"] == n_eval
     assert pooled["vs_other_objects"] is None or 0.0 <= pooled["vs_other_objects"] <= 1.0
     assert set(summary["heatmap_contrast"]["per_concept"]) == set(CONCEPTS)
@@ -120,8 +103,8 @@ def test_report_shows_the_set_ids_it_shows(report) -> None:  # noqa: ANN001
         (c, m, f"{c}-{m}", False) for c in CONCEPTS for m in ("two_stage", "stage1_only", "random")}
 
 
-def test_report_with_set_shows_that_set(full, tmp_path) -> None:  # noqa: ANN001
-    result = build_report(full, tmp_path / "r", ReportConfig(set_ids=(OLD_SET_ID,), heatmap_images=0,
+def test_report_with_set_shows_that_set(report_full, tmp_path) -> None:  # noqa: ANN001
+    result = build_report(report_full, tmp_path / "r", ReportConfig(set_ids=(OLD_SET_ID,), heatmap_images=0,
                                                              contrast_images=1, decode_top=2, k=5, max_concepts=1))
     text = result.html.read_text(encoding="utf-8")
     selection = section_html(text, "selection")
@@ -136,14 +119,15 @@ def test_report_with_set_shows_that_set(full, tmp_path) -> None:  # noqa: ANN001
     assert "<td>two_stage</td><td>3</td>" in section_html(text, "suppression")
 
 
-def test_report_set_errors(full, tmp_path) -> None:  # noqa: ANN001
+def test_report_set_errors(report_full, tmp_path) -> None:  # noqa: ANN001
     with pytest.raises(KneuronError, match="no neuron set 'nope' in run tiny-run"):
-        build_report(full, tmp_path / "r", ReportConfig(set_ids=("nope",), with_model=False))
+        build_report(report_full, tmp_path / "r", ReportConfig(set_ids=("nope",), with_model=False))
     with pytest.raises(KneuronError, match="set circle-stage1_only is a stage1_only set; the report shows "
                                            "two_stage sets"):
-        build_report(full, tmp_path / "r", ReportConfig(set_ids=("circle-stage1_only",), with_model=False))
+        build_report(report_full, tmp_path / "r", ReportConfig(set_ids=("circle-stage1_only",), with_model=False))
     with pytest.raises(KneuronError, match="both two_stage sets of concept 'circle'; give at most one"):
-        build_report(full, tmp_path / "r", ReportConfig(set_ids=(OLD_SET_ID, "circle-two_stage"), with_model=False))
+        build_report(report_full, tmp_path / "r",
+                     ReportConfig(set_ids=(OLD_SET_ID, "circle-two_stage"), with_model=False))
 
 
 def test_report_without_random_set_says_so(bare, tmp_path) -> None:  # noqa: ANN001
@@ -173,10 +157,10 @@ def test_markdown_has_every_section_and_its_figures(report) -> None:  # noqa: AN
         assert (report.out_dir / link).is_file() and not link.startswith("/")
 
 
-def test_decoded_tokens_in_the_report_match_decode_neurons(report, model_dir) -> None:  # noqa: ANN001
+def test_decoded_tokens_in_the_report_match_decode_neurons(report, report_model_dir) -> None:  # noqa: ANN001
     from engine.models import load_model
 
-    adapter = load_model(str(model_dir))
+    adapter = load_model(str(report_model_dir))
     (top,) = decode_neurons(adapter, [(2, 5)], k=5)
     decoding = section_html(report.html.read_text(encoding="utf-8"), "decoding")
     assert html.escape(" ".join(repr(t) for t in top.tokens)) in decoding
@@ -228,9 +212,9 @@ def test_report_renders_in_headless_chromium(report, tmp_path) -> None:  # noqa:
 
 
 # ---------------------------------------------------------------------------------------------- queries
-def test_report_queries(full) -> None:  # noqa: ANN001
+def test_report_queries(report_full) -> None:  # noqa: ANN001
     shown = ["circle-two_stage", "square-two_stage", "circle-stage1_only"]
-    with queries.connect(full) as con:
+    with queries.connect(report_full) as con:
         sizes = queries.run(con, "report_set_sizes", {"set_ids": shown}).to_pylist()
         assert [(r["concept"], r["method"], r["n_images"], r["n_candidates"], r["n_selected"]) for r in sizes] == [
             ("circle", "stage1_only", 4, 10, 3), ("circle", "two_stage", 4, 10, 3), ("square", "two_stage", 4, 10, 2)]
@@ -248,12 +232,12 @@ def test_report_queries(full) -> None:  # noqa: ANN001
             ("new", 4, 1, 1), ("old", 4, 1, 1)]
 
 
-def test_report_queries_match_the_shared_analyses_on_the_current_sets(full) -> None:  # noqa: ANN001
+def test_report_queries_match_the_shared_analyses_on_the_current_sets(report_full) -> None:  # noqa: ANN001
     """With the current sets, report_set_sizes / report_layers / report_overlap give the numbers of the bundled
     set_sizes / layer_distribution / concept_overlap analyses."""
     from engine.pipelines.sets import current_set_ids
 
-    with queries.connect(full) as con:
+    with queries.connect(report_full) as con:
         ids = current_set_ids(con, RUN)
         two_stage = [s for (_, m), s in ids.items() if m == "two_stage"]
         pick = ["concept", "method", "n_images", "n_candidates", "n_selected", "threshold_a", "threshold_g"]

@@ -10,7 +10,7 @@ from engine.errors import KneuronError
 from engine.models.minigpt4_adapter import save_minigpt4
 from engine.pipelines.run import RunReader, strongest_first
 from tests.helpers.hf_tiny import tiny_adapter
-from tests.helpers.report_fixtures import OLD_SET, OLD_SET_ID, RUN, SETS, build, choose, make_model, make_world
+from tests.helpers.report_fixtures import OLD_SET, OLD_SET_ID, RUN, SETS, build, choose
 
 
 def rounded(members: list) -> list:
@@ -18,19 +18,9 @@ def rounded(members: list) -> list:
     return [(layer, unit, None if score is None else round(score, 6)) for layer, unit, score in members]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:  # noqa: ANN001
-    return make_world(tmp_path_factory.mktemp("world"))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:  # noqa: ANN001
-    return make_model(tmp_path_factory.mktemp("model"))
-
-
 @pytest.fixture()
-def root(tmp_path, world, model_dir) -> Path:  # noqa: ANN001
-    return build(tmp_path / "wh", world, model_dir, with_scores=False)
+def root(tmp_path, report_world, report_model_dir) -> Path:  # noqa: ANN001
+    return build(tmp_path / "wh", report_world, report_model_dir, with_scores=False)
 
 
 def test_the_latest_run_and_its_row(root) -> None:  # noqa: ANN001
