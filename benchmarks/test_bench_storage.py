@@ -3,7 +3,7 @@
 Shape: L = 32 layers, d_ff = 11008 units, P = 32 image-token positions. Random O'_original, O'_inpainted and
 g_c tensors ``[P, L, d_ff]`` are reduced with numpy to the ``neuron_stats`` columns (one row per layer and unit)
 and to top-k (k = 16 by g_c, per layer and position) ``token_stats`` rows, and written with one ``samples``
-row through the real writer as one batch. The budget from DESIGN.md: at most 4 MB per pair, against 22.5 MB
+row through the real writer as one batch. Our budget: at most 4 MB per pair, against 22.5 MB
 for dense fp16 O'. The floor is the raw bytes of the five float16 values per neuron (3.52 MB), the id
 columns being nearly free.
 
