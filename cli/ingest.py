@@ -35,8 +35,8 @@ command resumes the run (finished pairs are skipped); a changed option makes a n
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: CUDA if available).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True, help="Model dtype (auto: as stored).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Pairs per model batch (and per warehouse commit).")
+@click.option("--batch-size", default="8", show_default=True, metavar="N|auto",
+              help="Pairs per model batch (and per warehouse commit); auto: fit the free GPU memory (8 on CPU).")
 @click.option("--positions", type=click.Choice(["image", "prompt", "target"]), default="image", show_default=True,
               help="Positions P: the image tokens, every prompt position, or the position that predicts the "
                    "concept token.")
@@ -62,7 +62,7 @@ command resumes the run (finished pairs are skipped); a changed option makes a n
               help="On resume, record again the pairs stored as skipped (e.g. an image that was missing).")
 def command(coco_root: str | None, split: str, concepts: tuple[str, ...], min_images: int, min_area: float,
             images_per_concept: str, ident_fraction: float, seed: int, model: str, device: str, dtype: str,
-            batch_size: int, positions: str, top_k: int, inpainter: str, margin_px: float, inpaint_radius: float,
+            batch_size: str, positions: str, top_k: int, inpainter: str, margin_px: float, inpaint_radius: float,
             sd_model: str | None, sd_seed: int, sd_steps: int, save_inpainted: str | None,
             warehouse_path: str | None, run_id: str | None, progress: bool, retry_skipped: bool) -> str:
     from engine.errors import KneuronError
@@ -75,10 +75,16 @@ def command(coco_root: str | None, split: str, concepts: tuple[str, ...], min_im
             per_concept = int(images_per_concept)
         except ValueError:
             raise KneuronError(f"--images-per-concept must be a number or 'all', got {images_per_concept!r}") from None
+    batch: int | str = batch_size.strip().lower()
+    if batch != "auto":
+        try:
+            batch = int(batch)
+        except ValueError:
+            raise KneuronError(f"--batch-size must be a number >= 1 or auto, got {batch_size!r}") from None
     config = IngestConfig(
         coco_root=coco_root, split=split, concepts=tuple(concepts), min_images=min_images, min_area=min_area,
         images_per_concept=per_concept, ident_fraction=ident_fraction, seed=seed, model=model, device=device,
-        dtype=dtype, batch_size=batch_size, positions=positions, top_k=top_k, inpainter=inpainter,
+        dtype=dtype, batch_size=batch, positions=positions, top_k=top_k, inpainter=inpainter,
         margin_px=margin_px, inpaint_radius=inpaint_radius, sd_model=sd_model, sd_seed=sd_seed, sd_steps=sd_steps,
         save_inpainted=save_inpainted, warehouse=warehouse_path, run_id=run_id, progress=progress,
         retry_skipped=retry_skipped,

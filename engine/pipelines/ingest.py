@@ -39,6 +39,7 @@ from engine.caption import caption_images
 from engine.data.coco import CocoDataset
 from engine.errors import KneuronError
 from engine.inpaint import Inpainter
+from engine.memory import choose_batch_size
 from engine.models import load_model, resolve_device
 from engine.models.base import VLMAdapter
 from engine.pipelines.ingest_config import IngestConfig
@@ -215,12 +216,15 @@ def run_ingest(config: IngestConfig, adapter: VLMAdapter | None = None, log: Log
         done, skipped_before = stored_samples(wh, run_id)
         if not config.retry_skipped:
             done |= set(skipped_before)
+        batch_size, why = choose_batch_size(config.batch_size, adapter)
+        if why:
+            note(why)
         prefix = adapter.answer_prefix
         inputs = ChunkInputs(config, dataset, adapter, inpainter, concept_ids,
                              adapter.encode(prefix) if prefix else [], run_id)
-        chunks = [(concept, ident[start:start + config.batch_size])
+        chunks = [(concept, ident[start:start + batch_size])
                   for concept, (ident, _) in splits.items()
-                  for start in range(0, len(ident), config.batch_size)]
+                  for start in range(0, len(ident), batch_size)]
         total = sum(len(ids) for _, ids in chunks)
         summary = IngestSummary(run_id=run_id, warehouse=str(wh.root), concepts=list(concepts), pairs_total=total,
                                 resumed=resumed, notes=notes)

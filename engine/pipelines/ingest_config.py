@@ -24,7 +24,8 @@ class IngestConfig:
     images_per_concept: identification images recorded per concept (the lowest ids of the identification
         set); None = all. ident_fraction / seed: the identification/evaluation split.
     model / device / dtype: `load_model` arguments (``device="auto"``: CUDA when available; ``dtype="auto"``:
-        the checkpoint's). batch_size: pairs per model batch (= per warehouse batch).
+        the checkpoint's). batch_size: pairs per model batch (= per warehouse batch), or ``auto`` (fit the free
+        GPU memory: `engine.memory`).
     positions: P = ``image`` tokens, every ``prompt`` position, or the ``target`` position (the one that predicts
         the concept token, per image); top_k: units per (layer, position) in
         ``token_stats``.
@@ -47,7 +48,7 @@ class IngestConfig:
     model: str = DEFAULT_MODEL
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 8
+    batch_size: int | str = 8
     positions: str = "image"
     top_k: int = 16
     inpainter: str = "telea"
@@ -65,7 +66,8 @@ class IngestConfig:
     def validate(self) -> None:
         """Raise `KneuronError` naming the first option with an impossible value."""
         checks = [
-            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1),
+             f"--batch-size must be a number >= 1 or auto, got {self.batch_size!r}"),
             (1 <= self.top_k <= 127, f"top-k must be in 1..127, got {self.top_k}"),
             (self.positions in POSITIONS, f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}"),
             (self.images_per_concept is None or self.images_per_concept >= 1,
