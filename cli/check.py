@@ -14,15 +14,27 @@ import click
 @click.option("--limit", type=int, default=None, help="Only the first N images.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--threads", type=int, default=None, help="Torch CPU threads [default: torch's].")
+@click.option("--examples", type=int, default=0, show_default=True, help="Also print the first N captions.")
 def command(model: str, world_dir: Path | None, split: str, limit: int | None, device: str,
-            batch_size: int) -> None:
+            batch_size: int, threads: int | None, examples: int) -> None:
     """Print per-category mention precision/recall and the object-removal rates as a Markdown table."""
+    import time
+
+    import torch
+
     from engine.data.world import WorldConfig, default_world_path, ensure_world
     from engine.models import load_model
     from engine.quality import check_quality
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     world = world_dir or ensure_world(default_world_path(), WorldConfig())
-    adapter = load_model(model, device=device)
+    adapter = load_model(model, device=device, log=click.echo)
+    started = time.perf_counter()
     report = check_quality(adapter, world, split=split, limit=limit, batch_size=batch_size)
     click.echo(f"model {model} on {world} [{split}]")
     click.echo(report.table())
+    click.echo(f"checked in {time.perf_counter() - started:.0f} s")
+    for image_id, caption in report.examples[:examples]:
+        click.echo(f"  image {image_id}: {caption}")

@@ -11,7 +11,8 @@ import click
 @click.option("--model", default="tiny-shapes-qformer", show_default=True,
               help="Bundled tiny model (tiny-shapes-qformer | tiny-shapes-patch) or a model folder.")
 @click.option("--world", "world_dir", type=click.Path(file_okay=False), default=None,
-              help="Embedded world folder [default: $KNEURON_WORLD or ./kneuron-world; generated if missing].")
+              help="Embedded world folder [default: $KNEURON_WORLD or ./kneuron-world; its test split generated if "
+                   "missing].")
 @click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False), default=None,
               help="Warehouse [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="kneuron-report", show_default=True,
@@ -29,14 +30,19 @@ def command(ctx: click.Context, model: str, world_dir: str | None, warehouse_pat
     select chose, whatever other runs and selections the warehouse holds.
     """
     from cli import ingest, report, select, suppress
+    from engine.models import BUNDLED
+    from engine.threads import SMALL_MODEL_PARAMS, job
 
     started = time.time()
+    # a bundled model is tiny: every step runs on one torch thread unless the user chose a count (engine.threads)
+    ctx.with_resource(job(n_params=SMALL_MODEL_PARAMS - 1 if model in BUNDLED else None))
 
     def step(name: str) -> None:
         click.echo(f"\n== {name}  (+{time.time() - started:.0f}s)")
 
     step("ingest: record O'_o, O'_i and g_c for every concept")
-    run_id = ctx.invoke(ingest.command, coco_root=world_dir, model=model, device=device,
+    coco_root = demo_world(world_dir)
+    run_id = ctx.invoke(ingest.command, coco_root=coco_root, model=model, device=device,
                         images_per_concept=str(images_per_concept), warehouse_path=warehouse_path, progress=progress)
     step("select: two-stage filtering in DuckDB")
     selected = ctx.invoke(select.command, warehouse_path=warehouse_path, run_id=run_id)
@@ -50,3 +56,24 @@ def command(ctx: click.Context, model: str, world_dir: str | None, warehouse_pat
                out_dir=out_dir, device=device)
     click.echo(f"\ndemo finished in {time.time() - started:.0f}s; open {Path(out_dir).resolve() / 'report.html'}")
 
+
+
+def demo_world(world_dir: str | None) -> str:
+    """The dataset folder the demo ingests: the embedded world's test split (the only split the demo reads),
+    generated into ``world_dir`` (default ``$KNEURON_WORLD`` or ``./kneuron-world``) when missing, without the
+    train and val splits (`kneuron train` adds train when it needs it). A ``world_dir`` that is some other
+    COCO-layout folder with a test split is used as it is."""
+    from engine.data.world import WorldConfig, default_world_path, ensure_world, read_world_manifest
+
+    root = Path(world_dir).expanduser() if world_dir is not None else default_world_path()
+    if read_world_manifest(root) is None and (root / "annotations" / "instances_test.json").is_file():
+        return str(root.resolve())
+    if "test" not in _splits_of(root):
+        click.echo(f"generating the embedded world's test split into {root} (once)", err=True)
+    return str(ensure_world(root, WorldConfig(), splits=("test",)).resolve())
+
+
+def _splits_of(root: Path) -> tuple[str, ...]:
+    from engine.data.world import WorldConfig, read_world_manifest, world_config_of, world_splits
+
+    return world_splits(read_world_manifest(root)) if world_config_of(root) == WorldConfig() else ()

@@ -60,11 +60,24 @@ command resumes the run (finished pairs are skipped); a changed option makes a n
               help="Log progress (pairs done / total, rate, ETA) to stderr at least every 30 s.")
 @click.option("--retry-skipped/--no-retry-skipped", default=True, show_default=True,
               help="On resume, record again the pairs stored as skipped (e.g. an image that was missing).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: CPU tasks and a pool of recorder actors on a Ray cluster "
+                   "(pip install 'kneuron[ray]'); the same run and rows either way.")
+@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
+              help="Ray cluster to join (--engine ray) [default: start a local Ray instance].")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Recorder actors (--engine ray); each loads the model once.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
+              help="GPUs per recorder (--engine ray) [default: 1 when the cluster has GPUs].")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="CPUs per recorder (--engine ray) [default: at most 1, leaving the image tasks room].")
 def command(coco_root: str | None, split: str, concepts: tuple[str, ...], min_images: int, min_area: float,
             images_per_concept: str, ident_fraction: float, seed: int, model: str, device: str, dtype: str,
             batch_size: str, positions: str, top_k: int, inpainter: str, margin_px: float, inpaint_radius: float,
             sd_model: str | None, sd_seed: int, sd_steps: int, save_inpainted: str | None,
-            warehouse_path: str | None, run_id: str | None, progress: bool, retry_skipped: bool) -> str:
+            warehouse_path: str | None, run_id: str | None, progress: bool, retry_skipped: bool, engine: str,
+            ray_address: str | None, workers: int, gpus_per_worker: float | None,
+            cpus_per_worker: float | None) -> str:
     from engine.errors import KneuronError
     from engine.pipelines.ingest import IngestConfig, run_ingest
 
@@ -89,6 +102,18 @@ def command(coco_root: str | None, split: str, concepts: tuple[str, ...], min_im
         save_inpainted=save_inpainted, warehouse=warehouse_path, run_id=run_id, progress=progress,
         retry_skipped=retry_skipped,
     )
-    summary = run_ingest(config, log=lambda message: click.echo(f"kneuron: {message}", err=True))
+    def log(message: str) -> None:
+        click.echo(f"kneuron: {message}", err=True)
+
+    if engine == "ray":
+        from engine.pipelines.ingest_ray import RayOptions, run_ingest_ray
+
+        options = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
+                             cpus_per_worker=cpus_per_worker)
+        summary = run_ingest_ray(config, options, log=log)
+    else:
+        if ray_address is not None or workers != 1 or gpus_per_worker is not None or cpus_per_worker is not None:
+            raise KneuronError("--ray-address, --workers, --gpus-per-worker and --cpus-per-worker need --engine ray")
+        summary = run_ingest(config, log=log)
     click.echo(summary.line())
     return summary.run_id

@@ -23,9 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sql": ("cli.sql", "Run ad-hoc SQL over the warehouse views."),
     "ls": ("cli.ls", "List the runs, neuron sets (which is current) or evaluations of a warehouse."),
     "verify": ("cli.verify", "Check the warehouse's files against their commit records; --repair."),
+    "compact": ("cli.compact", "Merge the warehouse's small files into large ones (one atomic step)."),
     "suppress": ("cli.suppress", "Suppression evaluation of neuron sets and baselines."),
     "decode": ("cli.decode", "Decode neurons to vocabulary tokens."),
     "heatmap": ("cli.heatmap", "Activation heatmaps of a neuron set over an image."),
+    "edit": ("cli.edit", "Write a model folder with a neuron set erased or scaled (down_proj columns)."),
     "report": ("cli.report", "Write the HTML/Markdown report of a warehouse."),
     "demo": ("cli.demo", "world -> ingest -> select -> suppress -> report on the embedded default."),
 }
@@ -40,6 +42,9 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS or not importlib.util.find_spec(COMMANDS[name][0]):
             return None
+        from engine.threads import prepare_environment
+
+        prepare_environment()  # before a command module imports torch: idle OpenMP workers sleep, not spin
         return importlib.import_module(COMMANDS[name][0]).command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -49,10 +54,22 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
 
+#: commands that never use torch: the thread policy does not import it for them
+WITHOUT_TORCH = frozenset({"world", "select", "sql", "ls", "verify", "compact"})
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kneuron")
-def group() -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch and DuckDB [default: $OMP_NUM_THREADS, else the CPUs this process may "
+                   "use, with one thread for work on small models such as the bundled ones].")
+@click.pass_context
+def group(ctx: click.Context, threads: int | None) -> None:
     """kneuron: find, store, query and test the knowledge neurons of multimodal LLMs."""
+    from engine.threads import applied
+
+    # the thread policy, once per command, for as long as the command runs (engine/threads.py)
+    ctx.with_resource(applied(threads, with_torch=ctx.invoked_subcommand not in WITHOUT_TORCH))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,8 @@ def layer_counts(neuron_sets: Any, set_id: str) -> str:
 
 
 def summary_table(selection: Any) -> Any:
-    """One row per concept: images, |C_k|, |N_k|, baseline sizes and the layer distribution of N_k (pyarrow)."""
+    """One row per concept: images, |C_k|, |N_k|, baseline sizes and the layer distribution of N_k (pyarrow);
+    with ``--specific`` also |C_k ∩ S_k| (``specific_C_k``) and |N_k ∩ S_k| (``two_stage_specific``)."""
     import pyarrow as pa
 
     rows: dict[str, dict[str, Any]] = {}
@@ -27,7 +28,10 @@ def summary_table(selection: Any) -> Any:
                          layers_of_N_k=layer_counts(selection.neuron_sets, row["set_id"]))
         else:
             entry[row["method"]] = row["n_selected"]
-    columns = ["concept", "images", "C_k", "N_k", "stage1_only", "stage2_only", "layers_of_N_k"]
+            if row["method"] == "two_stage_specific":
+                entry["specific_C_k"] = row.get("n_specific")
+    columns = ["concept", "images", "C_k", "N_k", "specific_C_k", "two_stage_specific", "stage1_only", "stage2_only",
+               "layers_of_N_k"]
     present = [c for c in columns if any(c in entry for entry in rows.values())]
     return pa.Table.from_pylist([{c: entry.get(c) for c in present} for entry in rows.values()])
 
@@ -52,8 +56,17 @@ def summary_table(selection: Any) -> Any:
               help="Neurons the stage-2 quantile/knee/budget is computed over.")
 @click.option("--with-baselines/--no-baselines", default=True, show_default=True,
               help="Also write stage1_only and stage2_only sets of size |N_k|.")
+@click.option("--specific", metavar="stage1|ratio:R|ratio1:R",
+              help="Third filter (beyond the paper): also write two_stage_specific = N_k minus the neurons that "
+                   "are not specific to k: stage1 = also a stage-1 candidate of another concept of the run; "
+                   "ratio:R = mean g_c on k's images not above R x the largest on another concept's "
+                   "(ratio1:R: the same with the activation difference). Identification images only.")
+@click.option("--exclude-massive", type=click.FloatRange(min=0, min_open=True), metavar="K",
+              help="Leave out the run's massive units (mean |activation| > K x the median unit on the "
+                   "identification images; `kneuron sql -q massive_units`) from every method's pool.")
 def command(warehouse_path: str | None, run_id: str | None, concepts: tuple[str, ...], stage1: str, stage2: str,
-            aggregate: str, min_share: float, reduce: str, stage2_pool: str, with_baselines: bool) -> Any:
+            aggregate: str, min_share: float, reduce: str, stage2_pool: str, with_baselines: bool,
+            specific: str | None = None, exclude_massive: float | None = None) -> Any:
     """Select knowledge neurons (two-stage filtering) and store them as neuron_sets.
 
     Stage 1 keeps the neurons whose activation drops when the concept is inpainted away (C_k); stage 2 keeps
@@ -63,19 +76,22 @@ def command(warehouse_path: str | None, run_id: str | None, concepts: tuple[str,
     """
     from cli.render import render_table
     from engine.pipelines.select import select_sets
-    from queries.selection import SelectionConfig, ThresholdSpec
+    from queries.selection import SelectionConfig, SpecificSpec, ThresholdSpec
 
     config = SelectionConfig(
         run_id=run_id, concepts=tuple(dict.fromkeys(concepts)), stage1=ThresholdSpec.parse(stage1),
         stage2=ThresholdSpec.parse(stage2), aggregate=aggregate, min_share=min_share, reduce=reduce,
         stage2_pool=stage2_pool, baselines=with_baselines,
+        specific=None if specific is None else SpecificSpec.parse(specific), exclude_massive=exclude_massive,
     )
     result = select_sets(warehouse_path, config)
     selection = result.selection
     n_concepts = len(set(selection.summary.column("concept").to_pylist()))
     click.echo(f"run {selection.run_id}: {n_concepts} concept(s); wrote {len(result.written)} neuron set(s)"
                + (f", {len(result.present)} already stored" if result.present else "")
-               + f" [stage1 {stage1}, stage2 {stage2}, aggregate {aggregate}, reduce {reduce}]")
+               + f" [stage1 {stage1}, stage2 {stage2}, aggregate {aggregate}, reduce {reduce}"
+               + (f", specific {specific}" if specific else "")
+               + (f", massive units excluded (k={exclude_massive:g})" if exclude_massive else "") + "]")
     click.echo(f"current sets now: {' '.join(result.current) if result.current else '(none: every set is empty)'}")
     click.echo(render_table(summary_table(selection), max_rows=10_000), nl=False)
     return result  # for `kneuron demo`, which evaluates exactly these sets

@@ -42,13 +42,24 @@ def _write(path: str, text: str) -> None:
               help="Concept (repeatable) [default: every concept with a two_stage set].")
 @click.option("--method", "methods", multiple=True, metavar="M",
               help="two_stage, stage1_only, stage2_only, random, random_layer_matched, pan, dai (repeatable) "
-                   "[default: all].")
+                   "[default: these seven]; also two_stage_specific (the two-stage ranking within the "
+                   "concept-specific candidates) and random_nonmassive (random, never a massive unit).")
 @click.option("--set", "set_ids", multiple=True, metavar="SET_ID",
               help="two_stage neuron set to evaluate (repeatable; at most one per concept; the config key `sets`) "
                    "[default: each concept's current two_stage set].")
 @click.option("--budget", metavar="N|same_as:two_stage", help="Baseline neuron budget [default: |N_k|].")
+@click.option("--budgets", metavar="N,N,...",
+              help="Budget curves: every method at each budget (e.g. 1,2,4,8,16,32; the config key `budgets`); "
+                   "two_stage at n = the n best stage-2 candidates of C_k. Prints the curves and per method the "
+                   "specificity area and the target drop while other damage stays <= 5%.")
 @click.option("--max-images", type=click.IntRange(min=1), help="At most N target images per concept.")
+@click.option("--fragility-images", type=click.IntRange(min=0), metavar="N",
+              help="Also zero each unit of the evaluated sets alone on N identification images and count, per "
+                   "method, the units that change most captions on their own (the config key fragility_images).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per captioning batch [default: 16].")
+@click.option("--edited-model", type=click.Path(file_okay=False), metavar="DIR",
+              help="A folder written by `kneuron edit`: score its plain captions as the method `edited` against "
+                   "the run's model (with no --method, `edited` is the only method).")
 @click.option("--device", help="Model device: auto, cpu, cuda, cuda:1 ... [default: auto].")
 @click.option("--eval-id", help="Evaluation id [default: derived from the settings; a rerun resumes it].")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
@@ -58,9 +69,10 @@ def _write(path: str, text: str) -> None:
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress lines on stderr (at most one every 30 s while captioning).")
 def command(warehouse_path: str | None, config_path: str | None, run_id: str | None, concepts: tuple[str, ...],
-            methods: tuple[str, ...], set_ids: tuple[str, ...], budget: str | None, max_images: int | None,
-            batch_size: int | None, device: str | None, eval_id: str | None, csv_path: str | None,
-            markdown_path: str | None, progress: bool) -> None:
+            methods: tuple[str, ...], set_ids: tuple[str, ...], budget: str | None, budgets: str | None,
+            max_images: int | None, fragility_images: int | None,
+            batch_size: int | None, edited_model: str | None, device: str | None, eval_id: str | None,
+            csv_path: str | None, markdown_path: str | None, progress: bool) -> None:
     """Caption evaluation images with each neuron set zeroed and compare methods.
 
     For every concept k with a two_stage set N_k (its current set, or the one given by --set; the log names
@@ -74,7 +86,8 @@ def command(warehouse_path: str | None, config_path: str | None, run_id: str | N
     from typing import Any
 
     from cli.render import render_csv
-    from engine.eval.config import EvalConfig, load_config
+    from engine.eval.budget import parse_budgets
+    from engine.eval.config import EDITED_METHOD, EvalConfig, load_config
     from engine.eval.summary import markdown_report
     from engine.pipelines.suppress import run_evaluation
 
@@ -82,19 +95,43 @@ def command(warehouse_path: str | None, config_path: str | None, run_id: str | N
     overrides: dict[str, Any] = {
         "run_id": run_id, "eval_id": eval_id, "budget": _budget(budget), "max_images": max_images,
         "batch_size": batch_size, "device": device, "concepts": tuple(dict.fromkeys(concepts)) or None,
-        "methods": tuple(dict.fromkeys(methods)) or None, "sets": tuple(dict.fromkeys(set_ids)) or None}
+        "methods": tuple(dict.fromkeys(methods)) or None, "sets": tuple(dict.fromkeys(set_ids)) or None,
+        "budgets": None if budgets is None else parse_budgets(budgets), "fragility_images": fragility_images,
+        "edited_model": edited_model}
+    if edited_model and not methods and "methods" not in _config_keys(config_path):
+        overrides["methods"] = (EDITED_METHOD,)
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config.validate()
 
     result = run_evaluation(config, warehouse_path, progress=progress,
                             log=lambda message: click.echo(f"kneuron: {message}", err=True))
     title = (f"Suppression evaluation {result.eval_id} (run {result.run_id}; {len(result.concepts)} concept(s); "
              f"mean over concepts)")
-    report = markdown_report(result.tables(), title=title)
-    click.echo(f"evaluation {result.eval_id} of run {result.run_id}: {len(result.concepts)} concept(s) x "
-               f"{len(result.methods)} method(s); {result.jobs_run} job(s) run, {result.jobs_skipped} already stored")
+    tables = result.tables()
+    if result.fragility is not None:
+        tables["fragile units in each method's sets (zeroed alone, each changes >= 50% of the identification "
+               "captions checked)"] = result.fragility
+    report = markdown_report(tables, title=title)
+    what = (f"{len(result.methods) // len(result.budgets)} method(s) x {len(result.budgets)} budget(s)"
+            if result.budgets else f"{len(result.methods)} method(s)")
+    click.echo(f"evaluation {result.eval_id} of run {result.run_id}: {len(result.concepts)} concept(s) x {what}; "
+               f"{result.jobs_run} job(s) run, {result.jobs_skipped} already stored")
     click.echo()
     click.echo(report, nl=False)
     if csv_path:
         _write(csv_path, render_csv(result.summary))
     if markdown_path:
         _write(markdown_path, report)
+
+
+def _config_keys(config_path: str | None) -> set[str]:
+    """The top-level keys a TOML config file sets (none without a file)."""
+    if not config_path:
+        return set()
+    import tomllib
+
+    try:
+        with open(config_path, "rb") as handle:
+            return set(tomllib.load(handle))
+    except (OSError, tomllib.TOMLDecodeError):
+        return set()  # load_config has already reported a bad file

@@ -18,6 +18,7 @@ from PIL import Image
 from engine.models.base import VLMAdapter
 from engine.neurons import NeuronSet, check_neurons
 from engine.record import traced
+from engine.threads import job
 
 
 @dataclass
@@ -55,17 +56,19 @@ def generate_ids(adapter: VLMAdapter, images: Sequence[Image.Image] | torch.Tens
 
 def caption_images(adapter: VLMAdapter, images: Sequence[Image.Image], neurons: NeuronSet | None = None,
                    batch_size: int = 16, **generate_kwargs) -> Captions:
-    """Caption ``images`` in batches, with ``neurons`` suppressed; deterministic (greedy).
+    """Caption ``images`` in batches, with ``neurons`` suppressed; deterministic (greedy). Runs on the torch
+    threads `engine.threads.job` gives this model (one for small models unless the user chose a count).
 
     `KneuronError` for a neuron outside the model, before any captioning.
     """
     check_neurons(adapter, neurons or {})
     texts: list[str] = []
     ids: list[list[int]] = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        new = generate_ids(adapter, batch, neurons, **generate_kwargs)
-        for row in new.tolist():
-            ids.append(adapter.caption_ids(row))
-            texts.append(adapter.caption_text(row))
+    with job(adapter.model):  # the thread policy's count for generation on this model (engine.threads)
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            new = generate_ids(adapter, batch, neurons, **generate_kwargs)
+            for row in new.tolist():
+                ids.append(adapter.caption_ids(row))
+                texts.append(adapter.caption_text(row))
     return Captions(texts=texts, token_ids=ids)

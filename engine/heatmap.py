@@ -4,8 +4,8 @@
    of ``|O^l[..., i]|`` over the units (``value="magnitude"``, the default) or of ``O^l[..., i]`` itself
    (``value="signed"``, Pan's recipe). One plain forward; positions from ``adapter.prepare``.
 2. `token_to_patch_map` ``[B, n_image_tokens, n_patches]``: how much of each image token comes from each ViT
-   patch. Every row sums to 1, so ``heat[p] = Σ_t act[t] · map[t, p]`` spreads each token's activation over
-   the patches it was made from.
+   patch (or grid cell, see *Region models*). Every row sums to 1 (0 for a token that carries no image region),
+   so ``heat[p] = Σ_t act[t] · map[t, p]`` spreads each token's activation over the patches it was made from.
 3. `heatmap`: patch grid -> bilinear upsample to the image size -> min-max normalised to [0, 1].
 4. `overlay`: jet colormap at alpha 0.5; `side_by_side`: original | inpainted panels.
 
@@ -23,6 +23,10 @@ Token -> patch maps
 *Patch models* (MiniGPT-4 LLaMA-2: each token = ``k`` raster-consecutive ViT patches, ``k = 4``; LLaVA: one
 patch per token): token ``t`` covers patches ``t·k .. t·k+k-1`` of the raster-ordered patch grid, weight
 ``1/k`` each. This is exactly the ``view(B, N/k, k·d)`` grouping of the model, no attribution involved.
+
+*Region models* (Qwen2-VL, LLaVA-NeXT / OneVision, Idefics3 / SmolVLM, Gemma 3): `VLMAdapter.image_regions` gives
+each image token's box and a grid (the finest token grid); `region_map` spreads a token over the cells its box
+overlaps, by overlap: a base/global-image token covers several cells, a row-end newline token none (row of 0).
 
 *Q-Former models* (MiniGPT-4 Vicuna, BLIP-2, InstructBLIP): a query token has no location of its own. We use a
 **gradient attribution**: ``map[q, p] ∝ ‖∂z_q / ∂e_p‖_F``, the Frobenius norm of the Jacobian of the LLM input
@@ -61,7 +65,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from engine.errors import KneuronError
-from engine.models.base import ImageConnector, VLMAdapter
+from engine.models.base import ImageConnector, ImageRegions, VLMAdapter
 from engine.neurons import check_neurons, neuron_pairs
 from engine.record import traced
 
@@ -123,6 +127,24 @@ def grouping_map(patch_grid: tuple[int, int]) -> torch.Tensor:
     out = torch.zeros(n_tokens, n_patches)
     out[owner, torch.arange(n_patches)] = 1.0 / k
     return out
+
+
+def region_map(regions: ImageRegions) -> torch.Tensor:
+    """``[n_tokens, rows * cols]`` float32: the share of each token's box (`ImageRegions.boxes`) that falls in
+    each cell of the raster-ordered ``regions.grid`` (overlaps under 1e-4 of a cell, float32 rounding of the box
+    edges, are dropped); rows of boxes sum to 1, NaN boxes give 0."""
+    rows, cols = regions.grid
+    valid = ~regions.boxes.isnan().any(-1)
+    b = torch.nan_to_num(regions.boxes.to(torch.float64), nan=0.0)
+    ys = (torch.arange(rows + 1, dtype=torch.float64) / rows).float().double()  # edges rounded like the boxes
+    xs = (torch.arange(cols + 1, dtype=torch.float64) / cols).float().double()
+    over_y = (torch.minimum(b[:, 2:3], ys[None, 1:]) - torch.maximum(b[:, 0:1], ys[None, :-1])).clamp_min(0)
+    over_x = (torch.minimum(b[:, 3:4], xs[None, 1:]) - torch.maximum(b[:, 1:2], xs[None, :-1])).clamp_min(0)
+    overlap = (over_y[:, :, None] * over_x[:, None, :]).reshape(len(b), rows * cols)  # [T, R]
+    overlap = torch.where(overlap * rows * cols < 1e-4, torch.zeros_like(overlap), overlap)
+    total = overlap.sum(-1, keepdim=True)
+    return torch.where(valid[:, None] & (total > 0), overlap / total.clamp_min(1e-30), torch.zeros_like(overlap)
+                       ).float()
 
 
 def _probes(d_out: int, n_probes: int, seed: int) -> tuple[torch.Tensor, float]:
@@ -214,10 +236,18 @@ def _vision_dtype(connector: ImageConnector) -> torch.dtype:
 
 def token_to_patch_map(adapter: VLMAdapter, images: Sequence[Image.Image] | torch.Tensor, n_probes: int = 16,
                        seed: int = 0) -> torch.Tensor:
-    """``[B, n_image_tokens, n_patches]`` float32, rows summing to 1: the grouping of a patch model
+    """``[B, n_image_tokens, n_patches]`` float32, rows summing to 1 (0 for region-less tokens): the box overlaps
+    of a region model (`region_map` of `VLMAdapter.image_regions`), the grouping of a patch model
     (`grouping_map`) or the Jacobian attribution of a Q-Former model (`qformer_patch_map`)."""
     grid = adapter.patch_grid
     b = images.shape[0] if isinstance(images, torch.Tensor) else len(images)
+    regions = adapter.image_regions()
+    if regions is not None:
+        mapping = region_map(regions)
+        if mapping.shape[0] != adapter.n_image_tokens:
+            raise KneuronError(f"image regions of {adapter.name!r} give {mapping.shape[0]} tokens but the model has "
+                               f"{adapter.n_image_tokens} image tokens")
+        return mapping.unsqueeze(0).expand(b, -1, -1).contiguous()
     if grid is not None:
         mapping = grouping_map(grid)
         if mapping.shape[0] != adapter.n_image_tokens:
@@ -231,20 +261,25 @@ def token_to_patch_map(adapter: VLMAdapter, images: Sequence[Image.Image] | torc
 def patch_heat(adapter: VLMAdapter, images: Sequence[Image.Image], neurons: Neurons,
                n_probes: int = 16, seed: int = 0, mapping: torch.Tensor | None = None, value: str = "magnitude"
                ) -> torch.Tensor:
-    """Raw (unnormalised) heat on the square patch grid: ``[B, side, side]`` float32,
-    ``heat[p] = Σ_t act[t] · map[t, p]``. ``mapping``: a precomputed `token_to_patch_map` of ``images``."""
+    """Raw (unnormalised) heat on the patch grid: ``[B, rows, cols]`` float32 (square unless the adapter's
+    `image_regions` grid is not), ``heat[p] = Σ_t act[t] · map[t, p]``. ``mapping``: a precomputed
+    `token_to_patch_map` of ``images``."""
     acts = token_activations(adapter, images, neurons, value=value)  # [B, T]
     if mapping is None:
         mapping = token_to_patch_map(adapter, images, n_probes=n_probes, seed=seed)  # [B, T, N]
     heat = torch.einsum("bt,btn->bn", acts, mapping)
-    side = int(round(heat.shape[-1] ** 0.5))
-    if side * side != heat.shape[-1]:
+    regions = adapter.image_regions()
+    if regions is not None:
+        rows, cols = regions.grid
+    else:
+        rows = cols = int(round(heat.shape[-1] ** 0.5))
+    if rows * cols != heat.shape[-1]:
         raise KneuronError(f"{heat.shape[-1]} patches do not form a square grid")
-    return heat.view(-1, side, side)
+    return heat.view(-1, rows, cols)
 
 
 def upsample(grid: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsample of ``[side, side]`` to ``size = (H, W)`` -> float32 ``[H, W]`` (not normalised)."""
+    """Bilinear upsample of ``[rows, cols]`` to ``size = (H, W)`` -> float32 ``[H, W]`` (not normalised)."""
     up = F.interpolate(grid[None, None].float(), size=size, mode="bilinear", align_corners=False)
     return up[0, 0].numpy()
 
@@ -320,11 +355,14 @@ def side_by_side(original: Image.Image, inpainted: Image.Image, *more: Image.Ima
 
 def heatmap_figure(adapter: VLMAdapter, original: Image.Image, inpainted: Image.Image, neurons: Neurons,
                    n_probes: int = 16, seed: int = 0, value: str = "magnitude") -> Image.Image:
-    """Original and inpainted images side by side, each overlaid with its heatmap on one joint scale."""
+    """Original and inpainted images side by side, each overlaid with its heatmap on one joint scale, and the
+    colour bar of that scale on the right (`engine.plots.with_colour_bar`)."""
     heat_o, heat_i = heatmaps(adapter, [original, inpainted], neurons, joint=True, n_probes=n_probes, seed=seed,
                               value=value)
-    return side_by_side(overlay(original, heat_o), overlay(inpainted, heat_i),
-                        labels=("original", "inpainted (same scale)"))
+    from engine.plots import with_colour_bar
+
+    return with_colour_bar(side_by_side(overlay(original, heat_o), overlay(inpainted, heat_i),
+                                        labels=("original", "inpainted (same scale)")))
 
 
 # ---------------------------------------------------------------------------------------------- contrast

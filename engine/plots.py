@@ -7,9 +7,10 @@ columns, with the columns of the bundled query it is meant for, and writes one P
   method: stacked bars, one per concept, a segment per layer.
 - `overlap_matrix_plot`: ``queries/concept_overlap.sql`` rows (concept_a, concept_b, jaccard): the symmetric
   Jaccard matrix of the concepts' neuron sets.
-- `suppression_plot`: ``queries/report_suppression.sql`` rows (method, group, metric, value): one panel per
-  metric with target vs other bars per method; optional mention-rate rows (method, group, before, after) add a
-  panel of mention-rate drops.
+- `suppression_plot`: rows (method, group, metric, value), e.g. the drops of `engine.eval.summary`: one panel per
+  metric with target vs other bars per method, axes fitted to the values, the legend below the panels;
+  optional mention-rate rows (method, group, before, after) add a panel of mention-rate drops.
+- `with_colour_bar` / `colour_bar`: the colour bar of a heatmap figure (`engine.heatmap.heatmap_figure`).
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
 
+from engine.document import number
 from engine.errors import KneuronError
 
 GROUP_COLOURS = {"target": "#d62728", "other": "#1f77b4"}
@@ -141,7 +144,7 @@ def overlap_matrix_plot(data: Any, out: str | Path,
     if len(concepts) <= 15:
         for i in range(len(concepts)):
             for j in range(len(concepts)):
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                ax.text(j, i, number(float(matrix[i, j])), ha="center", va="center", fontsize=7,
                         color="black" if matrix[i, j] > 0.6 else "white")
     figure.colorbar(image, ax=ax, label="Jaccard |A ∩ B| / |A ∪ B|")
     ax.set_title(title)
@@ -150,14 +153,20 @@ def overlap_matrix_plot(data: Any, out: str | Path,
 
 
 # ---------------------------------------------------------------------------------------------- suppression
-def suppression_plot(data: Any, out: str | Path, mention_rates: Any = None,
-                     title: str = "Suppression: captions vs the unmodified model's") -> Path:
-    """One panel per metric: for each method, the mean score on target-concept images and on other images
-    (lower on target and unchanged on other = specific suppression). With ``mention_rates`` (rows: method,
-    group, before, after) a last panel shows the drop of the concept's mention rate, before - after.
+def fitted_limits(values: Sequence[float], pad: float = 0.12) -> tuple[float, float]:
+    """Axis limits for bars starting at 0: from min(0, values) to max(0, values), padded by ``pad`` of the
+    range (at least 1e-3), so small differences fill the panel instead of a fixed 0-1 axis."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    low, high = min([0.0, *finite]), max([0.0, *finite])
+    margin = max(pad * (high - low), 1e-3)
+    return (low - margin if low < 0 else 0.0), (high + margin if high > 0 or low == 0 else 0.0)
 
-    data: rows with ``method``, ``group`` (target | other), ``metric``, ``value`` (means).
-    """
+
+def suppression_figure(data: Any, mention_rates: Any = None,
+                       title: str = "Suppression: drops vs the unmodified model's captions",
+                       ylabel: str = "drop (before − after)") -> Figure:
+    """The figure of `suppression_plot`: one panel per metric, target and other bars per method, each panel's
+    axis fitted to its values (`fitted_limits`), one legend for all panels below them, outside every bar."""
     rows = records(data)
     _need(rows, ("method", "group", "metric", "value"), "suppression")
     mentions = records(mention_rates)
@@ -165,17 +174,19 @@ def suppression_plot(data: Any, out: str | Path, mention_rates: Any = None,
     metrics = list(dict.fromkeys(str(r["metric"]) for r in rows))
     methods = list(dict.fromkeys([str(r["method"]) for r in rows] + [str(r["method"]) for r in mentions]))
     panels = metrics + (["mention rate drop"] if mentions else [])
-    figure = _figure(max(6.0, 0.9 * len(methods) + 2.0) * min(len(panels), 3) if panels else 6.0,
-                     4.0 * max(1, math.ceil(len(panels) / 3)))
+    n_cols = min(len(panels), 2) if panels else 1
+    n_rows = math.ceil(len(panels) / n_cols) if panels else 1
+    panel_width = max(4.2, 0.55 * len(methods) + 1.6)
+    figure = _figure(panel_width * n_cols + 0.4 if panels else 6.0, 3.6 * n_rows + 0.9)
+    figure.set_layout_engine("constrained")  # rotated labels, titles and the outside legend never overlap
     if not panels:
         _empty(figure, "no suppression results")
-        return _save(figure, out)
-    n_cols = min(len(panels), 3)
-    n_rows = math.ceil(len(panels) / n_cols)
+        return figure
     x = np.arange(len(methods))
     width = 0.38
     for index, panel in enumerate(panels):
         ax = figure.add_subplot(n_rows, n_cols, index + 1)
+        heights_all: list[float] = []
         for offset, group in ((-width / 2, "target"), (width / 2, "other")):
             if panel == "mention rate drop":
                 values = {str(r["method"]): float(r["before"]) - float(r["after"]) for r in mentions
@@ -184,12 +195,62 @@ def suppression_plot(data: Any, out: str | Path, mention_rates: Any = None,
                 values = {str(r["method"]): float(r["value"]) for r in rows
                           if r["metric"] == panel and r["group"] == group and r["value"] is not None}
             heights = [values.get(m, np.nan) for m in methods]
-            ax.bar(x + offset, heights, width, label=group, color=GROUP_COLOURS[group])
+            heights_all += heights
+            ax.bar(x + offset, heights, width, label=f"{group} images", color=GROUP_COLOURS[group])
         ax.set_xticks(x, methods, rotation=30 if len(methods) > 3 else 0, ha="right" if len(methods) > 3 else "center")
         ax.set_title(panel)
+        ax.set_ylim(*fitted_limits(heights_all))
         ax.axhline(0.0, color="black", linewidth=0.6)
-        if index == 0:
-            ax.legend(frameon=False)
+        ax.grid(axis="y", color="#dddddd", linewidth=0.6)
+        ax.set_axisbelow(True)
+        if index % n_cols == 0:
+            ax.set_ylabel(ylabel)
+    handles, labels = figure.axes[0].get_legend_handles_labels()
     figure.suptitle(title)
-    figure.tight_layout()
-    return _save(figure, out)
+    figure.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
+    return figure
+
+
+def suppression_plot(data: Any, out: str | Path, mention_rates: Any = None,
+                     title: str = "Suppression: drops vs the unmodified model's captions",
+                     ylabel: str = "drop (before − after)") -> Path:
+    """One panel per metric: for each method, a bar on target-concept images and one on other images (by
+    default the drop of the score, before - after: tall on target and short on other = specific suppression).
+    With ``mention_rates`` (rows: method, group, before, after) a last panel shows the drop of the concept's
+    mention rate, before - after. Axes are fitted to each panel's values; the legend sits below the panels.
+
+    data: rows with ``method``, ``group`` (target | other), ``metric``, ``value`` (means).
+    """
+    return _save(suppression_figure(data, mention_rates, title, ylabel), out)
+
+
+# ---------------------------------------------------------------------------------------------- colour bar
+def colour_bar(height: int, cmap: str = "jet", bar_width: int = 14, label_width: int = 44,
+               ticks: Sequence[float] = (1.0, 0.5, 0.0)) -> Image.Image:
+    """A vertical colour bar ``[height, bar_width + label_width]`` of ``cmap``: the top is 1 (the highest heat
+    of the figure's common scale), the bottom 0 (its lowest), ``ticks`` labelled on the right."""
+    from matplotlib import colormaps
+
+    values = np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None].repeat(bar_width, axis=1)
+    colours = np.rint(colormaps[cmap](values)[..., :3] * 255.0).astype(np.uint8)
+    bar = Image.new("RGB", (bar_width + label_width, height), (255, 255, 255))
+    bar.paste(Image.fromarray(colours, mode="RGB"), (0, 0))
+    draw = ImageDraw.Draw(bar)
+    draw.rectangle((0, 0, bar_width - 1, height - 1), outline=(80, 80, 80))
+    for tick in ticks:
+        y = round((1.0 - tick) * (height - 1))
+        draw.line((bar_width, y, bar_width + 3, y), fill=(0, 0, 0))
+        draw.text((bar_width + 5, min(max(0, y - 6), height - 12)), f"{tick:.1f}", fill=(0, 0, 0))
+    return bar
+
+
+def with_colour_bar(figure: Image.Image, gap: int = 8, label_h: int = 18, label: str = "heat") -> Image.Image:
+    """``figure`` (a `side_by_side` of heatmap overlays with its default ``gap`` and labels) with a colour bar of
+    the overlays' colormap to the right of the panels, as tall as they are and labelled ``label``."""
+    height = figure.height - label_h - 2 * gap
+    bar = colour_bar(height)
+    out = Image.new("RGB", (figure.width + bar.width + gap, figure.height), (255, 255, 255))
+    out.paste(figure, (0, 0))
+    out.paste(bar, (figure.width, gap + label_h))
+    ImageDraw.Draw(out).text((figure.width, gap // 2), label, fill=(0, 0, 0))
+    return out

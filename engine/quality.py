@@ -93,7 +93,7 @@ def check_quality(adapter: VLMAdapter, world: Path, split: str = "test", limit: 
     report = QualityReport(categories={n: CategoryQuality() for n in names}, n_images=len(ids))
     images = [data.load_image(i) for i in ids]
     captions = caption_images(adapter, images, batch_size=batch_size).texts
-    report.examples = list(zip(ids[:5], captions[:5]))
+    report.examples = list(zip(ids[:20], captions[:20]))
     fill = get_inpainter(inpainter)
     removal_images: list[Image.Image] = []
     removal_cases: list[tuple[str, list[str]]] = []

@@ -22,6 +22,7 @@ from nnsight import NNsight
 from PIL import Image
 
 from engine.models.base import VLMAdapter
+from engine.threads import job
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,19 @@ def record_pairs(
     targets: Sequence[Target],
     config: RecordConfig = RecordConfig(),
 ) -> PairRecord:
-    """Record ``O_o``, ``O_i`` and ``g_c`` reductions for ``B`` (original, inpainted) pairs in one forward+backward."""
+    """Record ``O_o``, ``O_i`` and ``g_c`` reductions for ``B`` (original, inpainted) pairs in one forward+backward,
+    on the torch threads `engine.threads.job` gives this model (one for small models unless the user chose)."""
+    with job(adapter.model):
+        return _record_pairs(adapter, originals, inpainted, targets, config)
+
+
+def _record_pairs(
+    adapter: VLMAdapter,
+    originals: Sequence[Image.Image] | torch.Tensor,
+    inpainted: Sequence[Image.Image] | torch.Tensor,
+    targets: Sequence[Target],
+    config: RecordConfig,
+) -> PairRecord:
     b = len(targets)
     images: Sequence[Image.Image] | torch.Tensor
     if isinstance(originals, torch.Tensor):

@@ -76,8 +76,12 @@ def _returns_rows(statement: duckdb.Statement) -> bool:
 
 
 def run(con: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, Any] | None = None) -> pa.Table:
-    """Run the bundled query ``name`` (``queries/<name>.sql``) with ``params`` bound by name."""
-    return execute(con, load(name), params)
+    """Run the bundled query ``name`` (``queries/<name>.sql``) with ``params`` bound by name; a derived view
+    (`VIEWS`) that the query names and the connection lacks is created first (`install_views`)."""
+    sql = load(name)
+    if any(re.search(rf"\b{view}\b", sql) for view in VIEWS) and not set(VIEWS) <= relations(con):
+        install_views(con)
+    return execute(con, sql, params)
 
 
 def first_line(exc: BaseException) -> str:
@@ -89,7 +93,7 @@ def first_line(exc: BaseException) -> str:
 
 
 #: derived views every connection gets (``queries/views/<name>.sql``), in creation order
-VIEWS = ("current_sets",)
+VIEWS = ("current_sets", "neuron_means")
 
 
 def connect(root: Any = None, read_only: bool = True) -> duckdb.DuckDBPyConnection:
@@ -99,10 +103,42 @@ def connect(root: Any = None, read_only: bool = True) -> duckdb.DuckDBPyConnecti
 
     con = warehouse.connect(root, read_only=read_only)
     install_views(con)
+    threads = __import__("os").environ.get("KNEURON_DUCKDB_THREADS")  # the command's thread policy, if any
+    if threads and threads.isdigit() and int(threads) > 0:
+        con.execute(f"SET threads = {int(threads)}")
     return con
 
 
+#: what a derived view reads: a view is made only on connections that have these relations (a hand-built
+#: connection without the signal tables gets current_sets alone)
+VIEW_NEEDS = {"current_sets": ("neuron_sets", "set_choices"), "neuron_means": ("neuron_stats", "samples", "splits")}
+
+#: storage views `neuron_means` reads (`warehouse.connect` makes them); a connection built by hand over a
+#: neuron_stats view gets these stand-ins: no rollup, every image row
+ROLLUP_STAND_INS = {
+    "neuron_rollup_complete": "SELECT CAST(NULL AS VARCHAR) AS run_id, CAST(NULL AS VARCHAR) AS concept, "
+                              "CAST(NULL AS SMALLINT) AS layer, CAST(NULL AS SMALLINT) AS unit, "
+                              "CAST(NULL AS INTEGER) AS n_images, CAST(NULL AS DOUBLE) AS sum_d_max, "
+                              "CAST(NULL AS DOUBLE) AS sum_d_mean, CAST(NULL AS DOUBLE) AS sum_g_max, "
+                              "CAST(NULL AS DOUBLE) AS sum_g_mean WHERE false",
+    "neuron_stats_unrolled": "SELECT * FROM neuron_stats",
+}
+
+
+def relations(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Names of the tables and views the connection has (temporary ones included)."""
+    return {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
 def install_views(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the derived views (`VIEWS`) on a connection that has the warehouse's table views."""
+    """Create the derived views (`VIEWS`) on a connection that has the warehouse's table views (a view whose
+    tables the connection lacks, `VIEW_NEEDS`, is left out; a missing rollup view gets its stand-in)."""
+    present = relations(con)
     for name in VIEWS:
+        if name != "current_sets" and not set(VIEW_NEEDS[name]) <= present:
+            continue
+        if name == "neuron_means":
+            for view, select in ROLLUP_STAND_INS.items():
+                if view not in present:
+                    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {select}")
         con.execute((QUERY_DIR / "views" / f"{name}.sql").read_text(encoding="utf-8"))

@@ -11,6 +11,14 @@ shapes the result as ``neuron_sets`` rows (`set_rows`, the one builder of such r
 (the warehouse's schema, `warehouse.TABLES["neuron_sets"]`). ``score`` is the stage-2 aggregated
 score for ``two_stage`` and ``stage2_only`` sets and the stage-1 score for ``stage1_only``.
 
+Beyond the paper, both optional (off by default, and then every set id is as before):
+- ``specific`` (`SpecificSpec`, ``kneuron select --specific``): a third filter, N_k ∩ S_k, stored as the
+  method ``two_stage_specific`` next to the plain ``two_stage`` set (which stays the reference of the
+  baselines); S_k is defined in ``two_stage.sql``.
+- ``exclude_massive`` (a number k, ``kneuron select --exclude-massive K``): the run's massive units
+  (`massive_units`, ``queries/massive_units.sql``) are taken out of the pool of every method of the
+  selection; ``exclude_massive`` enters every set's params.
+
 ``set_id`` is the first 16 hex digits of the SHA-256 of (run, concept, method, params) with sorted keys, so
 the same selection of the same run always gets the same id. ``params_json`` holds those params plus a
 ``resolved`` object (thresholds actually applied, number of images, |C_k|, |N_k|), which does not enter the id.
@@ -37,6 +45,9 @@ AGGREGATIONS = ("mean", "share")
 REDUCTIONS = ("max", "mean")
 STAGE2_POOLS = ("candidates", "all")
 METHODS = ("two_stage", "stage1_only", "stage2_only")
+SPECIFIC_METHOD = "two_stage_specific"
+SPECIFIC_KINDS = ("stage1", "ratio")
+SPECIFIC_SCOPES = ("final", "pool")
 
 NEURON_SETS_SCHEMA: pa.Schema = TABLES["neuron_sets"].schema
 
@@ -49,6 +60,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("n_neurons", pa.int64()),
         ("n_candidates", pa.int64()),
         ("n_selected", pa.int64()),
+        ("n_specific", pa.int64()),
         ("threshold_a", pa.float64()),
         ("threshold_g", pa.float64()),
     ]
@@ -137,6 +149,58 @@ class ThresholdSpec:
 
 
 @dataclass(frozen=True)
+class SpecificSpec:
+    """Which neurons count as specific to their concept (S_k; the exact rules are in ``two_stage.sql``).
+
+    kind ``stage1``: in C_k and in no other concept's C_c (the selection's own stage-1 thresholds, no new
+    number). kind ``ratio``: s_k > 0 and s_k > ratio x the largest s_c of the other concepts, s = the mean
+    stage-``stage`` score (``a``: activation difference, ``g``: GradCAM) over each concept's identification
+    images; ratio 1 = "k is the concept the neuron scores highest on" (no tuned number).
+    """
+
+    kind: str = "stage1"
+    stage: str = "g"
+    ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SPECIFIC_KINDS:
+            raise KneuronError(f"unknown specificity kind {self.kind!r}; expected one of {', '.join(SPECIFIC_KINDS)}")
+        if self.stage not in ("a", "g"):
+            raise KneuronError(f"specificity stage must be 'a' or 'g', got {self.stage!r}")
+        if not math.isfinite(self.ratio) or self.ratio < 0:
+            raise KneuronError(f"specificity ratio must be a finite number >= 0, got {self.ratio!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> "SpecificSpec":
+        """The CLI form: ``stage1``, ``ratio:R`` (on g_c), ``ratio2:R`` (the same) or ``ratio1:R`` (on Δ)."""
+        text = str(text).strip()
+        if text == "stage1":
+            return cls("stage1")
+        prefix, _, number = text.partition(":")
+        stages = {"ratio": "g", "ratio2": "g", "ratio1": "a"}
+        if prefix not in stages or not number:
+            raise KneuronError(f"bad specificity {text!r}; expected stage1, ratio:R, ratio1:R or ratio2:R")
+        try:
+            value = float(number)
+        except ValueError:
+            raise KneuronError(f"bad specificity {text!r}: {number!r} is not a number") from None
+        return cls("ratio", stages[prefix], value)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready identity (part of a set's params)."""
+        if self.kind == "stage1":
+            return {"kind": "stage1"}
+        return {"kind": "ratio", "stage": self.stage, "ratio": float(self.ratio)}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> "SpecificSpec | None":
+        """The spec a set's ``params["specific"]`` describes (None: no specificity filter)."""
+        if not params:
+            return None
+        return cls(str(params.get("kind")), str(params.get("stage", "g")), float(params.get("ratio", 1.0)))
+
+
+@dataclass(frozen=True)
 class SelectionConfig:
     """One selection. The defaults are the defaults of ``kneuron select``.
 
@@ -154,6 +218,8 @@ class SelectionConfig:
     reduce: str = "max"
     stage2_pool: str = "candidates"
     baselines: bool = True  # also stage1_only(|N_k|) and stage2_only(|N_k|)
+    specific: SpecificSpec | None = None  # also two_stage_specific = N_k ∩ S_k
+    exclude_massive: float | None = None  # k of queries/massive_units.sql: those units leave every pool
 
     def __post_init__(self) -> None:
         if self.aggregate not in AGGREGATIONS:
@@ -164,12 +230,17 @@ class SelectionConfig:
             raise KneuronError(f"unknown stage-2 pool {self.stage2_pool!r}; expected one of {', '.join(STAGE2_POOLS)}")
         if not 0.0 <= self.min_share <= 1.0:
             raise KneuronError(f"min_share must lie in [0, 1], got {self.min_share!r}")
+        if self.exclude_massive is not None and (not math.isfinite(self.exclude_massive)
+                                                 or self.exclude_massive <= 0):
+            raise KneuronError(f"exclude_massive must be a number k > 0, got {self.exclude_massive!r}")
 
     def common_params(self) -> dict[str, Any]:
-        """Parameters every method shares (JSON-ready)."""
+        """Parameters every method shares (JSON-ready); ``exclude_massive`` only when set."""
         params: dict[str, Any] = {"aggregate": self.aggregate, "reduce": self.reduce}
         if self.aggregate == "share":
             params["min_share"] = self.min_share
+        if self.exclude_massive is not None:
+            params["exclude_massive"] = float(self.exclude_massive)
         return params
 
 
@@ -198,8 +269,15 @@ def latest_run(con: duckdb.DuckDBPyConnection) -> str:
 
 
 def query_params(config: SelectionConfig, run_id: str, concepts: list[str] | tuple[str, ...],
-                 stage1: ThresholdSpec, stage2: ThresholdSpec) -> dict[str, Any]:
-    """The bound parameters of ``two_stage.sql``."""
+                 stage1: ThresholdSpec, stage2: ThresholdSpec, specific: SpecificSpec | None = None,
+                 scope: str = "final", excluded: Sequence[tuple[int, int]] = ()) -> dict[str, Any]:
+    """The bound parameters of ``two_stage.sql``.
+
+    specific / scope: the specificity filter S_k and where it applies (``final``: N_k ∩ S_k; ``pool``: the
+    stage-2 pool is C_k ∩ S_k); None = off. excluded: ``(layer, unit)`` pairs taken out of every pool.
+    """
+    if scope not in SPECIFIC_SCOPES:
+        raise KneuronError(f"unknown specificity scope {scope!r}; expected one of {', '.join(SPECIFIC_SCOPES)}")
     return {
         "run_id": run_id,
         "concepts": list(concepts),
@@ -209,7 +287,23 @@ def query_params(config: SelectionConfig, run_id: str, concepts: list[str] | tup
         "g_pool": config.stage2_pool,
         **stage1.bind("a"),
         **stage2.bind("g"),
+        "s_kind": "none" if specific is None else specific.kind,
+        "s_stage": "g" if specific is None else specific.stage,
+        "s_ratio": 1.0 if specific is None else float(specific.ratio),
+        "s_scope": scope,
+        "x_layers": [int(layer) for layer, _ in excluded],
+        "x_units": [int(unit) for _, unit in excluded],
     }
+
+
+#: the default k of the massive-unit rule (``queries/massive_units.sql``): an order of magnitude above the median
+MASSIVE_K = 10.0
+
+
+def massive_units(con: duckdb.DuckDBPyConnection, run_id: str, k: float = MASSIVE_K) -> list[tuple[int, int]]:
+    """The run's massive units ``(layer, unit)`` (``queries/massive_units.sql`` with ``$k``), sorted."""
+    rows = queries.run(con, "massive_units", {"run_id": run_id, "k": float(k)}).to_pydict()
+    return sorted(zip((int(x) for x in rows["layer"]), (int(x) for x in rows["unit"])))
 
 
 def run_selection(con: duckdb.DuckDBPyConnection, config: SelectionConfig = SelectionConfig()) -> Selection:
@@ -220,7 +314,9 @@ def run_selection(con: duckdb.DuckDBPyConnection, config: SelectionConfig = Sele
     """
     run_id = config.run_id if config.run_id is not None else latest_run(con)
     created_at = dt.datetime.now(dt.timezone.utc)
-    rows = queries.run(con, "two_stage", query_params(config, run_id, config.concepts, config.stage1, config.stage2))
+    excluded = massive_units(con, run_id, config.exclude_massive) if config.exclude_massive is not None else []
+    rows = queries.run(con, "two_stage", query_params(config, run_id, config.concepts, config.stage1, config.stage2,
+                                                      excluded=excluded))
     _check_concepts(run_id, config.concepts, rows)
     if rows.num_rows == 0:
         raise KneuronError(f"no neuron_stats of ok images in run {run_id!r}")
@@ -238,6 +334,17 @@ def run_selection(con: duckdb.DuckDBPyConnection, config: SelectionConfig = Sele
         tables.append(_group_rows(run_id, concept, "two_stage", set_id, params, group, created_at))
         summaries.append(_summary_row(concept, "two_stage", set_id, group))
 
+    if config.specific is not None:
+        specific = queries.run(con, "two_stage", query_params(config, run_id, config.concepts, config.stage1,
+                                                              config.stage2, config.specific, "final", excluded))
+        for concept, group in _by_concept(specific):
+            params = {**config.common_params(), "stage1": config.stage1.describe(concept),
+                      "stage2": config.stage2.describe(concept), "stage2_pool": config.stage2_pool,
+                      "specific": config.specific.describe()}
+            set_id = set_id_of(run_id, concept, SPECIFIC_METHOD, params)
+            tables.append(_group_rows(run_id, concept, SPECIFIC_METHOD, set_id, params, group, created_at))
+            summaries.append(_summary_row(concept, SPECIFIC_METHOD, set_id, group))
+
     if config.baselines:
         budgets = {concept: n for concept, n in sizes.items() if n > 0}
         for method in ("stage1_only", "stage2_only"):
@@ -247,7 +354,7 @@ def run_selection(con: duckdb.DuckDBPyConnection, config: SelectionConfig = Sele
             off = ThresholdSpec("none")
             stage1, stage2 = (budget, off) if method == "stage1_only" else (off, budget)
             base = queries.run(con, "two_stage",
-                               query_params(config, run_id, sorted(budgets), stage1, stage2))
+                               query_params(config, run_id, sorted(budgets), stage1, stage2, excluded=excluded))
             for concept, group in _by_concept(base):
                 params = {**config.common_params(), "budget": budgets[concept],
                           "budget_of": two_stage_ids[concept]}
@@ -280,8 +387,8 @@ def _by_concept(rows: pa.Table) -> list[tuple[str, dict[str, Any]]]:
     for i, concept in enumerate(data["concept"]):
         group = out.get(concept)
         if group is None:
-            group = {key: data[key][i] for key in
-                     ("n_images", "n_neurons", "n_candidates", "n_selected", "threshold_a", "threshold_g")}
+            group = {key: data[key][i] for key in ("n_images", "n_neurons", "n_candidates", "n_selected",
+                                                   "n_specific", "threshold_a", "threshold_g")}
             group.update(layer=[], unit=[], score=[])
             out[concept] = group
         if data["layer"][i] is not None:
@@ -319,6 +426,8 @@ def set_rows(run_id: str, concept: str, method: str, set_id: str, params: Mappin
 def _group_rows(run_id: str, concept: str, method: str, set_id: str, params: dict[str, Any],
                 group: dict[str, Any], created_at: dt.datetime) -> pa.Table:
     resolved = {key: group[key] for key in ("n_images", "n_candidates", "n_selected", "threshold_a", "threshold_g")}
+    if method == SPECIFIC_METHOD:
+        resolved["n_specific"] = group["n_specific"]
     return set_rows(run_id, concept, method, set_id, params,
                     list(zip(group["layer"], group["unit"], group["score"])), created_at, resolved)
 
@@ -326,4 +435,4 @@ def _group_rows(run_id: str, concept: str, method: str, set_id: str, params: dic
 def _summary_row(concept: str, method: str, set_id: str, group: dict[str, Any]) -> dict[str, Any]:
     return {"concept": concept, "method": method, "set_id": set_id,
             **{key: group[key] for key in ("n_images", "n_neurons", "n_candidates", "n_selected",
-                                           "threshold_a", "threshold_g")}}
+                                           "n_specific", "threshold_a", "threshold_g")}}

@@ -4,7 +4,7 @@
 -- samples(run_id, concept, image_id, status) and splits(run_id, concept, image_id, split). Only the
 -- identification images count: samples with status = 'ok' that the splits table does not put in 'eval'.
 -- Returns one row per selected neuron, plus one row with layer/unit NULL for a concept whose set is empty:
---   concept, n_images, n_neurons, threshold_a, threshold_g, n_candidates, n_selected,
+--   concept, n_images, n_neurons, threshold_a, threshold_g, n_candidates, n_selected, n_specific,
 --   layer, unit, score, score_a, score_g
 -- (score = score_g, or score_a when stage 2 is 'none'; thresholds are the values actually applied).
 --
@@ -42,6 +42,18 @@
 --   N_k = neurons of C_k passing stage 2. The stage-2 pool ($g_pool) is 'candidates' (C_k; default: the
 --         quantile/knee/budget of stage 2 ranks the candidates against each other, which is what refining C_k
 --         means) or 'all' (thresholds from all neurons of k, then intersected with C_k).
+--   Excluded units ($x_layers/$x_units, parallel lists; e.g. the run's massive units, queries/massive_units.sql)
+--         are taken out of every concept's pool before stage 1: they never count, pass or set a threshold.
+--   Specificity S_k (beyond the paper; $s_kind, 'none' = off). The neuron (l, i) is specific to k when
+--     'stage1'  it is in C_k and in no other concept's C_c (c != k, every concept of the run, each with its own
+--               stage-1 threshold: no new number);
+--     'ratio'   s_k > 0 and s_k > $s_ratio * max_{c != k} s_c, where s_c is the neuron's mean score over the
+--               identification images of concept c (mean_a if $s_stage = 'a', mean_g if 'g'); $s_ratio = 1:
+--               k is the concept the neuron scores highest on. A run with one concept: every s_k > 0 passes.
+--     With specificity on, the stages run over every concept of the run (others' C_c and s_c are needed) and
+--     only the result is restricted to $concepts. $s_scope says where S_k applies: 'final' (a third filter:
+--     N_k ∩ S_k) or 'pool' (the stage-2 pool is C_k ∩ S_k, so a stage-2 budget top:n gives the n best
+--     specific candidates). n_specific = |C_k ∩ S_k| (= n_candidates when specificity is off).
 WITH
 selected_concepts AS (
     SELECT unnest(CAST($concepts AS VARCHAR[])) AS concept
@@ -50,7 +62,8 @@ ok_images AS (
     SELECT DISTINCT concept, image_id
     FROM samples
     WHERE run_id = $run_id AND status = 'ok'
-      AND (len(CAST($concepts AS VARCHAR[])) = 0 OR concept IN (SELECT concept FROM selected_concepts))
+      AND ($s_kind <> 'none' OR len(CAST($concepts AS VARCHAR[])) = 0
+           OR concept IN (SELECT concept FROM selected_concepts))
       AND NOT EXISTS (SELECT 1 FROM splits AS e
                       WHERE e.run_id = $run_id AND e.split = 'eval'
                         AND e.concept = samples.concept AND e.image_id = samples.image_id)
@@ -62,11 +75,16 @@ per_image AS NOT MATERIALIZED (
     FROM neuron_stats AS s
     SEMI JOIN ok_images AS o ON s.concept = o.concept AND s.image_id = o.image_id
     WHERE s.run_id = $run_id
-      AND (len(CAST($concepts AS VARCHAR[])) = 0 OR s.concept IN (SELECT concept FROM selected_concepts))
+      AND ($s_kind <> 'none' OR len(CAST($concepts AS VARCHAR[])) = 0
+           OR s.concept IN (SELECT concept FROM selected_concepts))
+),
+excluded AS (
+    SELECT unnest(CAST($x_layers AS INTEGER[])) AS layer, unnest(CAST($x_units AS INTEGER[])) AS unit
 ),
 neurons AS (
     SELECT concept, layer, unit, count(*) AS n_img, avg(v_a) AS mean_a, avg(v_g) AS mean_g
-    FROM per_image
+    FROM per_image AS p
+    ANTI JOIN excluded AS x ON x.layer = p.layer AND x.unit = p.unit
     GROUP BY concept, layer, unit
 ),
 concepts AS (
@@ -152,9 +170,33 @@ a_passed AS (
            END, FALSE) AS in_c
     FROM a_scored
 ),
+-- ---------------------------------------------------------------- specificity S_k
+s_other AS (
+    SELECT a.concept, a.layer, a.unit,
+           max(CASE WHEN $s_stage = 'a' THEN b.mean_a ELSE b.mean_g END) AS other_max
+    FROM neurons AS a
+    JOIN neurons AS b ON b.layer = a.layer AND b.unit = a.unit AND b.concept <> a.concept
+    WHERE $s_kind = 'ratio'
+    GROUP BY a.concept, a.layer, a.unit
+),
+s_passed AS (
+    SELECT a.*,
+           CASE $s_kind
+               WHEN 'stage1' THEN a.in_c AND count(*) FILTER (WHERE a.in_c)
+                                                 OVER (PARTITION BY a.layer, a.unit) = 1
+               WHEN 'ratio' THEN COALESCE(
+                   (CASE WHEN $s_stage = 'a' THEN a.mean_a ELSE a.mean_g END) > 0
+                   AND (o.other_max IS NULL
+                        OR (CASE WHEN $s_stage = 'a' THEN a.mean_a ELSE a.mean_g END)
+                           > CAST($s_ratio AS DOUBLE) * o.other_max), FALSE)
+               ELSE TRUE
+           END AS in_s
+    FROM a_passed AS a
+    LEFT JOIN s_other AS o ON o.concept = a.concept AND o.layer = a.layer AND o.unit = a.unit
+),
 -- ---------------------------------------------------------------- stage 2: threshold over the pool
 g_pool AS (
-    SELECT * FROM a_passed WHERE in_c OR $g_pool = 'all'
+    SELECT * FROM s_passed WHERE (in_c OR $g_pool = 'all') AND (in_s OR $s_scope <> 'pool')
 ),
 g_value AS (
     SELECT c.concept, COALESCE(o.value, CAST($g_value AS DOUBLE)) AS value
@@ -241,18 +283,20 @@ final_set AS (
     SELECT concept, layer, unit, score_a, score_g,
            CASE WHEN $g_kind = 'none' THEN score_a ELSE score_g END AS score
     FROM g_passed
-    WHERE in_c AND in_n
+    WHERE in_c AND in_n AND (in_s OR $s_scope <> 'final')
 ),
 summary AS (
     SELECT c.concept, c.n_images, c.n_neurons, ta.t AS threshold_a, tg.t AS threshold_g,
            (SELECT count(*) FROM a_passed AS a WHERE a.concept = c.concept AND a.in_c) AS n_candidates,
-           (SELECT count(*) FROM final_set AS f WHERE f.concept = c.concept) AS n_selected
+           (SELECT count(*) FROM final_set AS f WHERE f.concept = c.concept) AS n_selected,
+           (SELECT count(*) FROM s_passed AS p WHERE p.concept = c.concept AND p.in_c AND p.in_s) AS n_specific
     FROM concepts AS c
     JOIN a_threshold AS ta ON ta.concept = c.concept
     JOIN g_threshold AS tg ON tg.concept = c.concept
+    WHERE len(CAST($concepts AS VARCHAR[])) = 0 OR c.concept IN (SELECT concept FROM selected_concepts)
 )
 SELECT s.concept, s.n_images, s.n_neurons, s.threshold_a, s.threshold_g, s.n_candidates, s.n_selected,
-       f.layer, f.unit, f.score, f.score_a, f.score_g
+       s.n_specific, f.layer, f.unit, f.score, f.score_a, f.score_g
 FROM summary AS s
 LEFT JOIN final_set AS f ON f.concept = s.concept
 ORDER BY s.concept, f.layer, f.unit

@@ -1,6 +1,7 @@
 """Baselines: Pan et al. scores and Dai et al. integrated gradients against plain-PyTorch loop references, the
-sharing-ratio refinement by hand, the random controls (seeded, layer-matched, excluding N_k), the single-stage
-sets against a numpy computation and against `queries.selection`'s own ids, and the exact budget of every method.
+sharing-ratio refinement by hand, the random controls (seeded, layer-matched, excluding N_k; random_nonmassive
+also the massive units, nested over budgets), the single-stage sets against a numpy computation and against
+`queries.selection`'s own ids, two_stage_specific against the SQL pool, and the exact budget of every method.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from engine.baselines.pan import pan_scores
 from engine.baselines.random import fit_counts, scale_counts
 from engine.errors import KneuronError
 from engine.pipelines.sets import StoredStageRanking
+from engine.pipelines.suppress_budget import BudgetRanking
 from engine.record import Target
 from tests.helpers.eval_fixtures import CONCEPTS, RUN_ID, TWO_STAGE_PARAMS, build_eval_world
 from tests.helpers.tiny_models import tiny_minigpt4
@@ -36,9 +38,10 @@ def make_ctx(adapter, world, con=None, seed=0) -> BaselineContext:  # noqa: ANN0
     """The context of the fixture run; with ``con``, the stage-only baselines rank its stored signals."""
     refs = {c: ReferenceSet(set_id, TWO_STAGE_PARAMS, tuple(neurons))
             for c, (set_id, neurons) in world.two_stage.items()}
-    ranking = None if con is None else StoredStageRanking(con, RUN_ID, {c: r.params for c, r in refs.items()})
+    ranking = None if con is None else BudgetRanking(con, RUN_ID, {c: r.params for c, r in refs.items()})
     return BaselineContext(adapter=adapter, dataset=world.dataset, run_id=RUN_ID, ident_images=world.ident,
-                           reference_sets=refs, seed=seed, batch_size=3, stage_ranking=ranking)
+                           reference_sets=refs, seed=seed, batch_size=3, stage_ranking=ranking,
+                           massive_units=None if ranking is None else ranking.massive)
 
 
 def two_targets(adapter) -> list[Target]:  # noqa: ANN001
@@ -237,7 +240,7 @@ def test_stage_baseline_ids_match_the_selection_module(adapter, world):
 def test_every_baseline_gives_exactly_the_budget(adapter, world, budget):
     with warehouse.connect(world.warehouse) as con:
         ctx = make_ctx(adapter, world, con=con)
-        for name in sorted(BASELINES):
+        for name in sorted(set(BASELINES) - {"two_stage_specific"}):  # its pool C_k ∩ S_k may be smaller
             chosen = get_baseline(name, **({"steps": 4} if name == "dai" else {})).select(ctx, "circle", budget)
             assert len(chosen) == budget, name
             assert len({(layer, u) for layer, u, _ in chosen}) == budget, name
@@ -265,3 +268,146 @@ def test_registry_and_errors(adapter, world):
     with pytest.raises(KneuronError, match="no identification images for concept 'circle'"):
         get_baseline("pan").select(ctx, "circle", 3)
     assert CONCEPTS == tuple(sorted(world.two_stage))
+
+
+# ---------------------------------------------------------------------------------------------- fragility / specificity
+def test_random_nonmassive_avoids_massive_units_and_two_stage_and_is_nested(adapter, world):
+    massive = [(0, 1), (1, 2), (2, 3)] + [(0, u) for u in range(10, 60)]
+    ctx = make_ctx(adapter, world, seed=4)
+    ctx.massive_units = lambda k: massive if k == 10.0 else []
+    baseline = get_baseline("random_nonmassive")
+    sets = {n: [(layer, u) for layer, u, _ in baseline.select(ctx, "circle", n)] for n in (1, 2, 4, 8, 16, 32)}
+    blocked = set(massive) | set(world.two_stage["circle"][1])
+    for n, chosen in sets.items():
+        assert len(set(chosen)) == n and not set(chosen) & blocked
+    for small, large in zip((1, 2, 4, 8, 16), (2, 4, 8, 16, 32)):
+        assert set(sets[small]) <= set(sets[large])  # one permutation, its prefixes
+    assert baseline.select(ctx, "circle", 8) == baseline.select(ctx, "circle", 8)
+    other_seed = make_ctx(adapter, world, seed=5)
+    other_seed.massive_units = ctx.massive_units
+    assert baseline.select(other_seed, "circle", 8) != baseline.select(ctx, "circle", 8)
+    assert baseline.params(ctx, "circle", 8) == {"budget": 8, "budget_of": "ts-circle", "exclude_reference": True,
+                                                 "massive_k": 10.0, "seed": 4}
+    with pytest.raises(KneuronError, match="needs the run's stored signals"):
+        get_baseline("random_nonmassive").select(make_ctx(adapter, world), "circle", 3)
+    with pytest.raises(KneuronError, match="k must be a number > 0"):
+        get_baseline("random_nonmassive", k=0)
+
+
+def test_two_stage_specific_is_the_ranking_within_the_specific_candidates(adapter, world):
+    import queries
+    from queries.selection import SelectionConfig, SpecificSpec, ThresholdSpec, query_params
+
+    with warehouse.connect(world.warehouse) as con:
+        ctx = make_ctx(adapter, world, con=con)
+        baseline = get_baseline("two_stage_specific", specific="ratio1:0")
+        params = query_params(SelectionConfig(), RUN_ID, ["square"], ThresholdSpec("auto"), ThresholdSpec("none"),
+                              SpecificSpec("ratio", "a", 0.0), "pool")
+        pool = queries.run(con, "two_stage", params).to_pylist()
+        ranked = sorted(((r["layer"], r["unit"], r["score_g"]) for r in pool if r["layer"] is not None),
+                        key=lambda n: (-n[2], n[0], n[1]))
+        assert len(ranked) == pool[0]["n_specific"] > 3
+        previous: set = set()
+        for n in (1, 2, 3, len(ranked) + 5):
+            chosen = baseline.select(ctx, "square", n)
+            assert [(layer, u) for layer, u, _ in chosen] == [(layer, u) for layer, u, _ in ranked[:n]]
+            assert [s for _, _, s in chosen] == pytest.approx([s for _, _, s in ranked[:n]], rel=1e-6)
+            assert previous <= {(layer, u) for layer, u, _ in chosen}  # nested budgets
+            previous = {(layer, u) for layer, u, _ in chosen}
+        assert ctx.stage_ranking.pool_sizes[("square", len(ranked) + 5, "ratio1:0")] == len(ranked)
+        assert baseline.params(ctx, "square", 3) == {**TWO_STAGE_PARAMS, "stage2": {"kind": "budget", "value": 3},
+                                                     "budget": 3, "budget_of": "ts-square",
+                                                     "specific": {"kind": "ratio", "stage": "a", "ratio": 0.0}}
+        plain = BaselineContext(adapter=adapter, run_id=RUN_ID, reference_sets=ctx.reference_sets,
+                                stage_ranking=StoredStageRanking(con, RUN_ID, {}))
+        with pytest.raises(KneuronError, match="needs the stored stage signals"):
+            baseline.select(plain, "square", 2)
+    with pytest.raises(KneuronError, match="specific must be stage1"):
+        get_baseline("two_stage_specific", specific="")
+
+
+# ---------------------------------------------------------------------------------------------- Dai et al.: speed
+def per_layer_ig_reference(adapter, images, targets, steps: int = 20) -> torch.Tensor:  # noqa: ANN001
+    """The implementation before the KV-cached path (kept as the reference): per image and per layer, one
+    forward+backward of the ``m`` scaled copies over the full sequence, logits of every position."""
+    from engine.record import target_positions
+
+    out = []
+    for image, target in zip(images, targets):
+        prepared = adapter.prepare([image], targets=[list(target.tokens)])
+        at = target_positions(prepared.prompt_length, [target])
+        base = torch.stack(plain_hook_activations(adapter, image, target)).float()[None]  # [1, L, d_ff]
+        repeated = adapter.prepare([image] * steps, targets=[list(target.tokens)] * steps)
+        rows = torch.arange(steps)
+        at_rep = at.repeat_interleave(steps)
+        alphas = (torch.arange(steps, dtype=torch.float32) / steps)[:, None]
+        attributions = torch.empty_like(base)
+        for layer in range(adapter.n_layers):
+            scaled = (alphas * base[:, layer].repeat_interleave(steps, dim=0)).requires_grad_(True)
+
+            def hook(module, args, scaled=scaled):  # noqa: ANN001
+                x = args[0].clone()
+                x[rows, at_rep] = scaled.to(x.dtype)
+                return (x,)
+
+            handle = adapter.neuron_module(adapter.model, layer).register_forward_pre_hook(hook)
+            try:
+                with torch.enable_grad():
+                    logits = adapter.model(*repeated.args, **repeated.kwargs).logits[rows, at_rep].float()
+                    prob = torch.softmax(logits, dim=-1)[rows, target.token_id]
+                    (grad,) = torch.autograd.grad(prob.sum(), scaled)
+            finally:
+                handle.remove()
+            attributions[:, layer] = base[:, layer] * grad.view(1, steps, -1).mean(dim=1)
+        out.append(attributions[0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("variant", ["qformer", "patch"])
+def test_dai_cached_and_full_paths_equal_the_per_layer_reference(variant, monkeypatch):  # noqa: ANN001
+    import engine.baselines.dai as dai
+    from tests.helpers.tiny_models import random_images
+
+    model = tiny_minigpt4(variant, seed=2)
+    images = random_images(3, seed=4)
+    caption = model.encode("a red circle on the plain background")
+    targets = [concept_target(model, caption, "circle"), concept_target(model, model.encode("blue square"), "star"),
+               concept_target(model, model.encode("a green star above a blue circle"), "circle")]
+    reference = per_layer_ig_reference(model, images, targets, steps=8)
+    calls = {"full": 0}
+    full = dai._ig_full
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003
+        calls["full"] += 1
+        return full(*args, **kwargs)
+
+    monkeypatch.setattr(dai, "_ig_full", counted)
+    cached = ig_attributions(model, images, targets, steps=8, max_rows=7)  # chunks that split layers
+    assert calls["full"] == 0  # MiniGPT-4 takes the KV-cached path
+    torch.testing.assert_close(cached, reference, rtol=1e-4, atol=1e-7)
+    full_rows = ig_attributions(model, images, targets, steps=8, images_per_batch=2, max_rows=5, cached=False)
+    assert calls["full"] == 2
+    torch.testing.assert_close(full_rows, reference, rtol=1e-4, atol=1e-7)
+
+
+def test_dai_selects_the_same_sets_as_the_per_layer_reference_on_the_bundled_model(tmp_path):  # noqa: ANN001
+    from engine.caption import caption_images
+    from engine.data.coco import CocoDataset
+    from engine.data.world import WorldConfig, generate_world
+    from engine.models import load_model
+
+    model = load_model("tiny-shapes-qformer")
+    world = generate_world(tmp_path / "w", WorldConfig(seed=5, n_train=0, n_val=0, n_test=24), splits=("test",))
+    data = CocoDataset(world, "test")
+    for concept in ("circle", "triangle"):
+        ids = data.images_with(concept)[:6]
+        images = [data.load_image(i) for i in ids]
+        captions = caption_images(model, images).token_ids
+        targets = [concept_target(model, ids_, concept) for ids_ in captions]
+        reference = per_layer_ig_reference(model, images, targets).double().numpy()
+        fast = ig_attributions(model, images, targets).double().numpy()
+        np.testing.assert_allclose(fast, reference, rtol=1e-3, atol=1e-6 * np.abs(reference).max())
+        for budget in (3, 5, 10, 32):
+            chosen = [(layer, unit) for layer, unit, _ in refine(fast, budget)[0]]
+            expected = [(layer, unit) for layer, unit, _ in refine(reference, budget)[0]]
+            assert chosen == expected, (concept, budget)

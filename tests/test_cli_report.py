@@ -35,7 +35,7 @@ def test_cli_report_set(bare, tmp_path, capsys) -> None:  # noqa: ANN001
     assert code == 0, err
     assert f"two_stage sets shown: circle {OLD_SET_ID}, square square-two_stage" in stdout
     selection = section_html((out / "report.html").read_text(encoding="utf-8"), "selection")
-    assert f"<td>{OLD_SET_ID}</td><td>2</td><td>--set</td>" in selection
+    assert f'<td>{OLD_SET_ID}</td><td class="num">2</td><td>--set</td>' in selection
     code, _, err = run_cli(["report", "--warehouse", str(bare), "--out", str(out), "--no-model",
                             "--set", "circle-stage1_only"], capsys)
     assert code == 2 and err.strip() == ("kneuron: error: set circle-stage1_only is a stage1_only set; the report "

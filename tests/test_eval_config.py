@@ -61,6 +61,12 @@ def test_toml_config_is_parsed(tmp_path):
     ("[baselines.gradcam]\nsteps = 3\n", "eval.toml: options for unknown baseline 'gradcam'"),
     ("[selection]\nstage3 = \"auto\"\n", "eval.toml: unknown key 'stage3' in \\[selection\\]"),
     ("sets = [\"a\"]\n[selection]\nstage1 = \"auto\"\n", "eval.toml: give either sets or selection, not both"),
+    ("budgets = [1, \"2\"]\n", "eval.toml: budgets must be a list of whole numbers"),
+    ("budgets = [0, 2]\n", "eval.toml: budgets must be whole numbers >= 1, got 0"),
+    ("budgets = [2, 2]\n", "eval.toml: budget 2 listed twice"),
+    ("budgets = [2]\n[budget_per_concept]\nstar = 1\n", "eval.toml: give budgets or budget / budget_per_concept"),
+    ("budgets = [2]\nbudget = 3\n", "eval.toml: give budgets or budget / budget_per_concept, not both"),
+    ("fragility_images = -1\n", "eval.toml: fragility_images must be a whole number >= 0"),
 ])
 def test_toml_errors_are_one_line(tmp_path, text, message):
     path = tmp_path / "eval.toml"
@@ -90,3 +96,16 @@ def test_identity_keys_are_those_hashed_into_eval_ids():
     # run, concepts, batch size, device and eval id are left out (resolved elsewhere, or no effect on results)
     assert EvalConfig(batch_size=3, device="cpu", eval_id="x", run_id="r", concepts=("a",)).identity() \
         == EvalConfig().identity()
+
+
+def test_budgets_and_new_selection_keys_are_read_and_hashed_only_when_set(tmp_path):
+    path = tmp_path / "eval.toml"
+    path.write_text('methods = ["two_stage", "two_stage_specific", "random_nonmassive"]\nbudgets = [8, 1, 2]\n'
+                    '[selection]\nspecific = "stage1"\nexclude_massive = 10.0\n'
+                    '[baselines.two_stage_specific]\nspecific = "ratio1:1"\n')
+    config = load_config(path)
+    assert config.budgets == (8, 1, 2)
+    assert config.selection == {"specific": "stage1", "exclude_massive": 10.0}
+    assert config.identity()["budgets"] == [8, 1, 2]
+    assert "budgets" not in EvalConfig().identity() and "budgets" not in EvalConfig(budgets=()).identity()
+    assert EvalConfig(fragility_images=8).identity() == EvalConfig().identity()  # checks, does not change results

@@ -1,5 +1,5 @@
-"""`engine.heatmap`: token activations, token -> patch maps (grouping and Q-Former Jacobian), heatmaps,
-overlays and the object-contrast share."""
+"""`engine.heatmap`: token activations, token -> patch maps (grouping, region boxes and Q-Former Jacobian),
+heatmaps, overlays and the object-contrast share (the region families: `tests/test_vlm_families.py`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,11 +17,13 @@ from engine.heatmap import (
     jacobian_patch_map,
     object_contrast,
     overlay,
+    region_map,
     share_vs_others,
     side_by_side,
     token_activations,
     token_to_patch_map,
 )
+from engine.models.base import ImageRegions, grid_boxes
 from tests.helpers.hf_tiny import tiny_adapter, varied_images
 
 NEURONS = {0: [1, 7], 2: [5]}
@@ -118,6 +120,25 @@ def test_patch_variant_map_matches_the_models_own_grouping(patch) -> None:  # no
 
     jac = jacobian_patch_map(tokens_of, features["x"], n_probes=64)
     assert torch.equal(jac > 0, mapping > 0)
+
+
+# ------------------------------------------------------------------------------------------------ region models
+def test_region_map_spreads_each_box_over_the_cells_it_overlaps() -> None:
+    """Grid 2 x 4: a cell, a box over 2 x 2 cells, a box straddling half of two cells, a newline (NaN) token."""
+    boxes = torch.tensor([[0.0, 0.25, 0.5, 0.5],      # exactly cell (0, 1)
+                          [0.0, 0.5, 1.0, 1.0],       # cells (0, 2), (0, 3), (1, 2), (1, 3)
+                          [0.5, 0.125, 1.0, 0.375],   # half of (1, 0) and half of (1, 1)
+                          [float("nan")] * 4])
+    mapping = region_map(ImageRegions(boxes, (2, 4)))
+    expected = torch.zeros(4, 8)
+    expected[0, 1] = 1.0
+    expected[1, [2, 3, 6, 7]] = 0.25
+    expected[2, [4, 5]] = 0.5
+    torch.testing.assert_close(mapping, expected)
+    assert torch.equal(region_map(ImageRegions(grid_boxes(3, 5), (3, 5))), torch.eye(15))  # a grid is identity
+    newline = grid_boxes(2, 2, box=(0.0, 0.5, 1.0, 1.0), newline=True)
+    assert newline.shape == (6, 4) and newline[[2, 5]].isnan().all() and not newline[[0, 1, 3, 4]].isnan().any()
+    torch.testing.assert_close(newline[1], torch.tensor([0.0, 0.75, 0.5, 1.0]))
 
 
 # ------------------------------------------------------------------------------------------------ Q-Former

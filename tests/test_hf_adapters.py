@@ -10,14 +10,8 @@ import torch
 
 from engine.errors import KneuronError
 from engine.models import load_model
-from engine.models.hf_adapters import (
-    Blip2Adapter,
-    InstructBlipAdapter,
-    LlavaAdapter,
-    encode_prompt,
-    load_hf_vlm,
-    read_hf_config,
-)
+from engine.models.hf_adapters import Blip2Adapter, InstructBlipAdapter, LlavaAdapter, encode_prompt
+from engine.models.hf_loader import load_hf_vlm, read_hf_config
 from engine.models.preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor
 from engine.models.prompts import DEFAULT_INSTRUCTION
 from tests.helpers.hf_tiny import (
@@ -230,15 +224,32 @@ def test_unsupported_model_type_is_one_line_error(tmp_path):  # noqa: ANN001
     assert "'gpt2'" in message and "config.json" in message and "llava" in message
 
 
-@pytest.mark.parametrize("config, text_type", [
-    ({"model_type": "llava", "text_config": {"model_type": "mistral"}, "image_token_index": 5}, "mistral"),
-    ({"model_type": "blip-2", "image_token_index": 5}, "opt"),  # BLIP-2's default text model
-    ({"model_type": "instructblip", "text_config": {"model_type": "t5"}, "image_token_index": 5}, "t5"),
+@pytest.mark.parametrize("config, expected", [
+    ({"model_type": "blip-2", "image_token_index": 5},  # BLIP-2's default text model
+     "text model opt (OPTModel): decoder layer 0 (OPTDecoderLayer) has no gate_proj/up_proj/down_proj "
+     "(its MLP modules: fc1 (Linear), fc2 (Linear))"),
+    ({"model_type": "instructblip", "text_config": {"model_type": "t5"}, "image_token_index": 5},
+     "text model t5 (T5ForConditionalGeneration) has no decoder stack at language_model.model"),
+    ({"model_type": "llava", "text_config": {"model_type": "gpt2"}},
+     "text model gpt2 (GPT2Model): decoder layer 0 (GPT2Block) has no gate_proj/up_proj/down_proj (its MLP "
+     "modules: mlp (GPT2MLP), mlp.c_fc (Conv1D), mlp.c_proj (Conv1D))"),
+    ({"model_type": "llava", "text_config": {"model_type": "phi3", "num_hidden_layers": 2}},
+     "text model phi3 (Phi3Model): decoder layer 0 (Phi3DecoderLayer) has a fused gate_up_proj"),
 ])
-def test_non_llama_text_model_is_one_line_error(tmp_path, config, text_type):  # noqa: ANN001
+def test_non_gated_text_model_is_one_line_error(tmp_path, config, expected):  # noqa: ANN001
+    """Checked on a meta-device skeleton before the tokenizer or any weight is read (the folders have neither)."""
     write_config(tmp_path / "m", config)
     message = one_line_error(tmp_path / "m")
-    assert f"'{text_type}'" in message and "not LLaMA" in message
+    assert message.startswith(expected)
+    assert message.endswith("kneuron reads the input of down_proj in a gated MLP "
+                            "down_proj(act(gate_proj(x)) * up_proj(x))")
+
+
+def test_gated_text_model_passes_the_structure_check(tmp_path):  # noqa: ANN001
+    """A Mistral text model is accepted: loading gets past the check to the (missing) tokenizer."""
+    write_config(tmp_path / "m", {"model_type": "llava", "text_config": {"model_type": "mistral",
+                                                                          "num_hidden_layers": 2}})
+    assert "cannot load the tokenizer" in one_line_error(tmp_path / "m")
 
 
 def test_broken_folders_are_one_line_errors(tmp_path):  # noqa: ANN001

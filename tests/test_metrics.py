@@ -139,3 +139,30 @@ def test_missing_model_folder_is_a_clear_error(tmp_path) -> None:
     assert missing.score(["a"], [["a"]], metrics=("bleu4", "rougeL"))["rougeL"][0] == 1.0  # no model load needed
     with pytest.raises(KneuronError, match="cannot load BERTScore model 'nope'"):
         missing.score(["a cat"], [["a cat"]])
+
+
+def test_bertscore_keeps_sentence_embeddings_and_still_equals_bert_score(reference_bertscorer,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import bert_score.utils
+
+    import engine.eval.metrics as metrics
+
+    scorer = CaptionScorer()
+    encoded: list[str] = []
+    original = bert_score.utils.get_bert_embedding
+
+    def counting(sentences, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        encoded.extend(sentences)
+        return original(sentences, *args, **kwargs)
+
+    monkeypatch.setattr(bert_score.utils, "get_bert_embedding", counting)
+    first = scorer.score(HYPS, REFS, metrics=("bertscore",))["bertscore"]
+    assert sorted(encoded) == sorted({s for s in HYPS if s.strip()} | {r for g in REFS for r in g if r.strip()})
+    encoded.clear()
+    again = scorer.score(list(reversed(HYPS)), list(reversed(REFS)), metrics=("bertscore",))["bertscore"]
+    assert encoded == [] and np.array_equal(again[::-1], first)  # every sentence was kept: nothing encoded
+    _, _, f1 = reference_bertscorer.score(HYPS, REFS)
+    np.testing.assert_allclose(first, f1.numpy(), rtol=0, atol=1e-6)
+    monkeypatch.setattr(metrics, "EMBEDDING_CACHE", 2)
+    scorer.score(["a dog runs"], [["a dog is running"]], metrics=("bertscore",))
+    assert len(scorer._embeddings) == 2  # bounded: least recently used sentences go first

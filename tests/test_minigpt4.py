@@ -127,3 +127,46 @@ def test_fingerprint_follows_the_weights(tmp_path) -> None:
     with torch.no_grad():
         adapter.model.llama_proj.weight[0, 0] += 1.0  # one changed value (the tensor is fully sampled)
     assert model_fingerprint(adapter) != first
+
+
+def _mlp_adapter(variant: str = "patch"):  # noqa: ANN202
+    from dataclasses import replace
+
+    from engine.models.minigpt4 import MiniGPT4
+    from engine.models.minigpt4_adapter import MiniGPT4Adapter
+
+    base = tiny_minigpt4(variant)
+    torch.manual_seed(1)
+    config = replace(base.spec.architecture, projection="mlp2x_gelu")
+    model = MiniGPT4(config).eval()
+    return MiniGPT4Adapter(model, base.tokenizer, replace(base.spec, architecture=config), name="tiny-mlp")
+
+
+@pytest.mark.parametrize("variant", ["qformer", "patch"])
+def test_mlp2x_gelu_projection_round_trips(tmp_path, variant: str) -> None:
+    adapter = _mlp_adapter(variant)
+    proj = adapter.model.llama_proj
+    assert isinstance(proj, torch.nn.Sequential) and isinstance(proj[1], torch.nn.GELU)
+    features = adapter.model.image_features(adapter.pixel_values(random_images(2)))
+    expected = proj[2](torch.nn.functional.gelu(proj[0](features)))
+    torch.testing.assert_close(adapter.model.encode_img(adapter.pixel_values(random_images(2))), expected)
+    save_minigpt4(adapter.model, adapter.tokenizer, adapter.spec, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "kneuron_model.json").read_text())["architecture"]["projection"] == "mlp2x_gelu"
+    loaded = load_model(str(tmp_path / "m"))
+    prepared = adapter.prepare(random_images(2), targets=[[5], [6]])
+    torch.testing.assert_close(adapter.model(*prepared.args).logits, loaded.model(*prepared.args).logits)
+
+
+def test_projection_kind_is_checked(tmp_path) -> None:
+    from engine.models.minigpt4 import build_projection
+
+    with pytest.raises(ValueError, match="unknown projection 'conv'"):
+        build_projection("conv", 4, 4)
+    adapter = tiny_minigpt4("patch")
+    save_minigpt4(adapter.model, adapter.tokenizer, adapter.spec, tmp_path / "m")
+    spec = json.loads((tmp_path / "m" / "kneuron_model.json").read_text())
+    assert spec["architecture"]["projection"] == "linear"
+    spec["architecture"]["projection"] = "conv"
+    (tmp_path / "m" / "kneuron_model.json").write_text(json.dumps(spec))
+    with pytest.raises(KneuronError, match=r"^unknown projection 'conv' in .* \(known: linear, mlp2x_gelu\)$"):
+        load_model(str(tmp_path / "m"))

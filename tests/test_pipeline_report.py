@@ -21,7 +21,7 @@ from PIL import Image
 import queries
 from engine.decode import decode_neurons
 from engine.errors import KneuronError
-from engine.pipelines.report import SECTIONS, ReportConfig, build_report
+from engine.pipelines.report import SECTIONS, SELECTION_NOTES, ReportConfig, build_report
 from engine.pipelines.report_model import chance_note
 from engine.pipelines.sets import StoredSet
 from tests.helpers.report_fixtures import (
@@ -32,6 +32,11 @@ from tests.helpers.report_fixtures import (
     section_html,
     splits_of,
 )
+
+
+def num(text: str) -> str:
+    """A numeric table cell as the report writes it (right-aligned)."""
+    return f'<td class="num">{text}</td>'
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +71,14 @@ def test_report_sections_hold_the_data(report, report_world) -> None:  # noqa: A
     assert "Evaluation new (1 concepts, 1 methods; 2 evaluation(s)" in suppression
     # latest evaluation only, as engine.eval.summary.paper_tables lays it out: target BLEU-4 (0.2 + 0.4) / 2,
     # ROUGE-L the same, other (0.8 + 1.0) / 2; mention of "circle" on target 1 -> 0.5; drops 0.7 / 0.1
-    assert "<td>two_stage</td><td>3</td><td>0.3</td><td>0.3</td><td>0.9</td><td>0.9</td><td>0.5</td>" in suppression
-    assert "<td>unmodified</td><td>—</td><td>1</td><td>1</td><td>1</td><td>1</td><td>1</td>" in suppression
-    assert "<td>0.7</td><td>0.1</td><td>0.6</td>" in suppression  # BLEU-4 drop target, drop other, specificity
+    assert ("<td>two_stage</td>" + num("3") + num("0.300") + num("0.300") + num("0.900") + num("0.900")
+            + num("0.500")) in suppression  # 3 significant digits everywhere
+    assert "<td>unmodified</td>" + num("—") + num("1.00") * 5 in suppression  # "—" aligns with its numbers
+    assert num("0.700") + num("0.100") + num("0.600") in suppression  # BLEU-4 drop target, drop other, specificity
+    assert '<th title="drop target − drop other (higher: more specific suppression)">BLEU-4 specificity</th>' in \
+        suppression and '<th title="share of captions that name the concept, on images of the set&#x27;s concept">' \
+        "target mention</th>" in suppression
+    assert "<li>drop target / drop other: before − after on the set" in suppression  # one line per family
     heat = section_html(text, "heatmaps")
     assert heat.count("<img") == 2 and "left original, right inpainted" in heat
     contrast = section_html(text, "contrast")
@@ -93,6 +103,74 @@ def test_report_sections_hold_the_data(report, report_world) -> None:  # noqa: A
     assert "all concepts (pooled neurons)" in decoding
 
 
+def test_report_leads_with_the_answer_and_ends_with_the_folded_configuration(report) -> None:  # noqa: ANN001
+    text = report.html.read_text(encoding="utf-8")
+    order = re.findall(r'<section id="([^"]+)">', text)
+    assert order[0] == "answer" and order[-1] == "configuration"
+    assert order == [s for s, _ in SECTIONS if s in order]  # the page follows SECTIONS
+    answer = section_html(text, "answer")
+    # fixture: two_stage lowers the mention of "circle" on its images from 1 to 0.5 (drop 0.5) and raises it on
+    # other images by 0.5 (drop -0.5): specificity 1.0 = 100 points
+    assert '<div class="headline"><p class="answer">two_stage removes the concept most specifically' in answer
+    assert "by 50.0 points on the concept&#x27;s own images (100% → 50.0%)" in answer
+    assert "(specificity 100 points)" in answer
+    for label in ("model", "run", "concepts", "two_stage sets", "ranking (mention specificity)", "evaluation"):
+        assert f"<dt>{html.escape(label)}</dt>" in answer
+    assert "2: circle, square" in answer and "3 layers × 96 FFN units = 288 neurons" in answer
+    assert report.summary["answer"]["answer"] == "two_stage" and report.summary["answer"]["specificity"] == 1.0
+    configuration = section_html(text, "configuration")
+    assert configuration.startswith("<h2>Run configuration</h2>\n<details><summary>show the run&#x27;s configuration")
+    assert "<details open" not in configuration and "config_json" in configuration
+    assert text.index('id="answer"') < text.index('id="selection"') < text.index('id="configuration"')
+
+
+def test_report_without_scores_says_the_question_is_not_answered(bare, tmp_path) -> None:  # noqa: ANN001
+    result = build_report(bare, tmp_path / "r", ReportConfig(with_model=False))
+    answer = section_html(result.html.read_text(encoding="utf-8"), "answer")
+    assert "Not answered yet: this run has no suppression evaluation (run `kneuron suppress`)" in answer
+    assert result.summary["answer"]["answer"] is None
+
+
+def test_report_explains_its_columns_and_prints_three_significant_digits(report) -> None:  # noqa: ANN001
+    text = report.html.read_text(encoding="utf-8")
+    selection = section_html(text, "selection")
+    for column, words in (("|C_k|", "stage2_only: no stage-1 filter, so every FFN unit of the model"),
+                          ("threshold_a", "stage-1 threshold applied to Δ"), ("selected", "neurons in the set")):
+        assert f'<th title="{html.escape(SELECTION_NOTES[column])}">{html.escape(column)}</th>' in selection
+        assert words in html.unescape(selection)
+    cells = [html.unescape(c) for c in re.findall(r'<td class="num">([^<]*)</td>', text)]
+    decimals = [c for part in cells for c in part.split(" / ") if "." in c and "e" not in c]
+    assert decimals and all(len(c.lstrip("-").replace(".", "").lstrip("0")) == 3 for c in decimals), decimals
+    assert not re.search(r"<td[^>]*>\d+\.\d{4,}</td>", text)  # no 4-digit leftovers
+
+
+def test_report_figures_have_colour_bars_and_fitted_axes(report) -> None:  # noqa: ANN001
+    heatmaps = [f for f in report.figures if f.name.startswith("heatmap-")]
+    assert heatmaps
+    for path in heatmaps:
+        pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+        columns = pixels[:, -60:].reshape(-1, 3)
+        # the jet colour bar on the right: dark red at the top (1.0) to dark blue at the bottom (0.0)
+        red, blue = (columns[:, 0] > 120) & (columns[:, 2] < 40), (columns[:, 2] > 120) & (columns[:, 0] < 40)
+        assert red.any() and blue.any()
+    from engine.plots import suppression_figure
+
+    rows = report.summary["suppression"]["summary"]
+    drops = [{"method": r["method"], "group": r["group"], "metric": r["measure"], "value": r["drop"]} for r in rows
+             if r["reference"] == "unmodified" and r["group"] in ("target", "other")]
+    figure = suppression_figure(drops)
+    for ax in figure.axes:
+        low, high = ax.get_ylim()
+        heights = [patch.get_height() for patch in ax.patches]
+        span = max(heights) - min(0.0, *heights)
+        assert low <= min(0.0, *heights) and high >= max(heights) and high - low < 1.5 * span + 0.01
+    (legend,) = figure.legends
+    figure.canvas.draw()
+    box = legend.get_window_extent()
+    for ax in figure.axes:
+        assert not box.overlaps(ax.get_window_extent())  # the legend covers no bar
+
+
 def test_report_shows_the_set_ids_it_shows(report) -> None:  # noqa: ANN001
     selection = section_html(report.html.read_text(encoding="utf-8"), "selection")
     for concept in CONCEPTS:
@@ -108,15 +186,15 @@ def test_report_with_set_shows_that_set(report_full, tmp_path) -> None:  # noqa:
                                                              contrast_images=1, decode_top=2, k=5, max_concepts=1))
     text = result.html.read_text(encoding="utf-8")
     selection = section_html(text, "selection")
-    assert f"<td>circle</td><td>two_stage</td><td>{OLD_SET_ID}</td><td>2</td><td>--set</td>" in selection
+    assert f"<td>circle</td><td>two_stage</td><td>{OLD_SET_ID}</td>{num('2')}<td>--set</td>" in selection
     assert "<td>circle</td><td>0:2</td>" in selection  # the layers of the set shown: two neurons in layer 0
-    assert "<td>circle</td><td>two_stage</td><td>4</td><td>10</td><td>2</td>" in selection
+    assert "<td>circle</td><td>two_stage</td>" + num("4") + num("10") + num("2") in selection
     decoding = section_html(text, "decoding")
     circle = decoding[decoding.index("circle: strongest 2 two_stage neurons"):]
     assert circle.index("<td>0:1</td>") < circle.index("<td>0:2</td>") and "<td>2:5</td>" not in circle
     assert {"concept": "circle", "method": "two_stage", "set_id": OLD_SET_ID, "given": True} in result.summary["sets"]
     # the evaluation's own sets are what the suppression section reports, whatever is shown
-    assert "<td>two_stage</td><td>3</td>" in section_html(text, "suppression")
+    assert "<td>two_stage</td>" + num("3") in section_html(text, "suppression")
 
 
 def test_report_set_errors(report_full, tmp_path) -> None:  # noqa: ANN001
@@ -191,24 +269,33 @@ def chromium() -> str | None:
     return None
 
 
+def screenshot(browser: str, page: Path, shot: Path, width: int, height: int, profile: Path) -> np.ndarray:
+    """A headless-Chromium screenshot of ``page`` at ``width`` x ``height`` CSS px, as RGB pixels."""
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--hide-scrollbars", "--force-device-scale-factor=1", f"--user-data-dir={profile}",
+               f"--screenshot={shot}", f"--window-size={width},{height}", page.resolve().as_uri()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert shot.is_file(), f"no screenshot; chromium said: {done.stderr[-2000:]}"
+    return np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+
+
 def test_report_renders_in_headless_chromium(report, tmp_path) -> None:  # noqa: ANN001
+    """Desktop (1200 px) and narrow (420 px, a phone) screenshots, kept next to the report for a look."""
     browser = chromium()
     if browser is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium): cannot screenshot the report")
-    shot = tmp_path / "report.png"
-    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
-               "--window-size=1200,2000", report.html.resolve().as_uri()]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
-    assert shot.is_file(), f"no screenshot; chromium said: {done.stderr[-2000:]}"
-    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
-    assert pixels.shape[:2] == (2000, 1200)
-    assert (pixels < 250).any(axis=-1).mean() > 0.02  # text, tables and figures, not a blank page
-    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # the colour plots and heatmaps were drawn
-    keep = Path(report.out_dir) / "screenshot.png"
-    shutil.copy(shot, keep)
-    print(f"chromium screenshot of the report: {keep}")
+    for name, width in (("screenshot.png", 1200), ("screenshot-narrow.png", 420)):
+        shot = tmp_path / name
+        pixels = screenshot(browser, report.html, shot, width, 2000, tmp_path / f"profile-{width}")
+        assert pixels.shape[:2] == (2000, width)
+        assert (pixels < 250).any(axis=-1).mean() > 0.02  # text, tables and figures, not a blank page
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # the colour plots and heatmaps were drawn
+        headline = np.all(pixels == (243, 248, 253), axis=-1)  # the answer's box (#f3f8fd) ...
+        assert headline[:700].any(axis=1).sum() > 40  # ... is on the first screen
+        keep = Path(report.out_dir) / name
+        shutil.copy(shot, keep)
+        print(f"chromium screenshot of the report ({width} px): {keep}")
 
 
 # ---------------------------------------------------------------------------------------------- queries

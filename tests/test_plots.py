@@ -37,3 +37,39 @@ def test_plots(tmp_path) -> None:  # noqa: ANN001
 
     with pytest.raises(KneuronError, match="missing columns"):
         layer_distribution_plot([{"concept": "a"}], tmp_path / "x.png")
+
+
+def test_suppression_axes_fit_the_data_and_the_legend_covers_no_bar() -> None:
+    from engine.plots import fitted_limits, suppression_figure
+
+    assert fitted_limits([0.02, 0.05]) == (0.0, pytest.approx(0.05 + 0.12 * 0.05))
+    low, high = fitted_limits([-0.01, 0.03])
+    assert low == pytest.approx(-0.01 - 0.0048) and high == pytest.approx(0.03 + 0.0048)
+    assert fitted_limits([0.0, float("nan"), None]) == (0.0, 1e-3)
+    rows = [{"method": m, "group": g, "metric": "BLEU-4", "value": v} for m, g, v in
+            [("two_stage", "target", 0.021), ("two_stage", "other", 0.040), ("random", "target", 0.023),
+             ("random", "other", 0.028)]]
+    mentions = [{"method": "two_stage", "group": "target", "before": 0.97, "after": 0.96},
+                {"method": "two_stage", "group": "other", "before": 0.95, "after": 0.95}]
+    figure = suppression_figure(rows, mention_rates=mentions)
+    bleu, mention = figure.axes
+    assert bleu.get_ylim()[1] < 0.05 and mention.get_ylim()[1] < 0.02  # not a 0-1 axis: differences show
+    figure.canvas.draw()
+    (legend,) = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["target images", "other images"]
+    box = legend.get_window_extent()
+    assert all(not box.overlaps(ax.get_window_extent()) for ax in figure.axes)
+
+
+def test_heatmap_colour_bar(tmp_path) -> None:  # noqa: ANN001
+    from engine.plots import colour_bar, with_colour_bar
+
+    bar = np.asarray(colour_bar(200), dtype=np.int16)
+    assert bar.shape == (200, 58, 3)
+    top, bottom = bar[2, 7], bar[-3, 7]  # jet: dark red at 1.0 (top), dark blue at 0.0 (bottom)
+    assert top[0] > 100 and top[2] < 40 and bottom[2] > 100 and bottom[0] < 40
+    assert (bar[:, 20:] < 128).any()  # tick labels drawn
+    figure = Image.new("RGB", (300, 200 + 18 + 16), (255, 255, 255))
+    out = with_colour_bar(figure)
+    assert out.size == (300 + 58 + 8, figure.height)
+    assert np.asarray(out)[18 + 8 + 2, 300 + 7][0] > 100  # the bar starts where the panels start

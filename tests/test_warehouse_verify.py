@@ -109,7 +109,7 @@ def test_clean_warehouse_gives_a_clean_report_and_exit_0(built, capsys) -> None:
     assert by_table["set_choices"].files == 0
     code, out, err = verify_cli(root, capsys)
     assert (code, err) == (0, "")
-    assert "│ neuron_stats │" in out
+    assert "│ neuron_stats " in out
     assert out.splitlines()[-1] == f"warehouse {root} is clean: 5 batches, 9 files checked"
 
 

@@ -27,6 +27,7 @@ from engine.data.world import (
     relation,
     render_world_image,
     world_config_of,
+    world_splits,
 )
 from engine.errors import KneuronError
 from tests.helpers.cli_runner import run_cli
@@ -289,3 +290,70 @@ def test_layout_puts_objects_in_distinct_cells_sized_to_the_cell() -> None:
 def test_layout_must_hold_the_objects() -> None:
     with pytest.raises(KneuronError, match="cannot hold"):
         WorldConfig(layout_cells=1, max_objects=3)
+
+
+def _digests(root: Path, split: str) -> dict[str, str]:
+    """sha256 of every file of one split: its PNGs and its two COCO files."""
+    import hashlib
+
+    paths = sorted((root / split).glob("*.png")) + sorted((root / "annotations").glob(f"*_{split}.json"))
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def test_splits_on_demand_are_the_bytes_of_a_world_made_in_one_go(world: Path, tmp_path: Path) -> None:
+    lazy = ensure_world(tmp_path / "lazy", TINY, splits=("test",))
+    assert not (lazy / "train").exists() and not (lazy / "val").exists()
+    assert _digests(lazy, "test") == _digests(world, "test") and len(_digests(lazy, "test")) == TINY.n_test + 2
+    manifest = json.loads((lazy / "world.json").read_text())
+    assert manifest["complete"] is False and manifest["splits"] == ["test"] and list(manifest["counts"]) == ["test"]
+    assert world_splits(manifest) == ("test",)
+
+    image = lazy / "test" / "000003000001.png"
+    image.write_bytes(b"left alone")
+    ensure_world(lazy, TINY, splits=("train",))  # only the missing split is written; test is reused
+    assert image.read_bytes() == b"left alone" and _digests(lazy, "train") == _digests(world, "train")
+    assert world_splits(json.loads((lazy / "world.json").read_text())) == ("train", "test")
+
+    generate_world(lazy, TINY, splits=("test",))  # regenerating a split gives its bytes again
+    ensure_world(lazy, TINY)  # None: every split; val is the last one missing
+    assert _files(lazy) == _files(world)  # now the same world, manifest included (complete, no "splits" key)
+
+
+def test_world_splits_reads_old_and_partial_manifests() -> None:
+    assert world_splits(None) == ()
+    assert world_splits({"complete": True}) == SPLITS  # a world written before splits on demand
+    assert world_splits({"complete": False, "splits": ["test", "train"]}) == ("train", "test")
+    assert world_splits({"complete": False}) == ()
+    with pytest.raises(KneuronError, match="unknown world split"):
+        ensure_world(Path("unused"), TINY, splits=("dev",))
+
+
+def test_cli_generates_only_the_named_splits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "only_test"
+    code, stdout, _ = _run_cli([str(out), "--n-train", "3", "--n-val", "1", "--n-test", "2", "--split", "test"],
+                               capsys)
+    assert code == 0 and "images test 2;" in stdout
+    assert not (out / "train").exists() and len(list((out / "test").glob("*.png"))) == 2
+
+
+def test_demo_generates_only_the_test_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    from dataclasses import asdict
+    from functools import partial
+
+    import engine.data.world as world_module
+    from cli.demo import demo_world
+
+    monkeypatch.setattr(world_module, "WorldConfig", partial(WorldConfig, **asdict(TINY)))  # the default, smaller
+    root = demo_world(str(tmp_path / "w"))
+    assert root == str((tmp_path / "w").resolve()) and "test split" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["annotations", "test", "world.json"]
+    stamp = (tmp_path / "w" / "annotations" / "instances_test.json").stat().st_mtime_ns
+    assert demo_world(str(tmp_path / "w")) == root and capsys.readouterr().err == ""  # reused, not regenerated
+    assert (tmp_path / "w" / "annotations" / "instances_test.json").stat().st_mtime_ns == stamp
+    monkeypatch.setenv("KNEURON_WORLD", str(tmp_path / "w"))
+    assert demo_world(None) == root
+    coco = tmp_path / "coco"  # another COCO-layout folder is read as it is
+    (coco / "annotations").mkdir(parents=True)
+    (coco / "annotations" / "instances_test.json").write_text("{}")
+    assert demo_world(str(coco)) == str(coco.resolve()) and not (coco / "world.json").exists()

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -36,8 +36,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class _PendingFile:
+    """A file of the batch: staged under ``temp`` until the commit renames it to ``final``; ``temp`` is None
+    for a committed file the batch takes over unchanged (`Batch.keep`), which the batch never moves or deletes."""
+
     record: FileRecord
-    temp: Path
+    temp: Path | None
     final: Path
 
 
@@ -51,6 +54,7 @@ class Batch:
         self.warehouse = warehouse
         self.batch_id = batch_id
         self.record: BatchRecord | None = None
+        self.replaces: list[str] = []  # batches this one replaces when it commits (`warehouse.compact`)
         self._pending: list[_PendingFile] = []
         self._keys: dict[str, set[tuple[Any, ...]]] = {name: set() for name in TABLES}
         self._state = "open"
@@ -85,7 +89,7 @@ class Batch:
                 written.append(self._write(spec, values, _sorted(spec, part)))
             except OSError as exc:
                 # a full disk or a read-only file system: the batch cannot commit; drop all of its files now
-                failed = self._pending[-1].temp if self._pending else self.warehouse.root
+                failed = (self._pending[-1].temp if self._pending else None) or self.warehouse.root
                 self.abort()
                 raise write_error(self.warehouse.root, exc.filename or failed, exc) from None
         self._keys[table].update(new_keys)
@@ -130,6 +134,32 @@ class Batch:
         return set(keys)
 
     def _write(self, spec: TableSpec, values: dict[str, Any], rows: pa.Table) -> str:
+        def write(target: _HashingWriter) -> int:
+            pq.write_table(rows, target, row_group_size=ROW_GROUP_ROWS, **parquet_options(spec))
+            return rows.num_rows
+
+        return self._stage(spec, values, _file_keys(spec, rows), write)
+
+    def write_parts(self, spec: TableSpec, values: dict[str, Any], parts: Iterable[pa.Table],
+                    keys: list[list[Any]]) -> str:
+        """Stage one file of ``spec`` in the partition ``values`` holding the rows of ``parts`` in their order
+        (each already of the table's schema; read lazily, so a large merge never sits in memory whole), in row
+        groups of up to `ROW_GROUP_ROWS`. ``keys``: the file's distinct key values for its commit record. No
+        checks: `add` validates; `warehouse.compact` passes rows read back from committed files."""
+        def write(target: _HashingWriter) -> int:
+            rows = 0
+            with pq.ParquetWriter(target, spec.schema, **parquet_options(spec)) as writer:
+                for group in _row_groups(parts):
+                    writer.write_table(group, row_group_size=ROW_GROUP_ROWS)
+                    rows += group.num_rows
+            return rows
+
+        return self._stage(spec, values, keys, write)
+
+    def _stage(self, spec: TableSpec, values: dict[str, Any], keys: list[list[Any]],
+               write: Callable[[_HashingWriter], int]) -> str:
+        """Write one file of the batch under its temp name with ``write`` (returns the rows written), fsync it,
+        make it read-only and note its size and sha256; returns its final path relative to the root."""
         root = self.warehouse.root
         seq = len(self._pending)
         directory = partition_dir(spec, values)
@@ -137,20 +167,25 @@ class Batch:
         temp = root / directory / temp_file_name(self.batch_id, seq)
         temp.parent.mkdir(parents=True, exist_ok=True)
         pending = _PendingFile(
-            record=FileRecord(table=spec.name, path=relative, rows=rows.num_rows, bytes=0,
-                              partition=dict(values), keys=_file_keys(spec, rows)),
+            record=FileRecord(table=spec.name, path=relative, rows=0, bytes=0, partition=dict(values), keys=keys),
             temp=temp,
             final=root / relative,
         )
         self._pending.append(pending)  # before writing, so that an abort also removes a half-written file
         with open(temp, "wb") as handle:
             hashing = _HashingWriter(handle)
-            pq.write_table(rows, hashing, row_group_size=ROW_GROUP_ROWS, **parquet_options(spec))
+            rows = write(hashing)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temp, 0o444)  # committed files are never modified; also keeps DuckDB COPY from overwriting them
-        pending.record = replace(pending.record, bytes=hashing.size, sha256=hashing.hexdigest())
+        pending.record = replace(pending.record, rows=rows, bytes=hashing.size, sha256=hashing.hexdigest())
         return relative
+
+    def keep(self, entry: FileRecord) -> None:
+        """Take over a committed file unchanged (its record entry is copied; the file is never touched)."""
+        if self._state != "open":
+            raise KneuronError(f"batch {self.batch_id} is already {self._state}")
+        self._pending.append(_PendingFile(record=entry, temp=None, final=self.warehouse.root / entry.path))
 
     # ------------------------------------------------------------------ commit / abort
     def commit(self) -> BatchRecord | None:
@@ -165,14 +200,16 @@ class Batch:
             if not self._pending:
                 self._state = "committed"
                 return None
-            for pending in self._pending:
-                os.replace(pending.temp, pending.final)
-            for directory in sorted({pending.final.parent for pending in self._pending}):
+            staged = [(pending.temp, pending.final) for pending in self._pending if pending.temp is not None]
+            for temp, final in staged:
+                os.replace(temp, final)
+            for directory in sorted({final.parent for _, final in staged}):
                 fsync_dir(directory)
             record = BatchRecord(
                 batch_id=self.batch_id,
                 committed_at=datetime.now(timezone.utc).isoformat(),
                 files=[pending.record for pending in self._pending],
+                replaces=list(self.replaces),
             )
             write_record(self.warehouse.root, record)
         except OSError as exc:
@@ -199,6 +236,8 @@ class Batch:
 
     def _remove_files(self) -> None:
         for pending in self._pending:
+            if pending.temp is None:  # a kept committed file: not this batch's to delete
+                continue
             for path in (pending.temp, pending.final):
                 try:
                     path.unlink()
@@ -234,6 +273,24 @@ class _HashingWriter(io.RawIOBase):
     def hexdigest(self) -> str:
         """sha256 of everything written so far, as hex."""
         return self._hash.hexdigest()
+
+def _row_groups(parts: Iterable[pa.Table]) -> Iterator[pa.Table]:
+    """``parts`` regrouped into tables of `ROW_GROUP_ROWS` rows (the last one shorter), in order."""
+    buffered: list[pa.Table] = []
+    count = 0
+    for part in parts:
+        if not part.num_rows:
+            continue
+        buffered.append(part)
+        count += part.num_rows
+        while count >= ROW_GROUP_ROWS:
+            table = pa.concat_tables(buffered)
+            yield table.slice(0, ROW_GROUP_ROWS)
+            rest = table.slice(ROW_GROUP_ROWS)
+            buffered, count = ([rest] if rest.num_rows else []), rest.num_rows
+    if buffered:
+        yield pa.concat_tables(buffered)
+
 
 def _describe(spec: TableSpec, key: tuple[Any, ...]) -> str:
     return ", ".join(f"{name} {value!r}" for name, value in zip(spec.key, key))

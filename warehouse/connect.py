@@ -4,7 +4,9 @@
     con.sql("SELECT concept, count(*) FROM samples GROUP BY concept")
 
 Views: ``runs``, ``splits``, ``samples``, ``neuron_stats`` (plus ``d_mean = o_mean - i_mean`` as FLOAT),
-``token_stats``, ``neuron_sets``, ``captions``, ``scores``, ``evals``, ``set_choices``. Each lists the
+``token_stats``, ``neuron_sets``, ``captions``, ``scores``, ``evals``, ``set_choices``, ``neuron_rollup``, and
+two views that split the per-neuron sums between the rollup and the image rows (`rollup_split`):
+``neuron_rollup_complete`` and ``neuron_stats_unrolled``. Each lists the
 committed Parquet files explicitly, so files of uncommitted batches are never read; a table with no files
 (also a table added to the schema after the warehouse was written) still has a view with the right columns and
 types (float16 columns read as FLOAT). A committed file that is missing or not of its recorded size makes
@@ -33,6 +35,8 @@ from pathlib import Path
 import duckdb
 
 from engine.errors import KneuronError
+from warehouse.manifest import FileRecord
+from warehouse.rollup import complete_partitions
 from warehouse.schema import TABLES, VIEW_EXTRA_COLUMNS, TableSpec, duckdb_type, spec_of
 from warehouse.store import Warehouse
 
@@ -50,27 +54,38 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def view_sql(spec: TableSpec, files: list[str]) -> str:
+def view_sql(spec: TableSpec, files: list[str], name: str | None = None, relation: str | None = None) -> str:
     """``CREATE VIEW`` of ``spec`` over ``files`` (absolute paths), or over no rows when there are none.
 
     The files are read with hive partitioning (so DuckDB prunes files by run/concept) without type guessing
     (partition values stay VARCHAR); the stored columns hold the same values, so the view is exact either way.
-    A table with ``spec.supersedable`` shows one row per key (see `TableSpec`); ``files`` are in commit order.
+    A table with ``spec.supersedable`` shows one row per key (see `TableSpec`); ``files`` are in commit order,
+    and within a file (a compacted one holds the rows of many batches, `warehouse.compact`) later rows are
+    later. name: the view's name (default: the table's). relation: read this relation (a registered Arrow
+    dataset, `warehouse.remote`; a supersedable table's carries ``_kneuron_file`` and ``file_row_number``)
+    instead of ``files``.
     """
     columns = ", ".join(_identifier(name) for name in spec.columns)
     extras = "".join(
         f", CAST({expression} AS {type_}) AS {_identifier(name)}"
         for name, (expression, type_) in VIEW_EXTRA_COLUMNS.get(spec.name, {}).items()
     )
-    if files:
+    if relation is not None:
+        source = _identifier(relation)
+        if spec.supersedable is not None:
+            column, value = spec.supersedable
+            source = (f"(SELECT * FROM {source} QUALIFY row_number() OVER (PARTITION BY "
+                      f"{', '.join(_identifier(k) for k in spec.key)} ORDER BY ({_identifier(column)} = "
+                      f"{_literal(value)}), _kneuron_file DESC, file_row_number DESC) = 1)")
+    elif files:
         file_list = "[" + ", ".join(_literal(path) for path in files) + "]"
         if spec.supersedable is not None:  # one row per key: a non-superseded one, else the latest file's
             column, value = spec.supersedable
             source = (
                 f"(SELECT * FROM read_parquet({file_list}, hive_partitioning = true, hive_types_autocast = false, "
-                f"filename = '_kneuron_file') QUALIFY row_number() OVER (PARTITION BY "
+                f"filename = '_kneuron_file', file_row_number = true) QUALIFY row_number() OVER (PARTITION BY "
                 f"{', '.join(_identifier(k) for k in spec.key)} ORDER BY ({_identifier(column)} = {_literal(value)}), "
-                f"list_position({file_list}, _kneuron_file) DESC) = 1)"
+                f"list_position({file_list}, _kneuron_file) DESC, file_row_number DESC) = 1)"
             )
         else:
             source = f"read_parquet({file_list}, hive_partitioning = true, hive_types_autocast = false)"
@@ -79,7 +94,7 @@ def view_sql(spec: TableSpec, files: list[str]) -> str:
             f"CAST(NULL AS {duckdb_type(f.type)}) AS {_identifier(f.name)}" for f in spec.schema
         )
         source = f"(SELECT {typed_nulls} WHERE false)"
-    return f"CREATE OR REPLACE VIEW {_identifier(spec.name)} AS SELECT {columns}{extras} FROM {source}"
+    return f"CREATE OR REPLACE VIEW {_identifier(name or spec.name)} AS SELECT {columns}{extras} FROM {source}"
 
 
 def table_paths(root: str | os.PathLike[str] | Warehouse, table: str) -> list[str]:
@@ -103,10 +118,20 @@ def connect(root: str | os.PathLike[str] | Warehouse | None = None,
     con = duckdb.connect(":memory:")
     allowed: list[str] = []
     try:
+        if warehouse.filesystem is not None:  # a URI (object storage, file://): Arrow datasets, no local files
+            from warehouse.remote import RemoteWarehouse, register_views
+
+            assert isinstance(warehouse, RemoteWarehouse)
+            register_views(con, warehouse, _remote_views(warehouse))
+            if read_only:
+                _lock_down(con, [])
+            return con
         for name, spec in TABLES.items():
             files = [str(path) for path in warehouse.paths(name)]
             allowed.extend(files)
             con.execute(view_sql(spec, files))
+        for name, (table, files) in rollup_split(warehouse).items():
+            con.execute(view_sql(spec_of(table), files, name))
     except duckdb.Error as exc:  # e.g. a file went away since the check: name it
         con.close()
         warehouse.check_files()
@@ -115,6 +140,36 @@ def connect(root: str | os.PathLike[str] | Warehouse | None = None,
     if read_only:
         _lock_down(con, allowed)
     return con
+
+
+def _remote_views(warehouse: Warehouse) -> list[tuple[str, TableSpec, list[FileRecord]]]:
+    """(view, spec, committed files) of every view `connect` makes, for a warehouse read from a URI."""
+    views = [(name, spec, warehouse.committed_files(name)) for name, spec in TABLES.items()]
+    complete = complete_partitions(warehouse.batches)
+    for name, (table, rolled) in (("neuron_rollup_complete", ("neuron_rollup", True)),
+                                  ("neuron_stats_unrolled", ("neuron_stats", False))):
+        files = [entry for entry in warehouse.committed_files(table)
+                 if ((str(entry.partition.get("run_id")), str(entry.partition.get("concept"))) in complete) == rolled]
+        views.append((name, spec_of(table), files))
+    return views
+
+
+def rollup_split(warehouse: Warehouse) -> dict[str, tuple[str, list[str]]]:
+    """The two views that let readers use the rollup where it is complete: view -> (table, absolute paths).
+
+    ``neuron_rollup_complete``: the ``neuron_rollup`` files of the (run, concept) partitions whose rollup covers
+    every ``neuron_stats`` batch (`warehouse.rollup.complete_partitions`); ``neuron_stats_unrolled``: the
+    ``neuron_stats`` files of all other partitions (old warehouses: all of them). Per-neuron sums are then the
+    rollup of the first plus the image rows of the second, and no image row of a complete partition is read.
+    """
+    complete = complete_partitions(warehouse.batches)
+
+    def files(table: str, rolled: bool) -> list[str]:
+        return [str(warehouse.root / entry.path) for entry in warehouse.committed_files(table)
+                if ((str(entry.partition.get("run_id")), str(entry.partition.get("concept"))) in complete) == rolled]
+
+    return {"neuron_rollup_complete": ("neuron_rollup", files("neuron_rollup", True)),
+            "neuron_stats_unrolled": ("neuron_stats", files("neuron_stats", False))}
 
 
 def _lock_down(con: duckdb.DuckDBPyConnection, readable_files: list[str]) -> None:

@@ -5,6 +5,11 @@ and, for tables with a key (runs, samples, evals, neuron_sets), the distinct key
 the committed (concept, image) pairs of a run can be listed without opening any Parquet file. Records are
 written to a temporary name, fsynced and renamed, so a reader sees a whole record or none. Records written
 before checksums existed have no ``sha256`` (None): such files are verified by size and row count only.
+
+A record may *replace* earlier batches (``replaces``: their ids; `warehouse.compact` writes such records): from
+the moment it exists, the batches it names are no longer part of the warehouse, even while their records are
+still on disk (`live_records`); writers delete those records, then the files no live record names. One rename
+thus swaps many batches for one. Records without ``replaces`` are stored without the key, as before.
 """
 from __future__ import annotations
 
@@ -49,10 +54,14 @@ class BatchRecord:
     files: list[FileRecord]
     format: str = RECORD_FORMAT
     schema_version: int = SCHEMA_VERSION
+    replaces: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         """The record as compact JSON (keys sorted), the form stored in ``_manifest/<batch_id>.json``."""
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+        raw = asdict(self)
+        if not raw["replaces"]:
+            del raw["replaces"]
+        return json.dumps(raw, separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "BatchRecord":
@@ -61,8 +70,11 @@ class BatchRecord:
         if raw.get("format") != RECORD_FORMAT:
             raise ValueError(f"format is {raw.get('format')!r}, not {RECORD_FORMAT!r}")
         files = [FileRecord(**entry) for entry in raw["files"]]
+        replaces = raw.get("replaces", [])
+        if not isinstance(replaces, list) or not all(isinstance(item, str) for item in replaces):
+            raise ValueError("its replaces is not a list of batch ids")
         return cls(batch_id=raw["batch_id"], committed_at=raw["committed_at"], files=files,
-                   format=raw["format"], schema_version=raw["schema_version"])
+                   format=raw["format"], schema_version=raw["schema_version"], replaces=replaces)
 
 
 def fsync_dir(path: Path) -> None:
@@ -113,13 +125,46 @@ def remove_record(root: Path, batch_id: str) -> bool:
     return True
 
 
+def remove_records(root: Path, batch_ids: list[str]) -> None:
+    """Delete the commit records of ``batch_ids`` (missing ones are fine), then fsync ``_manifest/`` once."""
+    directory = root / MANIFEST_DIR
+    for batch_id in batch_ids:
+        (directory / f"{batch_id}.json").unlink(missing_ok=True)
+    if batch_ids:
+        fsync_dir(directory)
+
+
+def live_records(records: dict[str, BatchRecord]) -> tuple[dict[str, BatchRecord], set[str]]:
+    """(the records of the batches that are part of the warehouse, ids of those replaced by another record)."""
+    replaced = {batch_id for record in records.values() for batch_id in record.replaces}
+    return {batch_id: r for batch_id, r in records.items() if batch_id not in replaced}, replaced & set(records)
+
+
+#: times `read_records` lists ``_manifest/`` again when a record vanished between listing and reading it
+RELIST_TRIES = 20
+
+
 def read_records(root: Path, known: dict[str, BatchRecord] | None = None,
                  damaged: dict[str, str] | None = None) -> dict[str, BatchRecord]:
     """All commit records under ``root`` by batch id; records already in ``known`` are not read again.
 
     A record that cannot be parsed (records are written atomically, so it was edited or damaged by hand)
     raises `KneuronError` naming it, unless ``damaged`` is given: then its batch id -> reason goes there.
+    A record that disappears between listing and reading (a writer replaced its batch and removed it) makes
+    the listing start again: a record is only removed once the record replacing it exists, so the new listing
+    holds that one. The result includes replaced records; `live_records` drops them.
     """
+    for _ in range(RELIST_TRIES):
+        try:
+            return _read_listing(root, known, damaged)
+        except FileNotFoundError:
+            continue
+    raise KneuronError(f"the commit records of warehouse {root} keep changing while being read; try again")
+
+
+def _read_listing(root: Path, known: dict[str, BatchRecord] | None,
+                  damaged: dict[str, str] | None) -> dict[str, BatchRecord]:
+    """One pass of `read_records`; `FileNotFoundError` when a listed record vanished before it was read."""
     records = dict(known or {})
     directory = root / MANIFEST_DIR
     if not directory.is_dir():
@@ -132,6 +177,8 @@ def read_records(root: Path, known: dict[str, BatchRecord] | None = None,
             record = BatchRecord.from_json(path.read_text(encoding="utf-8"))
             if record.batch_id != batch_id:
                 raise ValueError(f"it names batch {record.batch_id!r}")
+        except FileNotFoundError:
+            raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
             if damaged is None:
                 raise KneuronError(f"damaged warehouse commit record {path}: {exc}; "

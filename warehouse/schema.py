@@ -9,8 +9,8 @@ naming the offending columns.
 The DuckDB views (`warehouse.connect`) expose the stored columns under the same names; DuckDB reads float16 as
 FLOAT. The view of ``neuron_stats`` adds ``d_mean = o_mean - i_mean`` (FLOAT), which is not stored.
 
-Schema v1 grows only by whole tables (``set_choices`` was added later): a warehouse written before a table
-existed has no files of it, and its view is simply empty.
+Schema v1 grows only by whole tables (``set_choices`` and ``neuron_rollup`` were added later): a warehouse written
+before a table existed has no files of it, and its view is simply empty.
 """
 from __future__ import annotations
 
@@ -251,10 +251,32 @@ SET_CHOICES = TableSpec(
     sort_by=("chosen_at", "method", "set_id"),
 )
 
+# Per batch, per (run, concept, layer, unit): the number of images of the batch's neuron_stats rows and the sums
+# of their (float16-stored) d_max, d_mean, g_max, g_mean, added up in float64 — exact for up to 4096 images per
+# concept, since every float16 value (and every FLOAT d_mean of two of them) is a multiple of 2^-24 below 2^17.
+# Written in the same batch as the neuron_stats rows it sums; summing it over batches gives the per-neuron means
+# without reading the per-image rows (`warehouse.connect`: ``neuron_rollup_complete``).
+NEURON_ROLLUP = TableSpec(
+    name="neuron_rollup",
+    schema=pa.schema([
+        _RUN,
+        _CONCEPT,
+        _LAYER,
+        _UNIT,
+        _f("n_images", pa.int32()),
+        _f("sum_d_max", pa.float64()),
+        _f("sum_d_mean", pa.float64()),
+        _f("sum_g_max", pa.float64()),
+        _f("sum_g_mean", pa.float64()),
+    ]),
+    partition_by=("run_id", "concept"),
+    sort_by=("layer", "unit"),
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (RUNS, SPLITS, SAMPLES, NEURON_STATS, TOKEN_STATS, NEURON_SETS, CAPTIONS, SCORES, EVALS,
-                 SET_CHOICES)
+                 SET_CHOICES, NEURON_ROLLUP)
 }
 
 # Columns the DuckDB view adds to a table: name -> (SQL expression over stored columns, DuckDB type).

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from engine.errors import KneuronError
 from warehouse.batch import Batch
 from warehouse.faults import damaged_file_error, missing_file_error, write_error
+from warehouse.garbage import collect_garbage, delete_unreferenced
 from warehouse.layout import (
     DATA_FILE,
     DEFAULT_PATH,
@@ -47,11 +48,10 @@ from warehouse.layout import (
     LOCK_FILE,
     MANIFEST_DIR,
     MARKER_FILE,
-    TEMP_FILE,
     data_file_name,
 )
 from warehouse.lock import WriterLock
-from warehouse.manifest import BatchRecord, FileRecord, fsync_dir, read_records, remove_record
+from warehouse.manifest import BatchRecord, FileRecord, fsync_dir, live_records, read_records, remove_record
 from warehouse.schema import FORMAT_NAME, SCHEMA_VERSION, TABLES, TableSpec, spec_of
 
 
@@ -69,11 +69,12 @@ def _marker_text() -> str:
     return json.dumps({"format": FORMAT_NAME, "schema_version": SCHEMA_VERSION}, indent=2) + "\n"
 
 
-def check_marker(root: Path) -> None:
-    """Raise `KneuronError` unless ``root/warehouse.json`` names this format and schema version."""
-    marker = root / MARKER_FILE
+def check_marker(root: Path | str, text: str | None = None) -> None:
+    """Raise `KneuronError` unless ``root/warehouse.json`` (or its ``text``, read by the caller: a warehouse on
+    object storage) names this format and schema version."""
+    marker = f"{root}/{MARKER_FILE}" if isinstance(root, str) else root / MARKER_FILE
     try:
-        raw = json.loads(marker.read_text(encoding="utf-8"))
+        raw = json.loads(text if text is not None else Path(marker).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise KneuronError(f"{marker} is not a readable warehouse marker: {exc}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
@@ -98,14 +99,25 @@ def _check_can_host(root: Path) -> None:
         raise KneuronError(f"{root} is not empty and not a kneuron warehouse (no {MARKER_FILE})")
 
 
+def is_uri(location: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` is a URI with a scheme (``file:///w``, ``s3://bucket/w``), not a local path."""
+    text = os.fspath(location)
+    scheme, sep, _ = text.partition("://")
+    return bool(sep) and len(scheme) > 1 and scheme.replace("+", "").replace("-", "").isalnum()
+
+
 class Warehouse:
     """A warehouse directory; use `Warehouse.open`. A writer (``create=True``) holds the single-writer lock."""
+
+    #: the pyarrow file system of a warehouse opened from a URI (`warehouse.remote`); None: a local directory
+    filesystem: Any = None
 
     def __init__(self, root: Path, lock: WriterLock | None) -> None:
         self.root = root
         self._lock = lock
         self._records: dict[str, BatchRecord] = {}
         self._keys: dict[str, set[tuple[Any, ...]]] = {name: set() for name in TABLES}
+        self._replaced: dict[str, BatchRecord] = {}
         self._open_batch: Batch | None = None
         self.garbage_collected: list[Path] = []
 
@@ -122,7 +134,12 @@ class Warehouse:
         other format or schema version, a damaged commit record, and (writer) a read-only warehouse (EROFS,
         EACCES on the lock file or a write) or a full disk.
         """
-        root = Path(path if path is not None else default_warehouse_path()).expanduser().absolute()
+        location = os.fspath(path) if path is not None else os.environ.get(ENV_VAR) or DEFAULT_PATH
+        if is_uri(location):  # file://, s3://, gs://, ...: read through pyarrow's file systems
+            from warehouse.remote import open_uri
+
+            return open_uri(location, create=create)
+        root = Path(location).expanduser().absolute()
         if not create:
             if not root.exists():
                 raise KneuronError(f"no kneuron warehouse at {root} (no such directory)")
@@ -191,17 +208,22 @@ class Warehouse:
 
     # ------------------------------------------------------------------ committed state
     def refresh(self) -> None:
-        """Pick up batches committed since the last look (a reader sees new commits of a running writer)."""
-        records = read_records(self.root, self._records)
-        for batch_id, record in records.items():
+        """Pick up batches committed since the last look (a reader sees new commits of a running writer); a
+        batch that a newer record replaces (`warehouse.compact`) is dropped, even while its record exists."""
+        records = read_records(self.root, {**self._replaced, **self._records})
+        live, replaced = live_records(records)
+        self._replaced = {batch_id: records[batch_id] for batch_id in replaced}
+        for batch_id in sorted(live):
             if batch_id not in self._records:
-                self._register(record)
+                self._register(live[batch_id])
 
     def _register(self, record: BatchRecord) -> None:
-        """Add a committed batch to what this object knows (records and keys)."""
+        """Add a committed batch to what this object knows (records and keys); drop the batches it replaces."""
         self._records[record.batch_id] = record
         for entry in record.files:
             self._keys[entry.table].update(tuple(key) for key in entry.keys)
+        if any(self._records.pop(batch_id, None) is not None for batch_id in list(record.replaces)):
+            self._keys = _keys_of(self._records.values())
 
     @property
     def batches(self) -> list[BatchRecord]:
@@ -372,46 +394,19 @@ class Warehouse:
             raise write_error(self.root, exc.filename or self.root / MANIFEST_DIR, exc, batch=False) from None
         self._records.pop(batch_id, None)
         self._keys = _keys_of(self._records.values())
-        removed: list[Path] = []
-        for entry in record.files if record is not None else []:
-            path = self.root / entry.path
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:  # un-committed already: the next writer deletes the rest
-                raise KneuronError(f"batch {batch_id} of warehouse {self.root} was removed from the commit records "
-                                   f"but its file {path} could not be deleted ({exc.strerror or exc}); the next "
-                                   "writer deletes it") from None
-            removed.append(path)
-        for directory in sorted({path.parent for path in removed}):
-            fsync_dir(directory)
-        _remove_empty_dirs(self.root, {path.parent for path in removed})
-        return removed
+        try:
+            return delete_unreferenced(self.root, [e.path for e in record.files] if record else [],
+                                       self._records.values())
+        except OSError as exc:  # un-committed already: the next writer deletes the rest
+            raise KneuronError(f"batch {batch_id} of warehouse {self.root} was removed from the commit records "
+                               f"but its file {exc.filename} could not be deleted ({exc.strerror or exc}); the "
+                               "next writer deletes it") from None
 
     def _collect_garbage(self) -> None:
-        """Delete writer files that no commit record names (left by a crash), and directories left empty."""
-        committed = {entry.path for record in self._records.values() for entry in record.files}
-        removed: list[Path] = []
-        for table in TABLES:
-            table_dir = self.root / table
-            if not table_dir.is_dir():
-                continue
-            for directory, subdirs, files in os.walk(table_dir, topdown=False):
-                for name in files:
-                    path = Path(directory) / name
-                    relative = path.relative_to(self.root).as_posix()
-                    if TEMP_FILE.fullmatch(name) or (DATA_FILE.fullmatch(name) and relative not in committed):
-                        path.unlink()
-                        removed.append(path)
-                if Path(directory) != table_dir and not os.listdir(directory):
-                    os.rmdir(directory)
-        manifest_dir = self.root / MANIFEST_DIR
-        if manifest_dir.is_dir():
-            for path in manifest_dir.glob(".*.json.tmp"):
-                path.unlink()
-                removed.append(path)
-        self.garbage_collected = removed
+        """Finish what a crash left: remove the records of replaced batches, then the writer files that no
+        commit record names, and directories left empty (`warehouse.garbage`)."""
+        self.garbage_collected = collect_garbage(self.root, self._records.values(), self._replaced)
+        self._replaced = {}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -445,11 +440,3 @@ def _keys_of(records: Iterable[BatchRecord]) -> dict[str, set[tuple[Any, ...]]]:
             keys.setdefault(entry.table, set()).update(tuple(key) for key in entry.keys)
     return keys
 
-
-def _remove_empty_dirs(root: Path, directories: Iterable[Path]) -> None:
-    """Remove each of ``directories`` and its parents below the table directory while they are empty."""
-    for directory in sorted(directories, key=lambda path: len(path.parts), reverse=True):
-        current = directory
-        while current.parent != root and current.is_dir() and not any(current.iterdir()):
-            current.rmdir()
-            current = current.parent

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from warehouse.faults import write_error
 from warehouse.layout import LOCK_FILE, MANIFEST_DIR, MARKER_FILE
 from warehouse.lock import WriterLock
-from warehouse.manifest import BatchRecord, FileRecord, read_records, remove_record
+from warehouse.manifest import BatchRecord, FileRecord, live_records, read_records, remove_record
 from warehouse.schema import TABLES
 from warehouse.store import Warehouse, check_marker, default_warehouse_path
 
@@ -149,7 +149,9 @@ def _open_reader_root(root: str | os.PathLike[str] | None) -> Path:
 
 
 def _verify(root: Path, records: dict[str, BatchRecord], damaged: dict[str, str]) -> VerifyReport:
-    """The report over ``records`` (committed batches by id) plus the ``damaged`` records (id -> reason)."""
+    """The report over ``records`` (committed batches by id) plus the ``damaged`` records (id -> reason).
+    Batches that another record replaces (`warehouse.compact`) are not part of the warehouse: not checked."""
+    records, _ = live_records(records)
     problems = [Problem(batch_id, "", f"{MANIFEST_DIR}/{batch_id}.json", "damaged_record", reason)
                 for batch_id, reason in sorted(damaged.items())]
     run_ids: dict[tuple[str, str], set[str]] = {}

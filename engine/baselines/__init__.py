@@ -1,10 +1,12 @@
 """Baseline neuron selectors, compared with the two-stage sets at the same budget |N_k|.
 
-``random`` / ``random_layer_matched`` (seeded controls), ``stage1_only`` / ``stage2_only`` (single-stage
-ablations from the selection module), ``pan`` (Pan et al. 2024 contribution score) and ``dai`` (Dai et al.
-2022 integrated gradients). All implement `Baseline`; ``get_baseline(name, **options)`` gives one.
+``random`` / ``random_layer_matched`` / ``random_nonmassive`` (seeded controls; the last avoids the run's
+massive units), ``stage1_only`` / ``stage2_only`` (single-stage ablations from the selection module),
+``two_stage_specific`` (the two-stage ranking within the concept-specific candidates), ``pan`` (Pan et al.
+2024 contribution score) and ``dai`` (Dai et al. 2022 integrated gradients). All implement `Baseline`;
+``get_baseline(name, **options)`` gives one.
 """
-from engine.baselines import dai, pan, random, stage  # noqa: F401  (register the bundled baselines)
+from engine.baselines import dai, nonmassive, pan, random, specific, stage  # noqa: F401  (register them)
 from engine.baselines.base import (
     BASELINES,
     Baseline,

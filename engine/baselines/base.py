@@ -63,6 +63,8 @@ class BaselineContext:
     seed: base seed of the random baselines. batch_size: images per captioning / forward batch.
     stage_ranking: one stage's ranking of the neurons (`engine.baselines.stage.StageRanking`), for the
         stage-only baselines; the caller backs it with the stored signals.
+    massive_units: ``k -> [(layer, unit), ...]``, the run's massive units by the stored-signal rule
+        (``queries/massive_units.sql``), for ``random_nonmassive``; the caller backs it with the warehouse.
     """
 
     adapter: VLMAdapter | None = None
@@ -73,6 +75,7 @@ class BaselineContext:
     seed: int = 0
     batch_size: int = 8
     stage_ranking: Any = None
+    massive_units: Any = None
     _targets: dict[str, tuple[list[int], list[Target]]] = field(default_factory=dict, repr=False)
 
     def reference(self, concept: str) -> ReferenceSet:

@@ -7,9 +7,17 @@ sub-token ``t`` (`concept_target`), with ``w = O^l[pos]`` the unmodified activat
     Attr(l, i) = w_i * (1/m) * sum_{k=0}^{m-1} dP(t | O^l[pos] = (k/m) * w) / dO^l[pos, i]
 
 (left Riemann sum over k = 0..m-1 as the official code; baseline 0; the gradient of the **probability** of
-``t``; only layer ``l`` at ``pos`` is scaled, all other activations are the model's own). The ``m`` steps of
-one layer run as one batch of ``m`` rows (``images_per_batch`` images at once: ``m * images_per_batch``
-rows), so each layer costs one forward and one backward per batch.
+``t``; only layer ``l`` at ``pos`` is scaled, all other activations are the model's own).
+
+How it runs (`ig_attributions`). Scaling ``O^l[pos]`` changes nothing at positions before ``pos`` (causal
+attention) and only ``pos``'s own logits are read, so the ``L * m`` scaled copies of one image differ only in
+the computation of the one token at ``pos`` from layer ``l`` up. When the adapter's language model is an HF
+causal LM called with ``inputs_embeds`` (MiniGPT-4), kneuron runs the sequence before ``pos`` once with the KV
+cache on, then all ``L * m`` (layer, step) rows of that image as one batch of single-token steps over the shared
+cache, forward and backward at ``pos`` only (in chunks of ``max_rows`` rows): per image about one forward of
+the image plus ``L * m`` one-token steps instead of ``L`` full forward+backward passes of ``m`` rows
+(``benchmarks/test_bench_dai.py`` measures the cost against one forward+backward of the image). Other adapters
+run full sequences, still every (layer, step) row of an image in one batch where the rows fit.
 
 Refinement per concept (`refine`):
 1. per image keep neurons with ``Attr > threshold_ratio * max Attr`` of that image (adaptive threshold, 0.2);
@@ -20,6 +28,8 @@ Refinement per concept (`refine`):
 """
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +41,11 @@ from engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, check
 from engine.errors import KneuronError
 from engine.models.base import VLMAdapter
 from engine.record import Target, target_positions
+from engine.threads import job
+
+#: single-token rows per batch in the cached path; full-sequence rows are limited to about this many tokens x 32
+MAX_ROWS = 256
+_FULL_ROW_TOKENS = MAX_ROWS * 32
 
 
 class _ReplaceAt:
@@ -56,64 +71,217 @@ class _Capture:
         self.value = args[0][self.rows, self.at].detach().float()
 
 
+class _Stop(Exception):
+    """Raised by `_LMCall` to end the model's forward once the language model's inputs are known."""
+
+
+class _LMCall:
+    """Forward pre-hook (with kwargs) on the language model: keeps its keyword arguments and stops the forward."""
+
+    def __init__(self) -> None:
+        self.kwargs: dict[str, Any] | None = None
+
+    def __call__(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.kwargs = dict(kwargs) if not args else None
+        raise _Stop
+
+
+def _hooked(adapter: VLMAdapter, hooks: dict[int, Any], root: Any = None) -> list[Any]:
+    """Register ``hooks[layer]`` as forward pre-hooks on the layers' ``down_proj``; the handles."""
+    root = adapter.model if root is None else root
+    return [adapter.neuron_module(root, layer).register_forward_pre_hook(hook) for layer, hook in hooks.items()]
+
+
 def _activations_at(adapter: VLMAdapter, prepared: Any, rows: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
     """``[B, L, d_ff]`` unmodified activations at each row's target position."""
-    captures = [_Capture(rows, at) for _ in range(adapter.n_layers)]
-    handles = [adapter.neuron_module(adapter.model, layer).register_forward_pre_hook(capture)
-               for layer, capture in enumerate(captures)]
+    captures = {layer: _Capture(rows, at) for layer in range(adapter.n_layers)}
+    handles = _hooked(adapter, captures)
     try:
         with torch.no_grad():
             adapter.model(*prepared.args, **prepared.kwargs)
     finally:
         for handle in handles:
             handle.remove()
-    return torch.stack([c.value for c in captures], dim=1)  # type: ignore[misc]
+    return torch.stack([captures[layer].value for layer in range(adapter.n_layers)], dim=1)  # type: ignore[misc]
+
+
+def _row_plan(n_layers: int, steps: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row ``r`` of one image's ``L * m`` rows: (layer it scales, alpha); layer-major, alpha = 0, 1/m, ...."""
+    layers = torch.arange(n_layers, device=device).repeat_interleave(steps)
+    alphas = (torch.arange(steps, dtype=torch.float32, device=device) / steps).repeat(n_layers)
+    return layers, alphas
+
+
+def _probability_grads(adapter: VLMAdapter, run: Any, base: torch.Tensor, layer_of: torch.Tensor,
+                       alpha: torch.Tensor, at: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """``d P(token | row) / d O^{layer_of[r]}[at[r]]`` per row ``[R, d_ff]``, the activation of that layer at
+    ``at[r]`` set to ``alpha[r] * base[r]``; ``run()`` is the forward of the ``R`` rows (logits ``[R, T, V]``)."""
+    scaled = (alpha[:, None] * base).requires_grad_(True)
+    hooks = {}
+    for layer in torch.unique(layer_of).tolist():
+        rows = torch.nonzero(layer_of == layer).flatten()
+        hooks[int(layer)] = _ReplaceAt(rows, at[rows], scaled[rows])
+    handles = _hooked(adapter, hooks)
+    try:
+        with torch.enable_grad():
+            logits = run()
+            rows = torch.arange(len(at), device=at.device)
+            prob = torch.softmax(logits[rows, at].float(), dim=-1)[rows, token]
+            (grad,) = torch.autograd.grad(prob.sum(), scaled)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return grad
+
+
+def _lm_inputs(adapter: VLMAdapter, prepared: Any) -> torch.Tensor | None:
+    """The ``inputs_embeds [1, T, d_model]`` the model hands its language model, when it calls it with keyword
+    arguments only (``inputs_embeds``, an all-ones ``attention_mask``, no labels): the cached path needs no
+    more. None otherwise (positions of their own, other masks, a model that calls it differently)."""
+    language_model = adapter.language_model
+    if not hasattr(language_model, "forward") or not isinstance(language_model, torch.nn.Module):
+        return None
+    call = _LMCall()
+    handle = language_model.register_forward_pre_hook(call, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            adapter.model(*prepared.args, **prepared.kwargs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    kwargs = call.kwargs
+    if kwargs is None or not isinstance(kwargs.get("inputs_embeds"), torch.Tensor):
+        return None
+    mask = kwargs.get("attention_mask")
+    extra = {k for k, v in kwargs.items() if v is not None} - {"inputs_embeds", "attention_mask"}
+    if extra or (mask is not None and not bool((mask == 1).all())):
+        return None
+    return kwargs["inputs_embeds"]
+
+
+def _ig_cached(adapter: VLMAdapter, embeds: torch.Tensor, at: int, token: int, steps: int,
+               max_rows: int) -> torch.Tensor | None:
+    """IG ``[L, d_ff]`` of one image from its language-model inputs ``embeds [1, T, d]``: the prefix before ``at``
+    once with the KV cache, then every (layer, step) row as one-token steps at ``at`` (see the module docstring).
+    None when the language model does not take a cache this way."""
+    lm = adapter.language_model
+    device = embeds.device
+    parameters = inspect.signature(lm.forward).parameters
+    cache_name = "cache" if "cache" in parameters else "past_key_values"  # transformers >= 5.x: "cache"
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    ones = torch.ones(1, at, dtype=torch.long, device=device)
+    with torch.no_grad():
+        prefix = lm(inputs_embeds=embeds[:, :at], attention_mask=ones, use_cache=True, **keep)
+    if not hasattr(prefix, "get"):  # a tuple output: no named cache to reuse
+        return None
+    cache = next((prefix.get(name) for name in ("cache", "past_key_values") if prefix.get(name) is not None), None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    step = embeds[:, at:at + 1]
+
+    def run_rows(n: int) -> Any:
+        rows_cache = copy.deepcopy(cache)
+        rows_cache.batch_repeat_interleave(n)
+        mask = torch.ones(n, at + 1, dtype=torch.long, device=device)
+        return lm(inputs_embeds=step.expand(n, -1, -1), attention_mask=mask, use_cache=True,
+                  **{cache_name: rows_cache}).logits
+
+    captures = {layer: _Capture(torch.zeros(1, dtype=torch.long, device=device),
+                                torch.zeros(1, dtype=torch.long, device=device)) for layer in range(adapter.n_layers)}
+    handles = _hooked(adapter, captures)
+    try:
+        with torch.no_grad():
+            run_rows(1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    base = torch.cat([captures[layer].value for layer in range(adapter.n_layers)])  # type: ignore[misc]  # [L, d_ff]
+    layer_of, alpha = _row_plan(adapter.n_layers, steps, device)
+    grads = torch.empty(len(layer_of), adapter.d_ff, device=device)
+    for start in range(0, len(layer_of), max_rows):
+        chunk = slice(start, start + max_rows)
+        n = len(layer_of[chunk])
+        zero = torch.zeros(n, dtype=torch.long, device=device)
+        tokens = torch.full((n,), token, dtype=torch.long, device=device)
+        grads[chunk] = _probability_grads(adapter, lambda n=n: run_rows(n), base[layer_of[chunk]], layer_of[chunk],
+                                          alpha[chunk], zero, tokens)
+    return base * grads.view(adapter.n_layers, steps, -1).mean(dim=1)
+
+
+def _ig_full(adapter: VLMAdapter, images: Sequence[Image.Image], targets: Sequence[Target], steps: int,
+             max_rows: int) -> torch.Tensor:
+    """IG ``[n, L, d_ff]`` with full-sequence rows: every (image, layer, step) row scales its layer at its image's
+    target position; rows in batches of at most ``max_rows`` and about ``max_rows`` x 32 tokens."""
+    device = adapter.device
+    tokens = [list(t.tokens) for t in targets]
+    prepared = adapter.prepare(list(images), targets=tokens)
+    at = target_positions(prepared.prompt_length, targets).to(device)
+    n = len(targets)
+    base = _activations_at(adapter, prepared, torch.arange(n, device=device), at)  # [n, L, d_ff]
+    layer_of, alpha = _row_plan(adapter.n_layers, steps, device)
+    length = prepared.prompt_length + max(len(t) for t in tokens)
+    per_pass = max(1, min(max_rows, _FULL_ROW_TOKENS // max(1, length)))
+    image_of = torch.arange(n, device=device).repeat_interleave(len(layer_of))
+    row_of = torch.arange(len(layer_of), device=device).repeat(n)
+    grads = torch.empty(len(image_of), adapter.d_ff, device=device)
+    for start in range(0, len(image_of), per_pass):
+        chunk = slice(start, start + per_pass)
+        b, r = image_of[chunk], row_of[chunk]
+        repeated = adapter.prepare([images[i] for i in b.tolist()], targets=[tokens[i] for i in b.tolist()])
+
+        def run(repeated: Any = repeated) -> torch.Tensor:
+            return adapter.logits(adapter.model(*repeated.args, **repeated.kwargs))
+
+        token = torch.tensor([targets[i].token_id for i in b.tolist()], device=device)
+        grads[chunk] = _probability_grads(adapter, run, base[b, layer_of[r]], layer_of[r], alpha[r], at[b], token)
+    return base * grads.view(n, adapter.n_layers, steps, -1).mean(dim=2)
 
 
 def ig_attributions(adapter: VLMAdapter, images: Sequence[Image.Image], targets: Sequence[Target],
-                    steps: int = 20, images_per_batch: int = 1) -> torch.Tensor:
-    """Integrated-gradients attributions ``[B, L, d_ff]`` (float32, CPU) of each image at its target position."""
+                    steps: int = 20, images_per_batch: int = 1, max_rows: int = MAX_ROWS,
+                    cached: bool = True) -> torch.Tensor:
+    """Integrated-gradients attributions ``[B, L, d_ff]`` (float32, CPU) of each image at its target position.
+
+    ``cached``: use the KV-cached single-token path where the adapter allows it (see the module docstring);
+    False runs full sequences. ``images_per_batch``: images prepared together (their rows may share passes).
+    ``max_rows``: rows per forward+backward (single-token rows; full-sequence rows count their tokens).
+    """
     if len(images) != len(targets):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
     if steps < 1:
         raise KneuronError(f"integrated gradients need steps >= 1, got {steps}")
-    device = adapter.device
+    if max_rows < 1:
+        raise KneuronError(f"integrated gradients need max_rows >= 1, got {max_rows}")
     out: list[torch.Tensor] = []
-    for start in range(0, len(images), images_per_batch):
-        batch_images = list(images[start:start + images_per_batch])
-        batch_targets = list(targets[start:start + images_per_batch])
-        n = len(batch_targets)
-        tokens = [list(t.tokens) for t in batch_targets]
-        prepared = adapter.prepare(batch_images, targets=tokens)
-        at = target_positions(prepared.prompt_length, batch_targets).to(device)
-        base = _activations_at(adapter, prepared, torch.arange(n, device=device), at)  # [n, L, d_ff]
-
-        # m rows per image: image b's rows are b*m .. b*m + m-1 with alpha = 0, 1/m, ..., (m-1)/m
-        repeated = adapter.prepare([img for img in batch_images for _ in range(steps)],
-                                   targets=[tok for tok in tokens for _ in range(steps)])
-        rows = torch.arange(n * steps, device=device)
-        at_rep = at.repeat_interleave(steps)
-        token_rep = torch.tensor([t.token_id for t in batch_targets], device=device).repeat_interleave(steps)
-        alphas = (torch.arange(steps, dtype=torch.float32, device=device) / steps).repeat(n)[:, None]
-        attributions = torch.empty_like(base)
-        for layer in range(adapter.n_layers):
-            scaled = (alphas * base[:, layer].repeat_interleave(steps, dim=0)).requires_grad_(True)
-            module = adapter.neuron_module(adapter.model, layer)
-            handle = module.register_forward_pre_hook(_ReplaceAt(rows, at_rep, scaled))
-            try:
-                with torch.enable_grad():
-                    output = adapter.model(*repeated.args, **repeated.kwargs)
-                    logits = adapter.logits(output)[rows, at_rep].float()  # [n*m, V]
-                    prob = torch.softmax(logits, dim=-1)[rows, token_rep]
-                    (grad,) = torch.autograd.grad(prob.sum(), scaled)
-            finally:
-                handle.remove()
-            mean_grad = grad.view(n, steps, -1).mean(dim=1)
-            attributions[:, layer] = base[:, layer] * mean_grad
-        out.append(attributions.detach().cpu())
+    with job(adapter.model):
+        for start in range(0, len(images), images_per_batch):
+            batch_images = list(images[start:start + images_per_batch])
+            batch_targets = list(targets[start:start + images_per_batch])
+            done = _cached_batch(adapter, batch_images, batch_targets, steps, max_rows) if cached else None
+            if done is None:
+                done = _ig_full(adapter, batch_images, batch_targets, steps, max_rows)
+            out.append(done.detach().cpu())
     if not out:
         return torch.zeros(0, adapter.n_layers, adapter.d_ff)
     return torch.cat(out)
+
+
+def _cached_batch(adapter: VLMAdapter, images: Sequence[Image.Image], targets: Sequence[Target], steps: int,
+                  max_rows: int) -> torch.Tensor | None:
+    """`_ig_cached` of each image, stacked ``[n, L, d_ff]``; None as soon as the cached path does not apply."""
+    rows = []
+    for image, target in zip(images, targets):
+        prepared = adapter.prepare([image], targets=[list(target.tokens)])
+        at = int(target_positions(prepared.prompt_length, [target])[0])
+        embeds = _lm_inputs(adapter, prepared)
+        if embeds is None or at < 1:
+            return None
+        one = _ig_cached(adapter, embeds, at, target.token_id, steps, max_rows)
+        if one is None:
+            return None
+        rows.append(one)
+    return torch.stack(rows)
 
 
 def refine(attributions: np.ndarray, budget: int, threshold_ratio: float = 0.2, share: float = 0.7,

@@ -17,6 +17,12 @@ Layout written by :func:`generate_world`::
 Everything is a function of the config: image ``i`` of split ``s`` uses the random generator seeded
 with ``(seed, s, i)``, so the val/test images do not depend on ``n_train``. JSON is written with
 sorted keys and no timestamps, so regenerating gives byte-identical files.
+
+Splits on demand: ``generate_world(out, config, splits=("test",))`` / ``ensure_world(..., splits=...)`` write
+only the named splits (the demo needs test, ``kneuron train`` train); a split's files are the same bytes
+whichever splits are generated and in which order. ``world.json`` lists the finished splits under ``splits``
+while some are missing (``complete: false``); once every split is there it is exactly the manifest of a world
+generated in one go (``complete: true``, no ``splits`` key).
 Image ids: train 1_000_001.., val 2_000_001.., test 3_000_001..; annotation id = image_id * 10 + k
 (k = 1.. in drawing order); caption id = image_id * 10 + j (j = 0..).
 
@@ -30,6 +36,7 @@ import colorsys
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -46,7 +53,7 @@ __all__ = [
     "BACKGROUNDS", "CATEGORIES", "COLORS", "COLOR_RGB", "SIZES", "SPLITS", "WorldConfig", "WorldObject",
     "caption_vocabulary", "check_world_target", "ensure_world", "generate_world", "read_world_manifest", "relation",
     "render_world_image",
-    "world_captions", "world_config_of",
+    "world_captions", "world_config_of", "world_splits",
 ]
 
 COLOR_RGB: dict[str, tuple[int, int, int]] = {
@@ -448,8 +455,9 @@ def _info(config: WorldConfig, split: str) -> dict:
     }
 
 
-def _manifest(config: WorldConfig, complete: bool, counts: dict | None) -> dict:
-    return {
+def _manifest(config: WorldConfig, complete: bool, counts: dict | None, splits: list[str] | None = None) -> dict:
+    """The ``world.json`` payload; ``splits`` (the finished splits) is written only while the world is partial."""
+    manifest = {
         "generator": GENERATOR,
         "version": GENERATOR_VERSION,
         "config": asdict(config),
@@ -457,6 +465,30 @@ def _manifest(config: WorldConfig, complete: bool, counts: dict | None) -> dict:
         "photos": [name for name, _ in load_photos()],
         "counts": counts or {},
     }
+    if not complete and splits is not None:
+        manifest["splits"] = list(splits)
+    return manifest
+
+
+def world_splits(manifest: dict | None) -> tuple[str, ...]:
+    """The finished splits of a world manifest (`read_world_manifest`), in `SPLITS` order: every split of a
+    complete world (also one written before splits on demand existed), else those listed under ``splits``."""
+    if manifest is None:
+        return ()
+    if manifest.get("complete"):
+        return SPLITS
+    listed = manifest.get("splits")
+    return tuple(s for s in SPLITS if isinstance(listed, list) and s in listed)
+
+
+def _check_splits(splits: Sequence[str] | None) -> tuple[str, ...]:
+    """``splits`` as a tuple in `SPLITS` order without duplicates (None: every split); KneuronError for others."""
+    if splits is None:
+        return SPLITS
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise KneuronError(f"unknown world split(s) {', '.join(map(repr, unknown))}; expected {', '.join(SPLITS)}")
+    return tuple(s for s in SPLITS if s in splits)
 
 
 WORLD_ENV_VAR = "KNEURON_WORLD"
@@ -507,62 +539,88 @@ def check_world_target(out_dir: Path | str, config: WorldConfig, force: bool = F
         raise KneuronError(f"{out_dir} holds a world with another config ({changed}); pass --force to overwrite")
 
 
-def ensure_world(out_dir: Path | str, config: WorldConfig = WorldConfig()) -> Path:
-    """``out_dir`` holding the complete world of ``config``: reused if already there, else generated.
+def ensure_world(out_dir: Path | str, config: WorldConfig = WorldConfig(),
+                 splits: Sequence[str] | None = None) -> Path:
+    """``out_dir`` holding ``splits`` (None: every split) of the world of ``config``: splits already finished
+    there are reused, the missing ones generated (see `generate_world`).
 
     A non-empty folder that is not a world of this config raises KneuronError (see check_world_target).
     """
     out_dir = Path(out_dir)
+    wanted = _check_splits(splits)
     manifest = read_world_manifest(out_dir)
-    if manifest is not None and manifest.get("complete") and world_config_of(out_dir) == config:
-        return out_dir
+    if manifest is not None and world_config_of(out_dir) == config:
+        have = world_splits(manifest)
+        missing = tuple(s for s in wanted if s not in have)
+        return generate_world(out_dir, config, splits=missing) if missing else out_dir
     check_world_target(out_dir, config)
-    return generate_world(out_dir, config)
+    return generate_world(out_dir, config, splits=wanted)
 
 
-def generate_world(out_dir: Path | str, config: WorldConfig = WorldConfig()) -> Path:
-    """Write the world for ``config`` under ``out_dir`` (created if needed) and return ``out_dir``.
+def _generate_split(out_dir: Path, config: WorldConfig, split: str) -> dict[str, int]:
+    """Write one split's PNGs and COCO files (removing PNGs the split does not have); its counts."""
+    split_index = SPLITS.index(split)
+    categories = [{"id": CATEGORY_IDS[name], "name": name, "supercategory": "shape"} for name in CATEGORIES]
+    licenses = [{"id": 1, "name": "generated by kneuron, public domain", "url": ""}]
+    split_dir = out_dir / split
+    split_dir.mkdir(exist_ok=True)
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    captions: list[dict[str, Any]] = []
+    for index in range(config.n_images(split)):
+        rng = np.random.default_rng([config.seed, split_index, index])
+        pixels, objects, background = render_world_image(rng, config)
+        image_id = SPLIT_ID_BASE[split] + index + 1
+        file_name = f"{image_id:012d}.png"
+        Image.fromarray(pixels).save(split_dir / file_name, format="PNG")
+        images.append({
+            "id": image_id, "file_name": file_name, "width": config.image_size,
+            "height": config.image_size, "license": 1, "background": background,
+        })
+        annotations.extend(_annotation(obj, image_id, k) for k, obj in enumerate(objects))
+        for j, text in enumerate(world_captions(rng, objects, background, config)):
+            captions.append({"id": image_id * 10 + j, "image_id": image_id, "caption": text})
+    keep = {image["file_name"] for image in images}
+    for stale in split_dir.glob("*.png"):
+        if stale.name not in keep:
+            stale.unlink()
+    head = {"info": _info(config, split), "licenses": licenses, "images": images}
+    _write_json(out_dir / "annotations" / f"instances_{split}.json",
+                {**head, "categories": categories, "annotations": annotations})
+    _write_json(out_dir / "annotations" / f"captions_{split}.json", {**head, "annotations": captions})
+    return {"images": len(images), "annotations": len(annotations), "captions": len(captions)}
 
-    Overwrites the world's own files; PNGs in the split folders that the new world does not have are
-    removed. The manifest is written first with ``complete: false`` and last with the counts.
+
+def generate_world(out_dir: Path | str, config: WorldConfig = WorldConfig(),
+                   splits: Sequence[str] | None = None) -> Path:
+    """Write ``splits`` (None: every split) of the world for ``config`` under ``out_dir`` (created if needed)
+    and return ``out_dir``.
+
+    Overwrites those splits' files; PNGs in their folders that the new world does not have are removed. Splits
+    of the same config finished earlier in ``out_dir`` stay (and stay listed); the manifest is written first
+    without the splits being written, after each split, and last with the counts.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise KneuronError(f"world output path is not a directory: {out_dir}")
+    targets = _check_splits(splits)
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / MANIFEST_NAME, _manifest(config, complete=False, counts=None))
-    categories = [{"id": CATEGORY_IDS[name], "name": name, "supercategory": "shape"} for name in CATEGORIES]
-    licenses = [{"id": 1, "name": "generated by kneuron, public domain", "url": ""}]
-    counts = {}
-    for split_index, split in enumerate(SPLITS):
-        split_dir = out_dir / split
-        split_dir.mkdir(exist_ok=True)
-        images: list[dict[str, Any]] = []
-        annotations: list[dict[str, Any]] = []
-        captions: list[dict[str, Any]] = []
-        for index in range(config.n_images(split)):
-            rng = np.random.default_rng([config.seed, split_index, index])
-            pixels, objects, background = render_world_image(rng, config)
-            image_id = SPLIT_ID_BASE[split] + index + 1
-            file_name = f"{image_id:012d}.png"
-            Image.fromarray(pixels).save(split_dir / file_name, format="PNG")
-            images.append({
-                "id": image_id, "file_name": file_name, "width": config.image_size,
-                "height": config.image_size, "license": 1, "background": background,
-            })
-            annotations.extend(_annotation(obj, image_id, k) for k, obj in enumerate(objects))
-            for j, text in enumerate(world_captions(rng, objects, background, config)):
-                captions.append({"id": image_id * 10 + j, "image_id": image_id, "caption": text})
-        keep = {image["file_name"] for image in images}
-        for stale in split_dir.glob("*.png"):
-            if stale.name not in keep:
-                stale.unlink()
-        head = {"info": _info(config, split), "licenses": licenses, "images": images}
-        _write_json(out_dir / "annotations" / f"instances_{split}.json",
-                    {**head, "categories": categories, "annotations": annotations})
-        _write_json(out_dir / "annotations" / f"captions_{split}.json", {**head, "annotations": captions})
-        counts[split] = {"images": len(images), "annotations": len(annotations), "captions": len(captions)}
-    _write_json(out_dir / MANIFEST_NAME, _manifest(config, complete=True, counts=counts))
+    previous = read_world_manifest(out_dir) if world_config_of(out_dir) == config else None
+    old_counts = previous.get("counts", {}) if previous is not None else {}
+    counts = {s: old_counts[s] for s in world_splits(previous) if s not in targets and s in old_counts}
+
+    def manifest(complete: bool) -> None:
+        done = [s for s in SPLITS if s in counts]
+        _write_json(out_dir / MANIFEST_NAME, _manifest(config, complete=complete, counts=counts if complete or done
+                                                       else None, splits=done))
+
+    manifest(complete=False)
+    for split in targets:
+        counts[split] = _generate_split(out_dir, config, split)
+        manifest(complete=False)
+    complete = all(s in counts for s in SPLITS)
+    counts = {s: counts[s] for s in SPLITS if s in counts}
+    manifest(complete=complete)
     return out_dir
 
 

@@ -23,6 +23,8 @@ REFERENCE_METHOD = "two_stage"
 DEFAULT_METHODS: tuple[str, ...] = ("two_stage", "stage1_only", "stage2_only", "random", "random_layer_matched",
                                     "pan", "dai")
 SAME_AS_REFERENCE = "same_as:two_stage"
+#: the method of an edited model folder (``edited_model``): its captions, no hook, scored like a suppression
+EDITED_METHOD = "edited"
 
 
 @dataclass
@@ -39,14 +41,21 @@ class EvalConfig:
         ``stage1``/``stage2`` as ``auto | abs:V | q:Q | top:N``, ``aggregate``, ``min_share``, ``reduce``,
         ``stage2_pool``); new sets are stored.
     budget: baseline size: ``"same_as:two_stage"`` (|N_k|) or a number; budget_per_concept overrides it.
+    budgets: a budget evaluation (`engine.eval.budget`): every method at each of these sizes n, each (method, n)
+        its own set labelled ``"<method>@<n>"``; two_stage at n = the top n of its stage-2 ranking within C_k
+        (fewer when |C_k| < n, said in the log). Empty (default): one budget, ``budget``.
     n_other: other images per concept: ``"match"`` (as many as target images) or a number.
     max_images: at most this many target images per concept (seeded choice); None = all.
     batch_size: images per captioning batch (and per forward in the model-based baselines).
     max_new_tokens: None = the model's default. seed: image choices and random baselines.
     metrics: metric names (subset of bleu4, rougeL, bertscore); metric_config: BERTScore model etc.
     baseline_options: method -> keyword options (e.g. ``{"dai": {"steps": 20}}``).
+    fragility_images: > 0 = also zero each unit of the evaluated sets alone on this many identification images
+        (`engine.pipelines.suppress_fragility`); reported, not stored, and not part of the eval id.
     model / device / dtype: override the run's model (default: the run's ``model_name`` and dtype; device
         ``auto`` = CUDA when available). dataset_root / dataset_split: override the run's dataset.
+    edited_model: a folder written by ``kneuron edit``; its plain captions are the method ``edited``, scored
+        against the run's model's unmodified captions like any suppression (method list must name ``edited``).
     """
 
     run_id: str | None = None
@@ -57,6 +66,8 @@ class EvalConfig:
     selection: Mapping[str, Any] | None = None
     budget: str | int = SAME_AS_REFERENCE
     budget_per_concept: Mapping[str, int] = field(default_factory=dict)
+    budgets: tuple[int, ...] = ()
+    fragility_images: int = 0
     n_other: str | int = "match"
     max_images: int | None = None
     batch_size: int = 16
@@ -66,6 +77,7 @@ class EvalConfig:
     metric_config: MetricConfig = field(default_factory=MetricConfig)
     baseline_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     model: str | None = None
+    edited_model: str | None = None
     device: str = "auto"
     dtype: str | None = None
     dataset_root: str | None = None
@@ -76,7 +88,12 @@ class EvalConfig:
         import engine.baselines  # noqa: F401  (registers the baselines)
         from engine.baselines.base import BASELINES
 
-        known = [REFERENCE_METHOD, *sorted(BASELINES)]
+        known = [REFERENCE_METHOD, *sorted(BASELINES), *([EDITED_METHOD] if self.edited_model else [])]
+        if (EDITED_METHOD in self.methods) != bool(self.edited_model):
+            raise KneuronError(f"method {EDITED_METHOD!r} and edited_model (--edited-model) go together: the "
+                               "edited folder's captions are that method")
+        if self.edited_model and self.budgets:
+            raise KneuronError("an edited model is one fixed set: give edited_model or budgets, not both")
         for method in self.methods:
             if method not in known:
                 raise KneuronError(f"unknown method {method!r}; known: {', '.join(known)}")
@@ -95,6 +112,12 @@ class EvalConfig:
         for concept, value in self.budget_per_concept.items():
             if not _whole(value):
                 raise KneuronError(f"budget of concept {concept!r} must be a whole number >= 0, got {value!r}")
+        if self.budgets:
+            from engine.eval.budget import check_budgets
+
+            check_budgets(self.budgets)
+            if self.budget_per_concept or self.budget != SAME_AS_REFERENCE:
+                raise KneuronError("give budgets or budget / budget_per_concept, not both")
         if isinstance(self.n_other, str):
             if self.n_other != "match":
                 raise KneuronError(f"n_other must be 'match' or a whole number >= 0, got {self.n_other!r}")
@@ -106,6 +129,8 @@ class EvalConfig:
             raise KneuronError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
         if self.max_new_tokens is not None and (not _whole(self.max_new_tokens) or self.max_new_tokens < 1):
             raise KneuronError(f"max_new_tokens must be a whole number >= 1, got {self.max_new_tokens!r}")
+        if not _whole(self.fragility_images):
+            raise KneuronError(f"fragility_images must be a whole number >= 0, got {self.fragility_images!r}")
         if not _whole(self.seed):
             raise KneuronError(f"seed must be a whole number >= 0, got {self.seed!r}")
         if self.sets and self.selection is not None:
@@ -117,12 +142,18 @@ class EvalConfig:
     def identity(self) -> dict[str, Any]:
         """The settings that change results, less those resolved elsewhere (run, concepts) and those that do not
         (batch size, device, eval id). It enters the ``eval_id``: a new field here changes every eval id, so
-        old evaluations would no longer resume."""
+        old evaluations would no longer resume; fields added later (``budgets``) enter only when set."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("eval_id", "run_id", "concepts", "batch_size", "device", "metric_config")}
+                if f.name not in ("eval_id", "run_id", "concepts", "batch_size", "device", "metric_config",
+                                  "fragility_images")
+                and not (f.name in _LATER_FIELDS and not getattr(self, f.name))}
         data["metric_config"] = {"bertscore_model": self.metric_config.bertscore_model,
                                  "bertscore_layers": self.metric_config.bertscore_layers}
         return json.loads(json.dumps(data, sort_keys=True, default=jsonable))
+
+
+#: fields added after eval ids were first stored: hashed only when set, so older evaluations keep their ids
+_LATER_FIELDS = ("budgets", "edited_model")
 
 
 def _whole(value: Any) -> bool:
@@ -142,13 +173,15 @@ def jsonable(value: Any) -> Any:
 _SCALAR_KEYS: dict[str, str] = {
     "run": "run_id", "run_id": "run_id", "eval_id": "eval_id", "budget": "budget", "n_other": "n_other",
     "max_images": "max_images", "batch_size": "batch_size", "max_new_tokens": "max_new_tokens", "seed": "seed",
-    "model": "model", "device": "device", "dtype": "dtype", "dataset_root": "dataset_root",
-    "dataset_split": "dataset_split",
+    "model": "model", "edited_model": "edited_model", "device": "device", "dtype": "dtype",
+    "dataset_root": "dataset_root", "dataset_split": "dataset_split", "fragility_images": "fragility_images",
 }
 _LIST_KEYS = ("concepts", "methods", "sets")
 _TABLE_KEYS = ("metrics", "selection", "baselines", "budget_per_concept")
+_NUMBER_LIST_KEYS = ("budgets",)
 _METRIC_KEYS = ("names", "bertscore_model", "bertscore_layers", "device", "batch_size")
-_SELECTION_KEYS = ("stage1", "stage2", "aggregate", "min_share", "reduce", "stage2_pool")
+_SELECTION_KEYS = ("stage1", "stage2", "aggregate", "min_share", "reduce", "stage2_pool", "specific",
+                   "exclude_massive")
 
 
 def load_config(path: str | Path) -> EvalConfig:
@@ -167,7 +200,7 @@ def load_config(path: str | Path) -> EvalConfig:
 
 def config_from_dict(data: Mapping[str, Any], source: str = "config") -> EvalConfig:
     """An `EvalConfig` from the TOML structure (see `load_config`); unknown keys and wrong types are errors."""
-    known = sorted([*_SCALAR_KEYS, *_LIST_KEYS, *_TABLE_KEYS])
+    known = sorted([*_SCALAR_KEYS, *_LIST_KEYS, *_TABLE_KEYS, *_NUMBER_LIST_KEYS])
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key in _SCALAR_KEYS:
@@ -175,6 +208,10 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> EvalCon
         elif key in _LIST_KEYS:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise KneuronError(f"{source}: {key} must be a list of strings, got {value!r}")
+            kwargs[key] = tuple(value)
+        elif key in _NUMBER_LIST_KEYS:
+            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise KneuronError(f"{source}: {key} must be a list of whole numbers, got {value!r}")
             kwargs[key] = tuple(value)
         elif key in _TABLE_KEYS:
             if not isinstance(value, dict):
@@ -185,7 +222,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> EvalCon
                           ("dataset_root", str), ("dataset_split", str)):
         if key in kwargs and not isinstance(kwargs[key], expected):
             raise KneuronError(f"{source}: {key} must be a string, got {kwargs[key]!r}")
-    for key in ("budget", "n_other", "max_images", "batch_size", "max_new_tokens", "seed"):
+    for key in ("budget", "n_other", "max_images", "batch_size", "max_new_tokens", "seed", "fragility_images"):
         if key in kwargs and isinstance(kwargs[key], (float, bool)):
             raise KneuronError(f"{source}: {key} must be a whole number, got {kwargs[key]!r}")
     if "metrics" in data:

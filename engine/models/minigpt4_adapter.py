@@ -1,7 +1,8 @@
 """`VLMAdapter` for `MiniGPT4`, and the loader of a kneuron MiniGPT-4 model folder.
 
 A model folder holds ``kneuron_model.json`` (a `ModelSpec`), ``model.safetensors`` (every MiniGPT-4 weight, or
-all but the LLM when ``llm_path`` points at a Hugging Face LLaMA/Vicuna folder) and the tokenizer files.
+all but the LLM when ``llm_path`` names the LLM: a Hugging Face LLaMA/Vicuna folder, a GGUF file, a hub id or a
+shortcut such as ``smollm2``, see `engine.models.llm`) and the tokenizer files (or none: the LLM's tokenizer).
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from torch import nn
 
 from engine.errors import KneuronError
 from engine.models.base import ImageConnector, PreparedBatch, VLMAdapter, pad_targets
-from engine.models.minigpt4 import MiniGPT4, MiniGPT4Config
+from engine.models.minigpt4 import PROJECTIONS, MiniGPT4, MiniGPT4Config
 from engine.models.preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor
-from engine.models.prompts import DEFAULT_INSTRUCTION, PromptTemplate, get_template
+from engine.models.prompts import DEFAULT_INSTRUCTION, PromptTemplate, get_template, prompt_token_ids
 
 SPEC_FILE = "kneuron_model.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -102,8 +103,10 @@ class MiniGPT4Adapter(VLMAdapter):
 
     # ------------------------------------------------------------------ tokens
     @property
-    def bos_id(self) -> int:
-        return int(self.tokenizer.bos_token_id)
+    def bos_id(self) -> int | None:
+        """The tokenizer's BOS id, or None when it has none (see `engine.models.prompts` for when it is used)."""
+        bos = self.tokenizer.bos_token_id
+        return None if bos is None else int(bos)
 
     @property
     def stop_token_ids(self) -> list[int]:
@@ -121,12 +124,13 @@ class MiniGPT4Adapter(VLMAdapter):
         return self.spec.answer_prefix
 
     def prompt_segments(self, instruction: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids before / after the image: ``([n0], [n1])``; BOS only on the first segment."""
+        """Token ids before / after the image: ``([n0], [n1])``; BOS (by the template's rule, see
+        `prompt_token_ids`) only on the first segment."""
         instruction = instruction or self.spec.instruction
         if instruction not in self._segments:
-            before, after = self.template.segments(instruction)
-            before_ids = [self.bos_id] + self.encode(before.removeprefix(self.tokenizer.bos_token or "\0"))
-            self._segments[instruction] = (torch.tensor(before_ids), torch.tensor(self.encode(after)))
+            before, after = prompt_token_ids(self.template, instruction, self.tokenizer)
+            self._segments[instruction] = (torch.tensor(before, dtype=torch.long),
+                                           torch.tensor(after, dtype=torch.long))
         return self._segments[instruction]
 
     # ------------------------------------------------------------------ inputs
@@ -182,9 +186,13 @@ def read_spec(folder: Path) -> ModelSpec:
     if not path.is_file():
         raise KneuronError(f"not a kneuron model folder (no {SPEC_FILE}): {folder}")
     try:
-        return ModelSpec.from_dict(json.loads(path.read_text()))
+        spec = ModelSpec.from_dict(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError) as exc:
         raise KneuronError(f"unreadable model spec {path}: {exc}") from None
+    if spec.architecture.projection not in PROJECTIONS:
+        raise KneuronError(f"unknown projection {spec.architecture.projection!r} in {path} "
+                           f"(known: {', '.join(PROJECTIONS)})")
+    return spec
 
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
@@ -208,25 +216,24 @@ def load_minigpt4(folder: str | Path, device: str | torch.device = "cpu", dtype:
                   name: str | None = None) -> MiniGPT4Adapter:
     """Load a kneuron MiniGPT-4 folder (bundled tiny model or a converted official checkpoint)."""
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoTokenizer
+
+    from engine.models.llm import load_llm, load_llm_tokenizer, resolve_llm
 
     folder = Path(folder)
     spec = read_spec(folder)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise KneuronError(f"missing weights {weights}")
-    llm = None
-    llm_dir = None
-    if spec.llm_path:
-        llm_dir = Path(spec.llm_path) if Path(spec.llm_path).is_absolute() else folder / spec.llm_path
-        if not (llm_dir / "config.json").is_file():
-            raise KneuronError(f"language model folder not found (no config.json): {llm_dir}")
-        llm = LlamaForCausalLM.from_pretrained(llm_dir, dtype=dtype or torch.float32)
+    source = resolve_llm(spec.llm_path, base=folder) if spec.llm_path else None
     has_tokenizer = (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
-    tok_dir = folder if has_tokenizer else llm_dir
-    if tok_dir is None:
+    if has_tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    elif source is not None:
+        tokenizer = load_llm_tokenizer(source)
+    else:
         raise KneuronError(f"no tokenizer in {folder}")
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    llm = load_llm(source, dtype or torch.float32) if source is not None else None
     model = MiniGPT4(spec.architecture, language_model=llm)
     try:
         state = load_file(str(weights))

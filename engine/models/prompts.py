@@ -1,7 +1,17 @@
-"""Official MiniGPT-4 prompt templates (Vicuna-v0 and LLaMA-2) and how a prompt is split around the image.
+"""MiniGPT-4 prompt templates (Vicuna-v0, LLaMA-2, ChatML) and how a prompt is split around the image.
 
-The prompt is split on ``<ImageHere>``; each segment is tokenized on its own and only the first gets BOS
+The prompt is split on ``<ImageHere>``; each segment is tokenized on its own and only the first may get BOS
 (``get_context_emb`` in the official code). Image tokens go between the two segments.
+
+**BOS rule** (`prompt_token_ids`), per template ``bos``:
+
+- ``"auto"`` (every built-in template): when the tokenizer has a BOS token, the first segment starts with
+  BOS *by token id*; a template text that already starts with the BOS string (LLaMA-2's ``<s>``, ChatML's
+  ``<|im_start|>`` in SmolLM2, whose BOS is ``<|im_start|>``) has that string removed first, so BOS is never
+  doubled and does not depend on how the tokenizer splits its own BOS string. A template that starts with
+  other text (Vicuna-v0's ``###Human:``, ChatML under a LLaMA tokenizer whose BOS is ``<s>``) gets BOS in front.
+  A tokenizer without BOS (``bos_token_id`` None) gets none: the text is tokenized as written.
+- ``"never"``: the text is tokenized as written, for models trained without BOS.
 """
 from __future__ import annotations
 
@@ -23,6 +33,7 @@ class PromptTemplate:
     text: str
     stop_strings: tuple[str, ...]
     answer_marker: str = ""
+    bos: str = "auto"
 
     def render(self, instruction: str) -> str:
         return self.text.format(instruction=instruction)
@@ -48,7 +59,7 @@ class PromptTemplate:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PromptTemplate":
         return cls(name=data["name"], text=data["text"], stop_strings=tuple(data["stop_strings"]),
-                   answer_marker=data.get("answer_marker", ""))
+                   answer_marker=data.get("answer_marker", ""), bos=data.get("bos", "auto"))
 
 
 VICUNA0 = PromptTemplate(
@@ -76,7 +87,15 @@ LLAMA2 = PromptTemplate(
     stop_strings=("</s>",),
 )
 
-TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (VICUNA0, VICUNA0_TRAIN, LLAMA2)}
+# ChatML as SmolLM2-Instruct uses it (BOS ``<|im_start|>``, EOS/pad ``<|im_end|>``), without a system message.
+CHATML = PromptTemplate(
+    name="chatml",
+    text="<|im_start|>user\n<Img><ImageHere></Img> {instruction}<|im_end|>\n<|im_start|>assistant\n",
+    stop_strings=("<|im_end|>",),
+)
+
+TEMPLATES: dict[str, PromptTemplate] = {t.name: t for t in (VICUNA0, VICUNA0_TRAIN, LLAMA2, CHATML)}
+BOS_RULES = ("auto", "never")
 
 DEFAULT_INSTRUCTION = "Describe this image in detail."
 
@@ -88,3 +107,26 @@ def get_template(spec: str | dict[str, Any]) -> PromptTemplate:
     if spec not in TEMPLATES:
         raise KeyError(f"unknown prompt template {spec!r}; built-in: {', '.join(TEMPLATES)}")
     return TEMPLATES[spec]
+
+
+def prompt_token_ids(template: PromptTemplate, instruction: str, tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt before / after the image, with BOS on the first segment by the module's rule.
+
+    ``tokenizer``: a Hugging Face tokenizer (``bos_token``, ``bos_token_id``, ``__call__``). Each segment is
+    tokenized alone, without the tokenizer's own special tokens; special-token strings in the text (``</s>``,
+    ``<|im_end|>``) become their ids.
+    """
+    if template.bos not in BOS_RULES:
+        raise ValueError(f"template {template.name!r}: unknown bos rule {template.bos!r} ({' | '.join(BOS_RULES)})")
+    before, after = template.segments(instruction)
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if template.bos == "never" or bos_id is None:
+        return encode(before), encode(after)
+    bos_text = getattr(tokenizer, "bos_token", None)
+    if bos_text and before.startswith(bos_text):
+        before = before[len(bos_text):]
+    return [int(bos_id)] + encode(before), encode(after)

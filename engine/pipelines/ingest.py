@@ -23,147 +23,37 @@ Pairs are grouped into batches per concept in a fixed order, so a resumed run fo
 uninterrupted one and ends with the same rows. A pair whose image is missing or unreadable or whose mask is
 empty gets a ``samples`` row with ``status = 'skipped'`` and the reason; problems with the whole run (unknown
 concept, a model that does not load, another writer) raise `KneuronError` before anything is written.
+
+This module is the local engine. The start of a run (`ingest_start`: model facts, resume, plan) and the work of
+one chunk (`ingest_chunk`: images -> rows -> one committed batch) are shared with the Ray engine
+(`engine.pipelines.ingest_ray`, ``kneuron ingest --engine ray``), which records the same chunks in Ray workers.
 """
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from collections.abc import Callable
 
 import warehouse
-from engine.caption import caption_images
-from engine.data.coco import CocoDataset
-from engine.errors import KneuronError
-from engine.inpaint import Inpainter
-from engine.memory import choose_batch_size
 from engine.models import load_model, resolve_device
 from engine.models.base import VLMAdapter
+from engine.pipelines.ingest_chunk import ChunkInputs, chunk_result, commit_chunk, record_chunk
 from engine.pipelines.ingest_config import IngestConfig
-from engine.pipelines.ingest_identity import (
-    check_existing_run,
-    check_images_unchanged,
-    count_positions,
-    image_digests,
-    make_run_id,
-    run_identity,
-    runs_row,
-)
-from engine.pipelines.ingest_plan import (
-    PairInput,
-    build_inpainter,
-    concept_token_ids,
-    open_dataset,
-    plan_splits,
-    prepare_pair,
-    resolve_concepts,
-    stored_splits,
-)
-from engine.pipelines.ingest_rows import (
-    SampleRow,
-    neuron_stats_table,
-    samples_columns,
-    splits_columns,
-    token_stats_table,
+from engine.pipelines.ingest_plan import build_inpainter, open_dataset, resolve_concepts
+from engine.pipelines.ingest_start import (
+    IngestSummary,
+    check_config,
+    finish,
+    model_head,
+    plan_run,
+    stored_image_digests,
+    stored_samples,
 )
 from engine.progress import Progress
-from engine.record import PairRecord, RecordConfig, choose_target, record_pairs
 
 Log = Callable[[str], None]
 
-__all__ = ["IngestConfig", "IngestSummary", "run_ingest"]
-
-
-@dataclass
-class IngestSummary:
-    """What one `run_ingest` call did."""
-
-    run_id: str
-    warehouse: str
-    concepts: list[str]
-    pairs_total: int
-    recorded: int = 0
-    skipped: int = 0
-    already_done: int = 0
-    batches: int = 0
-    bytes_written: int = 0
-    seconds: float = 0.0
-    resumed: bool = False
-    retried: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    def line(self) -> str:
-        """One-line summary for the terminal."""
-        resumed = f", {self.already_done} already done (resumed)" if self.already_done else ""
-        return (f"run {self.run_id}: {len(self.concepts)} concept(s), {self.recorded} pair(s) recorded, "
-                f"{self.skipped} skipped{resumed}; {self.bytes_written / 1e6:.2f} MB in {self.batches} batch(es), "
-                f"{self.seconds:.1f} s; warehouse {self.warehouse}")
-
-
-# ---------------------------------------------------------------------------------------------- the batches
-@dataclass
-class ChunkInputs:
-    """What recording a chunk of pairs needs, fixed for the whole run."""
-
-    config: IngestConfig
-    dataset: CocoDataset
-    adapter: VLMAdapter
-    inpainter: Inpainter
-    concept_ids: dict[str, list[int]]
-    prefix_ids: list[int]
-    run_id: str
-
-
-def record_chunk(inputs: ChunkInputs, concept: str, image_ids: Sequence[int]
-                 ) -> tuple[list[SampleRow], list[int], PairRecord | None]:
-    """Samples rows of a chunk of one concept's images, the ids recorded and their `PairRecord` (or None)."""
-    rows: list[SampleRow] = []
-    pairs: list[PairInput] = []
-    for image_id in image_ids:
-        prepared = prepare_pair(inputs.dataset, concept, image_id, inputs.inpainter, inputs.config.margin_px)
-        if isinstance(prepared, SampleRow):
-            rows.append(prepared)
-        else:
-            pairs.append(prepared)
-    if not pairs:
-        return rows, [], None
-    if inputs.config.save_inpainted:
-        folder = Path(inputs.config.save_inpainted) / quote(concept, safe=" ")
-        folder.mkdir(parents=True, exist_ok=True)
-        for pair in pairs:
-            pair.inpainted.save(folder / f"{pair.image_id:012d}.png")
-    b = len(pairs)
-    captions = caption_images(inputs.adapter, [p.original for p in pairs] + [p.inpainted for p in pairs],
-                              batch_size=2 * b)
-    targets = [choose_target(captions.token_ids[k], inputs.concept_ids[concept], inputs.prefix_ids) for k in range(b)]
-    record = record_pairs(inputs.adapter, [p.original for p in pairs], [p.inpainted for p in pairs], targets,
-                          RecordConfig(positions=inputs.config.positions, top_k=inputs.config.top_k))
-    for k, (pair, target) in enumerate(zip(pairs, targets)):
-        rows.append(SampleRow(
-            concept, pair.image_id, pair.file_name, mask_area=pair.mask_area, mask_fraction=pair.mask_fraction,
-            caption_original=captions.texts[k], caption_inpainted=captions.texts[b + k],
-            target_token_id=target.token_id, target_source=target.source,
-            target_position=int(record.target_position[k]),
-        ))
-    return rows, [p.image_id for p in pairs], record
-
-
-def stored_samples(wh: warehouse.Warehouse, run_id: str) -> tuple[set[tuple[str, int]], dict[tuple[str, int], str]]:
-    """(pairs with an ``ok`` samples row, ``{pair: skip reason}`` of pairs whose latest row is ``skipped``)."""
-    rows = wh.read("samples", run_id=run_id).select(["concept", "image_id", "status", "skip_reason"]).to_pylist()
-    ok: set[tuple[str, int]] = set()
-    skipped: dict[tuple[str, int], str] = {}
-    for row in rows:  # commit order: a later row of a pair supersedes an earlier skipped one
-        key = (row["concept"], int(row["image_id"]))
-        if row["status"] == "ok":
-            ok.add(key)
-            skipped.pop(key, None)
-        elif key not in ok:
-            skipped[key] = row["skip_reason"] or ""
-    return ok, skipped
+__all__ = ["ChunkInputs", "IngestConfig", "IngestSummary", "record_chunk", "run_ingest", "stored_image_digests",
+           "stored_samples"]
 
 
 def run_ingest(config: IngestConfig, adapter: VLMAdapter | None = None, log: Log | None = None) -> IngestSummary:
@@ -174,9 +64,7 @@ def run_ingest(config: IngestConfig, adapter: VLMAdapter | None = None, log: Log
     ``log``: where one-line notes and progress lines go (e.g. ``click.echo`` to stderr); notes are also in the
     summary.
     """
-    config.validate()
-    if config.run_id is not None and not warehouse.valid_run_id(config.run_id):
-        raise KneuronError(f"bad --run-id {config.run_id!r}: use 1-128 of A-Z a-z 0-9 _ . - (starting alphanumeric)")
+    check_config(config)
     started = time.perf_counter()
     notes: list[str] = []
 
@@ -193,83 +81,13 @@ def run_ingest(config: IngestConfig, adapter: VLMAdapter | None = None, log: Log
             adapter = load_model(config.model, device=device, dtype=None if config.dtype == "auto" else config.dtype,
                                  log=log if config.progress else None)
         inpainter = build_inpainter(config, device)
-        token_notes: list[str] = []
-        concepts, concept_ids = concept_token_ids(adapter, concepts, automatic, token_notes)
-        for message in token_notes:
-            note(message)
-        identity = run_identity(adapter, dataset, concepts, config, inpainter)
-        run_id = config.run_id or make_run_id(adapter.name, identity)
-        resumed = run_id in wh.run_ids()
-        pending_run: dict[str, Any] | None = None
-        if resumed:
-            check_existing_run(wh, run_id, identity)
-            wh.check_run_files(run_id)
-            splits = stored_splits(wh, run_id, concepts)
-            check_images_unchanged(stored_image_digests(wh, run_id), dataset)
-        else:
-            splits = plan_splits(dataset, concepts, config)
-            extra = {"device": device, "concept_tokens": concept_ids,
-                     "dataset_split_sizes": {c: [len(i), len(e)] for c, (i, e) in splits.items()},
-                     "image_digests": image_digests(dataset, [i for ident, _ in splits.values() for i in ident])}
-            pending_run = runs_row(run_id, adapter, identity, config,
-                                   count_positions(adapter, config.positions), extra)
-        done, skipped_before = stored_samples(wh, run_id)
-        if not config.retry_skipped:
-            done |= set(skipped_before)
-        batch_size, why = choose_batch_size(config.batch_size, adapter)
-        if why:
-            note(why)
-        prefix = adapter.answer_prefix
-        inputs = ChunkInputs(config, dataset, adapter, inpainter, concept_ids,
-                             adapter.encode(prefix) if prefix else [], run_id)
-        chunks = [(concept, ident[start:start + batch_size])
-                  for concept, (ident, _) in splits.items()
-                  for start in range(0, len(ident), batch_size)]
-        total = sum(len(ids) for _, ids in chunks)
-        summary = IngestSummary(run_id=run_id, warehouse=str(wh.root), concepts=list(concepts), pairs_total=total,
-                                resumed=resumed, notes=notes)
-        todo: list[tuple[str | None, list[int]]] = [
-            (concept, [i for i in ids if (concept, i) not in done]) for concept, ids in chunks]
-        todo = [(concept, ids) for concept, ids in todo if ids]
-        summary.already_done = total - sum(len(ids) for _, ids in todo)
-        summary.retried = sum(1 for concept, ids in todo for i in ids if (concept, i) in skipped_before)
-        if summary.retried:
-            note(f"retrying {summary.retried} pair(s) stored as skipped (--no-retry-skipped to leave them)")
-        if pending_run is not None and not todo:
-            todo = [(None, [])]  # a run without pairs still stores its runs and splits rows
-        pending = sum(len(ids) for _, ids in todo)
-        label = f"ingest {run_id}" + (f" ({summary.already_done} pair(s) already done)" if summary.already_done else "")
-        progress = Progress(pending, label, log if (log and config.progress) else (lambda _: None))
+        head = model_head(adapter, dataset, concepts, automatic, config, inpainter, device)
+        plan = plan_run(wh, head, dataset, config, note)
+        inputs = ChunkInputs(config, dataset, adapter, inpainter, head.concept_ids, head.prefix_ids, plan.run_id)
+        progress = Progress(plan.pending_pairs, plan.label(), log if (log and config.progress) else (lambda _: None))
         try:
-            for concept, ids in todo:
-                rows, recorded_ids, record = record_chunk(inputs, concept, ids) if concept else ([], [], None)
-                # a pair skipped again for the reason already stored needs no new row
-                rows = [row for row in rows if row.status == "ok"
-                        or skipped_before.get((row.concept, row.image_id)) != row.skip_reason]
-                with wh.batch() as batch:
-                    if pending_run is not None:
-                        batch.add("runs", pending_run)
-                        batch.add("splits", splits_columns(run_id, splits))
-                    if rows:
-                        batch.add("samples", samples_columns(run_id, rows))
-                    if record is not None and concept is not None:
-                        batch.add("neuron_stats", neuron_stats_table(run_id, concept, recorded_ids, record))
-                        batch.add("token_stats", token_stats_table(run_id, concept, recorded_ids, record))
-                pending_run = None
-                if batch.record is not None:
-                    summary.batches += 1
-                    summary.bytes_written += sum(entry.bytes for entry in batch.record.files)
-                summary.recorded += len(recorded_ids)
-                summary.skipped += len(ids) - len(recorded_ids)
-                progress.advance(len(ids))
+            for index, (concept, ids) in enumerate(plan.todo):
+                commit_chunk(wh, plan, chunk_result(inputs, index, concept, ids), progress.advance)
         finally:
             progress.close()
-    summary.seconds = time.perf_counter() - started
-    return summary
-
-
-def stored_image_digests(wh: warehouse.Warehouse, run_id: str) -> dict[str, str]:
-    """The identification images' digests stored with the run (empty for runs recorded before they were)."""
-    rows = wh.read("runs", run_id=run_id).to_pylist()
-    digests = json.loads(rows[0]["config_json"]).get("image_digests", {}) if rows else {}
-    return {str(k): str(v) for k, v in digests.items()}
+    return finish(plan.summary, notes, started)

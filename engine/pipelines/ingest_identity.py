@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -134,7 +134,20 @@ def make_run_id(model_name: str, identity: dict[str, Any]) -> str:
     return f"{slug}-{digest}"
 
 
-def runs_row(run_id: str, adapter: VLMAdapter, identity: dict[str, Any], config: IngestConfig, n_positions: int,
+class ModelShape(Protocol):
+    """What a ``runs`` row reads of a model: a loaded `VLMAdapter`, or the `ModelHead` a worker sent back."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def n_layers(self) -> int: ...
+
+    @property
+    def d_ff(self) -> int: ...
+
+
+def runs_row(run_id: str, adapter: ModelShape, identity: dict[str, Any], config: IngestConfig, n_positions: int,
              extra: dict[str, Any]) -> dict[str, list[Any]]:
     run_config = {k: v for k, v in asdict(config).items() if k not in NOT_IN_RUN_CONFIG}
     config_json = json.dumps({"identity": identity, "config": run_config, **extra}, sort_keys=True, default=str)

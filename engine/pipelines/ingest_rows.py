@@ -1,5 +1,6 @@
-"""Warehouse rows of an ingest batch: `PairRecord` -> Arrow tables for ``neuron_stats`` and ``token_stats``,
-and plain column dicts for ``runs``, ``splits`` and ``samples``.
+"""Warehouse rows of an ingest batch: `PairRecord` -> Arrow tables for ``neuron_stats`` and ``token_stats``
+(and the batch's ``neuron_rollup``, the per-neuron sums of its ``neuron_stats`` rows), and plain column dicts
+for ``runs``, ``splits`` and ``samples``.
 
 Everything here is columnar numpy / Arrow (no per-row Python loops over neurons): a MiniGPT-4-7B batch of 8
 images is 8 x 32 x 11008 = 2.8 M ``neuron_stats`` rows. Rows come out in the tables' sort order
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.record import PairRecord
+from warehouse import rollup_rows
 
 
 def constant_strings(value: str, n: int) -> pa.Array:
@@ -44,6 +46,12 @@ def neuron_stats_table(run_id: str, concept: str, image_ids: Sequence[int], reco
     for name in ("o_mean", "i_mean", "d_max", "g_max", "g_mean"):
         columns[name] = getattr(record, name).float().numpy().reshape(-1)
     return pa.table(columns)
+
+
+def neuron_rollup_table(neuron_stats: pa.Table) -> pa.Table:
+    """The ``neuron_rollup`` rows of a batch's ``neuron_stats`` rows (`neuron_stats_table`): per (layer, unit)
+    the number of images and the float64 sums of the values as stored (`warehouse.rollup.rollup_rows`)."""
+    return rollup_rows(neuron_stats)
 
 
 def token_stats_table(run_id: str, concept: str, image_ids: Sequence[int], record: PairRecord) -> pa.Table:

@@ -3,12 +3,16 @@
     result = build_report("kneuron-warehouse", "report", ReportConfig())
     result.html, result.markdown, result.summary  # paths and the headline numbers (also in summary.json)
 
-Sections (HTML ids): ``configuration`` (the runs row and its config), ``selection`` (set sizes per concept and
-method, the set ids shown, layer distribution), ``suppression`` (mean scores of the latest evaluation per
-method, or "not run"), ``plots`` (layer distribution, concept overlap, suppression), ``heatmaps`` (original |
-inpainted with the concept's neuron set, a few evaluation images per concept), ``contrast`` (share of images
-whose heatmap is brighter on the concept's object than elsewhere, per concept and method), ``decoding`` (top
-tokens of each concept's strongest neurons, concept-word hit rates).
+Sections (HTML ids), the answer first and the configuration last: ``answer`` (the headline: model, run,
+concepts and which method removes the concept most specifically, with its numbers; `answer_section`),
+``selection`` (set sizes per concept and method, the set ids shown, layer distribution), ``suppression`` (mean
+scores of the latest evaluation per method, or "not run"), ``budget`` (budget curves, when the run has a budget
+evaluation), ``plots`` (layer distribution, concept overlap, suppression drops), ``heatmaps`` (original |
+inpainted with the concept's neuron set and a colour bar, a few evaluation images per concept), ``contrast``
+(share of images whose heatmap is brighter on the concept's object than elsewhere, per concept and method),
+``decoding`` (top tokens of each concept's strongest neurons, concept-word hit rates), ``configuration`` (the
+runs row and its config, folded). Every table says what its less obvious columns mean (`Table.notes`); numbers
+print with 3 significant digits (`engine.document.fmt`).
 
 The sets shown are the run's current sets (`engine.pipelines.sets.current_set_ids`: the latest chosen by
 ``kneuron select``, else the latest stored), except the ``ReportConfig.method`` sets named by
@@ -28,24 +32,75 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.document import Code, Figure, Section, Table, Text, figures, fmt, json_ready
+from engine.document import Code, Figure, Headline, Section, Table, Text, figures, fmt, json_ready, number
 from engine.errors import KneuronError
+from engine.pipelines.report_budget import budget_section
 from engine.pipelines.report_model import model_sections
 from engine.pipelines.run import RunReader
 from engine.pipelines.sets import StoredSet
 from engine.render import render_html, render_markdown
 
 SECTIONS: tuple[tuple[str, str], ...] = (
-    ("configuration", "Run configuration"),
+    ("answer", "The answer"),
     ("selection", "Selection summary"),
     ("suppression", "Suppression"),
+    ("budget", "Budget curves and specificity"),
     ("plots", "Plots"),
     ("heatmaps", "Activation heatmaps"),
     ("contrast", "Heatmap contrast"),
     ("decoding", "Decoded tokens"),
+    ("configuration", "Run configuration"),
 )
 RUN_FIELDS = ("run_id", "created_at", "model_name", "model_hash", "hook_site", "prompt", "positions", "n_positions",
               "n_layers", "d_ff", "dtype", "inpainter", "kneuron_version")
+
+
+#: what the selection table's columns mean (|C_k| differs by method)
+SELECTION_NOTES = {
+    "images": "identification images the selection read",
+    "|C_k|": "the stage-1 pool stage 2 picks from. two_stage: the neurons whose activation drop Δ passes "
+             "threshold_a (the candidates C_k); stage1_only: stage 1 alone cut to the budget |N_k|, so the pool is "
+             "the set itself; stage2_only: no stage-1 filter, so every FFN unit of the model (layers × d_ff) is a "
+             "candidate",
+    "selected": "neurons in the set: |N_k| for two_stage, the same budget for its baselines",
+    "threshold_a": "stage-1 threshold applied to Δ = O'_o − O'_i (— where stage 1 is off)",
+    "threshold_g": "stage-2 threshold applied to the GradCAM score g_c (— where stage 2 is off)",
+}
+
+
+#: the lines under the suppression tables (a family of columns each; every column also has its own tooltip)
+SUPPRESSION_LEGEND = {
+    "scores": ["target …: on the evaluation images of the set's concept; other …: on the evaluation images of the "
+               "other concepts (means over images, then over concepts).",
+               "BLEU-4 / ROUGE-L / BERTScore: score (0-1) of the caption against the table's reference; mention: "
+               "share of captions that name the concept; retention: share of the other objects named before "
+               "suppression that are still named after.",
+               "neurons: the method's set size, its concept's two_stage |N_k| (mean over concepts)."],
+    "drops": ["drop target / drop other: before − after on the set's concept's images / on other images (a specific "
+              "set: a large drop on target, a small one on other); specificity: drop target − drop other."],
+}
+
+
+def column_note(column: str) -> str:
+    """What a column of the suppression tables (`engine.eval.summary.paper_tables`) means; "" if obvious."""
+    if column == "neurons":
+        return "size of the method's set (the budget: |N_k| of the concept's two_stage set, mean over concepts)"
+    group, _, measure = column.partition(" ")
+    images = {"target": "images of the set's concept", "other": "evaluation images of the other concepts"}
+    if column.endswith(" drop target"):
+        return "before − after on target images (higher: the set changes the concept's captions more)"
+    if column.endswith(" drop other"):
+        return "before − after on other images (lower: the set leaves the rest alone)"
+    if column.endswith(" specificity"):
+        return "drop target − drop other (higher: more specific suppression)"
+    if group in images and measure == "mention":
+        return f"share of captions that name the concept, on {images[group]}"
+    if group in images and measure == "retention":
+        return (f"share of the other objects named before suppression that are still named after, on "
+                f"{images[group]}")
+    if group in images and measure:
+        return f"mean {measure} of the captions, on {images[group]}"
+    return ""
 
 
 @dataclass
@@ -123,7 +178,11 @@ def set_ids_of(sets: dict[tuple[str, str], StoredSet], method: str | None = None
 
 # ---------------------------------------------------------------------------------------------- sections
 def configuration_section(run: RunReader) -> Section:
+    """The runs row and the run's config JSON, folded (the page ends with it)."""
     out = section("configuration")
+    out.folded = True
+    out.summary = f"show the run's configuration ({len([n for n in RUN_FIELDS if n in run.row])} fields" + (
+        " and its config_json)" if run.config else ")")
     out.blocks.append(Table(["field", "value"], [[name, fmt(run.row.get(name))] for name in RUN_FIELDS
                                                  if name in run.row]))
     if run.config:
@@ -140,18 +199,23 @@ def selection_section(run: RunReader, method: str, sets: dict[tuple[str, str], S
     if not sizes:
         out.blocks.append(Text("No neuron sets in this run yet: run `kneuron select`."))
         return out, layers
+    selected = [r for r in sizes if r["n_images"] is not None]  # sets of `kneuron select` (not the suppress baselines)
+    others = sorted({r["method"] for r in sizes} - {r["method"] for r in selected})
     out.blocks.append(Text("Current neuron set per concept and method: identification images used, stage-1 "
-                           "candidates |C_k|, selected neurons (the set's size) and the thresholds applied."))
+                           "candidates |C_k|, selected neurons (the set's size) and the thresholds applied."
+                           + (f" The baselines stored by `kneuron suppress` ({', '.join(others)}) have their "
+                              "concept's budget and no stage-1 pool or thresholds; the sets table below lists them."
+                              if others else "")))
     out.blocks.append(Table(
         ["concept", "method", "images", "|C_k|", "selected", "threshold_a", "threshold_g"],
-        [[r["concept"], r["method"], fmt(r["n_images"]), fmt(r["n_candidates"]), fmt(r["n_selected"]),
-          fmt(r["threshold_a"]), fmt(r["threshold_g"])] for r in sizes]))
+        [[r["concept"], r["method"], r["n_images"], r["n_candidates"], r["n_selected"], r["threshold_a"],
+          r["threshold_g"]] for r in selected or sizes], notes=SELECTION_NOTES))
     out.blocks.append(Table(
         ["concept", "method", "set_id", "neurons", "shown because"],
         [[concept, m, s.set_id, len(s.neurons), "--set" if s.set_id in given else "current"]
          for (concept, m), s in sets.items()],
         caption="neuron sets shown in this report (current: the latest chosen by `kneuron select`, else the "
-                "latest stored; --set: named when the report was written)"))
+                "latest stored; --set: named when the report was written)", folded=len(sets) > 12))
     per_concept: dict[str, list[str]] = {}
     for r in layers.to_pylist():
         per_concept.setdefault(r["concept"], []).append(f"{r['layer']}:{r['n_neurons']}")
@@ -195,14 +259,93 @@ def suppression_section(run: RunReader, dataset: Any) -> tuple[Section, list[dic
         out.blocks.append(Text("Note: the run's dataset is not available, so other-object retention is not "
                                "computed."))
     for title, table in paper_tables(summary, metrics=metrics, methods=methods).items():
-        out.blocks.append(Table(table.column_names, [list(r.values()) for r in table.to_pylist()], caption=title))
+        if title.startswith("drops"):  # the mention columns first: they answer the report's question
+            names = table.column_names
+            table = table.select(names[:1] + [c for c in names[1:] if c.startswith("mention")]
+                                 + [c for c in names[1:] if not c.startswith("mention")])
+        out.blocks.append(Table(table.column_names, [list(r.values()) for r in table.to_pylist()], caption=title,
+                                notes={c: n for c in table.column_names if (n := column_note(c))},
+                                legend=SUPPRESSION_LEGEND["drops" if title.startswith("drops") else "scores"]))
     rows = [r for r in summary.to_pylist() if r["concept"] == ALL_CONCEPTS]
     plot_rows = [{"method": r["method"], "group": r["group"], "metric": METRIC_LABELS.get(r["measure"], r["measure"]),
-                  "value": r["after"]} for r in rows
+                  "value": r["drop"]} for r in rows
                  if r["measure"] in metrics and r["reference"] == "unmodified" and r["group"] in ("target", "other")]
     mention_rows = [{"method": r["method"], "group": r["group"], "before": r["before"], "after": r["after"]}
                     for r in rows if r["measure"] == "mention" and r["group"] in ("target", "other")]
     return out, plot_rows, mention_rows, {"eval_id": eval_id, "summary": rows}
+
+
+def answer_section(run: RunReader, method: str, sets: dict[tuple[str, str], StoredSet],
+                   evaluation: dict[str, Any]) -> tuple[Section, dict[str, Any]]:
+    """The headline the report leads with: model, run, concepts, and which method removes the concept most
+    specifically: the largest mention specificity (drop of the concept's mention rate on its own images minus
+    the drop on other images, mean over concepts) of the latest evaluation, with its numbers and those of the
+    ``method`` sets and the random control. Returns (section, its summary-json entry)."""
+    out = section("answer")
+    row = run.row
+    concepts = sorted({c for (c, m), s in sets.items() if m == method})
+    sizes = [len(s.neurons) for (c, m), s in sets.items() if m == method]
+    units = (row.get("n_layers") or 0) * (row.get("d_ff") or 0)
+    facts = [("model", f"{row.get('model_name')} ({row.get('n_layers')} layers × {row.get('d_ff')} FFN units"
+                       f" = {units} neurons)"),
+             ("run", f"{run.run_id} ({fmt(row.get('created_at'))}), neurons read at the {row.get('positions')} "
+                     f"positions"),
+             ("concepts", f"{len(concepts)}: {', '.join(concepts)}" if concepts else "none selected yet")]
+    if sizes:
+        facts.append((f"{method} sets",
+                      f"{min(sizes)}–{max(sizes)} neurons per concept (mean {number(sum(sizes) / len(sizes))})"))
+    rows = evaluation.get("summary") or []
+    found = {(r["method"], r["group"], r["measure"]): r for r in rows}
+    ranked = sorted(((r["drop"], m) for (m, g, measure), r in found.items()
+                     if g == "specificity" and measure == "mention" and r["drop"] is not None
+                     and r["drop"] == r["drop"]), reverse=True)
+    info: dict[str, Any] = {"question": "which method removes the concept most specifically"}
+    if not ranked:
+        answer = ("Which method removes the concept most specifically? Not answered yet: this run has no "
+                  "suppression evaluation (run `kneuron suppress`).")
+        out.blocks.append(Headline(answer, facts))
+        return out, {**info, "answer": None}
+
+    def points(value: float | None) -> str:
+        return "—" if value is None else f"{number(100.0 * value)} points"
+
+    def line(name: str) -> str:
+        target, other = found.get((name, "target", "mention")), found.get((name, "other", "mention"))
+        kept = found.get((name, "target", "retention"))
+        text = (f"mention rate on target images {number(100 * target['before'])}% → {number(100 * target['after'])}%"
+                if target else "no mention rates")
+        text += f"; drop on other images {points(other['drop'] if other else None)}"
+        text += f"; specificity {points(found[(name, 'specificity', 'mention')]['drop'])}"
+        if kept and kept["after"] == kept["after"]:
+            text += f"; other objects still named {number(100 * kept['after'])}%"
+        return text
+
+    best_drop, best = ranked[0]
+    target, other = found.get((best, "target", "mention")), found.get((best, "other", "mention"))
+    if best_drop > 0 and target is not None:
+        among = f", the largest of {len(ranked)} methods" if len(ranked) > 1 else ""
+        answer = (f"{best} removes the concept most specifically: its sets lower the concept's mention rate by "
+                  f"{points(target['drop'])} on the concept's own images ({number(100 * target['before'])}% → "
+                  f"{number(100 * target['after'])}%) and by {points(other['drop'] if other else None)} on other "
+                  f"images (specificity {points(best_drop)}{among}).")
+    elif best_drop > 0:
+        answer = f"{best} removes the concept most specifically (mention specificity {points(best_drop)})."
+    else:
+        answer = (f"No method removes the concept specifically: the largest mention specificity is "
+                  f"{points(best_drop)} ({best}).")
+    facts.append((best, line(best)))
+    for other_method in (method, "random"):
+        if other_method != best and (other_method, "specificity", "mention") in found:
+            facts.append((other_method, line(other_method)))
+    facts.append(("ranking (mention specificity)", ", ".join(f"{m} {number(100 * d)}" for d, m in ranked)
+                  + " points"))
+    facts.append(("evaluation", f"{evaluation.get('eval_id')}; every set has its concept's {method} budget; "
+                                "mention specificity = drop of the mention rate on the concept's images − drop "
+                                "on other images, mean over concepts"))
+    out.blocks.append(Headline(answer, facts))
+    info.update({"answer": best if best_drop > 0 else None, "best": best, "specificity": best_drop,
+                 "ranking": [{"method": m, "mention_specificity": d} for d, m in ranked]})
+    return out, info
 
 
 def plots_section(out_dir: Path, method: str, layers: Any, overlap: Any, suppression: list[dict[str, Any]],
@@ -219,9 +362,11 @@ def plots_section(out_dir: Path, method: str, layers: Any, overlap: Any, suppres
                              "Jaccard overlap between the concepts' neuron sets."))
     if suppression:
         out.blocks.append(Figure(suppression_plot(suppression, folder / "suppression.png", mention_rates=mentions,
-                                                  title="Suppression per method (scores vs the unmodified captions)"),
-                                 "Mean scores after suppression on target and other images per method (averaged "
-                                 "over concepts); mention-rate drops of the set's concept."))
+                                                  title="Suppression per method: drops vs the unmodified captions"),
+                                 "Drop of each score (vs the unmodified model's captions) and of the concept's "
+                                 "mention rate, on target images (the set's concept) and other images, per method, "
+                                 "averaged over concepts: a specific set has a tall target bar and a short other "
+                                 "bar. Each panel's axis is fitted to its values."))
     else:
         out.blocks.append(Text("Suppression plot: not run."))
     return out
@@ -240,7 +385,7 @@ def build_report(warehouse_root: str | Path | None, out_dir: str | Path, config:
         summary: dict[str, Any] = {"run_id": run.run_id, "method": config.method,
                                    "sets": [{"concept": c, "method": m, "set_id": s.set_id,
                                              "given": s.set_id in given} for (c, m), s in sets.items()]}
-        sections = [configuration_section(run)]
+        sections: list[Section] = []
         selection, layers = selection_section(run, config.method, sets, given)
         sections.append(selection)
         try:
@@ -248,13 +393,18 @@ def build_report(warehouse_root: str | Path | None, out_dir: str | Path, config:
         except KneuronError as exc:
             dataset, dataset_error = None, str(exc)
         suppression, plot_rows, mention_rows, evaluation = suppression_section(run, dataset)
-        sections.append(suppression)
+        answer, summary["answer"] = answer_section(run, config.method, sets, evaluation)
+        sections = [answer, *sections, suppression]
+        budget, budget_summary = budget_section(run, dataset, out_dir)
+        sections.append(budget)
+        if budget_summary:
+            summary["budget"] = budget_summary
         overlap = run.query("report_overlap", set_ids=set_ids_of(sets, config.method))
         sections.append(plots_section(out_dir, config.method, layers, overlap, plot_rows, mention_rows,
                                       run.row.get("n_layers")))
         heat, contrast, decoding = section("heatmaps"), section("contrast"), section("decoding")
         model_sections(run, config, sets, out_dir, summary, dataset, dataset_error, heat, contrast, decoding)
-        sections += [heat, contrast, decoding]
+        sections += [heat, contrast, decoding, configuration_section(run)]
         summary["suppression"] = evaluation
     subtitle = f"Run {run.run_id} — model {run.row.get('model_name')} — neuron sets: {config.method}"
     html_path = out_dir / "report.html"

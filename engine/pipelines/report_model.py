@@ -85,7 +85,8 @@ def heatmap_blocks(run: RunReader, adapter: Any, dataset: Any, inpainter: Any, m
     section.blocks.append(Text(
         f"Mean activation of each concept's {config.method} neurons at the image tokens, drawn on the image "
         "(token -> patch map, bilinear upsampling, jet colormap at alpha 0.5), for the original image and the "
-        "image with the concept inpainted away, on one common scale. Evaluation images (not used for selection)."))
+        "image with the concept inpainted away, on one common scale: the colour bar on the right runs from the "
+        "pair's lowest heat (0) to its highest (1). Evaluation images (not used for selection)."))
     for concept in concepts:
         neurons = sets[(concept, config.method)].pairs
         for image_id in images.get(concept, [])[:config.heatmap_images]:

@@ -14,6 +14,12 @@ For every concept ``k`` (with a two_stage reference set ``N_k`` in the run) and 
   default, ``budget = "same_as:two_stage"``; or a number). A baseline set already in ``neuron_sets`` (same run,
   concept, method and params, hence the same ``set_id``) is reused; a new one (rows by
   `queries.selection.set_rows`) is stored with the results;
+- **budget evaluation** (``config.budgets``): every method at every budget n, labelled ``"<method>@<n>"``
+  (`engine.eval.budget`) in ``captions``, ``scores`` and ``neuron_sets`` (so a budget set never becomes a
+  concept's current ``two_stage`` set); two_stage at n = the n best stage-2 candidates of C_k
+  (`engine.pipelines.suppress_budget.BudgetRanking`); a set smaller than n (|C_k| < n) is logged and noted;
+- **fragility check** (``config.fragility_images``, optional): every unit of the evaluated sets zeroed alone on a
+  few identification images (`engine.pipelines.suppress_fragility`); returned and printed, not stored;
 - **captions**: greedy, batched, KV cache on, with the set zeroed at every position and decoding step
   (`caption_images`); the unmodified captions are made once per image and reused: looked up first in memory,
   then in ``captions`` (condition ``unmodified``, same run, same generation settings);
@@ -46,14 +52,18 @@ import queries
 from engine.baselines.base import BaselineContext, ReferenceSet, ScoredNeuron, get_baseline
 from engine.caption import caption_images
 from engine.errors import KneuronError
-from engine.eval.config import REFERENCE_METHOD, EvalConfig, jsonable
+from engine.eval.budget import budget_tables, split_label
+from engine.eval.config import EDITED_METHOD, REFERENCE_METHOD, EvalConfig, jsonable
 from engine.eval.images import EvalImages, choose_images
 from engine.eval.metrics import METRICS, CaptionScorer
 from engine.eval.scoring import ScoreCache
 from engine.eval.summary import UNMODIFIED, outcomes_from_rows, paper_tables, summarize
 from engine.models.base import VLMAdapter
 from engine.neurons import as_neuron_set
-from engine.pipelines.sets import StoredSet, StoredStageRanking, stored_sets
+from engine.pipelines.sets import StoredSet, stored_sets
+from engine.pipelines.suppress_budget import BudgetRanking, method_labels, short_note
+from engine.pipelines.suppress_edited import EditedModel, open_edited
+from engine.pipelines.suppress_fragility import check_images, fragility_check
 from engine.pipelines.suppress_inputs import (
     budgets,
     generation_settings,
@@ -68,7 +78,7 @@ from engine.pipelines.suppress_inputs import (
     stored_identity,
 )
 from engine.progress import Progress
-from queries.selection import set_id_of, set_rows
+from queries.selection import MASSIVE_K, set_id_of, set_rows
 from warehouse import Warehouse
 
 Log = Callable[[str], None]
@@ -87,9 +97,15 @@ class EvalResult:
     jobs_run: int = 0
     jobs_skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    budgets: tuple[int, ...] = ()
+    fragility: pa.Table | None = None  # `engine.pipelines.suppress_fragility.FRAGILITY_SCHEMA`, when checked
 
     def tables(self) -> dict[str, pa.Table]:
-        """The paper-shaped tables (`engine.eval.summary.paper_tables`) of the average over concepts."""
+        """The paper-shaped tables (`engine.eval.summary.paper_tables`) of the average over concepts; for a budget
+        evaluation the budget curves and the specificity numbers (`engine.eval.budget.budget_tables`)."""
+        if self.budgets:
+            return dict(budget_tables(self.summary, methods=list(dict.fromkeys(split_label(m)[0]
+                                                                                for m in self.methods))))
         present = set(self.summary.column("measure").to_pylist())
         return paper_tables(self.summary, metrics=[m for m in METRICS if m in present], methods=self.methods)
 
@@ -100,12 +116,14 @@ class _Evaluation:
     def __init__(self, config: EvalConfig, wh: Warehouse, run_id: str, eval_id: str,
                  eval_row: Callable[[], dict[str, list[Any]]] | None, adapter: VLMAdapter, dataset: Any,
                  scores: ScoreCache, unmodified: dict[int, str], sets: dict[str, StoredSet], ctx: BaselineContext,
-                 budgets: Mapping[str, int], images: EvalImages, log: Log, progress: Progress | None) -> None:
+                 budgets: Mapping[str, int], images: EvalImages, log: Log, progress: Progress | None,
+                 edited: EditedModel | None = None) -> None:
         self.config, self.wh, self.run_id, self.eval_id = config, wh, run_id, eval_id
         self.eval_row = eval_row
         self.adapter, self.dataset, self.scores = adapter, dataset, scores
         self.unmodified, self.sets, self.ctx, self.budgets, self.images = unmodified, sets, ctx, budgets, images
-        self.log, self.progress = log, progress
+        self.log, self.progress, self.edited = log, progress, edited
+        self.notes: list[str] = []  # sets smaller than their budget
         self.generate_kwargs = {} if config.max_new_tokens is None else {"max_new_tokens": config.max_new_tokens}
         self._pixels: tuple[str, dict[int, Any]] | None = None
 
@@ -122,14 +140,15 @@ class _Evaluation:
                 + [("other", i) for i in self.images.other[concept]])
 
     def captions(self, image_ids: Sequence[int], pixels: Mapping[int, Any],
-                 neurons: Mapping[int, Sequence[int]] | None) -> list[str]:
-        """Captions of ``image_ids``, one `caption_images` call per batch (the same batches as one call)."""
+                 neurons: Mapping[int, Sequence[int]] | None, adapter: VLMAdapter | None = None) -> list[str]:
+        """Captions of ``image_ids`` by ``adapter`` (default: the run's model), one `caption_images` call per batch
+        (the same batches as one call)."""
         torch.manual_seed(self.config.seed)
         texts: list[str] = []
         size = self.config.batch_size
         for start in range(0, len(image_ids), size):
             chunk = image_ids[start:start + size]
-            texts += caption_images(self.adapter, [pixels[i] for i in chunk], neurons, batch_size=size,
+            texts += caption_images(adapter or self.adapter, [pixels[i] for i in chunk], neurons, batch_size=size,
                                     **self.generate_kwargs).texts
             if self.progress is not None:
                 self.progress.advance(len(chunk))
@@ -189,40 +208,60 @@ class _Evaluation:
         self.write({"captions": self.caption_rows(concept, UNMODIFIED, None, "unmodified", texts),
                     "scores": self.score_rows(concept, UNMODIFIED, None, texts)})
 
-    def neuron_set(self, concept: str, method: str) -> tuple[str, list[ScoredNeuron], pa.Table | None]:
-        """(set_id, neurons, ``neuron_sets`` rows to store or None) of ``method`` for ``concept``."""
-        if method == REFERENCE_METHOD:
+    def neuron_set(self, concept: str, name: str) -> tuple[str, list[ScoredNeuron], pa.Table | None]:
+        """(set_id, neurons, ``neuron_sets`` rows to store or None) of method label ``name`` for ``concept``.
+
+        ``name``: a method, or ``"<method>@<n>"`` in a budget evaluation (stored under that label).
+        """
+        method, at = split_label(name)
+        if method == EDITED_METHOD and self.edited is not None:
+            set_id, edited = self.edited.neuron_set(self.run_id, self.sets)
+            return set_id or "", edited, None
+        if method == REFERENCE_METHOD and at is None:
             reference = self.ctx.reference(concept)
             return reference.set_id, list(self.sets[reference.set_id].neurons), None
-        baseline = get_baseline(method, **dict(self.config.baseline_options.get(method, {})))
-        budget = self.budgets[concept]
-        params = baseline.params(self.ctx, concept, budget)
-        set_id = set_id_of(self.run_id, concept, method, params)
+        budget = self.budgets[concept] if at is None else at
+        ranking: BudgetRanking = self.ctx.stage_ranking
+        if method == REFERENCE_METHOD:
+            params = {**ranking.two_stage_params(concept, budget, None),
+                      "budget_of": self.ctx.reference(concept).set_id}
+        else:
+            baseline = get_baseline(method, **dict(self.config.baseline_options.get(method, {})))
+            params = baseline.params(self.ctx, concept, budget)
+        set_id = set_id_of(self.run_id, concept, name, params)
         if set_id in self.sets:
             return set_id, list(self.sets[set_id].neurons), None
-        self.log(f"{method}: selecting {budget} neuron(s) for {concept!r}")
-        neurons = baseline.select(self.ctx, concept, budget)
+        self.log(f"{name}: selecting {budget} neuron(s) for {concept!r}")
+        if method == REFERENCE_METHOD:
+            neurons, pool_key = ranking.two_stage_top(concept, budget, None), (concept, budget, None)
+        else:
+            neurons = baseline.select(self.ctx, concept, budget)
+            pool_key = (concept, budget, getattr(baseline, "specific", None))
         if len(neurons) != budget:
-            self.log(f"{method} gave {len(neurons)} neuron(s) for {concept!r} instead of {budget}")
+            self.notes.append(short_note(method, concept, budget, len(neurons), ranking.pool_sizes.get(pool_key)))
+            self.log(self.notes[-1])
         created_at = datetime.now(timezone.utc)
         resolved = {"n_selected": len(neurons)}
-        self.sets[set_id] = StoredSet(set_id, concept, method, {**params, "resolved": resolved}, created_at,
+        self.sets[set_id] = StoredSet(set_id, concept, name, {**params, "resolved": resolved}, created_at,
                                       list(neurons))
-        return set_id, list(neurons), set_rows(self.run_id, concept, method, set_id, params, neurons, created_at,
+        return set_id, list(neurons), set_rows(self.run_id, concept, name, set_id, params, neurons, created_at,
                                                resolved)
 
     def run_method(self, concept: str, method: str) -> None:
         """Suppressed captions of the concept's images for ``method``'s set, with scores; one warehouse batch."""
         set_id, neurons, new_set = self.neuron_set(concept, method)
         rows = self.rows(concept)
-        texts_list = self.captions([i for _, i in rows], self.pixels(concept),
-                                   as_neuron_set([(layer, unit) for layer, unit, _ in neurons]))
+        if method == EDITED_METHOD and self.edited is not None:  # the edit is in the weights: no hook
+            texts_list = self.captions([i for _, i in rows], self.pixels(concept), None, self.edited.adapter)
+        else:
+            texts_list = self.captions([i for _, i in rows], self.pixels(concept),
+                                       as_neuron_set([(layer, unit) for layer, unit, _ in neurons]))
         texts = dict(zip(rows, texts_list))
         tables: dict[str, Rows | pa.Table] = {}
         if new_set is not None and new_set.num_rows:  # an empty set has no rows to store
             tables["neuron_sets"] = new_set
-        tables["captions"] = self.caption_rows(concept, method, set_id, "suppressed", texts)
-        tables["scores"] = self.score_rows(concept, method, set_id, texts)
+        tables["captions"] = self.caption_rows(concept, method, set_id or None, "suppressed", texts)
+        tables["scores"] = self.score_rows(concept, method, set_id or None, texts)
         self.write(tables)
 
 
@@ -257,6 +296,8 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
                     f"({references[concept].size} neurons; {how})")
             sizes = budgets(config, references, concepts)
             adapter = adapter if adapter is not None else open_model(config, run, say if progress else None)
+            edited = open_edited(config.edited_model, adapter, say if progress else None) \
+                if config.edited_model else None
             dataset = dataset if dataset is not None else open_dataset(config, run)
             eval_images, ident_images = run_images(con, run_id)
             present: dict[int, tuple[str, ...]] = {}
@@ -277,6 +318,8 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
                         "references": {c: references[c].set_id for c in concepts}, "budgets": sizes,
                         "images": {c: [images.target[c], images.other[c]] for c in concepts},
                         "generation_key": generation_key, "bertscore": scorer.model_id}
+            if edited is not None:
+                identity["edited"] = edited.identity()
             eval_id = config.eval_id or f"eval-{hash_of(identity)}"
             existing = _check_stored(con, eval_id, run_id, identity)
 
@@ -290,35 +333,48 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
             cached = queries.run(con, "suppress_cached_captions",
                                  {"run_id": run_id, "generation_key": generation_key}).to_pydict()
             unmodified = dict(zip((int(i) for i in cached["image_id"]), cached["text"]))
+            ranking = _stage_ranking(con, run_id, references)
             ctx = BaselineContext(adapter=adapter, dataset=dataset, run_id=run_id, ident_images=ident_images,
                                   reference_sets=references, seed=config.seed, batch_size=config.batch_size,
-                                  stage_ranking=_stage_ranking(con, run_id, references))
-            jobs = [(c, m) for c in concepts if images.target[c] for m in (UNMODIFIED, *config.methods)]
+                                  stage_ranking=ranking, massive_units=ranking.massive)
+            labels = method_labels(config)
+            jobs = [(c, m) for c in concepts if images.target[c] for m in (UNMODIFIED, *labels)]
             skipped = sum(job in done for job in jobs)
-            total = _captions_to_make(jobs, done, config.methods, images, unmodified)
+            total = _captions_to_make(jobs, done, labels, images, unmodified)
             bar = Progress(total, "suppress: captions", say) if progress and total else None
             evaluation = _Evaluation(config, wh, run_id, eval_id, None if existing else eval_row, adapter, dataset,
                                      ScoreCache(scorer, config.metrics), unmodified, sets, ctx, sizes, images, say,
-                                     bar)
+                                     bar, edited)
             for concept, method in jobs:
                 if method == UNMODIFIED:
                     # needed by every method of the concept even when stored already
-                    if any((concept, m) not in done for m in (UNMODIFIED, *config.methods)):
+                    if any((concept, m) not in done for m in (UNMODIFIED, *labels)):
                         evaluation.run_unmodified(concept, write=(concept, UNMODIFIED) not in done)
                 elif (concept, method) not in done:
                     evaluation.run_method(concept, method)
             if bar is not None:
                 bar.close()
+            notes += evaluation.notes
+            fragility = None
+            if config.fragility_images:
+                used = {(c, m): [(a, b) for a, b, _ in evaluation.neuron_set(c, m)[1]]
+                        for c, m in jobs if m != UNMODIFIED}
+                fragility, more = fragility_check(
+                    adapter, dataset, check_images(ident_images, concepts, config.fragility_images, config.seed),
+                    used, ranking.massive(MASSIVE_K), MASSIVE_K, config.batch_size, say)
+                for message in more:
+                    note(message)
         finally:
             con.close()
         summary = summarize_evaluation(wh, eval_id, dataset, sets, config.metrics)
-    return EvalResult(eval_id=eval_id, run_id=run_id, concepts=concepts, methods=list(config.methods),
-                      summary=summary, jobs_run=len(jobs) - skipped, jobs_skipped=skipped, notes=notes)
+    return EvalResult(eval_id=eval_id, run_id=run_id, concepts=concepts, methods=labels, summary=summary,
+                      jobs_run=len(jobs) - skipped, jobs_skipped=skipped, notes=notes,
+                      budgets=tuple(sorted(config.budgets)), fragility=fragility)
 
 
 def _stage_ranking(con: duckdb.DuckDBPyConnection, run_id: str, references: Mapping[str, ReferenceSet]
-                   ) -> StoredStageRanking:
-    return StoredStageRanking(con, run_id, {concept: ref.params for concept, ref in references.items()})
+                   ) -> BudgetRanking:
+    return BudgetRanking(con, run_id, {concept: ref.params for concept, ref in references.items()})
 
 
 def _check_stored(con: duckdb.DuckDBPyConnection, eval_id: str, run_id: str, identity: Mapping[str, Any]) -> bool:

@@ -24,7 +24,7 @@ from engine.eval.config import REFERENCE_METHOD, SAME_AS_REFERENCE, EvalConfig, 
 from engine.eval.metrics import CaptionScorer
 from engine.models.base import VLMAdapter
 from engine.pipelines.sets import StoredSet, current_set_ids, sets_from_rows, store_sets
-from queries.selection import SelectionConfig, ThresholdSpec, latest_run, run_selection
+from queries.selection import SelectionConfig, SpecificSpec, ThresholdSpec, latest_run, run_selection
 from warehouse import Warehouse
 
 Log = Callable[[str], None]
@@ -93,11 +93,13 @@ def _select(config: EvalConfig, wh: Warehouse, con: duckdb.DuckDBPyConnection, r
             sets: dict[str, StoredSet], log: Log) -> dict[str, str]:
     """Run the selection of ``config.selection``; store its sets and make them current (as ``kneuron select``)."""
     options = dict(config.selection or {})
+    specific = options.pop("specific", None)
     try:
         selection_config = SelectionConfig(
             run_id=run_id, concepts=tuple(config.concepts),
             stage1=ThresholdSpec.parse(str(options.pop("stage1", "auto"))),
-            stage2=ThresholdSpec.parse(str(options.pop("stage2", "auto"))), baselines=True, **options)
+            stage2=ThresholdSpec.parse(str(options.pop("stage2", "auto"))), baselines=True,
+            specific=None if specific is None else SpecificSpec.parse(str(specific)), **options)
     except TypeError as exc:
         raise KneuronError(f"bad selection options: {exc}") from None
     selection = run_selection(con, selection_config)
@@ -189,13 +191,16 @@ def hash_of(data: Any, n: int = 12) -> str:
 
 
 #: the keys of an evaluation's identity (``evals.config_json``), compared when an evaluation is resumed
-IDENTITY_KEYS = ("run_id", "config", "concepts", "references", "budgets", "images", "generation_key", "bertscore")
+IDENTITY_KEYS = ("run_id", "config", "concepts", "references", "budgets", "images", "generation_key", "bertscore",
+                 "edited")
+#: identity keys added later: present only in evaluations that use them
+OPTIONAL_IDENTITY_KEYS = ("edited",)
 
 
 def stored_identity(row: Mapping[str, Any]) -> dict[str, Any]:
     """The identity part of a stored ``evals`` row."""
     stored = json.loads(row["config_json"])
-    return {key: stored.get(key) for key in IDENTITY_KEYS}
+    return {key: stored.get(key) for key in IDENTITY_KEYS if key in stored or key not in OPTIONAL_IDENTITY_KEYS}
 
 
 __all__ = ["IDENTITY_KEYS", "budgets", "generation_settings", "hash_of", "metric_provenance", "one_run",

@@ -36,6 +36,7 @@ from engine.models.hf_adapters import (
 )
 from engine.models.prompts import DEFAULT_INSTRUCTION
 from engine.models.tokenizer import SPECIAL_TOKENS, build_word_tokenizer, pre_tokenize
+from tests.helpers.hf_tiny_vlm import NEW_KINDS, tiny_vlm_adapter
 from tests.helpers.tiny_models import WORDS, tiny_minigpt4
 
 FAMILIES = ("llava", "blip-2", "instructblip")
@@ -169,7 +170,8 @@ def save_hf_folder(adapter: HFVLMAdapter, folder: str | Path, image_processor: b
 
 # ---------------------------------------------------------------------- every tiny adapter kind, for shared tests
 MINIGPT4_KINDS = ("minigpt4-qformer", "minigpt4-patch")
-ALL_KINDS = MINIGPT4_KINDS + FAMILIES
+#: + Qwen2-VL / 2.5-VL, LLaVA-NeXT / OneVision, Idefics3 / SmolVLM, Gemma 3, LLaVA with Mistral / Qwen2 / Gemma 2
+ALL_KINDS = MINIGPT4_KINDS + FAMILIES + NEW_KINDS
 
 
 def spread_weights(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> None:
@@ -188,4 +190,6 @@ def tiny_adapter(kind: str, seed: int = 0):
         adapter = tiny_minigpt4(kind.split("-", 1)[1], seed=seed)
         spread_weights(adapter.model, seed=seed)
         return adapter
+    if kind in NEW_KINDS:
+        return tiny_vlm_adapter(kind, seed=seed)
     return tiny_hf_adapter(kind, seed=seed)

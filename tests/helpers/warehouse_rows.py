@@ -82,6 +82,9 @@ def all_table_rows() -> dict[str, dict[str, Any]]:
         "evals": {"eval_id": ["ev-1"], "run_id": [RUN], "created_at": [created], "config_json": ["{}"]},
         "set_choices": {"run_id": [RUN] * 2, "concept": ["dog", "traffic light"], "method": ["two_stage"] * 2,
                         "set_id": ["set-a", "set-b"], "chosen_at": [created, created + dt.timedelta(seconds=1)]},
+        "neuron_rollup": {"run_id": [RUN] * 2, "concept": ["traffic light"] * 2, "layer": [0, 1], "unit": [4, 4],
+                          "n_images": [1, 1], "sum_d_max": [0.5, -1.25], "sum_d_mean": [0.25, 0.0],
+                          "sum_g_max": [2.0, 0.125], "sum_g_mean": [1.0, 0.0625]},
     }
 
 

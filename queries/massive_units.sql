@@ -1,0 +1,40 @@
+-- massive_units.sql: the "massive activation" units of each run, a fragility control. A unit whose activation
+-- is an outlier in size across the identification images can change captions whatever the concept when it is
+-- zeroed, so a neuron set's effect should not rest on one of them (the random_nonmassive baseline and
+-- `kneuron select --exclude-massive K` leave them out).
+--
+-- Parameters (NULL = default): $run_id VARCHAR (NULL: every run, each on its own), $k DOUBLE (NULL: 10).
+-- magnitude(l, i) = mean over the run's identification pairs (samples with status 'ok' that splits does not
+--   put in 'eval'; every concept) of |o_mean|, where o_mean is the unit's activation on the original image
+--   averaged over the recorded positions P (neuron_stats). |mean over P| <= mean over P of |O|: the rule sees
+--   the units whose activation keeps one sign and a large size over P, which is what a massive activation is.
+-- A unit is massive when magnitude > $k x the median magnitude of all the run's units (every layer).
+-- k = 10 (an order of magnitude above the typical unit) was fixed before any evaluation; it reads only
+--   identification images.
+-- Columns: run_id, model_name, layer, unit, magnitude, median_magnitude, ratio (magnitude / median),
+--   n_pairs; ordered by run, ratio descending, layer, unit.
+WITH ident AS (
+    SELECT DISTINCT run_id, concept, image_id
+    FROM samples
+    WHERE status = 'ok' AND ($run_id IS NULL OR run_id = $run_id)
+      AND NOT EXISTS (SELECT 1 FROM splits AS e
+                      WHERE e.run_id = samples.run_id AND e.split = 'eval'
+                        AND e.concept = samples.concept AND e.image_id = samples.image_id)
+),
+magnitude AS (
+    SELECT s.run_id, s.layer, s.unit, avg(abs(CAST(s.o_mean AS DOUBLE))) AS magnitude, count(*) AS n_pairs
+    FROM neuron_stats AS s
+    SEMI JOIN ident AS i ON i.run_id = s.run_id AND i.concept = s.concept AND i.image_id = s.image_id
+    WHERE $run_id IS NULL OR s.run_id = $run_id
+    GROUP BY s.run_id, s.layer, s.unit
+),
+typical AS (
+    SELECT run_id, median(magnitude) AS median_magnitude FROM magnitude GROUP BY run_id
+)
+SELECT m.run_id, r.model_name, m.layer, m.unit, m.magnitude, t.median_magnitude,
+       m.magnitude / NULLIF(t.median_magnitude, 0) AS ratio, m.n_pairs
+FROM magnitude AS m
+JOIN typical AS t ON t.run_id = m.run_id
+LEFT JOIN runs AS r ON r.run_id = m.run_id
+WHERE m.magnitude > COALESCE(CAST($k AS DOUBLE), 10.0) * t.median_magnitude
+ORDER BY m.run_id, ratio DESC, m.layer, m.unit
