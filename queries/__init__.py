@@ -79,8 +79,9 @@ def run(con: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, Any] | N
     """Run the bundled query ``name`` (``queries/<name>.sql``) with ``params`` bound by name; a derived view
     (`VIEWS`) that the query names and the connection lacks is created first (`install_views`)."""
     sql = load(name)
-    if any(re.search(rf"\b{view}\b", sql) for view in VIEWS) and not set(VIEWS) <= relations(con):
-        install_views(con)
+    wanted = [view for view in VIEWS if re.search(rf"\b{view}\b", sql)]
+    if wanted and not set(wanted) <= relations(con):
+        install_views(con, wanted)
     return execute(con, sql, params)
 
 
@@ -115,14 +116,12 @@ VIEW_NEEDS = {"current_sets": ("neuron_sets", "set_choices"), "neuron_means": ("
 
 #: storage views `neuron_means` reads (`warehouse.connect` makes them); a connection built by hand over a
 #: neuron_stats view gets these stand-ins: no rollup, every image row
-ROLLUP_STAND_INS = {
-    "neuron_rollup_complete": "SELECT CAST(NULL AS VARCHAR) AS run_id, CAST(NULL AS VARCHAR) AS concept, "
-                              "CAST(NULL AS SMALLINT) AS layer, CAST(NULL AS SMALLINT) AS unit, "
-                              "CAST(NULL AS INTEGER) AS n_images, CAST(NULL AS DOUBLE) AS sum_d_max, "
-                              "CAST(NULL AS DOUBLE) AS sum_d_mean, CAST(NULL AS DOUBLE) AS sum_g_max, "
-                              "CAST(NULL AS DOUBLE) AS sum_g_mean WHERE false",
-    "neuron_stats_unrolled": "SELECT * FROM neuron_stats",
-}
+_NO_ROLLUP = ("SELECT CAST(NULL AS VARCHAR) AS run_id, CAST(NULL AS VARCHAR) AS concept, CAST(NULL AS SMALLINT) AS "
+              "layer, CAST(NULL AS SMALLINT) AS unit, CAST(NULL AS INTEGER) AS n_images, CAST(NULL AS DOUBLE) AS "
+              "sum_d_max, CAST(NULL AS DOUBLE) AS sum_d_mean, CAST(NULL AS DOUBLE) AS sum_g_max, "
+              "CAST(NULL AS DOUBLE) AS sum_g_mean WHERE false")
+ROLLUP_STAND_INS = {"neuron_rollup_summed": _NO_ROLLUP, "neuron_rollup_parts": _NO_ROLLUP,
+                    "neuron_stats_unrolled": "SELECT * FROM neuron_stats"}
 
 
 def relations(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -130,12 +129,13 @@ def relations(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
 
 
-def install_views(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the derived views (`VIEWS`) on a connection that has the warehouse's table views (a view whose
-    tables the connection lacks, `VIEW_NEEDS`, is left out; a missing rollup view gets its stand-in)."""
+def install_views(con: duckdb.DuckDBPyConnection, names: tuple[str, ...] | list[str] = VIEWS) -> None:
+    """Create the derived views ``names`` (default `VIEWS`) on a connection that has the warehouse's table views
+    (a view whose tables the connection lacks, `VIEW_NEEDS`, is left out; a missing rollup view gets its
+    stand-in)."""
     present = relations(con)
-    for name in VIEWS:
-        if name != "current_sets" and not set(VIEW_NEEDS[name]) <= present:
+    for name in names:
+        if not set(VIEW_NEEDS[name]) <= present:
             continue
         if name == "neuron_means":
             for view, select in ROLLUP_STAND_INS.items():

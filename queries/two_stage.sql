@@ -3,6 +3,8 @@
 -- Reads the views neuron_stats(run_id, concept, image_id, layer, unit, d_max, d_mean, g_max, g_mean, ...),
 -- samples(run_id, concept, image_id, status) and splits(run_id, concept, image_id, split). Only the
 -- identification images count: samples with status = 'ok' that the splits table does not put in 'eval'.
+-- With $aggregate = 'mean' the per-neuron means come from the view neuron_means (queries/views: the per-batch
+-- rollup written at ingest, summed; exact float64 sums), so no image row is scanned; 'share' reads the rows.
 -- Returns one row per selected neuron, plus one row with layer/unit NULL for a concept whose set is empty:
 --   concept, n_images, n_neurons, threshold_a, threshold_g, n_candidates, n_selected, n_specific,
 --   layer, unit, score, score_a, score_g
@@ -82,10 +84,20 @@ excluded AS (
     SELECT unnest(CAST($x_layers AS INTEGER[])) AS layer, unnest(CAST($x_units AS INTEGER[])) AS unit
 ),
 neurons AS (
-    SELECT concept, layer, unit, count(*) AS n_img, avg(v_a) AS mean_a, avg(v_g) AS mean_g
-    FROM per_image AS p
+    SELECT concept, layer, unit, n_img, mean_a, mean_g
+    FROM (SELECT concept, layer, unit, count(*) AS n_img, avg(v_a) AS mean_a, avg(v_g) AS mean_g
+          FROM per_image
+          WHERE $aggregate <> 'mean'
+          GROUP BY concept, layer, unit
+          UNION ALL
+          SELECT m.concept, m.layer, m.unit, m.n_images AS n_img,
+                 CASE WHEN $reduce = 'max' THEN m.mean_d_max ELSE m.mean_d_mean END AS mean_a,
+                 CASE WHEN $reduce = 'max' THEN m.mean_g_max ELSE m.mean_g_mean END AS mean_g
+          FROM neuron_means AS m
+          WHERE $aggregate = 'mean' AND m.run_id = $run_id
+            AND ($s_kind <> 'none' OR len(CAST($concepts AS VARCHAR[])) = 0
+                 OR m.concept IN (SELECT concept FROM selected_concepts))) AS p
     ANTI JOIN excluded AS x ON x.layer = p.layer AND x.unit = p.unit
-    GROUP BY concept, layer, unit
 ),
 concepts AS (
     SELECT concept, max(n_img) AS n_images, count(*) AS n_neurons FROM neurons GROUP BY concept

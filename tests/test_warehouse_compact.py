@@ -113,6 +113,8 @@ def test_compaction_keeps_rows_and_results_and_makes_one_batch(root: Path, capsy
     assert verify_warehouse(root).ok
     con = queries.connect(root)  # the rollup now covers every partition: no image row is read for the means
     assert con.sql("SELECT count(*) FROM neuron_stats_unrolled").fetchall() == [(0,)]
+    assert con.sql("SELECT count(*) FROM neuron_rollup_parts").fetchall() == [(0,)]  # one file: totals as they are
+    assert con.sql("SELECT count(*) FROM neuron_rollup_summed").fetchall() == [(3 * 10,)]
     assert con.sql("SELECT sum(n_images) FROM neuron_rollup WHERE layer = 0 AND unit = 0").fetchall() == [(9,)]
 
     again = compact(root)
@@ -141,6 +143,16 @@ def test_writes_after_compaction_follow_the_usual_rules(root: Path) -> None:
                         "WHERE concept = 'dog' AND layer = 1 AND unit = 2").fetchall()
     assert means == per_image and means[0][0] == 7
     assert Warehouse.open(root).finished_pairs(RUN) >= {("dog", 8), ("cat", 7)}
+
+
+def test_rollup_rows_are_one_per_neuron(tmp_path: Path) -> None:
+    stats = pa.table(neuron_rows("dog", 1, seed=1))
+    rollup = rollup_rows(stats)
+    with Warehouse.open(tmp_path / "wh", create=True) as wh, wh.batch() as batch:
+        batch.add("runs", run_row())
+        with pytest.raises(KneuronError, match="neuron_rollup: two rows for layer 0, unit 0 .* one per neuron"):
+            batch.add("neuron_rollup", pa.concat_tables([rollup, rollup.slice(0, 1)]))
+        batch.add("neuron_rollup", rollup)  # the same rows once are fine
 
 
 def test_small_target_splits_and_large_files_are_kept(root: Path) -> None:

@@ -16,7 +16,8 @@ from tests.test_warehouse_compact import build
 from warehouse import TABLES, Warehouse, connect
 from warehouse.compact import compact
 
-VIEWS = [*TABLES, "neuron_rollup_complete", "neuron_stats_unrolled", "neuron_means", "current_sets"]
+VIEWS = [*TABLES, "neuron_rollup_summed", "neuron_rollup_parts", "neuron_stats_unrolled", "neuron_means",
+         "current_sets"]
 
 
 @pytest.fixture()

@@ -84,9 +84,13 @@ class Batch:
         self._check_run_ids(spec, rows)
         new_keys = self._check_keys(spec, rows)
         written: list[str] = []
-        for values, part in _split_partitions(spec, rows):
+        parts = [(values, _sorted(spec, part)) for values, part in _split_partitions(spec, rows)]
+        if spec.unique_sorted:
+            for values, part in parts:
+                _check_unique(spec, values, part)
+        for values, part in parts:
             try:
-                written.append(self._write(spec, values, _sorted(spec, part)))
+                written.append(self._write(spec, values, part))
             except OSError as exc:
                 # a full disk or a read-only file system: the batch cannot commit; drop all of its files now
                 failed = (self._pending[-1].temp if self._pending else None) or self.warehouse.root
@@ -290,6 +294,20 @@ def _row_groups(parts: Iterable[pa.Table]) -> Iterator[pa.Table]:
             buffered, count = ([rest] if rest.num_rows else []), rest.num_rows
     if buffered:
         yield pa.concat_tables(buffered)
+
+
+def _check_unique(spec: TableSpec, values: dict[str, Any], rows: pa.Table) -> None:
+    """`KneuronError` naming the first repeated ``sort_by`` value of ``rows`` (sorted) in one partition."""
+    columns = [rows.column(name).to_numpy() for name in spec.sort_by]
+    if len(columns[0]) < 2:
+        return
+    same = np.ones(len(columns[0]) - 1, dtype=bool)
+    for column in columns:
+        same &= column[1:] == column[:-1]
+    if same.any():
+        k = int(np.argmax(same))
+        where = ", ".join(f"{name} {column[k]}" for name, column in zip(spec.sort_by, columns))
+        raise KneuronError(f"{spec.name}: two rows for {where} in {values}; its rows are one per neuron")
 
 
 def _describe(spec: TableSpec, key: tuple[Any, ...]) -> str:

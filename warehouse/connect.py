@@ -5,8 +5,8 @@
 
 Views: ``runs``, ``splits``, ``samples``, ``neuron_stats`` (plus ``d_mean = o_mean - i_mean`` as FLOAT),
 ``token_stats``, ``neuron_sets``, ``captions``, ``scores``, ``evals``, ``set_choices``, ``neuron_rollup``, and
-two views that split the per-neuron sums between the rollup and the image rows (`rollup_split`):
-``neuron_rollup_complete`` and ``neuron_stats_unrolled``. Each lists the
+three views that split the per-neuron sums between the rollup and the image rows (`warehouse.rollup.rollup_split`):
+``neuron_rollup_summed``, ``neuron_rollup_parts`` and ``neuron_stats_unrolled``. Each lists the
 committed Parquet files explicitly, so files of uncommitted batches are never read; a table with no files
 (also a table added to the schema after the warehouse was written) still has a view with the right columns and
 types (float16 columns read as FLOAT). A committed file that is missing or not of its recorded size makes
@@ -36,7 +36,7 @@ import duckdb
 
 from engine.errors import KneuronError
 from warehouse.manifest import FileRecord
-from warehouse.rollup import complete_partitions
+from warehouse.rollup import ROLLUP_VIEWS, rollup_split
 from warehouse.schema import TABLES, VIEW_EXTRA_COLUMNS, TableSpec, duckdb_type, spec_of
 from warehouse.store import Warehouse
 
@@ -130,8 +130,8 @@ def connect(root: str | os.PathLike[str] | Warehouse | None = None,
             files = [str(path) for path in warehouse.paths(name)]
             allowed.extend(files)
             con.execute(view_sql(spec, files))
-        for name, (table, files) in rollup_split(warehouse).items():
-            con.execute(view_sql(spec_of(table), files, name))
+        for name, entries in rollup_split(warehouse.batches).items():  # where per-neuron sums come from
+            con.execute(view_sql(spec_of(ROLLUP_VIEWS[name]), [str(warehouse.root / e.path) for e in entries], name))
     except duckdb.Error as exc:  # e.g. a file went away since the check: name it
         con.close()
         warehouse.check_files()
@@ -145,31 +145,8 @@ def connect(root: str | os.PathLike[str] | Warehouse | None = None,
 def _remote_views(warehouse: Warehouse) -> list[tuple[str, TableSpec, list[FileRecord]]]:
     """(view, spec, committed files) of every view `connect` makes, for a warehouse read from a URI."""
     views = [(name, spec, warehouse.committed_files(name)) for name, spec in TABLES.items()]
-    complete = complete_partitions(warehouse.batches)
-    for name, (table, rolled) in (("neuron_rollup_complete", ("neuron_rollup", True)),
-                                  ("neuron_stats_unrolled", ("neuron_stats", False))):
-        files = [entry for entry in warehouse.committed_files(table)
-                 if ((str(entry.partition.get("run_id")), str(entry.partition.get("concept"))) in complete) == rolled]
-        views.append((name, spec_of(table), files))
+    views += [(name, spec_of(ROLLUP_VIEWS[name]), files) for name, files in rollup_split(warehouse.batches).items()]
     return views
-
-
-def rollup_split(warehouse: Warehouse) -> dict[str, tuple[str, list[str]]]:
-    """The two views that let readers use the rollup where it is complete: view -> (table, absolute paths).
-
-    ``neuron_rollup_complete``: the ``neuron_rollup`` files of the (run, concept) partitions whose rollup covers
-    every ``neuron_stats`` batch (`warehouse.rollup.complete_partitions`); ``neuron_stats_unrolled``: the
-    ``neuron_stats`` files of all other partitions (old warehouses: all of them). Per-neuron sums are then the
-    rollup of the first plus the image rows of the second, and no image row of a complete partition is read.
-    """
-    complete = complete_partitions(warehouse.batches)
-
-    def files(table: str, rolled: bool) -> list[str]:
-        return [str(warehouse.root / entry.path) for entry in warehouse.committed_files(table)
-                if ((str(entry.partition.get("run_id")), str(entry.partition.get("concept"))) in complete) == rolled]
-
-    return {"neuron_rollup_complete": ("neuron_rollup", files("neuron_rollup", True)),
-            "neuron_stats_unrolled": ("neuron_stats", files("neuron_stats", False))}
 
 
 def _lock_down(con: duckdb.DuckDBPyConnection, readable_files: list[str]) -> None:

@@ -3,6 +3,7 @@
     rollup_rows(neuron_stats_rows)      # -> neuron_rollup rows: one per (run, concept, layer, unit)
     merge_rollups([rollup, rollup])     # -> the same rows summed (rollups of disjoint image sets add up)
     complete_partitions(records)        # -> {(run_id, concept)} whose rollup covers all their neuron_stats
+    rollup_split(records)               # -> the files of the three views readers sum neurons from
 
 The values are summed as the views read them: float16 as stored, ``d_mean`` = FLOAT(o_mean) − FLOAT(i_mean)
 as the ``neuron_stats`` view computes it, every value widened to float64. Every float16 value, and every
@@ -14,6 +15,10 @@ A (run, concept) partition's rollup is *complete* when every committed batch tha
 of it also holds its ``neuron_rollup`` rows (ingest writes both in one batch; `warehouse.compact` keeps or
 rebuilds them together). Warehouses written before the table existed have no rollup: their partitions are
 incomplete, and readers use the image rows (`warehouse.connect`: ``neuron_stats_unrolled``).
+
+Every rollup file holds one row per (run, concept, layer, unit) (the writer refuses duplicates: `TableSpec`
+``unique_sorted``), so a complete partition with a single rollup file — what `kneuron compact` leaves — already
+holds its per-neuron totals: readers take them as they are, without a GROUP BY (``neuron_rollup_summed``).
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from warehouse.manifest import BatchRecord
+from warehouse.manifest import BatchRecord, FileRecord
 from warehouse.schema import conform
 
 KEY = ["run_id", "concept", "layer", "unit"]
@@ -118,6 +123,33 @@ def complete_partitions(records: Iterable[BatchRecord]) -> set[tuple[str, str]]:
         with_stats |= stats
         incomplete |= stats - rolled
     return with_stats - incomplete
+
+
+#: the views `rollup_split` fills: name -> the table they show
+ROLLUP_VIEWS = {"neuron_rollup_summed": "neuron_rollup", "neuron_rollup_parts": "neuron_rollup",
+                "neuron_stats_unrolled": "neuron_stats"}
+
+
+def rollup_split(records: list[BatchRecord]) -> dict[str, list[FileRecord]]:
+    """The committed files behind the three views per-neuron sums are read from (`ROLLUP_VIEWS`), commit order.
+
+    ``neuron_rollup_summed``: the rollup file of each complete partition that has exactly one (its rows are the
+    partition's per-neuron totals); ``neuron_rollup_parts``: the rollup files of complete partitions with
+    several (per-batch sums, to be added up); ``neuron_stats_unrolled``: the image rows of every partition that
+    is not complete. No image row of a complete partition is listed.
+    """
+    complete = complete_partitions(records)
+    rollups = [e for r in records for e in r.files
+               if e.table == "neuron_rollup" and _partition(e.partition) in complete]
+    count: dict[tuple[str, str], int] = {}
+    for entry in rollups:
+        count[_partition(entry.partition)] = count.get(_partition(entry.partition), 0) + 1
+    return {
+        "neuron_rollup_summed": [e for e in rollups if count[_partition(e.partition)] == 1],
+        "neuron_rollup_parts": [e for e in rollups if count[_partition(e.partition)] > 1],
+        "neuron_stats_unrolled": [e for r in records for e in r.files
+                                  if e.table == "neuron_stats" and _partition(e.partition) not in complete],
+    }
 
 
 def _partition(values: dict[str, object]) -> tuple[str, str]:

@@ -53,6 +53,8 @@ class TableSpec:
     supersedable: ``(column, value)``: a committed row whose ``column`` holds ``value`` may be followed by a later
         row with the same key (a ``skipped`` sample recorded again once its image is fixed); the view shows
         one row per key: any row without that value, else the latest. None: keys are never committed twice.
+    unique_sorted: the rows of one file are unique on ``sort_by`` (within its partition): the writer refuses
+        duplicates (``neuron_rollup``: one row per neuron, so a single file's rows are per-neuron totals).
     """
 
     name: str
@@ -63,6 +65,7 @@ class TableSpec:
     key: tuple[str, ...] = ()
     key_per_row: bool = False
     supersedable: tuple[str, str] | None = None
+    unique_sorted: bool = False
 
     @property
     def columns(self) -> list[str]:
@@ -255,7 +258,7 @@ SET_CHOICES = TableSpec(
 # of their (float16-stored) d_max, d_mean, g_max, g_mean, added up in float64 — exact for up to 4096 images per
 # concept, since every float16 value (and every FLOAT d_mean of two of them) is a multiple of 2^-24 below 2^17.
 # Written in the same batch as the neuron_stats rows it sums; summing it over batches gives the per-neuron means
-# without reading the per-image rows (`warehouse.connect`: ``neuron_rollup_complete``).
+# without reading the per-image rows (`warehouse.rollup`).
 NEURON_ROLLUP = TableSpec(
     name="neuron_rollup",
     schema=pa.schema([
@@ -271,6 +274,7 @@ NEURON_ROLLUP = TableSpec(
     ]),
     partition_by=("run_id", "concept"),
     sort_by=("layer", "unit"),
+    unique_sorted=True,
 )
 
 TABLES: dict[str, TableSpec] = {

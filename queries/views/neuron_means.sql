@@ -4,19 +4,25 @@
 -- path of two_stage.sql computes from neuron_stats (avg of the value cast to DOUBLE), without reading the image
 -- rows where the rollup is complete.
 --
--- Where a (run, concept) has a complete rollup (neuron_rollup_complete: every neuron_stats batch of it carries
--- its neuron_rollup rows, as `kneuron ingest` writes them and `kneuron compact` keeps or rebuilds them), the
--- means are sum / count of the rollup's exact float64 sums; elsewhere (warehouses written before the rollup
--- existed, until `kneuron compact` backfills it) they are averaged from the image rows (neuron_stats_unrolled).
--- The rollup sums every neuron_stats row of its batch: ingest records rows only for ok identification images,
--- so both give the same numbers (to the last bit: the sums are exact up to 4096 images per concept).
+-- Where a (run, concept) has a complete rollup (every neuron_stats batch of it carries its neuron_rollup rows, as
+-- `kneuron ingest` writes them and `kneuron compact` keeps or rebuilds them), the means are sum / count of the
+-- rollup's exact float64 sums: taken as they are from a partition's single rollup file (neuron_rollup_summed:
+-- after `kneuron compact`, one row per neuron) or added up over its per-batch files (neuron_rollup_parts).
+-- Elsewhere (warehouses written before the rollup existed, until `kneuron compact` builds it) they are averaged
+-- from the image rows (neuron_stats_unrolled). The rollup sums every neuron_stats row of its batch: ingest
+-- records rows only for ok identification images, so both give the same numbers (to the last bit: the sums are
+-- exact up to 4096 images per concept).
 -- Columns: run_id, concept, layer, unit, n_images, mean_d_max, mean_d_mean, mean_g_max, mean_g_mean.
 CREATE OR REPLACE TEMP VIEW neuron_means AS
 WITH rolled AS (
+    SELECT run_id, concept, layer, unit, CAST(n_images AS BIGINT) AS n,
+           sum_d_max AS s_d_max, sum_d_mean AS s_d_mean, sum_g_max AS s_g_max, sum_g_mean AS s_g_mean
+    FROM neuron_rollup_summed
+    UNION ALL
     SELECT run_id, concept, layer, unit, CAST(sum(n_images) AS BIGINT) AS n,
            sum(sum_d_max) AS s_d_max, sum(sum_d_mean) AS s_d_mean,
            sum(sum_g_max) AS s_g_max, sum(sum_g_mean) AS s_g_mean
-    FROM neuron_rollup_complete
+    FROM neuron_rollup_parts
     GROUP BY run_id, concept, layer, unit
 ),
 ok_images AS (
