@@ -42,9 +42,9 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS or not importlib.util.find_spec(COMMANDS[name][0]):
             return None
-        from engine.threads import prepare_environment
+        from engine.threads import prepare_process
 
-        prepare_environment()  # before a command module imports torch: idle OpenMP workers sleep, not spin
+        prepare_process()  # before a command module imports torch: OpenMP waiting, collector start-up settings
         return importlib.import_module(COMMANDS[name][0]).command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

@@ -6,8 +6,10 @@ down far more than its share of the CPU: every parallel region ends at a barrier
 worker, a worker the scheduler has parked stalls all the others, and the others spin meanwhile, taking CPU from
 the very processes they wait for. Measured on 2 cores next to two CPU-burning processes: the demo's suppress
 step ran 28x slower than alone, where an equal split of the CPU would make it 2x (README, "Benchmarks").
-Small models (the bundled tiny MiniGPT-4) and token-by-token generation loops gain nothing from more threads
-even on an idle machine: their matrix products are too small to split.
+Small models (the bundled tiny MiniGPT-4) and token-by-token generation loops gain little from more threads:
+their matrix products are too small to split well. Measured on 2 cores: the demo took 38 s with 2 spinning
+threads and 45 s with one when the machine was idle, but 475 s against 59 s next to other jobs; one thread is
+the default for them, and ``--threads 2`` (with ``OMP_WAIT_POLICY=ACTIVE``) gives the idle-machine speed back.
 
 The policy (`choose`, applied once per command by ``cli/main.py`` through `applied`):
 
@@ -15,8 +17,9 @@ The policy (`choose`, applied once per command by ``cli/main.py`` through `appli
   set, else the CPUs this process may use (`available_cpus`: affinity mask and cgroup CPU quota). A count the
   user chose (either way) is *explicit* and used for everything.
 - **jobs** (`job`): without an explicit count, the work on a model with fewer than `SMALL_MODEL_PARAMS`
-  parameters (captioning loops, attribution passes, the BERTScore backbone) runs on one intra-op thread, and
-  larger models use the command's count. The count is restored after the job.
+  parameters (captioning loops, attribution passes, the BERTScore backbone; ``kneuron demo`` with a bundled
+  model as a whole) runs on one intra-op thread, and larger models use the command's count. The count is
+  restored after the job.
 - **torch inter-op threads**: 1 (kneuron launches no inter-op parallel work; the pool only adds idle threads).
 - **DuckDB**: ``SET threads`` on every connection ``queries.connect`` opens, read from `DUCKDB_THREADS_ENV`
   (storage cannot import this module; the environment carries the number).
@@ -24,6 +27,9 @@ The policy (`choose`, applied once per command by ``cli/main.py`` through `appli
 - **waiting** (`prepare_environment`, before torch is imported): ``OMP_WAIT_POLICY=PASSIVE`` (GNU and LLVM
   OpenMP: idle workers sleep instead of spinning) and ``KMP_BLOCKTIME=0`` (Intel OpenMP), only where the user
   has not set them.
+- **start-up** (`prepare_process`, with the waiting variables): Python's cyclic collector scans less often
+  while torch and transformers import, and skips its last scan at exit (a command that loads the tiny model:
+  4.3 s -> 2.9 s, ``benchmarks/test_bench_startup.py``).
 
 Thread counts do not change kneuron's numbers in practice (greedy captions, selected sets and scores of the demo
 are the same; see ``benchmarks/test_bench_demo.py``), but float reductions may round differently with another
@@ -134,6 +140,33 @@ def prepare_environment(environ: MutableMapping[str, str] | None = None) -> dict
         if name not in environ:
             environ[name] = changed[name] = value
     return changed
+
+
+#: young-generation threshold of Python's cyclic collector during a command (Python's default: 700)
+GC_YOUNG_THRESHOLD = 20_000
+_gc_prepared = False
+
+
+def prepare_process(environ: MutableMapping[str, str] | None = None) -> None:
+    """Once per command, before its modules import torch: `prepare_environment`, and how Python's cyclic
+    collector treats the ~400k objects torch and transformers create at import. Its young-generation threshold
+    becomes `GC_YOUNG_THRESHOLD` allocations (from 700, when the user has not changed it), so that the collector
+    does not scan the import's objects dozens of times (~0.8 s of a 3 s start-up), and at exit every object is
+    frozen (`gc.freeze`), so that the interpreter does not scan them once more just before the process ends
+    (~1 s). Reference counting still frees everything as before; only the collection of reference cycles
+    happens less often."""
+    import atexit
+    import gc
+
+    global _gc_prepared
+    prepare_environment(environ)
+    if _gc_prepared:
+        return
+    _gc_prepared = True
+    young, middle, old = gc.get_threshold()
+    if (young, middle, old) == (700, 10, 10):
+        gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+    atexit.register(gc.freeze)
 
 
 _applied: ThreadPolicy | None = None

@@ -411,3 +411,13 @@ def test_dai_selects_the_same_sets_as_the_per_layer_reference_on_the_bundled_mod
             chosen = [(layer, unit) for layer, unit, _ in refine(fast, budget)[0]]
             expected = [(layer, unit) for layer, unit, _ in refine(reference, budget)[0]]
             assert chosen == expected, (concept, budget)
+
+
+def test_dai_runs_under_no_grad(adapter, world):  # noqa: ANN001
+    images = [world.dataset.load_image(i) for i in world.ident["star"][:1]]
+    targets = two_targets(adapter)[:1]
+    expected = ig_attributions(adapter, images, targets, steps=4)
+    with torch.no_grad():  # a caller's no_grad does not cut the gradient the attribution needs
+        torch.testing.assert_close(ig_attributions(adapter, images, targets, steps=4), expected)
+        torch.testing.assert_close(ig_attributions(adapter, images, targets, steps=4, cached=False), expected,
+                                   rtol=1e-4, atol=1e-7)

@@ -107,6 +107,16 @@ def test_threads_option_reaches_duckdb_and_is_scoped_to_the_command(report_full:
     assert code == 2 and "--threads" in err
 
 
+def test_a_command_raises_the_young_gc_threshold_unless_the_user_set_one() -> None:
+    script = ("import gc, sys; {pre}from cli.main import main\ntry:\n    main(['ls', '--help'])\nexcept SystemExit:\n"
+              "    pass\nprint(gc.get_threshold())")
+    for pre, expected in (("", "(20000, 10, 10)"), ("gc.set_threshold(500, 5, 5); ", "(500, 5, 5)")):
+        result = subprocess.run([sys.executable, "-c", script.format(pre=pre)], capture_output=True, text=True,
+                                cwd=ROOT, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().splitlines()[-1] == expected
+
+
 def test_waiting_policy_is_set_before_torch_loads() -> None:
     """A fresh `kneuron` process: the command's module sees the variables set (torch not imported before)."""
     script = ("import os, sys; from cli.main import main; sys.argv = ['kneuron', '--threads', '2', 'world', '--help'];"

@@ -43,9 +43,10 @@ from engine.models.base import VLMAdapter
 from engine.record import Target, target_positions
 from engine.threads import job
 
-#: single-token rows per batch in the cached path; full-sequence rows are limited to about this many tokens x 32
-MAX_ROWS = 256
-_FULL_ROW_TOKENS = MAX_ROWS * 32
+#: single-token rows per batch in the cached path (small batches keep the rows' KV copies in cache: 64 rows ran
+#: faster than 256 on the 30-layer benchmark); full-sequence rows are limited to about 8192 tokens a batch
+MAX_ROWS = 64
+_FULL_ROW_TOKENS = 8192
 
 
 class _ReplaceAt:
@@ -116,14 +117,15 @@ def _probability_grads(adapter: VLMAdapter, run: Any, base: torch.Tensor, layer_
                        alpha: torch.Tensor, at: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
     """``d P(token | row) / d O^{layer_of[r]}[at[r]]`` per row ``[R, d_ff]``, the activation of that layer at
     ``at[r]`` set to ``alpha[r] * base[r]``; ``run()`` is the forward of the ``R`` rows (logits ``[R, T, V]``)."""
-    scaled = (alpha[:, None] * base).requires_grad_(True)
-    hooks = {}
-    for layer in torch.unique(layer_of).tolist():
-        rows = torch.nonzero(layer_of == layer).flatten()
-        hooks[int(layer)] = _ReplaceAt(rows, at[rows], scaled[rows])
-    handles = _hooked(adapter, hooks)
+    handles: list[Any] = []
     try:
-        with torch.enable_grad():
+        with torch.enable_grad():  # also when the caller runs under no_grad: the hooks index `scaled` in the graph
+            scaled = (alpha[:, None] * base).requires_grad_(True)
+            hooks = {}
+            for layer in torch.unique(layer_of).tolist():
+                rows = torch.nonzero(layer_of == layer).flatten()
+                hooks[int(layer)] = _ReplaceAt(rows, at[rows], scaled[rows])
+            handles = _hooked(adapter, hooks)
             logits = run()
             rows = torch.arange(len(at), device=at.device)
             prob = torch.softmax(logits[rows, at].float(), dim=-1)[rows, token]
@@ -181,8 +183,7 @@ def _ig_cached(adapter: VLMAdapter, embeds: torch.Tensor, at: int, token: int, s
     step = embeds[:, at:at + 1]
 
     def run_rows(n: int) -> Any:
-        rows_cache = copy.deepcopy(cache)
-        rows_cache.batch_repeat_interleave(n)
+        rows_cache = _repeated(cache, n)
         mask = torch.ones(n, at + 1, dtype=torch.long, device=device)
         return lm(inputs_embeds=step.expand(n, -1, -1), attention_mask=mask, use_cache=True,
                   **{cache_name: rows_cache}).logits
@@ -209,10 +210,27 @@ def _ig_cached(adapter: VLMAdapter, embeds: torch.Tensor, at: int, token: int, s
     return base * grads.view(adapter.n_layers, steps, -1).mean(dim=1)
 
 
+def _repeated(cache: Any, n: int) -> Any:
+    """A copy of a batch-1 KV cache for ``n`` rows: the layers' keys and values as zero-copy ``expand`` views
+    where the cache keeps them as ``layers[i].keys / .values`` (the attention's own concatenation of the new
+    token then makes each layer's one copy), else ``batch_repeat_interleave`` (copies)."""
+    rows = copy.deepcopy(cache)
+    layers = getattr(rows, "layers", None)
+    if isinstance(layers, list) and layers and all(isinstance(getattr(layer, "keys", None), torch.Tensor)
+                                                   and isinstance(getattr(layer, "values", None), torch.Tensor)
+                                                   for layer in layers):
+        for layer in layers:
+            layer.keys = layer.keys.expand(n, *layer.keys.shape[1:])
+            layer.values = layer.values.expand(n, *layer.values.shape[1:])
+        return rows
+    rows.batch_repeat_interleave(n)
+    return rows
+
+
 def _ig_full(adapter: VLMAdapter, images: Sequence[Image.Image], targets: Sequence[Target], steps: int,
              max_rows: int) -> torch.Tensor:
     """IG ``[n, L, d_ff]`` with full-sequence rows: every (image, layer, step) row scales its layer at its image's
-    target position; rows in batches of at most ``max_rows`` and about ``max_rows`` x 32 tokens."""
+    target position; rows in batches of at most ``max_rows`` rows and about 8192 tokens."""
     device = adapter.device
     tokens = [list(t.tokens) for t in targets]
     prepared = adapter.prepare(list(images), targets=tokens)
