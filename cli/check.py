@@ -9,7 +9,8 @@ import click
 @click.command("check")
 @click.option("--model", default="tiny-shapes-qformer", show_default=True, help="Bundled name or model folder.")
 @click.option("--world", "world_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="COCO-format world (default: the embedded world in ./kneuron-world, generated if missing).")
+              help="COCO-format world (default: the embedded world in ./kneuron-world; its --split generated if "
+                   "missing).")
 @click.option("--split", default="test", show_default=True)
 @click.option("--limit", type=int, default=None, help="Only the first N images.")
 @click.option("--device", default="cpu", show_default=True)
@@ -29,7 +30,7 @@ def command(model: str, world_dir: Path | None, split: str, limit: int | None, d
 
     if threads is not None:
         torch.set_num_threads(threads)
-    world = world_dir or ensure_world(default_world_path(), WorldConfig())
+    world = world_dir or ensure_world(default_world_path(), WorldConfig(), splits=(split,))  # only the split read
     adapter = load_model(model, device=device, log=click.echo)
     started = time.perf_counter()
     report = check_quality(adapter, world, split=split, limit=limit, batch_size=batch_size)

@@ -48,14 +48,8 @@ def activation_magnitude(adapter: VLMAdapter, images: Sequence[Image.Image], pos
         prepared = adapter.prepare(batch)
         at = prepared.positions(positions).to(adapter.device)
         hooks = [_AbsSum(at) for _ in range(adapter.n_layers)]
-        handles = [adapter.neuron_module(adapter.model, layer).register_forward_pre_hook(hook)
-                   for layer, hook in enumerate(hooks)]
-        try:
-            with torch.no_grad():
-                adapter.model(*prepared.args, **prepared.kwargs)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with adapter.neuron_hooks(dict(enumerate(hooks))), torch.no_grad():
+            adapter.model(*prepared.args, **prepared.kwargs)
         sums += np.stack([h.total.cpu().double().numpy() for h in hooks])  # type: ignore[union-attr]
         count += len(batch) * int(at.numel())
     return sums / max(count, 1)

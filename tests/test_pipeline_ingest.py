@@ -368,3 +368,29 @@ def test_resume_after_kill_9_gives_the_uninterrupted_tables(world: Path, tmp_pat
     files = {p.relative_to(killed).as_posix() for p in killed.rglob("*.parquet")}
     committed = {f.path for b in warehouse.Warehouse.open(killed).batches for f in b.files}
     assert files == committed
+
+
+def test_a_fresh_default_world_gets_only_the_split_ingest_reads(adapter, tmp_path: Path, monkeypatch) -> None:
+    """No --coco-root and no world at $KNEURON_WORLD: ingest generates the embedded world's split it reads (test),
+    not train and val; a rerun generates nothing; a later run on another split adds that split."""
+    from dataclasses import asdict
+    from functools import partial
+
+    import engine.data.world as world_module
+    from engine.data.world import read_world_manifest, world_splits
+
+    small = WorldConfig(seed=1, image_size=32, n_train=5, n_val=3, n_test=20)  # the default, smaller
+    monkeypatch.setattr(world_module, "WorldConfig", partial(WorldConfig, **asdict(small)))
+    root = tmp_path / "w"
+    monkeypatch.setenv("KNEURON_WORLD", str(root))
+    run = IngestConfig(concepts=("star",), images_per_concept=1, warehouse=str(tmp_path / "wh"), progress=False)
+    notes: list[str] = []
+    assert run_ingest(run, adapter=adapter, log=notes.append).recorded == 1
+    assert sorted(p.name for p in root.iterdir()) == ["annotations", "test", "world.json"]
+    assert world_splits(read_world_manifest(root)) == ("test",)
+    assert [n for n in notes if "generating" in n] == [f"generating the embedded world's test split into {root} (once)"]
+    notes.clear()
+    assert run_ingest(run, adapter=adapter, log=notes.append).already_done == 1
+    assert not [n for n in notes if "generating" in n]
+    assert ingest_plan.open_dataset(IngestConfig(split="val")).split == "val"
+    assert world_splits(read_world_manifest(root)) == ("val", "test") and not (root / "train").exists()

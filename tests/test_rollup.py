@@ -1,13 +1,14 @@
 """The ``neuron_rollup`` table and the ``neuron_means`` view: on random warehouses (hypothesis), the view's means are
 exactly the per-image aggregation that two_stage.sql's mean path computes, whether a partition's rollup is
-complete, partial or missing (old warehouses), before and after `kneuron compact`; and two_stage.sql with its mean
-path switched to the view (`SWITCHED_NEURONS`, the edit handed to the owner of two_stage.sql) selects the same
-sets as it does from the image rows."""
+complete, partial or missing (old warehouses), before and after `kneuron compact`; and two_stage.sql (whose mean
+path reads the view) selects the same sets from a warehouse's rollup as from its image rows alone (the same
+warehouse with its rollup views emptied, so that ``neuron_means`` averages the image rows)."""
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -38,43 +39,20 @@ FROM neuron_stats AS s SEMI JOIN ok_images AS o
 GROUP BY ALL ORDER BY ALL
 """
 
-# ---------------------------------------------------------------------------------------------- the edit
-#: two_stage.sql's `neurons` CTE as it reads the image rows ...
-ORIGINAL_NEURONS = """neurons AS (
-    SELECT concept, layer, unit, count(*) AS n_img, avg(v_a) AS mean_a, avg(v_g) AS mean_g
-    FROM per_image AS p
-    ANTI JOIN excluded AS x ON x.layer = p.layer AND x.unit = p.unit
-    GROUP BY concept, layer, unit
-),"""
-#: ... and switched to neuron_means for `aggregate = mean` (share keeps reading the image rows)
-SWITCHED_NEURONS = """neurons AS (
-    SELECT concept, layer, unit, n_img, mean_a, mean_g
-    FROM (SELECT concept, layer, unit, count(*) AS n_img, avg(v_a) AS mean_a, avg(v_g) AS mean_g
-          FROM per_image
-          WHERE $aggregate <> 'mean'
-          GROUP BY concept, layer, unit
-          UNION ALL
-          SELECT m.concept, m.layer, m.unit, m.n_images AS n_img,
-                 CASE WHEN $reduce = 'max' THEN m.mean_d_max ELSE m.mean_d_mean END AS mean_a,
-                 CASE WHEN $reduce = 'max' THEN m.mean_g_max ELSE m.mean_g_mean END AS mean_g
-          FROM neuron_means AS m
-          WHERE $aggregate = 'mean' AND m.run_id = $run_id
-            AND ($s_kind <> 'none' OR len(CAST($concepts AS VARCHAR[])) = 0
-                 OR m.concept IN (SELECT concept FROM selected_concepts))) AS p
-    ANTI JOIN excluded AS x ON x.layer = p.layer AND x.unit = p.unit
-),"""
-
-
+# ---------------------------------------------------------------------------------------------- the switch
 def switched_two_stage() -> str:
-    """two_stage.sql with the mean path reading neuron_means (as it is, once the edit is applied)."""
-    sql = queries.load("two_stage")
-    if SWITCHED_NEURONS in sql:
-        return sql
-    if ORIGINAL_NEURONS not in sql:
-        pytest.skip("two_stage.sql's neurons CTE changed: update ORIGINAL_NEURONS / SWITCHED_NEURONS")
-    if "$s_kind" not in sql:  # before the specificity stage: no $s_kind parameter
-        return sql.replace(ORIGINAL_NEURONS, SWITCHED_NEURONS.replace("$s_kind <> 'none' OR ", ""))
-    return sql.replace(ORIGINAL_NEURONS, SWITCHED_NEURONS)
+    """two_stage.sql as it is: the switch of its mean path to ``neuron_means`` now lives in the file itself (kept
+    for benchmarks/test_bench_rollup.py, which still imports it)."""
+    return queries.load("two_stage")
+
+
+def without_rollup(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """``con`` with its rollup views replaced by the stand-ins of a warehouse without a rollup
+    (`queries.ROLLUP_STAND_INS`: no rollup rows, every image row unrolled), so ``neuron_means`` averages the
+    image rows."""
+    for view, select in queries.ROLLUP_STAND_INS.items():
+        con.execute(f"CREATE OR REPLACE VIEW {view} AS {select}")
+    return con
 
 
 # ---------------------------------------------------------------------------------------------- random warehouses
@@ -184,21 +162,23 @@ SELECTIONS = [
 
 
 @pytest.mark.parametrize("config", SELECTIONS, ids=lambda c: f"{c.aggregate}-{c.reduce}-{c.stage1.kind}")
-def test_two_stage_switched_to_the_rollup_selects_the_same_sets(tmp_path: Path, monkeypatch, config) -> None:
+def test_two_stage_selects_the_same_sets_from_the_rollup_as_from_the_image_rows(tmp_path: Path, config) -> None:
     world = {"seed": 5, "plan": [("dog", ["ok"] * 6 + ["skipped"], 3, [True, False, True] + [True] * 5, 2),
                                  ("cat", ["ok", "skipped", "ok", "ok"], 2, [False] * 8, 1),
                                  ("traffic light", ["ok"] * 5, 2, [True] * 8, 0)]}
     root = tmp_path / "wh"
     write_world(root, world, strays=True)
-    original = run_selection(queries.connect(root), config)
-    switched_sql = switched_two_stage()
-    real_load = queries.load
-    monkeypatch.setattr(queries, "load", lambda name: switched_sql if name == "two_stage" else real_load(name))
-    switched = run_selection(queries.connect(root), config)
-    assert switched.summary.equals(original.summary)
+    rows_con = without_rollup(queries.connect(root))
+    assert rows_con.sql("SELECT count(*) FROM neuron_rollup_parts").fetchall() == [(0,)]
+    assert rows_con.sql("SELECT * FROM neuron_means ORDER BY ALL").fetchall() == rows_con.sql(PER_IMAGE).fetchall()
+    rolled_con = queries.connect(root)
+    assert rolled_con.sql("SELECT count(*) FROM neuron_rollup_parts").fetchall() != [(0,)]  # the rollup is read
+    from_rows = run_selection(rows_con, config)
+    from_rollup = run_selection(rolled_con, config)
+    assert from_rollup.summary.equals(from_rows.summary)
     drop = ["created_at"]
-    assert switched.neuron_sets.drop_columns(drop).equals(original.neuron_sets.drop_columns(drop))
-    assert original.summary.num_rows > 0
+    assert from_rollup.neuron_sets.drop_columns(drop).equals(from_rows.neuron_sets.drop_columns(drop))
+    assert from_rows.summary.num_rows > 0
 
 
 @settings(max_examples=40, deadline=None)

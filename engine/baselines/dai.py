@@ -87,22 +87,11 @@ class _LMCall:
         raise _Stop
 
 
-def _hooked(adapter: VLMAdapter, hooks: dict[int, Any], root: Any = None) -> list[Any]:
-    """Register ``hooks[layer]`` as forward pre-hooks on the layers' ``down_proj``; the handles."""
-    root = adapter.model if root is None else root
-    return [adapter.neuron_module(root, layer).register_forward_pre_hook(hook) for layer, hook in hooks.items()]
-
-
 def _activations_at(adapter: VLMAdapter, prepared: Any, rows: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
     """``[B, L, d_ff]`` unmodified activations at each row's target position."""
     captures = {layer: _Capture(rows, at) for layer in range(adapter.n_layers)}
-    handles = _hooked(adapter, captures)
-    try:
-        with torch.no_grad():
-            adapter.model(*prepared.args, **prepared.kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with adapter.neuron_hooks(captures), torch.no_grad():
+        adapter.model(*prepared.args, **prepared.kwargs)
     return torch.stack([captures[layer].value for layer in range(adapter.n_layers)], dim=1)  # type: ignore[misc]
 
 
@@ -117,22 +106,17 @@ def _probability_grads(adapter: VLMAdapter, run: Any, base: torch.Tensor, layer_
                        alpha: torch.Tensor, at: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
     """``d P(token | row) / d O^{layer_of[r]}[at[r]]`` per row ``[R, d_ff]``, the activation of that layer at
     ``at[r]`` set to ``alpha[r] * base[r]``; ``run()`` is the forward of the ``R`` rows (logits ``[R, T, V]``)."""
-    handles: list[Any] = []
-    try:
-        with torch.enable_grad():  # also when the caller runs under no_grad: the hooks index `scaled` in the graph
-            scaled = (alpha[:, None] * base).requires_grad_(True)
-            hooks = {}
-            for layer in torch.unique(layer_of).tolist():
-                rows = torch.nonzero(layer_of == layer).flatten()
-                hooks[int(layer)] = _ReplaceAt(rows, at[rows], scaled[rows])
-            handles = _hooked(adapter, hooks)
+    with torch.enable_grad():  # also when the caller runs under no_grad: the hooks index `scaled` in the graph
+        scaled = (alpha[:, None] * base).requires_grad_(True)
+        hooks = {}
+        for layer in torch.unique(layer_of).tolist():
+            rows = torch.nonzero(layer_of == layer).flatten()
+            hooks[int(layer)] = _ReplaceAt(rows, at[rows], scaled[rows])
+        with adapter.neuron_hooks(hooks):
             logits = run()
             rows = torch.arange(len(at), device=at.device)
             prob = torch.softmax(logits[rows, at].float(), dim=-1)[rows, token]
             (grad,) = torch.autograd.grad(prob.sum(), scaled)
-    finally:
-        for handle in handles:
-            handle.remove()
     return grad
 
 
@@ -190,13 +174,8 @@ def _ig_cached(adapter: VLMAdapter, embeds: torch.Tensor, at: int, token: int, s
 
     captures = {layer: _Capture(torch.zeros(1, dtype=torch.long, device=device),
                                 torch.zeros(1, dtype=torch.long, device=device)) for layer in range(adapter.n_layers)}
-    handles = _hooked(adapter, captures)
-    try:
-        with torch.no_grad():
-            run_rows(1)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with adapter.neuron_hooks(captures), torch.no_grad():
+        run_rows(1)
     base = torch.cat([captures[layer].value for layer in range(adapter.n_layers)])  # type: ignore[misc]  # [L, d_ff]
     layer_of, alpha = _row_plan(adapter.n_layers, steps, device)
     grads = torch.empty(len(layer_of), adapter.d_ff, device=device)

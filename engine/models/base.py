@@ -12,7 +12,8 @@ module structure (`engine.models.ffn_site`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -114,6 +115,18 @@ class VLMAdapter(ABC):
     def neuron_module(self, root: Any, layer: int) -> Any:
         """The ``down_proj`` module of ``layer``; its input is the neuron activation ``O^l``."""
         return self.decoder_layers(root)[layer].mlp.down_proj
+
+    @contextmanager
+    def neuron_hooks(self, hooks: Mapping[int, Callable[..., Any]]) -> Iterator[None]:
+        """``hooks[layer]`` registered as forward pre-hooks on the layers' ``down_proj`` (the neuron site: a hook
+        sees ``(module, (O^l, ...))`` and may return replaced inputs) for the ``with`` block, removed on exit."""
+        handles = [self.neuron_module(self.model, layer).register_forward_pre_hook(hook)
+                   for layer, hook in hooks.items()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     @property
     def language_model(self) -> nn.Module:

@@ -30,7 +30,6 @@ one chunk (`ingest_chunk`: images -> rows -> one committed batch) are shared wit
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import warehouse
@@ -38,11 +37,10 @@ from engine.models import load_model, resolve_device
 from engine.models.base import VLMAdapter
 from engine.pipelines.ingest_chunk import ChunkInputs, chunk_result, commit_chunk, record_chunk
 from engine.pipelines.ingest_config import IngestConfig
-from engine.pipelines.ingest_plan import build_inpainter, open_dataset, resolve_concepts
+from engine.pipelines.ingest_plan import build_inpainter
 from engine.pipelines.ingest_start import (
     IngestSummary,
-    check_config,
-    finish,
+    begin_run,
     model_head,
     plan_run,
     stored_image_digests,
@@ -64,25 +62,16 @@ def run_ingest(config: IngestConfig, adapter: VLMAdapter | None = None, log: Log
     ``log``: where one-line notes and progress lines go (e.g. ``click.echo`` to stderr); notes are also in the
     summary.
     """
-    check_config(config)
-    started = time.perf_counter()
-    notes: list[str] = []
-
-    def note(message: str) -> None:
-        notes.append(message)
-        if log:
-            log(message)
-
-    dataset = open_dataset(config, log=note)
-    concepts, automatic = resolve_concepts(dataset, config)
+    start = begin_run(config, log)
+    dataset = start.dataset
     device = resolve_device(config.device) if adapter is None else str(adapter.device)
     with warehouse.Warehouse.open(config.warehouse, create=True) as wh:  # a second writer fails here, at once
         if adapter is None:
             adapter = load_model(config.model, device=device, dtype=None if config.dtype == "auto" else config.dtype,
                                  log=log if config.progress else None)
         inpainter = build_inpainter(config, device)
-        head = model_head(adapter, dataset, concepts, automatic, config, inpainter, device)
-        plan = plan_run(wh, head, dataset, config, note)
+        head = model_head(adapter, dataset, start.concepts, start.automatic, config, inpainter, device)
+        plan = plan_run(wh, head, dataset, config, start.note)
         inputs = ChunkInputs(config, dataset, adapter, inpainter, head.concept_ids, head.prefix_ids, plan.run_id)
         progress = Progress(plan.pending_pairs, plan.label(), log if (log and config.progress) else (lambda _: None))
         try:
@@ -90,4 +79,4 @@ def run_ingest(config: IngestConfig, adapter: VLMAdapter | None = None, log: Log
                 commit_chunk(wh, plan, chunk_result(inputs, index, concept, ids), progress.advance)
         finally:
             progress.close()
-    return finish(plan.summary, notes, started)
+    return start.finish(plan.summary)

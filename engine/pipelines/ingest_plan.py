@@ -34,17 +34,18 @@ class PairInput:
 
 # ---------------------------------------------------------------------------------------------- inputs
 def open_dataset(config: IngestConfig, log: Log | None = None) -> CocoDataset:
-    """The COCO split to read; the embedded world is generated first when it is the default and missing."""
+    """The COCO split to read; with the embedded world (the default), its split ``config.split`` is generated
+    first when missing (only that split: the others are added when a later run reads them)."""
     if config.coco_root is not None:
         return CocoDataset(Path(config.coco_root).expanduser(), config.split)
-    from engine.data.world import WorldConfig, default_world_path, ensure_world, read_world_manifest
+    from engine.data.world import WorldConfig, default_world_path, ensure_world, read_world_manifest, world_splits
 
     root = default_world_path()
     manifest = read_world_manifest(root)
     if not (manifest and manifest.get("complete")):
-        if log:
-            log(f"generating the embedded world into {root} (once)")
-        ensure_world(root, WorldConfig())
+        if log and config.split not in world_splits(manifest):
+            log(f"generating the embedded world's {config.split} split into {root} (once)")
+        ensure_world(root, WorldConfig(), splits=(config.split,))
     return CocoDataset(root, config.split)
 
 

@@ -28,7 +28,6 @@ import math
 import os
 import pickle
 import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,9 +37,8 @@ import warehouse
 from engine.errors import KneuronError
 from engine.pipelines.ingest_chunk import ChunkResult, commit_chunk
 from engine.pipelines.ingest_config import IngestConfig
-from engine.pipelines.ingest_plan import open_dataset, resolve_concepts
 from engine.pipelines.ingest_ray_workers import DatasetSource, PrepareTask, Recorder, probe_model
-from engine.pipelines.ingest_start import IngestSummary, ModelHead, RunPlan, check_config, finish, plan_run
+from engine.pipelines.ingest_start import IngestSummary, ModelHead, RunPlan, begin_run, plan_run
 from engine.progress import Progress
 
 Log = Callable[[str], None]
@@ -122,18 +120,9 @@ def worker_shape(total_cpus: float, total_gpus: float, options: RayOptions, devi
 def run_ingest_ray(config: IngestConfig, options: RayOptions = RayOptions(), log: Log | None = None) -> IngestSummary:
     """Ingest ``config`` on Ray (see the module docstring); the same run and rows as `run_ingest`."""
     ray = import_ray()
-    check_config(config)
     options.validate()
-    started = time.perf_counter()
-    notes: list[str] = []
-
-    def note(message: str) -> None:
-        notes.append(message)
-        if log:
-            log(message)
-
-    dataset = open_dataset(config, log=note)
-    concepts, automatic = resolve_concepts(dataset, config)
+    start = begin_run(config, log)
+    dataset = start.dataset
     source = DatasetSource(str(dataset.root.resolve()), dataset.split)
     remote_config = worker_config(config)
     if options.address not in (None, "auto") and not ray.is_initialized():
@@ -143,8 +132,8 @@ def run_ingest_ray(config: IngestConfig, options: RayOptions = RayOptions(), log
             resources = ray.cluster_resources()
             shape = worker_shape(float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), options,
                                  config.device)
-            head = probe(ray, remote_config, source, concepts, automatic, shape)
-            plan = plan_run(wh, head, dataset, config, note)
+            head = probe(ray, remote_config, source, start.concepts, start.automatic, shape)
+            plan = plan_run(wh, head, dataset, config, start.note)
             progress = Progress(plan.pending_pairs, f"{plan.label()} on Ray, {shape.describe()}",
                                 log if (log and config.progress) else (lambda _: None))
             try:
@@ -152,7 +141,7 @@ def run_ingest_ray(config: IngestConfig, options: RayOptions = RayOptions(), log
                     commit_chunk(wh, plan, result, progress.advance)
             finally:
                 progress.close()
-    return finish(plan.summary, notes, started)
+    return start.finish(plan.summary)
 
 
 def import_ray() -> Any:

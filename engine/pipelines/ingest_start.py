@@ -1,6 +1,8 @@
-"""The start of an ingest run, shared by both engines: what the run needs from its model (`ModelHead`, made where
-the model is loaded: in the driver for ``--engine local``, in a Ray worker for ``--engine ray``), and the plan of
-the run against the warehouse (`plan_run`: new run or resume, the splits, the chunks still to record).
+"""The start of an ingest run, shared by both engines: the prologue before the warehouse is opened (`begin_run`:
+the options checked, the notes, the dataset and its concepts, the clock), what the run needs from its model
+(`ModelHead`, made where the model is loaded: in the driver for ``--engine local``, in a Ray worker for
+``--engine ray``), and the plan of the run against the warehouse (`plan_run`: new run or resume, the splits, the
+chunks still to record).
 
 The plan is deterministic: chunks are ``batch_size`` identification images of one concept, in concept order and
 ascending image ids, minus the pairs already committed. So any engine, uninterrupted or resumed, in any commit
@@ -30,7 +32,13 @@ from engine.pipelines.ingest_identity import (
     run_identity,
     runs_row,
 )
-from engine.pipelines.ingest_plan import concept_token_ids, plan_splits, stored_splits
+from engine.pipelines.ingest_plan import (
+    concept_token_ids,
+    open_dataset,
+    plan_splits,
+    resolve_concepts,
+    stored_splits,
+)
 
 Log = Callable[[str], None]
 
@@ -92,6 +100,46 @@ def check_config(config: IngestConfig) -> None:
     config.validate()
     if config.run_id is not None and not warehouse.valid_run_id(config.run_id):
         raise KneuronError(f"bad --run-id {config.run_id!r}: use 1-128 of A-Z a-z 0-9 _ . - (starting alphanumeric)")
+
+
+@dataclass
+class RunStart:
+    """The prologue of a run, before the warehouse is opened (`begin_run`).
+
+    notes / note: the run's one-line notes and the function that records one (and passes it to ``log``);
+    dataset: the COCO split read; concepts / automatic: the concepts to ingest and whether they were chosen
+    automatically (`resolve_concepts`); started: `time.perf_counter` when the run started.
+    """
+
+    notes: list[str]
+    note: Log
+    dataset: CocoDataset
+    concepts: list[str]
+    automatic: bool
+    started: float
+
+    def finish(self, summary: IngestSummary) -> IngestSummary:
+        """``summary`` with the notes and the wall time of the finished run filled in."""
+        summary.notes = self.notes
+        summary.seconds = time.perf_counter() - self.started
+        return summary
+
+
+def begin_run(config: IngestConfig, log: Log | None = None) -> RunStart:
+    """Start a run of ``config``: check its options (`check_config`), then open its dataset (generating the
+    embedded world when it is the default and missing) and resolve its concepts; notes go to ``log`` too."""
+    check_config(config)
+    started = time.perf_counter()
+    notes: list[str] = []
+
+    def note(message: str) -> None:
+        notes.append(message)
+        if log:
+            log(message)
+
+    dataset = open_dataset(config, log=note)
+    concepts, automatic = resolve_concepts(dataset, config)
+    return RunStart(notes, note, dataset, concepts, automatic, started)
 
 
 def model_head(adapter: VLMAdapter, dataset: CocoDataset, concepts: list[str], automatic: bool,
@@ -197,9 +245,3 @@ def stored_image_digests(wh: warehouse.Warehouse, run_id: str) -> dict[str, str]
     digests = json.loads(rows[0]["config_json"]).get("image_digests", {}) if rows else {}
     return {str(k): str(v) for k, v in digests.items()}
 
-
-def finish(summary: IngestSummary, notes: list[str], started: float) -> IngestSummary:
-    """Fill in the notes and the wall time of a finished run."""
-    summary.notes = notes
-    summary.seconds = time.perf_counter() - started
-    return summary
