@@ -6,9 +6,9 @@ Values: Gaussian noise plus a few "hot" neurons per concept (stage 1: 1 in 40, s
 exist. Three timings of the default selection (`SelectionConfig()`: d_max/g_max, mean over images, knee rule on
 both stages), which must select the same sets:
 
-- ``rows``: two_stage.sql as it is, reading every image row of ``neuron_stats``;
-- ``rollup``: two_stage.sql with its mean path switched to ``neuron_means`` (`tests.test_rollup.SWITCHED_NEURONS`,
-  applied to a copy in memory), reading the per-batch rollup as ingest left it (images / 8 rows per neuron);
+- ``rows``: on a connection whose rollup views are the stand-ins of a warehouse without a rollup
+  (`tests.test_rollup.without_rollup`), so ``neuron_means`` averages every image row of ``neuron_stats``;
+- ``rollup``: as `kneuron select` runs, reading the per-batch rollup as ingest left it (images / 8 rows per neuron);
 - ``compacted``: the same after ``kneuron compact --target-rows <one batch>``, which sums each concept's rollup
   into one row per neuron and keeps the image files as they are; also the two-stage query alone (``kneuron
   select`` runs it three times: the two-stage sets and the stage1_only / stage2_only baselines at |N_k|).
@@ -36,7 +36,7 @@ import queries
 from engine.pipelines.select import select_sets
 from queries.selection import SelectionConfig, run_selection
 from tests.helpers.warehouse_rows import run_row
-from tests.test_rollup import switched_two_stage
+from tests.test_rollup import without_rollup
 from warehouse import Warehouse, rollup_rows
 from warehouse.compact import compact
 
@@ -93,12 +93,13 @@ def build(root: Path) -> None:
     (root / "done").write_text("1")
 
 
-def select(root: Path, switched: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[float, list]:
-    """Seconds of `kneuron select` (`select_sets`, default config: two-stage + baselines) and its sets."""
+def select(root: Path, rollup: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[float, list]:
+    """Seconds of `kneuron select` (`select_sets`, default config: two-stage + baselines) and its sets; without
+    ``rollup``, on connections that average the image rows."""
     monkeypatch.undo()
-    if switched:
-        sql, real = switched_two_stage(), queries.load
-        monkeypatch.setattr(queries, "load", lambda name: sql if name == "two_stage" else real(name))
+    if not rollup:
+        real = queries.connect
+        monkeypatch.setattr(queries, "connect", lambda *args, **kwargs: without_rollup(real(*args, **kwargs)))
     started = time.perf_counter()
     result = select_sets(root, SelectionConfig(run_id=RUN))
     seconds = time.perf_counter() - started
@@ -135,12 +136,9 @@ def test_bench_select_with_the_rollup(benchmark, tmp_path_factory, monkeypatch) 
 
     benchmark.pedantic(compacted, rounds=1, iterations=1)
     compacted_s = float(result["seconds"])  # type: ignore[arg-type]
-    sql, real = switched_two_stage(), queries.load  # the two-stage query alone (kneuron select runs it 3 times)
-    monkeypatch.setattr(queries, "load", lambda name: sql if name == "two_stage" else real(name))
-    started = time.perf_counter()
+    started = time.perf_counter()  # the two-stage query alone (kneuron select runs it 3 times)
     run_selection(queries.connect(root), SelectionConfig(run_id=RUN, baselines=False))
     two_stage_s = time.perf_counter() - started
-    monkeypatch.undo()
     assert rows_sets == rollup_sets == result["sets"] and rows_sets
     info = {"concepts": N_CONCEPTS, "images": N_IMAGES, "layers": N_LAYERS, "units": N_UNITS,
             "neuron_stats_rows": N_CONCEPTS * N_IMAGES * N_LAYERS * N_UNITS,

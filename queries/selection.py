@@ -139,12 +139,16 @@ class ThresholdSpec:
         return {"kind": self.kind, "value": int(value) if self.kind == "budget" else float(value)}
 
     def bind(self, prefix: str) -> dict[str, Any]:
-        """Query parameters ``{prefix}_kind``, ``{prefix}_value``, ``{prefix}_concepts``, ``{prefix}_values``."""
+        """Query parameters ``{prefix}_kind``, ``{prefix}_value``, ``{prefix}_concepts``, ``{prefix}_values`` and
+        ``{prefix}_budget_max`` (the largest budget of any concept, 0 unless the kind is ``budget``: two_stage.sql
+        picks its top-n plan with it)."""
+        budgets = [v for v in [self.value, *(v for _, v in self.pairs)] if v is not None]
         return {
             f"{prefix}_kind": self.kind,
             f"{prefix}_value": None if self.value is None else float(self.value),
             f"{prefix}_concepts": [c for c, _ in self.pairs],
             f"{prefix}_values": [float(v) for _, v in self.pairs],
+            f"{prefix}_budget_max": int(max(budgets, default=0)) if self.kind == "budget" else 0,
         }
 
 

@@ -262,6 +262,68 @@ def test_knee_rule_finds_the_head_of_a_heavy_tail():
     assert sorted(table.column("unit").to_pylist()) == list(range(10))
 
 
+@pytest.mark.parametrize("aggregate", ["mean", "share"])
+@pytest.mark.parametrize("stage1,stage2", [
+    (ThresholdSpec("auto"), ThresholdSpec("auto")),
+    (ThresholdSpec("budget", 7), ThresholdSpec("none")),
+    (ThresholdSpec("none"), ThresholdSpec("budget", 0, {"dog": 3, "it's": 40, "traffic light": 0})),
+    (ThresholdSpec("budget", 50), ThresholdSpec("budget", 5)),
+])
+def test_ties_give_the_reference_sets(aggregate, stage1, stage2):
+    """Values on a coarse grid tie many means (and shares): the knee and the budgets (order: score, mean, layer,
+    unit) still pick exactly the reference's neurons."""
+    stats, samples = make_world(seed=11)
+    for column in STAT_COLUMNS:
+        stats[column] = (stats[column] * 2).round() / 2
+    config = SelectionConfig(run_id="r1", stage1=stage1, stage2=stage2, aggregate=aggregate, min_share=0.5)
+    ref = reference_selection(stats, samples, "r1", config, stage1, stage2)
+    assert_same(sql_selection(connect(stats, samples), config, "r1", stage1, stage2), ref)
+    assert any(entry["neurons"] for entry in ref.values())
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "share"])
+def test_budgets_beyond_the_top_n_aggregate_fall_back_exactly(world, aggregate):
+    """DuckDB's top-n aggregate takes n < 10^6; a larger budget takes the sorted-list and window plan: every neuron
+    passes and the threshold is the smallest mean, as in the reference."""
+    stats, samples, con = world
+    big = ThresholdSpec("budget", 0, {"dog": 1_000_000, "it's": 3})
+    for stage1, stage2 in ((big, ThresholdSpec("none")), (ThresholdSpec("none"), big)):
+        config = SelectionConfig(run_id="r1", aggregate=aggregate)
+        ref = reference_selection(stats, samples, "r1", config, stage1, stage2)
+        sql = sql_selection(con, config, "r1", stage1, stage2)
+        assert_same(sql, ref)
+        assert sql["it's"]["n_selected"] == 3 and sql["dog"]["n_selected"] == sql["dog"]["n_candidates"] > 100
+
+
+def neuron_windows(con, config: SelectionConfig, stage1: ThresholdSpec, stage2: ThresholdSpec) -> list[str]:
+    """The window functions over neurons (ordered by layer and unit) in DuckDB's plan of two_stage.sql."""
+    sql = queries.load("two_stage")
+    queries.install_views(con)
+    params = queries.bind(sql, query_params(config, "r1", [], stage1, stage2))
+    found: list[str] = []
+
+    def walk(node: dict) -> None:
+        if "WINDOW" in str(node.get("name")) and "layer" in json.dumps(node.get("extra_info")):
+            found.append(json.dumps(node.get("extra_info")))
+        for child in node.get("children", []):
+            walk(child)
+
+    for node in json.loads(con.sql("EXPLAIN (FORMAT JSON) " + sql, params=params).fetchall()[0][1]):
+        walk(node)
+    return found
+
+
+def test_default_and_baseline_plans_sort_no_neuron_table(world):
+    """The knee and the budgets below 10^6 need no window over the neurons (a sort of every neuron: the cost that
+    dominated selection at 7B scale); the fallback for larger budgets has one, so the check can fail."""
+    _, _, con = world
+    config = SelectionConfig(run_id="r1")
+    budget, off = ThresholdSpec("budget", 0, {"dog": 5}), ThresholdSpec("none")
+    for stage1, stage2 in ((config.stage1, config.stage2), (budget, off), (off, budget)):
+        assert neuron_windows(con, config, stage1, stage2) == [], (stage1, stage2)
+    assert len(neuron_windows(con, config, ThresholdSpec("budget", 2_000_000), off)) == 1
+
+
 def test_per_concept_threshold_overrides(world):
     stats, samples, con = world
     stage1 = ThresholdSpec("absolute", 0.5, {"dog": 2.0})

@@ -40,12 +40,6 @@ GROUP BY ALL ORDER BY ALL
 """
 
 # ---------------------------------------------------------------------------------------------- the switch
-def switched_two_stage() -> str:
-    """two_stage.sql as it is: the switch of its mean path to ``neuron_means`` now lives in the file itself (kept
-    for benchmarks/test_bench_rollup.py, which still imports it)."""
-    return queries.load("two_stage")
-
-
 def without_rollup(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     """``con`` with its rollup views replaced by the stand-ins of a warehouse without a rollup
     (`queries.ROLLUP_STAND_INS`: no rollup rows, every image row unrolled), so ``neuron_means`` averages the
