@@ -2,6 +2,8 @@
 identity that enters the eval id."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from engine.errors import KneuronError
@@ -109,3 +111,20 @@ def test_budgets_and_new_selection_keys_are_read_and_hashed_only_when_set(tmp_pa
     assert config.identity()["budgets"] == [8, 1, 2]
     assert "budgets" not in EvalConfig().identity() and "budgets" not in EvalConfig(budgets=()).identity()
     assert EvalConfig(fragility_images=8).identity() == EvalConfig().identity()  # checks, does not change results
+
+
+SHIPPED_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_builds_its_baselines(path):
+    """The configs README's numbers came from stay valid: they parse, and every baseline they name builds with its
+    options (an unknown option is an error)."""
+    import engine.baselines  # noqa: F401  (registers the baselines)
+    from engine.baselines.base import BASELINES
+
+    config = load_config(path)
+    assert config.methods
+    for method, options in config.baseline_options.items():
+        assert method in config.methods
+        BASELINES[method](**options)

