@@ -364,15 +364,23 @@ final_set AS (
     FROM g_passed
     WHERE in_c AND in_n AND (in_s OR $s_scope <> 'final')
 ),
+-- |C_k| and |C_k ∩ S_k|: g_pool holds every candidate unless S_k restricts the pool, and counting there (a table of
+-- the candidates, or of every neuron with $g_pool = 'all') spares keeping s_passed, a row per neuron, for a second
+-- reader
+counts AS (
+    SELECT concept, count(*) FILTER (WHERE in_c) AS n_candidates, count(*) FILTER (WHERE in_c AND in_s) AS n_specific
+    FROM g_pool WHERE $s_scope <> 'pool' GROUP BY concept
+    UNION ALL
+    SELECT concept, count(*) FILTER (WHERE in_c) AS n_candidates, count(*) FILTER (WHERE in_c AND in_s) AS n_specific
+    FROM s_passed WHERE $s_scope = 'pool' GROUP BY concept
+),
 summary AS (
     SELECT c.concept, i.name, c.n_images, c.n_neurons, ta.t AS threshold_a, tg.t AS threshold_g,
            COALESCE(k.n_candidates, 0) AS n_candidates,
            (SELECT count(*) FROM final_set AS f WHERE f.concept = c.concept) AS n_selected,
            COALESCE(k.n_specific, 0) AS n_specific
     FROM concepts AS c
-    LEFT JOIN (SELECT concept, count(*) FILTER (WHERE in_c) AS n_candidates,
-                      count(*) FILTER (WHERE in_c AND in_s) AS n_specific
-               FROM s_passed GROUP BY concept) AS k ON k.concept = c.concept
+    LEFT JOIN counts AS k ON k.concept = c.concept
     JOIN a_threshold AS ta ON ta.concept = c.concept
     JOIN g_threshold AS tg ON tg.concept = c.concept
     JOIN concept_index AS i ON i.concept = c.concept
