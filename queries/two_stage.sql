@@ -59,8 +59,13 @@
 --     specific candidates). n_specific = |C_k ∩ S_k| (= n_candidates when specificity is off).
 --
 -- How (speed at 80 concepts x 352 k neurons on 2 cores; each rule above is what a window or a sort would compute):
---   no window or full sort of the neurons in the default plans: the knee sorts each concept's positive means as one
---   list and finds j* in it; a budget takes the concept's top n with the aggregate max(struct, n), struct =
+--   no window over every neuron in the default plans. The knee sorts only where it can lie: the pool's positive
+--   means go into 1024 equal-width value buckets (b = 0 holds the largest), which fixes the ranks each bucket's
+--   values take (r0 = 1 + the count of the buckets above, to r0 + k - 1); d is monotone in rank and value, so
+--   d_bound (d at the bucket's corners) bounds every d in it, and d_first (d of its largest value, at rank r0) is
+--   a d that exists. Only buckets whose d_bound reaches the largest d_first (less 1e-9) are ranked value by value:
+--   the others cannot hold the knee, so j* and t are the full sort's (a tie in value sits in one bucket and gives
+--   the same t in any order). A budget takes the concept's top n with the aggregate max(struct, n), struct =
 --   (score, mean, -layer, -unit) in the budget's order, n = $a_budget_max / $g_budget_max (the largest budget,
 --   bound by the caller), and passes the neurons at or above the n-th struct. DuckDB's max(x, n) takes n < 10^6;
 --   a larger budget falls back to the sorted list and a row_number() window. Conditions on the parameters alone
@@ -129,17 +134,40 @@ a_value AS (
     LEFT JOIN (SELECT unnest(CAST($a_concepts AS VARCHAR[])) AS concept,
                       unnest(CAST($a_values AS DOUBLE[])) AS value) AS o ON o.concept = i.name
 ),
+a_knee_range AS (
+    SELECT concept, count(*) AS m, max(mean_a) AS hi, min(mean_a) AS lo
+    FROM neurons
+    WHERE mean_a > 0 AND $a_kind = 'auto'
+    GROUP BY concept
+),
+a_knee_points AS (
+    SELECT n.concept, n.mean_a AS s,
+           COALESCE(least(CAST(floor((r.hi - n.mean_a) / NULLIF(r.hi - r.lo, 0) * 1024) AS INTEGER), 1023), 0) AS b
+    FROM neurons AS n JOIN a_knee_range AS r ON r.concept = n.concept
+    WHERE n.mean_a > 0 AND $a_kind = 'auto'
+),
+a_knee_buckets AS (
+    SELECT *, COALESCE(abs(1.0 - (r0 - 1) / NULLIF(m - 1, 0) - (max_s - lo) / NULLIF(hi - lo, 0)), 0.0) AS d_first,
+           greatest(COALESCE(abs(1.0 - (r0 - 1) / NULLIF(m - 1, 0) - (min_s - lo) / NULLIF(hi - lo, 0)), 0.0), COALESCE(abs(1.0 - (r0 + k - 1 - 1) / NULLIF(m - 1, 0) - (max_s - lo) / NULLIF(hi - lo, 0)), 0.0)) AS d_bound
+    FROM (SELECT q.*, r.m, r.hi, r.lo,
+                 CAST(1 + COALESCE(sum(q.k) OVER (PARTITION BY q.concept ORDER BY q.b
+                                                  ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS BIGINT) AS r0
+          FROM (SELECT concept, b, count(*) AS k, max(s) AS max_s, min(s) AS min_s
+                FROM a_knee_points GROUP BY concept, b) AS q
+          JOIN a_knee_range AS r ON r.concept = q.concept)
+),
 a_knee AS (
-    SELECT concept, xs,
-           list_transform(xs, lambda s, j: COALESCE(abs(1.0 - (j - 1) / NULLIF(len(xs) - 1, 0)
-                                                    - (s - xs[-1]) / NULLIF(xs[1] - xs[-1], 0)), 0.0)) AS d
-    FROM (SELECT concept, list_sort(list(mean_a), 'DESC') AS xs
-          FROM neurons
-          WHERE mean_a > 0 AND $a_kind = 'auto'
-          GROUP BY concept)
+    SELECT concept, max({'d': COALESCE(abs(1.0 - (j - 1) / NULLIF(m - 1, 0) - (s - lo) / NULLIF(hi - lo, 0)), 0.0), 'j': -j, 's': s}) AS knee
+    FROM (SELECT p.concept, p.s, k.m, k.hi, k.lo,
+                 k.r0 + row_number() OVER (PARTITION BY p.concept, p.b ORDER BY p.s DESC) - 1 AS j
+          FROM a_knee_points AS p
+          JOIN (SELECT * FROM a_knee_buckets
+                QUALIFY d_bound + 1e-9 >= max(d_first) OVER (PARTITION BY concept)) AS k
+              ON k.concept = p.concept AND k.b = p.b)
+    GROUP BY concept
 ),
 a_auto AS (
-    SELECT concept, CASE WHEN list_max(d) > 0 THEN xs[list_position(d, list_max(d))] ELSE 0.0 END AS t
+    SELECT concept, CASE WHEN knee.d > 0 THEN knee.s ELSE 0.0 END AS t
     FROM a_knee
 ),
 a_sorted AS (
@@ -260,17 +288,40 @@ g_value AS (
     LEFT JOIN (SELECT unnest(CAST($g_concepts AS VARCHAR[])) AS concept,
                       unnest(CAST($g_values AS DOUBLE[])) AS value) AS o ON o.concept = i.name
 ),
+g_knee_range AS (
+    SELECT concept, count(*) AS m, max(mean_g) AS hi, min(mean_g) AS lo
+    FROM g_pool
+    WHERE mean_g > 0 AND $g_kind = 'auto'
+    GROUP BY concept
+),
+g_knee_points AS (
+    SELECT n.concept, n.mean_g AS s,
+           COALESCE(least(CAST(floor((r.hi - n.mean_g) / NULLIF(r.hi - r.lo, 0) * 1024) AS INTEGER), 1023), 0) AS b
+    FROM g_pool AS n JOIN g_knee_range AS r ON r.concept = n.concept
+    WHERE n.mean_g > 0 AND $g_kind = 'auto'
+),
+g_knee_buckets AS (
+    SELECT *, COALESCE(abs(1.0 - (r0 - 1) / NULLIF(m - 1, 0) - (max_s - lo) / NULLIF(hi - lo, 0)), 0.0) AS d_first,
+           greatest(COALESCE(abs(1.0 - (r0 - 1) / NULLIF(m - 1, 0) - (min_s - lo) / NULLIF(hi - lo, 0)), 0.0), COALESCE(abs(1.0 - (r0 + k - 1 - 1) / NULLIF(m - 1, 0) - (max_s - lo) / NULLIF(hi - lo, 0)), 0.0)) AS d_bound
+    FROM (SELECT q.*, r.m, r.hi, r.lo,
+                 CAST(1 + COALESCE(sum(q.k) OVER (PARTITION BY q.concept ORDER BY q.b
+                                                  ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS BIGINT) AS r0
+          FROM (SELECT concept, b, count(*) AS k, max(s) AS max_s, min(s) AS min_s
+                FROM g_knee_points GROUP BY concept, b) AS q
+          JOIN g_knee_range AS r ON r.concept = q.concept)
+),
 g_knee AS (
-    SELECT concept, xs,
-           list_transform(xs, lambda s, j: COALESCE(abs(1.0 - (j - 1) / NULLIF(len(xs) - 1, 0)
-                                                    - (s - xs[-1]) / NULLIF(xs[1] - xs[-1], 0)), 0.0)) AS d
-    FROM (SELECT concept, list_sort(list(mean_g), 'DESC') AS xs
-          FROM g_pool
-          WHERE mean_g > 0 AND $g_kind = 'auto'
-          GROUP BY concept)
+    SELECT concept, max({'d': COALESCE(abs(1.0 - (j - 1) / NULLIF(m - 1, 0) - (s - lo) / NULLIF(hi - lo, 0)), 0.0), 'j': -j, 's': s}) AS knee
+    FROM (SELECT p.concept, p.s, k.m, k.hi, k.lo,
+                 k.r0 + row_number() OVER (PARTITION BY p.concept, p.b ORDER BY p.s DESC) - 1 AS j
+          FROM g_knee_points AS p
+          JOIN (SELECT * FROM g_knee_buckets
+                QUALIFY d_bound + 1e-9 >= max(d_first) OVER (PARTITION BY concept)) AS k
+              ON k.concept = p.concept AND k.b = p.b)
+    GROUP BY concept
 ),
 g_auto AS (
-    SELECT concept, CASE WHEN list_max(d) > 0 THEN xs[list_position(d, list_max(d))] ELSE 0.0 END AS t
+    SELECT concept, CASE WHEN knee.d > 0 THEN knee.s ELSE 0.0 END AS t
     FROM g_knee
 ),
 g_sorted AS (

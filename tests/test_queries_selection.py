@@ -314,14 +314,38 @@ def neuron_windows(con, config: SelectionConfig, stage1: ThresholdSpec, stage2: 
 
 
 def test_default_and_baseline_plans_sort_no_neuron_table(world):
-    """The knee and the budgets below 10^6 need no window over the neurons (a sort of every neuron: the cost that
-    dominated selection at 7B scale); the fallback for larger budgets has one, so the check can fail."""
+    """The knee (which ranks only the value buckets that can hold it) and the budgets below 10^6 need no window
+    over the neurons in (layer, unit) order (a sort of every neuron: the cost that dominated selection at 7B
+    scale); the fallback for larger budgets has one, so the check can fail."""
     _, _, con = world
     config = SelectionConfig(run_id="r1")
     budget, off = ThresholdSpec("budget", 0, {"dog": 5}), ThresholdSpec("none")
     for stage1, stage2 in ((config.stage1, config.stage2), (budget, off), (off, budget)):
         assert neuron_windows(con, config, stage1, stage2) == [], (stage1, stage2)
     assert len(neuron_windows(con, config, ThresholdSpec("budget", 2_000_000), off)) == 1
+
+
+@pytest.mark.parametrize("shape", ["lognormal", "two_clusters", "flat"])
+def test_knee_on_large_pools_equals_the_full_sort(shape):
+    """4000 neurons per concept, hundreds per value bucket: the bucketed knee (which ranks only the buckets that can
+    hold it) gives the threshold of a full sort, and a flat pool gives no knee."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    means = {"lognormal": rng.lognormal(0.0, 1.5, n),
+             "two_clusters": np.concatenate([5 + rng.random(n // 8), 0.5 * rng.random(n - n // 8)]),
+             "flat": np.full(n, 0.7)}[shape]
+    layers, units = np.arange(n) // 1000, np.arange(n) % 1000
+    rows = [("r1", "cat", 1, int(layer), int(unit), 0.0, 0.0, float(m), 1.0, 1.0, float(m))
+            for layer, unit, m in zip(layers, units, means)]
+    stats = pd.DataFrame(rows, columns=["run_id", "concept", "image_id", "layer", "unit", "o_mean", "i_mean",
+                                        "d_max", "g_max", "g_mean", "d_mean"])
+    stats[["d_max", "d_mean"]] = stats[["d_max", "d_mean"]].astype(np.float32)
+    con = connect(stats, pd.DataFrame([("r1", "cat", 1, "ok")], columns=["run_id", "concept", "image_id", "status"]))
+    config = SelectionConfig(run_id="r1", stage2=ThresholdSpec("none"), baselines=False)
+    got = sql_selection(con, config, "r1", config.stage1, config.stage2)["cat"]
+    want = knee_threshold(means.astype(np.float32).astype(np.float64), layers, units)
+    assert got["threshold_a"] == want
+    assert (want == 0.0) == (shape == "flat")
 
 
 def test_per_concept_threshold_overrides(world):
