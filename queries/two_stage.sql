@@ -341,7 +341,10 @@ g_top AS (
     SELECT n.concept, v.value,
            max({'s': n.mean_g, 'm': n.mean_g, 'l': -CAST(n.layer AS INTEGER), 'u': -CAST(n.unit AS INTEGER)},
                greatest(least($g_budget_max, 999999), 1)) AS xs
-    FROM g_pool AS n JOIN g_value AS v ON v.concept = n.concept
+    FROM (SELECT concept, layer, unit, mean_g FROM g_pool WHERE NOT ($a_kind = 'none' AND $s_kind = 'none')
+          UNION ALL  -- every neuron is in the pool: read it where it is kept (g_pool is then read once)
+          SELECT concept, layer, unit, mean_g FROM neurons WHERE $a_kind = 'none' AND $s_kind = 'none') AS n
+    JOIN g_value AS v ON v.concept = n.concept
     WHERE $g_kind = 'budget' AND $g_budget_max < 1000000
     GROUP BY n.concept, v.value
 ),
@@ -415,15 +418,18 @@ final_set AS (
     FROM g_passed
     WHERE in_c AND in_n AND (in_s OR $s_scope <> 'final')
 ),
--- |C_k| and |C_k ∩ S_k|: g_pool holds every candidate unless S_k restricts the pool, and counting there (a table of
--- the candidates, or of every neuron with $g_pool = 'all') spares keeping s_passed, a row per neuron, for a second
--- reader
+-- |C_k| and |C_k ∩ S_k|: every neuron when stage 1 is off and S_k too; else g_pool holds every candidate unless
+-- S_k restricts the pool, and counting there (a table of the candidates, or of every neuron with $g_pool = 'all')
+-- spares keeping s_passed, a row per neuron, for a second reader
 counts AS (
-    SELECT concept, count(*) FILTER (WHERE in_c) AS n_candidates, count(*) FILTER (WHERE in_c AND in_s) AS n_specific
-    FROM g_pool WHERE $s_scope <> 'pool' GROUP BY concept
+    SELECT concept, n_neurons AS n_candidates, n_neurons AS n_specific
+    FROM concepts WHERE $a_kind = 'none' AND $s_kind = 'none'
     UNION ALL
     SELECT concept, count(*) FILTER (WHERE in_c) AS n_candidates, count(*) FILTER (WHERE in_c AND in_s) AS n_specific
-    FROM s_passed WHERE $s_scope = 'pool' GROUP BY concept
+    FROM g_pool WHERE $s_scope <> 'pool' AND NOT ($a_kind = 'none' AND $s_kind = 'none') GROUP BY concept
+    UNION ALL
+    SELECT concept, count(*) FILTER (WHERE in_c) AS n_candidates, count(*) FILTER (WHERE in_c AND in_s) AS n_specific
+    FROM s_passed WHERE $s_scope = 'pool' AND NOT ($a_kind = 'none' AND $s_kind = 'none') GROUP BY concept
 ),
 summary AS (
     SELECT c.concept, i.name, c.n_images, c.n_neurons, ta.t AS threshold_a, tg.t AS threshold_g,
