@@ -147,8 +147,11 @@ a_knee_points AS (
     WHERE n.mean_a > 0 AND $a_kind = 'auto'
 ),
 a_knee_buckets AS (
-    SELECT *, COALESCE(abs(1.0 - (r0 - 1) / NULLIF(m - 1, 0) - (max_s - lo) / NULLIF(hi - lo, 0)), 0.0) AS d_first,
-           greatest(COALESCE(abs(1.0 - (r0 - 1) / NULLIF(m - 1, 0) - (min_s - lo) / NULLIF(hi - lo, 0)), 0.0), COALESCE(abs(1.0 - (r0 + k - 1 - 1) / NULLIF(m - 1, 0) - (max_s - lo) / NULLIF(hi - lo, 0)), 0.0)) AS d_bound
+    SELECT *,
+           COALESCE(abs(1.0 - (r0 - 1) / NULLIF(m - 1, 0) - (max_s - lo) / NULLIF(hi - lo, 0)), 0.0) AS d_first,
+           greatest(COALESCE(abs(1.0 - (r0 - 1) / NULLIF(m - 1, 0) - (min_s - lo) / NULLIF(hi - lo, 0)), 0.0),
+                    COALESCE(abs(1.0 - ((r0 + k - 1) - 1) / NULLIF(m - 1, 0) - (max_s - lo) / NULLIF(hi - lo, 0)),
+                             0.0)) AS d_bound
     FROM (SELECT q.*, r.m, r.hi, r.lo,
                  CAST(1 + COALESCE(sum(q.k) OVER (PARTITION BY q.concept ORDER BY q.b
                                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS BIGINT) AS r0
@@ -157,7 +160,9 @@ a_knee_buckets AS (
           JOIN a_knee_range AS r ON r.concept = q.concept)
 ),
 a_knee AS (
-    SELECT concept, max({'d': COALESCE(abs(1.0 - (j - 1) / NULLIF(m - 1, 0) - (s - lo) / NULLIF(hi - lo, 0)), 0.0), 'j': -j, 's': s}) AS knee
+    SELECT concept,
+           max({'d': COALESCE(abs(1.0 - (j - 1) / NULLIF(m - 1, 0) - (s - lo) / NULLIF(hi - lo, 0)), 0.0),
+                'j': -j, 's': s}) AS knee
     FROM (SELECT p.concept, p.s, k.m, k.hi, k.lo,
                  k.r0 + row_number() OVER (PARTITION BY p.concept, p.b ORDER BY p.s DESC) - 1 AS j
           FROM a_knee_points AS p
@@ -301,8 +306,11 @@ g_knee_points AS (
     WHERE n.mean_g > 0 AND $g_kind = 'auto'
 ),
 g_knee_buckets AS (
-    SELECT *, COALESCE(abs(1.0 - (r0 - 1) / NULLIF(m - 1, 0) - (max_s - lo) / NULLIF(hi - lo, 0)), 0.0) AS d_first,
-           greatest(COALESCE(abs(1.0 - (r0 - 1) / NULLIF(m - 1, 0) - (min_s - lo) / NULLIF(hi - lo, 0)), 0.0), COALESCE(abs(1.0 - (r0 + k - 1 - 1) / NULLIF(m - 1, 0) - (max_s - lo) / NULLIF(hi - lo, 0)), 0.0)) AS d_bound
+    SELECT *,
+           COALESCE(abs(1.0 - (r0 - 1) / NULLIF(m - 1, 0) - (max_s - lo) / NULLIF(hi - lo, 0)), 0.0) AS d_first,
+           greatest(COALESCE(abs(1.0 - (r0 - 1) / NULLIF(m - 1, 0) - (min_s - lo) / NULLIF(hi - lo, 0)), 0.0),
+                    COALESCE(abs(1.0 - ((r0 + k - 1) - 1) / NULLIF(m - 1, 0) - (max_s - lo) / NULLIF(hi - lo, 0)),
+                             0.0)) AS d_bound
     FROM (SELECT q.*, r.m, r.hi, r.lo,
                  CAST(1 + COALESCE(sum(q.k) OVER (PARTITION BY q.concept ORDER BY q.b
                                                   ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS BIGINT) AS r0
@@ -311,7 +319,9 @@ g_knee_buckets AS (
           JOIN g_knee_range AS r ON r.concept = q.concept)
 ),
 g_knee AS (
-    SELECT concept, max({'d': COALESCE(abs(1.0 - (j - 1) / NULLIF(m - 1, 0) - (s - lo) / NULLIF(hi - lo, 0)), 0.0), 'j': -j, 's': s}) AS knee
+    SELECT concept,
+           max({'d': COALESCE(abs(1.0 - (j - 1) / NULLIF(m - 1, 0) - (s - lo) / NULLIF(hi - lo, 0)), 0.0),
+                'j': -j, 's': s}) AS knee
     FROM (SELECT p.concept, p.s, k.m, k.hi, k.lo,
                  k.r0 + row_number() OVER (PARTITION BY p.concept, p.b ORDER BY p.s DESC) - 1 AS j
           FROM g_knee_points AS p
