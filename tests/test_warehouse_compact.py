@@ -124,6 +124,18 @@ def test_compaction_keeps_rows_and_results_and_makes_one_batch(root: Path, capsy
     assert code == 0 and "is clean" in out
 
 
+def test_a_reader_open_across_compaction_drops_every_replaced_batch(root: Path) -> None:
+    """A long-lived reader that knew the small batches sees only the merged ones after compaction (not one
+    replaced batch left behind, whose files would double its rows)."""
+    reader = Warehouse.open(root)
+    before = len(reader.batches)
+    rows_before = {table: reader.read(table).num_rows for table in ("samples", "neuron_stats")}
+    compact(root)
+    fresh = Warehouse.open(root)
+    assert before > 2 and [r.batch_id for r in reader.batches] == [r.batch_id for r in fresh.batches]
+    assert {table: reader.read(table).num_rows for table in rows_before} == rows_before
+
+
 def test_writes_after_compaction_follow_the_usual_rules(root: Path) -> None:
     compact(root)
     with Warehouse.open(root, create=True) as wh:

@@ -222,7 +222,8 @@ class Warehouse:
         self._records[record.batch_id] = record
         for entry in record.files:
             self._keys[entry.table].update(tuple(key) for key in entry.keys)
-        if any(self._records.pop(batch_id, None) is not None for batch_id in list(record.replaces)):
+        dropped = [batch_id for batch_id in record.replaces if self._records.pop(batch_id, None) is not None]
+        if dropped:  # every replaced batch goes (any() would stop at the first one it drops)
             self._keys = _keys_of(self._records.values())
 
     @property
