@@ -18,43 +18,27 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from engine.errors import KneuronError
-
-DPI = 100
-LIMIT = 0.05
-
-
-def _rows(data: Any) -> list[dict[str, Any]]:
-    rows = list(data.to_pylist()) if hasattr(data, "to_pylist") else [dict(r) for r in data]
-    needed = ("method", "budget", "target_mention_drop", "other_mention_drop")
-    if rows and (missing := [c for c in needed if c not in rows[0]]):
-        raise KneuronError(f"budget curves: missing columns {missing} (have {sorted(rows[0])})")
-    return rows
+from engine.eval.budget import DAMAGE_LIMIT
+from engine.plots import empty_panel, need_columns, new_figure, records, save_png
 
 
 def _finite(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
+
 def budget_curve_plot(data: Any, out: str | Path, methods: Sequence[str] | None = None,
                       title: str = "Target mention drop vs damage to other images, by neuron budget") -> Path:
     """Write the three-panel budget figure of ``data`` (module docstring) to ``out``; returns the path."""
-    rows = _rows(data)
+    rows = records(data)
+    need_columns(rows, ("method", "budget", "target_mention_drop", "other_mention_drop"), "budget curves")
     present = list(dict.fromkeys(str(r["method"]) for r in rows))
     order = [m for m in (methods or []) if m in present] + [m for m in present if m not in (methods or [])]
-    figure = Figure(figsize=(15.0, 4.6), dpi=DPI)
-    FigureCanvasAgg(figure)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    figure = new_figure(15.0, 4.6)
     if not rows:
-        ax = figure.add_subplot(1, 1, 1)
-        ax.text(0.5, 0.5, "no budget evaluation", ha="center", va="center", fontsize=12)
-        ax.set_axis_off()
-        figure.savefig(out, format="png", dpi=DPI, metadata={"Software": None})
-        return out
+        empty_panel(figure, "no budget evaluation")
+        return save_png(figure, out)
     palette = colormaps["tab10"]
     trade, target, other = (figure.add_subplot(1, 3, i) for i in (1, 2, 3))
     top = 0.05
@@ -86,9 +70,8 @@ def budget_curve_plot(data: Any, out: str | Path, methods: Sequence[str] | None 
         ax.set_ylim(-0.01, limit)
         ax.axhline(0.0, color="black", linewidth=0.6)
         ax.set_title(name + " vs budget")
-    other.axhline(LIMIT, color="grey", linestyle=":", linewidth=0.8, label="5 % damage")
+    other.axhline(DAMAGE_LIMIT, color="grey", linestyle=":", linewidth=0.8, label="5 % damage")
     other.legend(frameon=False, fontsize=7, loc="upper left")
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(out, format="png", dpi=DPI, metadata={"Software": None})
-    return out
+    return save_png(figure, out)

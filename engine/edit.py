@@ -31,7 +31,6 @@ before anything is written. OUT is written under a temporary name beside it and 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import math
 import os
@@ -49,6 +48,7 @@ import torch
 from engine.errors import KneuronError
 from engine.models.base import VLMAdapter
 from engine.neurons import NeuronSet, as_neuron_set, check_neurons, neuron_pairs
+from engine.version import kneuron_version
 
 Log = Callable[[str], None]
 
@@ -343,13 +343,6 @@ def read_edit_record(folder: str | Path) -> dict[str, Any] | None:
     return record
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("kneuron")
-    except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
-        return "unknown"
-
-
 def plan_edit(adapter: VLMAdapter, folder: Path, neurons: NeuronSet | Iterable[tuple[int, int]], scale: float
               ) -> tuple[_Layout, list[TensorEdit]]:
     """Everything `edit_model` will write, computed without writing: the folder layout and, per layer, the
@@ -425,7 +418,8 @@ def edit_model(source: str | Path, out: str | Path, neurons: NeuronSet | Iterabl
                        "family": str(adapter.describe().get("family", "minigpt4"))},
             "fingerprint": fingerprint, "tensors": [e.describe() for e in edits],
             "llm_copied_from": layout.llm_copied_from,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kneuron_version": _version(),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "kneuron_version": kneuron_version(),
             "previous": ([*previous.get("previous", []), {k: v for k, v in previous.items() if k != "previous"}]
                          if previous else []),
         }

@@ -51,25 +51,29 @@ def records(data: Any) -> list[dict[str, Any]]:
     return [dict(row) for row in data]
 
 
-def _need(rows: list[dict[str, Any]], columns: Sequence[str], what: str) -> None:
+def need_columns(rows: list[dict[str, Any]], columns: Sequence[str], what: str) -> None:
+    """`KneuronError` naming the columns of ``columns`` that ``rows`` lack (``what``: the figure)."""
     if rows and (missing := [c for c in columns if c not in rows[0]]):
         raise KneuronError(f"{what}: missing columns {missing} (have {sorted(rows[0])})")
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A matplotlib figure of ``width`` x ``height`` inches on an Agg canvas (no pyplot state)."""
     figure = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(figure)
     return figure
 
 
-def _save(figure: Figure, out: str | Path) -> Path:
+def save_png(figure: Figure, out: str | Path) -> Path:
+    """Write ``figure`` as a PNG to ``out`` (folders made; no software metadata); returns the path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, format="png", dpi=DPI, metadata={"Software": None})
     return out
 
 
-def _empty(figure: Figure, message: str) -> None:
+def empty_panel(figure: Figure, message: str) -> None:
+    """One blank panel that says ``message`` (a figure without data)."""
     ax = figure.add_subplot(1, 1, 1)
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=12)
     ax.set_axis_off()
@@ -84,17 +88,17 @@ def layer_distribution_plot(data: Any, out: str | Path, n_layers: int | None = N
     (default: highest layer + 1).
     """
     rows = records(data)
-    _need(rows, ("concept", "layer", "n_neurons"), "layer distribution")
+    need_columns(rows, ("concept", "layer", "n_neurons"), "layer distribution")
     concepts = sorted({str(r["concept"]) for r in rows})
     layers = sorted({int(r["layer"]) for r in rows})
     top = max(n_layers or 0, (layers[-1] + 1) if layers else 1)
     counts = np.zeros((len(concepts), top))
     for r in rows:
         counts[concepts.index(str(r["concept"])), int(r["layer"])] += float(r["n_neurons"])
-    figure = _figure(max(6.0, 0.45 * len(concepts) + 3.0), 4.5)
+    figure = new_figure(max(6.0, 0.45 * len(concepts) + 3.0), 4.5)
     if not concepts:
-        _empty(figure, "no neuron sets")
-        return _save(figure, out)
+        empty_panel(figure, "no neuron sets")
+        return save_png(figure, out)
     ax = figure.add_subplot(1, 1, 1)
     palette = colormaps["viridis"].resampled(top)
     x = np.arange(len(concepts))
@@ -112,14 +116,14 @@ def layer_distribution_plot(data: Any, out: str | Path, n_layers: int | None = N
     bar = figure.colorbar(mappable, ax=ax, ticks=range(0, top, max(1, math.ceil(top / 12))))
     bar.set_label("layer")
     figure.tight_layout()
-    return _save(figure, out)
+    return save_png(figure, out)
 
 
 # ---------------------------------------------------------------------------------------------- overlap
 def overlap_matrix(data: Any) -> tuple[list[str], np.ndarray]:
     """(concepts, symmetric ``[C, C]`` Jaccard matrix with ones on the diagonal) from overlap rows."""
     rows = records(data)
-    _need(rows, ("concept_a", "concept_b", "jaccard"), "overlap matrix")
+    need_columns(rows, ("concept_a", "concept_b", "jaccard"), "overlap matrix")
     concepts = sorted({str(r["concept_a"]) for r in rows} | {str(r["concept_b"]) for r in rows})
     matrix = np.eye(len(concepts))
     for r in rows:
@@ -133,10 +137,10 @@ def overlap_matrix_plot(data: Any, out: str | Path,
     """Heatmap of the Jaccard matrix (values written in the cells when there are at most 15 concepts)."""
     concepts, matrix = overlap_matrix(data)
     side = max(4.5, 0.45 * len(concepts) + 2.5)
-    figure = _figure(side + 1.0, side)
+    figure = new_figure(side + 1.0, side)
     if len(concepts) < 2:
-        _empty(figure, "fewer than two concepts with a neuron set")
-        return _save(figure, out)
+        empty_panel(figure, "fewer than two concepts with a neuron set")
+        return save_png(figure, out)
     ax = figure.add_subplot(1, 1, 1)
     image = ax.imshow(matrix, cmap="magma", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(concepts)), concepts, rotation=45, ha="right")
@@ -149,7 +153,7 @@ def overlap_matrix_plot(data: Any, out: str | Path,
     figure.colorbar(image, ax=ax, label="Jaccard |A ∩ B| / |A ∪ B|")
     ax.set_title(title)
     figure.tight_layout()
-    return _save(figure, out)
+    return save_png(figure, out)
 
 
 # ---------------------------------------------------------------------------------------------- suppression
@@ -168,19 +172,19 @@ def suppression_figure(data: Any, mention_rates: Any = None,
     """The figure of `suppression_plot`: one panel per metric, target and other bars per method, each panel's
     axis fitted to its values (`fitted_limits`), one legend for all panels below them, outside every bar."""
     rows = records(data)
-    _need(rows, ("method", "group", "metric", "value"), "suppression")
+    need_columns(rows, ("method", "group", "metric", "value"), "suppression")
     mentions = records(mention_rates)
-    _need(mentions, ("method", "group", "before", "after"), "mention rates")
+    need_columns(mentions, ("method", "group", "before", "after"), "mention rates")
     metrics = list(dict.fromkeys(str(r["metric"]) for r in rows))
     methods = list(dict.fromkeys([str(r["method"]) for r in rows] + [str(r["method"]) for r in mentions]))
     panels = metrics + (["mention rate drop"] if mentions else [])
     n_cols = min(len(panels), 2) if panels else 1
     n_rows = math.ceil(len(panels) / n_cols) if panels else 1
     panel_width = max(4.2, 0.55 * len(methods) + 1.6)
-    figure = _figure(panel_width * n_cols + 0.4 if panels else 6.0, 3.6 * n_rows + 0.9)
+    figure = new_figure(panel_width * n_cols + 0.4 if panels else 6.0, 3.6 * n_rows + 0.9)
     figure.set_layout_engine("constrained")  # rotated labels, titles and the outside legend never overlap
     if not panels:
-        _empty(figure, "no suppression results")
+        empty_panel(figure, "no suppression results")
         return figure
     x = np.arange(len(methods))
     width = 0.38
@@ -221,7 +225,7 @@ def suppression_plot(data: Any, out: str | Path, mention_rates: Any = None,
 
     data: rows with ``method``, ``group`` (target | other), ``metric``, ``value`` (means).
     """
-    return _save(suppression_figure(data, mention_rates, title, ylabel), out)
+    return save_png(suppression_figure(data, mention_rates, title, ylabel), out)
 
 
 # ---------------------------------------------------------------------------------------------- colour bar

@@ -100,13 +100,17 @@ BUNDLED_RECIPES: dict[str, dict[str, object]] = {
 }
 
 
+def cosine_lr(step: int, total: int, lr: float, min_lr: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay from ``lr`` to ``min_lr`` at ``total`` (held there)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
 def lr_at(step: int, cfg: TrainConfig, total_steps: int | None = None) -> float:
-    """Linear warm-up then cosine decay to ``min_lr`` at ``total_steps`` (default ``cfg.steps``)."""
-    total = cfg.steps if total_steps is None else total_steps
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+    """`cosine_lr` with ``cfg``'s rates and warm-up, reaching ``min_lr`` at ``total_steps`` (default ``cfg.steps``)."""
+    return cosine_lr(step, cfg.steps if total_steps is None else total_steps, cfg.lr, cfg.min_lr, cfg.warmup_steps)
 
 
 def answer_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor, prompt_length: int

@@ -20,7 +20,6 @@ copied) and holds the template; ``model.safetensors`` holds the ViT, Q-Former an
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ from engine.models.minigpt4 import PROJECTIONS, MiniGPT4, MiniGPT4Config
 from engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec, save_minigpt4
 from engine.models.preprocess import ImagePreprocessor
 from engine.models.prompts import DEFAULT_INSTRUCTION, TEMPLATES, get_template, prompt_token_ids
+from engine.train import cosine_lr
 
 #: weights taken from the vision source (everything but the LLM and ``llama_proj``)
 VISION_PREFIXES = ("vision_model.", "qformer.", "query_tokens")
@@ -97,14 +97,6 @@ class Stage1Log:
     seconds_cache: float = 0.0
     seconds_train: float = 0.0
     seconds_per_step: float = 0.0
-
-
-def cosine_lr(step: int, total: int, lr: float, min_lr: float, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay from ``lr`` to ``min_lr`` at ``total``."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 # ---------------------------------------------------------------------- building the model
@@ -296,14 +288,15 @@ def train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callabl
     started = time.perf_counter()
     ids = data.image_ids()
     preprocess = ImagePreprocessor(arch.image_size, vision_spec.image_mean, vision_spec.image_std)
-    features = cache_features(model, load_images(data, ids, arch.image_size), preprocess, cfg.train_queries)
+    features = cache_features(model, load_images(data, ids, arch.image_size), preprocess, cfg.train_queries
+                              ).to(cfg.device)  # once, so each step indexes on the device
     answers = encode_answers(tokenizer, [data.captions(i) for i in ids], stop_ids)
     eval_set = _eval_set(world_dir, cfg, model, preprocess, tokenizer, stop_ids)
     run_log = Stage1Log(seconds_cache=round(time.perf_counter() - started, 1))
     log(f"cached frozen-encoder features of {len(ids)} images {tuple(features.shape)} in {run_log.seconds_cache} s")
 
     objective = Stage1Objective(model, before, after)
-    sample = features[torch.from_numpy(rng.choice(len(ids), min(256, len(ids)), replace=False))].to(cfg.device)
+    sample = features[torch.from_numpy(rng.choice(len(ids), min(256, len(ids)), replace=False)).to(cfg.device)]
     with torch.no_grad():
         probe = model.connect(sample) if cfg.train_queries else sample
         target_rms = init_projection(model.llama_proj, probe, objective.embed.weight, cfg.init_scale)
@@ -319,7 +312,7 @@ def train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callabl
         targets, mask = pad_batch(picks, int(pad_id))
         for group in optim.param_groups:
             group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup_steps)
-        image = objective.image_tokens(features[torch.from_numpy(rows)].to(cfg.device), cfg.train_queries)
+        image = objective.image_tokens(features[torch.from_numpy(rows).to(cfg.device)], cfg.train_queries)
         loss = objective.loss(image, targets.to(cfg.device), mask.to(cfg.device))
         optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -396,7 +389,8 @@ def _eval_set(world_dir: Path, cfg: Stage1Config, model: MiniGPT4, preprocess: I
     ids = data.image_ids()[:cfg.eval_images]
     if not ids:
         return None
-    features = cache_features(model, load_images(data, ids, model.config.image_size), preprocess, cfg.train_queries)
+    features = cache_features(model, load_images(data, ids, model.config.image_size), preprocess,
+                              cfg.train_queries).to(cfg.device)
     answers = encode_answers(tokenizer, [data.captions(i)[:1] for i in ids], stop_ids)
     return features, [a[0] for a in answers]
 
@@ -410,7 +404,7 @@ def _eval_loss(objective: Stage1Objective, eval_set: tuple[torch.Tensor, list[li
     for start in range(0, len(answers), cfg.batch_size):
         picks = answers[start:start + cfg.batch_size]
         targets, mask = pad_batch(picks, 0)
-        image = objective.image_tokens(features[start:start + len(picks)].to(cfg.device), cfg.train_queries)
+        image = objective.image_tokens(features[start:start + len(picks)], cfg.train_queries)
         n = int(mask.sum())
         total += float(objective.loss(image, targets.to(cfg.device), mask.to(cfg.device))) * n
         count += n

@@ -39,7 +39,7 @@ from engine.errors import KneuronError
 from warehouse.faults import damaged_file_error, write_error
 from warehouse.garbage import delete_unreferenced
 from warehouse.manifest import BatchRecord, FileRecord, remove_records
-from warehouse.rollup import complete_partitions, merge_rollups, rollup_rows
+from warehouse.rollup import complete_partitions, merge_rollups, partition_key, rollup_rows
 from warehouse.schema import TABLES, spec_of
 from warehouse.store import Warehouse
 
@@ -106,10 +106,10 @@ def plan_compaction(records: list[BatchRecord], target_rows: int = DEFAULT_TARGE
             groups.setdefault(key, GroupPlan(entry.table, dict(entry.partition))).keep.append(
                 (record.batch_id, entry))
     complete = complete_partitions(records)
-    stats_files = {_partition(plan.partition): plan.keep for plan in groups.values() if plan.table == "neuron_stats"}
+    stats_files = {partition_key(plan.partition): plan.keep for plan in groups.values() if plan.table == "neuron_stats"}
     for key, plan in groups.items():
         files, plan.keep = plan.keep, []
-        part = _partition(plan.partition)
+        part = partition_key(plan.partition)
         if plan.table == "neuron_rollup" and part in stats_files:
             if part not in complete:
                 plan.rollup_from = list(stats_files[part])
@@ -155,7 +155,7 @@ def compact(root: str | os.PathLike[str] | None = None, *, target_rows: int = DE
         result = CompactResult(root=str(wh.root), batch_id=None, batches_replaced=len(records),
                                files_before=len(before), files_after=len(before),
                                files_merged=sum(len(group) for plan in plans for group in plan.merge),
-                               rollups_rebuilt=[_partition(p.partition) for p in plans if p.rollup_from],
+                               rollups_rebuilt=[partition_key(p.partition) for p in plans if p.rollup_from],
                                bytes_before=sum(entry.bytes for entry in before), bytes_after=0)
         if dry_run or not any(plan.changes for plan in plans):
             result.files_after = sum(len(p.keep) + len(p.merge) + bool(p.rollup_from) for p in plans)
@@ -244,7 +244,3 @@ def _pack(files: list[tuple[str, FileRecord]], target_rows: int) -> list[list[tu
             groups.append([item])
             rows = item[1].rows
     return [group for group in groups if group]
-
-
-def _partition(values: dict[str, Any]) -> tuple[str, str]:
-    return str(values.get("run_id")), str(values.get("concept"))

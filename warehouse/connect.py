@@ -35,15 +35,11 @@ from pathlib import Path
 import duckdb
 
 from engine.errors import KneuronError
+from warehouse.faults import first_line
 from warehouse.manifest import FileRecord
 from warehouse.rollup import ROLLUP_VIEWS, rollup_split
 from warehouse.schema import TABLES, VIEW_EXTRA_COLUMNS, TableSpec, duckdb_type, spec_of
 from warehouse.store import Warehouse
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message (DuckDB's run over several lines)."""
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def _identifier(name: str) -> str:
@@ -135,7 +131,7 @@ def connect(root: str | os.PathLike[str] | Warehouse | None = None,
     except duckdb.Error as exc:  # e.g. a file went away since the check: name it
         con.close()
         warehouse.check_files()
-        raise KneuronError(f"cannot open the views of warehouse {warehouse.root}: {_first_line(exc)}; "
+        raise KneuronError(f"cannot open the views of warehouse {warehouse.root}: {first_line(exc)}; "
                            "run `kneuron verify` to check its files") from None
     if read_only:
         _lock_down(con, allowed)
@@ -144,8 +140,10 @@ def connect(root: str | os.PathLike[str] | Warehouse | None = None,
 
 def _remote_views(warehouse: Warehouse) -> list[tuple[str, TableSpec, list[FileRecord]]]:
     """(view, spec, committed files) of every view `connect` makes, for a warehouse read from a URI."""
-    views = [(name, spec, warehouse.committed_files(name)) for name, spec in TABLES.items()]
-    views += [(name, spec_of(ROLLUP_VIEWS[name]), files) for name, files in rollup_split(warehouse.batches).items()]
+    records = warehouse.batches  # read once: a warehouse at a URI reads its commit records on every call
+    views = [(name, spec, [entry for record in records for entry in record.files if entry.table == name])
+             for name, spec in TABLES.items()]
+    views += [(name, spec_of(ROLLUP_VIEWS[name]), files) for name, files in rollup_split(records).items()]
     return views
 
 

@@ -55,3 +55,8 @@ def damaged_file_error(path: Path, table: str, batch_id: str, what: str) -> Kneu
     """The error for a committed file whose size or content does not match its commit record."""
     return KneuronError(f"committed warehouse file {path} ({table}, batch {batch_id}) is damaged ({what}); "
                         f"{REPAIR_HINT}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (DuckDB's run over several lines)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from engine.errors import KneuronError
-from warehouse.faults import damaged_file_error, missing_file_error
+from warehouse.faults import damaged_file_error, first_line, missing_file_error
 from warehouse.layout import MANIFEST_DIR, MARKER_FILE
 from warehouse.manifest import RELIST_TRIES, BatchRecord, FileRecord, live_records
 from warehouse.schema import TABLES, TableSpec
@@ -50,7 +50,7 @@ def open_uri(uri: str, *, create: bool) -> Warehouse:
     try:
         filesystem, base = pafs.FileSystem.from_uri(uri)
     except (pa.ArrowException, ValueError, OSError) as exc:
-        raise KneuronError(f"cannot open warehouse {uri}: {_first_line(exc)}") from None
+        raise KneuronError(f"cannot open warehouse {uri}: {first_line(exc)}") from None
     reader = RemoteWarehouse(uri, filesystem, base.rstrip("/"))
     reader.check_marker()
     reader.refresh()
@@ -81,7 +81,7 @@ class RemoteWarehouse(Warehouse):
         except FileNotFoundError:
             raise KneuronError(f"no kneuron warehouse at {self.uri} (no {MARKER_FILE})") from None
         except (OSError, pa.ArrowException) as exc:
-            raise KneuronError(f"cannot read warehouse {self.uri}: {_first_line(exc)}") from None
+            raise KneuronError(f"cannot read warehouse {self.uri}: {first_line(exc)}") from None
         check_marker(self.uri, text)
 
     def refresh(self) -> None:
@@ -122,7 +122,7 @@ class RemoteWarehouse(Warehouse):
         try:
             info = self.filesystem.get_file_info(location)
         except (OSError, pa.ArrowException) as exc:
-            return damaged_file_error(Path(location), entry.table, batch_id, f"cannot stat it: {_first_line(exc)}")
+            return damaged_file_error(Path(location), entry.table, batch_id, f"cannot stat it: {first_line(exc)}")
         if info.type == pafs.FileType.NotFound:
             return missing_file_error(Path(location), entry.table, batch_id)
         if info.size != entry.bytes:
@@ -139,7 +139,7 @@ class RemoteWarehouse(Warehouse):
                 return pq.ParquetFile(handle).read(columns=columns)
         except (OSError, pa.ArrowException) as exc:
             raise damaged_file_error(Path(self.location(entry.path)), entry.table, batch_id,
-                                     f"unreadable: {_first_line(exc)}") from None
+                                     f"unreadable: {first_line(exc)}") from None
 
 
 def register_views(con: duckdb.DuckDBPyConnection, wh: RemoteWarehouse,
@@ -176,8 +176,4 @@ def _ordered_rows(wh: RemoteWarehouse, spec: TableSpec, files: list[FileRecord])
         parts.append(table.append_column("_kneuron_file", pa.array([position] * table.num_rows, pa.int64()))
                      .append_column("file_row_number", pa.array(range(table.num_rows), pa.int64())))
     return pa.concat_tables(parts)
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 

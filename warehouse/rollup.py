@@ -118,8 +118,8 @@ def complete_partitions(records: Iterable[BatchRecord]) -> set[tuple[str, str]]:
     with_stats: set[tuple[str, str]] = set()
     incomplete: set[tuple[str, str]] = set()
     for record in records:
-        stats = {_partition(entry.partition) for entry in record.files if entry.table == "neuron_stats"}
-        rolled = {_partition(entry.partition) for entry in record.files if entry.table == "neuron_rollup"}
+        stats = {partition_key(entry.partition) for entry in record.files if entry.table == "neuron_stats"}
+        rolled = {partition_key(entry.partition) for entry in record.files if entry.table == "neuron_rollup"}
         with_stats |= stats
         incomplete |= stats - rolled
     return with_stats - incomplete
@@ -140,17 +140,18 @@ def rollup_split(records: list[BatchRecord]) -> dict[str, list[FileRecord]]:
     """
     complete = complete_partitions(records)
     rollups = [e for r in records for e in r.files
-               if e.table == "neuron_rollup" and _partition(e.partition) in complete]
+               if e.table == "neuron_rollup" and partition_key(e.partition) in complete]
     count: dict[tuple[str, str], int] = {}
     for entry in rollups:
-        count[_partition(entry.partition)] = count.get(_partition(entry.partition), 0) + 1
+        count[partition_key(entry.partition)] = count.get(partition_key(entry.partition), 0) + 1
     return {
-        "neuron_rollup_summed": [e for e in rollups if count[_partition(e.partition)] == 1],
-        "neuron_rollup_parts": [e for e in rollups if count[_partition(e.partition)] > 1],
+        "neuron_rollup_summed": [e for e in rollups if count[partition_key(e.partition)] == 1],
+        "neuron_rollup_parts": [e for e in rollups if count[partition_key(e.partition)] > 1],
         "neuron_stats_unrolled": [e for r in records for e in r.files
-                                  if e.table == "neuron_stats" and _partition(e.partition) not in complete],
+                                  if e.table == "neuron_stats" and partition_key(e.partition) not in complete],
     }
 
 
-def _partition(values: dict[str, object]) -> tuple[str, str]:
+def partition_key(values: dict[str, object]) -> tuple[str, str]:
+    """The (run_id, concept) of a file's partition values, as strings."""
     return str(values.get("run_id")), str(values.get("concept"))

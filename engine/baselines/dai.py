@@ -255,7 +255,9 @@ def ig_attributions(adapter: VLMAdapter, images: Sequence[Image.Image], targets:
         for start in range(0, len(images), images_per_batch):
             batch_images = list(images[start:start + images_per_batch])
             batch_targets = list(targets[start:start + images_per_batch])
-            done = _cached_batch(adapter, batch_images, batch_targets, steps, max_rows) if cached else None
+            done, applies = _cached_batch(adapter, batch_images, batch_targets, steps, max_rows) if cached \
+                else (None, False)
+            cached = cached and applies  # a model the cached path does not fit is not tried again
             if done is None:
                 done = _ig_full(adapter, batch_images, batch_targets, steps, max_rows)
             out.append(done.detach().cpu())
@@ -265,20 +267,24 @@ def ig_attributions(adapter: VLMAdapter, images: Sequence[Image.Image], targets:
 
 
 def _cached_batch(adapter: VLMAdapter, images: Sequence[Image.Image], targets: Sequence[Target], steps: int,
-                  max_rows: int) -> torch.Tensor | None:
-    """`_ig_cached` of each image, stacked ``[n, L, d_ff]``; None as soon as the cached path does not apply."""
+                  max_rows: int) -> tuple[torch.Tensor | None, bool]:
+    """`_ig_cached` of each image, stacked ``[n, L, d_ff]``, or None as soon as the cached path does not apply;
+    and whether it can apply to this model at all (False when the model does not hand its language model plain
+    ``inputs_embeds`` or the language model takes no cache: then no later batch tries it)."""
     rows = []
     for image, target in zip(images, targets):
         prepared = adapter.prepare([image], targets=[list(target.tokens)])
         at = int(target_positions(prepared.prompt_length, [target])[0])
+        if at < 1:
+            return None, True
         embeds = _lm_inputs(adapter, prepared)
-        if embeds is None or at < 1:
-            return None
+        if embeds is None:
+            return None, False
         one = _ig_cached(adapter, embeds, at, target.token_id, steps, max_rows)
         if one is None:
-            return None
+            return None, False
         rows.append(one)
-    return torch.stack(rows)
+    return torch.stack(rows), True
 
 
 def refine(attributions: np.ndarray, budget: int, threshold_ratio: float = 0.2, share: float = 0.7,

@@ -10,7 +10,6 @@ refuses images whose content changed since (`check_images_unchanged`).
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -29,6 +28,7 @@ from engine.models.base import HOOK_SITE, VLMAdapter
 from engine.models.fingerprint import model_fingerprint
 from engine.models.prompts import DEFAULT_INSTRUCTION
 from engine.pipelines.ingest_config import NOT_IN_RUN_CONFIG, IngestConfig
+from engine.version import kneuron_version
 
 #: version of the run-identity scheme (part of the hash, so a change of scheme makes new run ids);
 #: 2: the identity holds the digest of the instances file, not only the dataset's path
@@ -94,13 +94,6 @@ def prompt_text(adapter: VLMAdapter) -> str:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def kneuron_version() -> str:
-    try:
-        return importlib.metadata.version("kneuron")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def run_identity(adapter: VLMAdapter, dataset: CocoDataset, concepts: Sequence[str], config: IngestConfig,

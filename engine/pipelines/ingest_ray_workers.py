@@ -86,13 +86,13 @@ class PrepareTask:
     def __init__(self, config: IngestConfig, source: DatasetSource) -> None:
         self.config = config
         self.source = source
+        self.inpainter = build_inpainter(config, "cpu")
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         out = []
         for row in rows_of(batch):
             index, concept, ids = _chunk(row)
-            inpainter = build_inpainter(self.config, "cpu")
-            prepared = prepare_chunk(dataset_of(self.source), inpainter, self.config.margin_px, concept, ids)
+            prepared = prepare_chunk(dataset_of(self.source), self.inpainter, self.config.margin_px, concept, ids)
             out.append({"index": index, "concept": concept, "prepared": pickle.dumps(prepared), "image_ids": ids})
         return batch_of(out)
 

@@ -21,9 +21,9 @@ from engine.eval.budget import budget_curves, curve_scores, curve_table, split_l
 from engine.eval.summary import outcomes_from_rows, summarize
 from engine.pipelines.run import RunReader
 from engine.pipelines.sets import stored_sets
+from queries.selection import MASSIVE_K
 
 SECTION = ("budget", "Budget curves and specificity")
-MASSIVE_K = 10.0
 
 
 def latest_budget_eval(run: RunReader, eval_id: str | None = None) -> dict[str, Any] | None:

@@ -135,11 +135,15 @@ class StoredStageRanking:
     def params(self, concept: str) -> dict[str, Any]:
         return self._config(concept).common_params()
 
+    def _excluded(self, config: SelectionConfig) -> list[tuple[int, int]]:
+        """Units taken out of every pool (none here)."""
+        return []
+
     def top(self, concept: str, stage: int, budget: int) -> list[ScoredNeuron]:
         config = self._config(concept)
         top, off = ThresholdSpec("budget", float(budget)), ThresholdSpec("none")
         stage1, stage2 = (top, off) if stage == 1 else (off, top)
-        params = query_params(config, self.run_id, [concept], stage1, stage2)
+        params = query_params(config, self.run_id, [concept], stage1, stage2, excluded=self._excluded(config))
         data = queries.run(self.con, "two_stage", params).to_pydict()
         return [(int(layer), int(unit), None if score is None else float(score))
                 for c, layer, unit, score in zip(data["concept"], data["layer"], data["unit"], data["score"])

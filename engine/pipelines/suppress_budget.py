@@ -58,6 +58,11 @@ def _threshold(described: Mapping[str, Any] | None) -> ThresholdSpec:
                                                                               float(value))
 
 
+
+def by_score(neuron: ScoredNeuron) -> tuple[float, int, int]:
+    """Sort key: score descending (None last), then layer, unit."""
+    return (-(neuron[2] if neuron[2] is not None else float("-inf")), neuron[0], neuron[1])
+
 class BudgetRanking(StoredStageRanking):
     """Single-stage and two-stage rankings of one run, matched to each concept's two-stage reference set.
 
@@ -92,16 +97,11 @@ class BudgetRanking(StoredStageRanking):
             pool = int(n_specific or 0)
             if layer is not None:
                 out.append((int(layer), int(unit), None if score is None else float(score)))
-        out.sort(key=lambda n: (-(n[2] if n[2] is not None else float("-inf")), n[0], n[1]))
-        return out, pool
+        return sorted(out, key=by_score), pool
 
     def top(self, concept: str, stage: int, budget: int) -> list[ScoredNeuron]:
-        """The ``budget`` best neurons by stage ``stage`` alone (as the parent; without the excluded units)."""
-        config = self._config(concept)
-        best, off = ThresholdSpec("budget", float(budget)), ThresholdSpec("none")
-        stage1, stage2 = (best, off) if stage == 1 else (off, best)
-        params = query_params(config, self.run_id, [concept], stage1, stage2, excluded=self._excluded(config))
-        return self._neurons(params, concept)[0]
+        """The ``budget`` best neurons by stage ``stage`` alone (the parent's, without the excluded units), by score."""
+        return sorted(super().top(concept, stage, budget), key=by_score)
 
     def two_stage_params(self, concept: str, budget: int, specific: str | None) -> dict[str, Any]:
         """The identity of two_stage (``specific`` None) or two_stage_specific at ``budget``: the params

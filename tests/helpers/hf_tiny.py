@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     Blip2Config,
     Blip2ForConditionalGeneration,
@@ -35,9 +34,10 @@ from engine.models.hf_adapters import (
     HFVLMAdapter,
 )
 from engine.models.prompts import DEFAULT_INSTRUCTION
-from engine.models.tokenizer import SPECIAL_TOKENS, build_word_tokenizer, pre_tokenize
-from tests.helpers.hf_tiny_vlm import NEW_KINDS, tiny_vlm_adapter
+from engine.models.tokenizer import SPECIAL_TOKENS, build_word_tokenizer
+from tests.helpers.hf_tiny_vlm import NEW_KINDS, WORD_ROLES, spread_weights, tiny_vlm_adapter
 from tests.helpers.tiny_models import WORDS, tiny_minigpt4
+from tests.helpers.word_tokenizer import word_level_tokenizer
 
 FAMILIES = ("llava", "blip-2", "instructblip")
 IMAGE_SIZE, PATCH_SIZE = 32, 8  # 4x4 = 16 patches
@@ -55,16 +55,7 @@ def tiny_hf_tokenizer() -> PreTrainedTokenizerFast:
     """
     texts = [" ".join(WORDS)] + [t.format(instruction=DEFAULT_INSTRUCTION).replace("<image>", " ")
                                  for t in (LLAVA_TEMPLATE, BLIP2_TEMPLATE, INSTRUCTBLIP_TEMPLATE)]
-    words = sorted({piece for text in texts for piece in pre_tokenize(text)} - set(SPECIAL_TOKENS))
-    vocab = {tok: i for i, tok in enumerate(list(SPECIAL_TOKENS) + words)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                                  eos_token="</s>", model_max_length=512)
-    tok.add_tokens(["<image>"], special_tokens=True)
-    return tok
+    return word_level_tokenizer(texts, SPECIAL_TOKENS, WORD_ROLES, 512, bos_template=True, extra_specials=("<image>",))
 
 
 def tiny_qformer_tokenizer():
@@ -172,16 +163,6 @@ def save_hf_folder(adapter: HFVLMAdapter, folder: str | Path, image_processor: b
 MINIGPT4_KINDS = ("minigpt4-qformer", "minigpt4-patch")
 #: + Qwen2-VL / 2.5-VL, LLaVA-NeXT / OneVision, Idefics3 / SmolVLM, Gemma 3, LLaVA with Mistral / Qwen2 / Gemma 2
 ALL_KINDS = MINIGPT4_KINDS + FAMILIES + NEW_KINDS
-
-
-def spread_weights(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> None:
-    """Redraw every matrix-shaped weight from ``N(0, std)`` (seeded), in place: tiny random models initialised
-    at the usual 0.02 (or BLIP-2's vision 1e-10) otherwise caption every image the same way."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, param in sorted(model.named_parameters()):
-            if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=gen) * std)
 
 
 def tiny_adapter(kind: str, seed: int = 0):

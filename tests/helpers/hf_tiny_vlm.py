@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 import transformers as tf
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
 from engine.models.gemma3 import GEMMA3_TEMPLATE, Gemma3Adapter
 from engine.models.hf_adapters import LLAVA_TEMPLATE, HFVLMAdapter, LlavaAdapter
@@ -16,8 +15,9 @@ from engine.models.idefics3 import IDEFICS3_TEMPLATE, SMOLVLM_TEMPLATE, Idefics3
 from engine.models.llava_next import CHATML_TEMPLATE, MISTRAL_TEMPLATE, LlavaNextAdapter, LlavaOnevisionAdapter
 from engine.models.prompts import DEFAULT_INSTRUCTION
 from engine.models.qwen2_vl import QWEN_TEMPLATE, Qwen2VLAdapter, Qwen25VLAdapter
-from engine.models.tokenizer import SPECIAL_TOKENS, pre_tokenize
+from engine.models.tokenizer import SPECIAL_TOKENS
 from tests.helpers.tiny_models import WORDS
+from tests.helpers.word_tokenizer import word_level_tokenizer
 
 N_LAYERS, D_MODEL, D_FF = 3, 64, 96
 INIT_RANGE = 0.2
@@ -48,11 +48,13 @@ KINDS: dict[str, tuple[type[HFVLMAdapter], str, tuple[str, ...]]] = {
 VLM_KINDS = ("qwen2-vl", "qwen2.5-vl", "llava-next", "llava-onevision", "idefics3", "smolvlm", "gemma3")
 TEXT_KINDS = ("llava-mistral", "llava-qwen2", "llava-qwen3", "llava-gemma2")
 NEW_KINDS = VLM_KINDS + TEXT_KINDS
+#: the tiny models' token roles: ``<pad>``, ``<unk>``, ``<s>`` (BOS), ``</s>`` (EOS)
+WORD_ROLES = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 
 
 def spread_weights(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> None:
-    """Redraw every matrix-shaped weight from ``N(0, std)`` (seeded), in place: random models at their usual
-    init (or Gemma 3's zero image projection) caption every image the same way."""
+    """Redraw every matrix-shaped weight from ``N(0, std)`` (seeded), in place: tiny random models at their usual
+    init (0.02, BLIP-2's vision 1e-10 or Gemma 3's zero image projection) caption every image the same way."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, param in sorted(model.named_parameters()):
@@ -64,18 +66,7 @@ def tiny_vlm_tokenizer(template: str, specials: tuple[str, ...]) -> tf.PreTraine
     """Word-level tokenizer over the test words, the instruction and ``template``, plus ``specials`` (added as
     special tokens after the words). Ids: ``<pad>`` 0, ``<unk>`` 1, ``<s>`` 2 (BOS, prepended), ``</s>`` 3."""
     texts = [" ".join(WORDS), DEFAULT_INSTRUCTION, template.replace("<image>", " ")]
-    for special in specials:
-        texts = [text.replace(special, " ") for text in texts]
-    words = sorted({piece for text in texts for piece in pre_tokenize(text)} - set(SPECIAL_TOKENS))
-    vocab = {tok: i for i, tok in enumerate(list(SPECIAL_TOKENS) + words)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    backend.decoder = decoders.WordPiece(prefix="##")
-    tok = tf.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
-                                     bos_token="<s>", eos_token="</s>", model_max_length=4096)
-    tok.add_tokens(list(specials), special_tokens=True)
-    return tok
+    return word_level_tokenizer(texts, SPECIAL_TOKENS, WORD_ROLES, 4096, bos_template=True, extra_specials=specials)
 
 
 def _text(vocab: int, model_type: str = "llama") -> dict[str, Any]:

@@ -7,26 +7,20 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from engine.models.tokenizer import build_word_tokenizer, pre_tokenize
+from engine.models.tokenizer import build_word_tokenizer
+from tests.helpers.word_tokenizer import word_level_tokenizer
 
 CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+CHATML_ROLES = {"unk_token": "<|endoftext|>", "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+                "pad_token": "<|im_end|>"}
 
 
 def chatml_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
     """Word-level tokenizer with SmolLM2's special tokens: ``<|endoftext|>`` 0 (unk), ``<|im_start|>`` 1 (BOS),
     ``<|im_end|>`` 2 (EOS and pad); every word piece of ``texts`` after them."""
-    texts = list(texts)
-    for special in CHATML_SPECIALS:
-        texts = [t.replace(special, " ") for t in texts]
-    words = sorted({piece for text in texts for piece in pre_tokenize(text)} - set(CHATML_SPECIALS))
-    vocab = {tok: i for i, tok in enumerate(list(CHATML_SPECIALS) + words)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<|endoftext|>", bos_token="<|im_start|>",
-                                   eos_token="<|im_end|>", pad_token="<|im_end|>", model_max_length=512)
+    return word_level_tokenizer(texts, CHATML_SPECIALS, CHATML_ROLES, 512, bos_template=False)
 
 
 def no_bos_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
