@@ -10,8 +10,10 @@ both stages), which must select the same sets:
   (`tests.test_rollup.without_rollup`), so ``neuron_means`` averages every image row of ``neuron_stats``;
 - ``rollup``: as `kneuron select` runs, reading the per-batch rollup as ingest left it (images / 8 rows per neuron);
 - ``compacted``: the same after ``kneuron compact --target-rows <one batch>``, which sums each concept's rollup
-  into one row per neuron and keeps the image files as they are; also the two-stage query alone (``kneuron
-  select`` runs it three times: the two-stage sets and the stage1_only / stage2_only baselines at |N_k|).
+  into one row per neuron and keeps the image files as they are; ``KNEURON_BENCH_ROLLUP_ROUNDS`` (5) rounds,
+  the median reported; also the selection's three queries without storing the sets (``kneuron select`` runs
+  two_stage.sql three times: the two-stage sets and the stage1_only / stage2_only baselines at |N_k|) and the
+  two-stage query alone, medians of as many rounds.
 
     KNEURON_BENCH_ROLLUP_CONCEPTS=4 KNEURON_BENCH_ROLLUP_IMAGES=16 pytest benchmarks/test_bench_rollup.py \\
         --benchmark-enable -s                                     # a quick look
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -47,6 +50,8 @@ N_UNITS = int(os.environ.get("KNEURON_BENCH_ROLLUP_UNITS", 11008))
 BATCH = 8
 RUN = "bench-rollup"
 GOAL_S = 5.0
+#: rounds of the compacted selections (medians reported): one is noisy on a shared 2-core machine
+ROUNDS = int(os.environ.get("KNEURON_BENCH_ROLLUP_ROUNDS", 5))
 
 
 def concept(c: int) -> str:
@@ -129,17 +134,16 @@ def test_bench_select_with_the_rollup(benchmark, tmp_path_factory, monkeypatch) 
     started = time.perf_counter()
     compact(root, target_rows=BATCH * N_LAYERS * N_UNITS)  # sums the rollup; image files stay as they are
     compact_s = time.perf_counter() - started
-    result: dict[str, object] = {}
-
-    def compacted() -> None:
-        result["seconds"], result["sets"] = select(root, True, monkeypatch)
-
-    benchmark.pedantic(compacted, rounds=1, iterations=1)
-    compacted_s = float(result["seconds"])  # type: ignore[arg-type]
-    started = time.perf_counter()  # the two-stage query alone (kneuron select runs it 3 times)
-    run_selection(queries.connect(root), SelectionConfig(run_id=RUN, baselines=False))
-    two_stage_s = time.perf_counter() - started
-    assert rows_sets == rollup_sets == result["sets"] and rows_sets
+    runs: list[tuple[float, list]] = []
+    benchmark.pedantic(lambda: runs.append(select(root, True, monkeypatch)), rounds=ROUNDS, iterations=1)
+    compacted_s = statistics.median(seconds for seconds, _ in runs)
+    queries_s, two_stage_s = [], []  # kneuron select's three queries (no storing), and the two-stage one alone
+    for baselines, times in ((True, queries_s), (False, two_stage_s)):
+        for _ in range(ROUNDS):
+            started = time.perf_counter()
+            run_selection(queries.connect(root), SelectionConfig(run_id=RUN, baselines=baselines))
+            times.append(time.perf_counter() - started)
+    assert rows_sets == rollup_sets and all(sets == rows_sets for _, sets in runs) and rows_sets
     info = {"concepts": N_CONCEPTS, "images": N_IMAGES, "layers": N_LAYERS, "units": N_UNITS,
             "neuron_stats_rows": N_CONCEPTS * N_IMAGES * N_LAYERS * N_UNITS,
             "neuron_stats_gb": round(sizes["neuron_stats"] / 1e9, 2),
@@ -147,9 +151,13 @@ def test_bench_select_with_the_rollup(benchmark, tmp_path_factory, monkeypatch) 
             "rollup_gb_compacted": round(du(root, "neuron_rollup") / 1e9, 3),
             "build_s": round(build_s, 1), "compact_rollup_s": round(compact_s, 1),
             "select_rows_s": round(rows_s, 2), "select_rollup_s": round(rollup_s, 2),
-            "select_compacted_s": round(compacted_s, 2), "two_stage_query_compacted_s": round(two_stage_s, 2),
+            "select_compacted_s": round(compacted_s, 2),
+            "select_compacted_rounds_s": [round(seconds, 2) for seconds, _ in runs],
+            "three_queries_compacted_s": round(statistics.median(queries_s), 2),
+            "two_stage_query_compacted_s": round(statistics.median(two_stage_s), 2),
             "speedup_rollup": round(rows_s / rollup_s, 1), "speedup_compacted": round(rows_s / compacted_s, 1)}
     benchmark.extra_info.update(info)
     print(json.dumps(info))
-    if compacted_s >= GOAL_S:  # not met on 2 cores at full size: the neuron-level SQL of two_stage.sql remains
-        print(f"goal not met: select with the compacted rollup took {compacted_s:.1f} s (goal {GOAL_S:.0f} s)")
+    if compacted_s >= GOAL_S:
+        print(f"goal not met: select with the compacted rollup took {compacted_s:.1f} s (median of {ROUNDS}; "
+              f"goal {GOAL_S:.0f} s)")
