@@ -54,10 +54,8 @@ def command(out: str, model: str | None, warehouse_path: str | None, run_id: str
         from engine.pipelines.run import RunReader
 
         with RunReader(warehouse_path, run_id) as run:
-            label, members, what = run.chosen_set(concept, method, set_id)
-            chosen = set_id or run.current_set_ids(method)[(str(label), method)]
-            stored = run.sets([chosen])[chosen]
-            pairs = [(layer, unit) for layer, unit, _ in members]
+            chosen, stored, _, what = run.chosen_stored_set(concept, method, set_id)
+            pairs = [(layer, unit) for layer, unit, _ in stored.neurons]
             source = model or run.model_name
             adapter = run.load_model(model, device=device)
             for note in run.notes:

@@ -238,26 +238,30 @@ def locate_weights(adapter: VLMAdapter, layers: Iterable[int], files: Sequence[P
     A candidate's key ends with `weight_suffix` (``...layers.{l}.mlp.down_proj.weight``), and it has the
     weight's shape and, cast to the loaded dtype, its values; exactly one must qualify.
     """
-    headers = {path: read_header(path) for path in files}
-    found: dict[int, TensorEntry] = {}
-    for layer in layers:
-        weight = adapter.down_proj_weight(layer).detach().cpu()
-        suffix = weight_suffix(adapter, layer)
-        matches = []
-        for entries in headers.values():
-            for entry in entries.values():
-                named = entry.key == suffix or entry.key.endswith("." + suffix)
-                if named and entry.shape == tuple(weight.shape):
-                    _, values = read_tensor(entry)
-                    if torch.equal(values.to(weight.dtype), weight):
-                        matches.append(entry)
-        if len(matches) != 1:
-            where = ", ".join(str(p) for p in files) or "no .safetensors files"
-            what = "no tensor" if not matches else f"{len(matches)} tensors"
-            raise KneuronError(f"{what} in {where} holds layer {layer}'s down_proj weight as loaded "
-                               f"(kneuron edit writes models stored as .safetensors)")
-        found[layer] = matches[0]
-    return found
+    headers = [read_header(path) for path in files]
+    return {layer: _find_weight(adapter, layer, headers, files)[0] for layer in layers}
+
+
+def _find_weight(adapter: VLMAdapter, layer: int, headers: Sequence[dict[str, TensorEntry]], files: Sequence[Path]
+                 ) -> tuple[TensorEntry, bytearray, torch.Tensor]:
+    """(entry, raw bytes, tensor view) of the one tensor of ``headers`` (the headers of ``files``) that holds
+    layer ``layer``'s ``down_proj`` weight (see `locate_weights`), read once."""
+    weight = adapter.down_proj_weight(layer).detach().cpu()
+    suffix = weight_suffix(adapter, layer)
+    matches = []
+    for entries in headers:
+        for entry in entries.values():
+            named = entry.key == suffix or entry.key.endswith("." + suffix)
+            if named and entry.shape == tuple(weight.shape):
+                raw, values = read_tensor(entry)
+                if torch.equal(values.to(weight.dtype), weight):
+                    matches.append((entry, raw, values))
+    if len(matches) != 1:
+        where = ", ".join(str(p) for p in files) or "no .safetensors files"
+        what = "no tensor" if not matches else f"{len(matches)} tensors"
+        raise KneuronError(f"{what} in {where} holds layer {layer}'s down_proj weight as loaded "
+                           f"(kneuron edit writes models stored as .safetensors)")
+    return matches[0]
 
 
 # ---------------------------------------------------------------------------------------------- folders
@@ -349,15 +353,17 @@ def plan_edit(adapter: VLMAdapter, folder: Path, neurons: NeuronSet | Iterable[t
     tensor to change and its new columns (in the file's dtype)."""
     chosen = _weights(adapter, neurons)
     layout = _layout(folder)
-    entries = locate_weights(adapter, chosen, layout.weight_files)
-    edits = []
+    headers = [read_header(path) for path in layout.weight_files]
+    # every layer located (each tensor read once: its columns copied out, its bytes hashed) before any is edited
+    found = []
     for layer, units in chosen.items():
-        entry = entries[layer]
-        raw, values = read_tensor(entry)
-        index = torch.as_tensor(units, dtype=torch.long)
-        columns = new_columns(values[:, index], scale, f"layer {layer}'s down_proj ({entry.key} in {entry.file})")
-        edits.append(TensorEdit(layer, entry, layout.out_path(entry.file), units, columns,
-                                hashlib.sha256(raw).hexdigest()))
+        entry, raw, values = _find_weight(adapter, layer, headers, layout.weight_files)
+        found.append((layer, units, entry, values[:, torch.as_tensor(units, dtype=torch.long)],
+                      hashlib.sha256(raw).hexdigest()))
+    edits = []
+    for layer, units, entry, old, digest in found:
+        columns = new_columns(old, scale, f"layer {layer}'s down_proj ({entry.key} in {entry.file})")
+        edits.append(TensorEdit(layer, entry, layout.out_path(entry.file), units, columns, digest))
     return layout, edits
 
 

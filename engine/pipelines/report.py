@@ -229,10 +229,7 @@ def suppression_section(run: RunReader, dataset: Any) -> tuple[Section, list[dic
                                                                 list[dict[str, Any]], dict[str, Any]]:
     """The latest evaluation of the run with suppressed captions, summarised by `engine.eval.summary` exactly
     as `kneuron suppress` does. Returns (section, plot rows, mention rows, summary entry)."""
-    import queries
-    from engine.eval.metrics import METRICS
-    from engine.eval.summary import ALL_CONCEPTS, METRIC_LABELS, outcomes_from_rows, paper_tables, summarize
-    from engine.pipelines.sets import stored_sets
+    from engine.eval.summary import ALL_CONCEPTS, METRIC_LABELS, paper_tables
 
     out = section("suppression")
     evals = [e for e in run.query("report_evals").to_pylist() if e["n_suppressed"]]
@@ -241,14 +238,9 @@ def suppression_section(run: RunReader, dataset: Any) -> tuple[Section, list[dic
                                "`kneuron suppress`)."))
         return out, [], [], {}
     eval_id = evals[0]["eval_id"]
-    captions = queries.run(run.con, "suppress_eval_captions", {"eval_id": eval_id}).to_pylist()
-    scores = queries.run(run.con, "suppress_eval_scores", {"eval_id": eval_id}).to_pylist()
-    concepts_in = dataset.concepts_in if dataset is not None else (lambda image_id: ())
-    outcomes = outcomes_from_rows(captions, scores, concepts_in, stored_sets(run.con, run.run_id))
-    present = {row["metric"] for row in scores}
-    metrics = [m for m in METRICS if m in present] + sorted(present - set(METRICS))
-    summary = summarize(outcomes, metrics=metrics)
-    methods = list(dict.fromkeys(o.method for o in outcomes))
+    evaluation = run.evaluation(eval_id, dataset)
+    metrics, summary = evaluation.metrics, evaluation.summary
+    methods = list(dict.fromkeys(o.method for o in evaluation.outcomes))
     out.blocks.append(Text(
         f"Evaluation {eval_id} ({evals[0]['n_concepts']} concepts, {evals[0]['n_methods']} methods; "
         f"{len(evals)} evaluation(s) of this run, the latest is shown): captions with each method's neuron set "

@@ -18,9 +18,7 @@ import queries
 from engine.budget_plots import budget_curve_plot
 from engine.document import Figure, Section, Table, Text, fmt
 from engine.eval.budget import budget_curves, curve_scores, curve_table, split_label
-from engine.eval.summary import outcomes_from_rows, summarize
 from engine.pipelines.run import RunReader
-from engine.pipelines.sets import stored_sets
 from queries.selection import MASSIVE_K
 
 SECTION = ("budget", "Budget curves and specificity")
@@ -54,12 +52,9 @@ def budget_section(run: RunReader, dataset: Any, out_dir: Path, eval_id: str | N
         return Section(*SECTION, [Text("Budget evaluation: not run (no `kneuron suppress --budgets 1,2,4,8,16,32` "
                                        "for this run).")]), {}
     eval_id = found["eval_id"]
-    captions = queries.run(run.con, "suppress_eval_captions", {"eval_id": eval_id}).to_pylist()
-    scores = queries.run(run.con, "suppress_eval_scores", {"eval_id": eval_id}).to_pylist()
-    concepts_in = dataset.concepts_in if dataset is not None else (lambda image_id: ())
-    outcomes = outcomes_from_rows(captions, scores, concepts_in, stored_sets(run.con, run.run_id))
-    metrics = sorted({row["metric"] for row in scores})
-    curves = budget_curves(summarize(outcomes, metrics=metrics))
+    evaluation = run.evaluation(eval_id, dataset)
+    outcomes = evaluation.outcomes
+    curves = budget_curves(evaluation.summary)
     methods = evaluated_methods(run, eval_id) or list(dict.fromkeys(split_label(o.method)[0] for o in outcomes))
     averaged = curve_table(curves, methods=methods)
     numbers = curve_scores(curves, methods=methods)

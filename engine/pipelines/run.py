@@ -11,18 +11,52 @@ the latest chosen by ``kneuron select``, else the latest stored.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import duckdb
+import pyarrow as pa
 
 import queries
 from engine.baselines import ScoredNeuron
 from engine.errors import KneuronError
+from engine.eval.metrics import METRICS
+from engine.eval.summary import ImageOutcome, outcomes_from_rows, summarize
 from engine.pipelines.sets import StoredSet, current_set_ids, stored_sets
 
 
 def strongest_first(neurons: list[ScoredNeuron]) -> list[ScoredNeuron]:
     """``neurons`` by score descending (no score last), then layer, then unit."""
     return sorted(neurons, key=lambda n: (n[2] is None, -(n[2] or 0.0), n[0], n[1]))
+
+
+@dataclass(frozen=True)
+class StoredEvaluation:
+    """One stored evaluation summarised as ``kneuron suppress`` does: its outcomes, the metrics summarised and
+    the `engine.eval.summary.summarize` table."""
+    outcomes: list[ImageOutcome]
+    metrics: list[str]
+    summary: pa.Table
+
+
+def load_evaluation(con: duckdb.DuckDBPyConnection, eval_id: str, dataset: Any, sets: Mapping[str, StoredSet],
+                    metrics: Sequence[str] | None = None) -> StoredEvaluation:
+    """The captions and scores of evaluation ``eval_id``, joined (`outcomes_from_rows`) and summarised.
+
+    dataset: gives the concepts annotated in each image (other-object retention; None: no image has any);
+    sets: set_id -> stored set (its neuron count; missing sets count 0 neurons); metrics: those summarised
+    (None: the metrics the evaluation scored, in `METRICS` order, then any others sorted).
+    """
+    captions = queries.run(con, "suppress_eval_captions", {"eval_id": eval_id}).to_pylist()
+    scores = queries.run(con, "suppress_eval_scores", {"eval_id": eval_id}).to_pylist()
+    concepts_in = dataset.concepts_in if dataset is not None else (lambda image_id: ())
+    outcomes = outcomes_from_rows(captions, scores, concepts_in, sets)
+    if metrics is None:
+        present = {row["metric"] for row in scores}
+        metrics = [m for m in METRICS if m in present] + sorted(present - set(METRICS))
+    return StoredEvaluation(outcomes, list(metrics), summarize(outcomes, metrics=metrics))
 
 
 class RunReader:
@@ -54,6 +88,7 @@ class RunReader:
         except ValueError:
             self.config = {}
         self.notes: list[str] = []
+        self._evaluations: dict[str, tuple[Any, StoredEvaluation]] = {}
 
     def __enter__(self) -> RunReader:
         return self
@@ -67,6 +102,15 @@ class RunReader:
 
     def close(self) -> None:
         self.con.close()
+
+    def evaluation(self, eval_id: str, dataset: Any) -> StoredEvaluation:
+        """Evaluation ``eval_id`` of this run, summarised over all its metrics with the run's stored sets
+        (`load_evaluation`); loaded once per (eval_id, dataset) for the reader's lifetime."""
+        cached = self._evaluations.get(eval_id)
+        if cached is None or cached[0] is not dataset:
+            cached = (dataset, load_evaluation(self.con, eval_id, dataset, stored_sets(self.con, self.run_id)))
+            self._evaluations[eval_id] = cached
+        return cached[1]
 
     # ------------------------------------------------------------------ model, data, inpainting
     @property
@@ -153,12 +197,19 @@ class RunReader:
                    ) -> tuple[str | None, list[ScoredNeuron], str]:
         """(concept, neurons strongest first, description) of the set ``set_id``, else of ``concept``'s current
         ``method`` set. The concept is the set's own unless ``concept`` names another one."""
+        _, stored, label, what = self.chosen_stored_set(concept, method, set_id)
+        return label, stored.neurons, what
+
+    def chosen_stored_set(self, concept: str | None, method: str, set_id: str | None
+                          ) -> tuple[str, StoredSet, str | None, str]:
+        """(set id, `StoredSet` with neurons strongest first, concept, description) of the set `chosen_set`
+        picks: ``set_id``, else ``concept``'s current ``method`` set."""
         if set_id:
             chosen = self.sets([set_id])[set_id]
-            return (concept or chosen.concept, chosen.neurons,
+            return (set_id, chosen, concept or chosen.concept,
                     f"set {set_id} ({chosen.concept}, {chosen.method}, {len(chosen.neurons)} neurons)")
         current = self.current_set_ids(method).get((concept, method)) if concept else None
         if current is None:
             raise KneuronError(f"no {method} neuron set for concept {concept!r} in run {self.run_id}")
         chosen = self.sets([current])[current]
-        return concept, chosen.neurons, f"{concept} ({method}, {len(chosen.neurons)} neurons, set {current})"
+        return current, chosen, concept, f"{concept} ({method}, {len(chosen.neurons)} neurons, set {current})"

@@ -57,9 +57,10 @@ from engine.eval.config import EDITED_METHOD, REFERENCE_METHOD, EvalConfig, json
 from engine.eval.images import EvalImages, choose_images
 from engine.eval.metrics import METRICS, CaptionScorer
 from engine.eval.scoring import ScoreCache
-from engine.eval.summary import UNMODIFIED, outcomes_from_rows, paper_tables, summarize
+from engine.eval.summary import UNMODIFIED, paper_tables
 from engine.models.base import VLMAdapter
 from engine.neurons import as_neuron_set
+from engine.pipelines.run import load_evaluation
 from engine.pipelines.sets import StoredSet, stored_sets
 from engine.pipelines.suppress_budget import BudgetRanking, method_labels, short_note
 from engine.pipelines.suppress_edited import EditedModel, open_edited
@@ -418,11 +419,9 @@ def summarize_evaluation(wh: Warehouse, eval_id: str, dataset: Any, sets: Mappin
     """
     con = queries.connect(wh)
     try:
-        captions = queries.run(con, "suppress_eval_captions", {"eval_id": eval_id}).to_pylist()
-        scores = queries.run(con, "suppress_eval_scores", {"eval_id": eval_id}).to_pylist()
+        return load_evaluation(con, eval_id, dataset, sets or {}, metrics).summary
     finally:
         con.close()
-    return summarize(outcomes_from_rows(captions, scores, dataset.concepts_in, sets or {}), metrics)
 
 
 __all__ = ["EvalResult", "run_evaluation", "summarize_evaluation"]
