@@ -101,8 +101,8 @@ def joins_as_written(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
 
     Why: DuckDB estimates a materialized CTE at a row or so, so in a query such as ``two_stage.sql`` (tables of
     every neuron joined to a row per concept) it builds hash tables of millions of rows and probes them with 80
-    (measured: the stage2_only baseline over 28 M neurons 10.4 s, as written 4.7 s). The optimizer that swaps the
-    sides (``build_side_probe_side``) is switched off and the setting restored afterwards.
+    (`benchmarks/test_bench_rollup.py` at 7B scale shows the cost). The optimizer that swaps the sides
+    (``build_side_probe_side``) is switched off and the setting restored afterwards.
     """
     before = con.execute("SELECT current_setting('disabled_optimizers')").fetchone()
     off = [name for name in str(before[0] if before else "").split(",") if name.strip()]
