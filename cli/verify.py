@@ -46,17 +46,31 @@ def status_line(report: Any) -> str:
 @click.option("--repair", is_flag=True,
               help="Remove the batches that fail (commit record first, then files), as the single writer; the "
                    "next `kneuron ingest` of their run records their (concept, image) pairs again.")
-def command(warehouse_path: str | None, repair: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="With --repair: say what it would remove and re-create; change nothing.")
+@click.option("--force", is_flag=True,
+              help="With --repair: also remove intact batches that depend on a lost runs row with no copy.")
+def command(warehouse_path: str | None, repair: bool, dry_run: bool, force: bool) -> None:
     """Check the warehouse's committed files against their commit records.
 
     Per file: it exists, has its recorded size and sha256, reads as Parquet, holds its recorded rows, and
     every row's run_id names a committed run. Prints a summary per table and the problems per batch.
 
     \b
+    --repair removes the least data that makes the warehouse consistent: damaged batches (damaged files only,
+    for compacted ones), re-creating lost runs/evals/neuron_sets rows from the copies other records carry. When
+    it would remove more than the damaged batches it stops and says what (--force does it); --dry-run shows the
+    plan and changes nothing.
+
+    \b
     Exit codes: 0 clean (also: clean after --repair); 1 problems found and not
     repaired; 2 bad input (no warehouse there, another writer holds it, read-only).
     """
     import warehouse
+
+    if (dry_run or force) and not repair:
+        from engine.errors import KneuronError
+
+        raise KneuronError("--dry-run and --force go with --repair")
 
     if not repair:
         report = warehouse.verify_warehouse(warehouse_path)
@@ -67,9 +81,22 @@ def command(warehouse_path: str | None, repair: bool) -> None:
             sys.exit(EXIT_PROBLEMS)  # SystemExit: the entry point runs click with standalone_mode=False
         return
 
-    result = warehouse.repair(warehouse_path)
+    result = warehouse.repair(warehouse_path, dry_run=dry_run, force=force)
     click.echo(render_report(result.before), nl=False)
     click.echo(status_line(result.before))
+    if not result.done:
+        plan_lines = result.plan.lines() if result.plan is not None else []
+        for line in plan_lines:
+            click.echo(("would " if dry_run or result.refused else "") + line)
+        if result.refused:
+            dependents = len(result.plan.dependents) if result.plan is not None else 0
+            click.echo(f"repair would remove {dependents} intact batch(es) beyond the damaged ones; "
+                       "nothing changed: run `kneuron verify --repair --force` to do it", err=True)
+        if not result.before.ok:
+            sys.exit(EXIT_PROBLEMS)
+        return
+    for line in result.plan.lines() if result.plan is not None else []:
+        click.echo(line)
     if result.removed_batches:
         click.echo(f"removed {len(result.removed_batches)} batch(es) ({len(result.removed_files)} file(s)): "
                    + " ".join(result.removed_batches))

@@ -50,6 +50,14 @@ def files_of(root: Path, batch_id: str, table: str | None = None) -> list[Path]:
     return [root / entry["path"] for entry in record["files"] if table in (None, entry["table"])]
 
 
+def strip_copies(root: Path) -> None:
+    """Drop the parent-row copies from every commit record, as records written before copies existed."""
+    for path in (root / MANIFEST_DIR).glob("*.json"):
+        record = json.loads(path.read_text())
+        record.pop("parents", None)
+        path.write_text(json.dumps(record))
+
+
 def view_rows(root: Path) -> dict[str, list[tuple]]:
     """Every view's rows in a total order."""
     with connect(root) as con:
@@ -147,6 +155,7 @@ def test_damaged_file_is_reported_per_table_and_batch(built, capsys, damage, kin
 
 def test_rows_of_a_run_whose_runs_row_is_gone_are_reported(built) -> None:
     root, ids = built
+    strip_copies(root)  # no copy of run-2's runs row anywhere (tests/faults/test_repair_faults.py: with copies)
     for path in files_of(root, ids["runs2"]):  # the batch that held run-2's runs row, removed by hand
         path.unlink()
     (root / MANIFEST_DIR / f"{ids['runs2']}.json").unlink()
@@ -158,6 +167,7 @@ def test_rows_of_a_run_whose_runs_row_is_gone_are_reported(built) -> None:
 
 def test_a_failing_runs_batch_fails_the_batches_of_its_run(built) -> None:
     root, ids = built
+    strip_copies(root)
     flip_bytes(files_of(root, ids["runs2"])[0])
     report = verify_warehouse(root)
     assert report.bad_batches == sorted([ids["runs2"], ids["dog2"]])
@@ -203,9 +213,14 @@ def test_repair_removes_exactly_the_failing_batches(built, tmp_path, capsys) -> 
     for path in files_of(root, ids["runs2"]):                               # runs row gone
         path.unlink()
     (root / MANIFEST_DIR / f"{ids['runs2']}.json").unlink()
+    strip_copies(root)  # run-2's runs row is lost for good: dog2 can only go too
     dog_files = files_of(root, ids["dog"]) + files_of(root, ids["dog2"])
 
-    code, out, err = verify_cli(root, capsys, "--repair")
+    code, out, err = verify_cli(root, capsys, "--repair")  # more than the damaged batch: refused
+    assert code == 1 and "nothing changed" in err and "--force" in err
+    assert f"would ALSO remove intact batch {ids['dog2']}" in out
+    assert all(path.exists() for path in files_of(root, ids["cat"]))
+    code, out, err = verify_cli(root, capsys, "--repair", "--force")
     assert (code, err) == (0, "")
     assert f"removed 2 batch(es) (4 file(s)): {' '.join(sorted([ids['dog'], ids['dog2']]))}" in out
     assert out.splitlines()[-1] == f"warehouse {root} is clean: 2 batches, 3 files checked"

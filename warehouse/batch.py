@@ -28,7 +28,9 @@ from engine.errors import KneuronError
 from warehouse.faults import write_error
 from warehouse.layout import ROW_GROUP_ROWS, data_file_name, parquet_options, partition_dir, temp_file_name
 from warehouse.manifest import BatchRecord, FileRecord, fsync_dir, write_record
+from warehouse.parents import PARENTS, encode_rows, references
 from warehouse.schema import TABLES, TableSpec, conform, spec_of, valid_run_id
+from warehouse.signals import deferred_signals, point
 
 if TYPE_CHECKING:
     from warehouse.store import Warehouse
@@ -57,6 +59,8 @@ class Batch:
         self.replaces: list[str] = []  # batches this one replaces when it commits (`warehouse.compact`)
         self._pending: list[_PendingFile] = []
         self._keys: dict[str, set[tuple[Any, ...]]] = {name: set() for name in TABLES}
+        self._refs: dict[str, set[Any]] = {parent: set() for parent in PARENTS}  # parent keys the rows name
+        self._own_parents: dict[str, list[dict[str, Any]]] = {parent: [] for parent in PARENTS}
         self._state = "open"
 
     def __enter__(self) -> "Batch":
@@ -97,7 +101,28 @@ class Batch:
                 self.abort()
                 raise write_error(self.warehouse.root, exc.filename or failed, exc) from None
         self._keys[table].update(new_keys)
+        for parent, keys in references(table, rows).items():
+            self._refs[parent].update(keys)
+        if table in PARENTS:
+            self._own_parents[table].extend(rows.to_pylist())
         return written
+
+    def refer(self, table: str, keys: Iterable[Any]) -> None:
+        """Note that the batch's rows name these keys of parent table ``table`` (`warehouse.parents`): its commit
+        record will carry copies of their rows. `add` notes them itself; `keep` and `write_parts` callers call this."""
+        self._refs[table].update(keys)
+
+    def _parent_copies(self) -> dict[str, list[dict[str, Any]]]:
+        """JSON copies of the parent rows the batch's rows name (from the batch itself, else the warehouse)."""
+        copies: dict[str, list[dict[str, Any]]] = {}
+        for parent, keys in self._refs.items():
+            column = PARENTS[parent]
+            own = [row for row in self._own_parents[parent] if row[column] in keys]
+            missing = keys - {row[column] for row in own}
+            rows = encode_rows(parent, own) + (self.warehouse.parent_copies(parent, missing) if missing else [])
+            if rows:
+                copies[parent] = sorted(rows, key=lambda row: str(row.get(column)))
+        return copies
 
     def _check_run_ids(self, spec: TableSpec, rows: pa.Table) -> None:
         run_ids = pc.unique(rows.column("run_id")).to_pylist()
@@ -195,40 +220,51 @@ class Batch:
     def commit(self) -> BatchRecord | None:
         """Rename the staged files to their final names, then write the commit record (which publishes them).
 
-        A batch without rows commits nothing and returns None. If anything fails, the batch's files are
-        removed and the error propagates; the warehouse is as before the batch.
+        A batch without rows commits nothing and returns None. If anything fails before the record is
+        published, the batch's files are removed and the error propagates; the warehouse is as before the
+        batch. Once the record is published nothing it names is removed, whatever happens after (a failed
+        directory fsync, a signal). SIGINT/SIGTERM/SIGHUP arriving during the commit are delivered after it.
         """
         if self._state != "open":
             raise KneuronError(f"batch {self.batch_id} is already {self._state}")
-        try:
-            if not self._pending:
-                self._state = "committed"
-                return None
-            staged = [(pending.temp, pending.final) for pending in self._pending if pending.temp is not None]
-            for temp, final in staged:
-                os.replace(temp, final)
-            for directory in sorted({final.parent for _, final in staged}):
-                fsync_dir(directory)
-            record = BatchRecord(
-                batch_id=self.batch_id,
-                committed_at=datetime.now(timezone.utc).isoformat(),
-                files=[pending.record for pending in self._pending],
-                replaces=list(self.replaces),
-            )
-            write_record(self.warehouse.root, record)
-        except OSError as exc:
-            self._remove_files()
-            self._state = "aborted"
-            raise write_error(self.warehouse.root, exc.filename or self.warehouse.root, exc) from None
-        except BaseException:
-            self._remove_files()
-            self._state = "aborted"
-            raise
-        finally:
-            self.warehouse._open_batch = None
-        self.warehouse._register(record)
-        self.record = record
-        self._state = "committed"
+        published: list[bool] = []
+        record: BatchRecord | None = None
+        with deferred_signals():
+            try:
+                if not self._pending:
+                    self._state = "committed"
+                    return None
+                parents = self._parent_copies()
+                staged = [(pending.temp, pending.final) for pending in self._pending if pending.temp is not None]
+                for temp, final in staged:
+                    point("rename", final)
+                    os.replace(temp, final)
+                for directory in sorted({final.parent for _, final in staged}):
+                    fsync_dir(directory)
+                record = BatchRecord(
+                    batch_id=self.batch_id,
+                    committed_at=datetime.now(timezone.utc).isoformat(),
+                    files=[pending.record for pending in self._pending],
+                    replaces=list(self.replaces),
+                    parents=parents,
+                )
+                write_record(self.warehouse.root, record, published)
+            except OSError as exc:
+                if not published:
+                    self._remove_files()
+                    self._state = "aborted"
+                    raise write_error(self.warehouse.root, exc.filename or self.warehouse.root, exc) from None
+            except BaseException:
+                if not published:
+                    self._remove_files()
+                    self._state = "aborted"
+                    raise
+            finally:
+                self.warehouse._open_batch = None
+            assert record is not None
+            self.warehouse._register(record)
+            self.record = record
+            self._state = "committed"
         return record
 
     def abort(self) -> None:
@@ -244,6 +280,7 @@ class Batch:
                 continue
             for path in (pending.temp, pending.final):
                 try:
+                    point("unlink", path)
                     path.unlink()
                 except FileNotFoundError:
                     pass

@@ -39,8 +39,10 @@ from engine.errors import KneuronError
 from warehouse.faults import damaged_file_error, write_error
 from warehouse.garbage import delete_unreferenced
 from warehouse.manifest import BatchRecord, FileRecord, remove_records
+from warehouse.parents import PARENTS, copies_in
 from warehouse.rollup import complete_partitions, merge_rollups, partition_key, rollup_rows
 from warehouse.schema import TABLES, spec_of
+from warehouse.signals import deferred_signals
 from warehouse.store import Warehouse
 
 #: rows per merged file (neuron_stats: ~9 bytes per row, so ~300 MB); files this large are kept as they are
@@ -163,6 +165,9 @@ def compact(root: str | os.PathLike[str] | None = None, *, target_rows: int = DE
             return result
         batch = wh.batch()
         batch.replaces = [record.batch_id for record in records]
+        copies = copies_in(records)
+        for parent in PARENTS:  # the one record holds every parent row: keep copies of them all
+            batch.refer(parent, {key[0] for key in wh._keys[parent]} | set(copies[parent]))
         try:
             for plan in plans:
                 _write_group(wh, batch, plan, log)
@@ -172,12 +177,13 @@ def compact(root: str | os.PathLike[str] | None = None, *, target_rows: int = DE
         except BaseException:
             batch.abort()
             raise
-        record = batch.commit()
-        assert record is not None
-        result.batch_id = record.batch_id
-        result.files_after = len(record.files)
-        result.bytes_after = sum(entry.bytes for entry in record.files)
-        result.removed = _clean_up(wh, records, record)
+        with deferred_signals():  # the commit and its clean-up as one step: a signal waits until both are done
+            record = batch.commit()
+            assert record is not None
+            result.batch_id = record.batch_id
+            result.files_after = len(record.files)
+            result.bytes_after = sum(entry.bytes for entry in record.files)
+            result.removed = _clean_up(wh, records, record)
         return result
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from warehouse.layout import DATA_FILE, MANIFEST_DIR, TEMP_FILE
 from warehouse.manifest import BatchRecord, fsync_dir, remove_records
 from warehouse.schema import TABLES
+from warehouse.signals import point
 
 
 def collect_garbage(root: Path, live: Iterable[BatchRecord], replaced: Iterable[str]) -> list[Path]:
@@ -31,6 +32,7 @@ def collect_garbage(root: Path, live: Iterable[BatchRecord], replaced: Iterable[
                 path = Path(directory) / name
                 relative = path.relative_to(root).as_posix()
                 if TEMP_FILE.fullmatch(name) or (DATA_FILE.fullmatch(name) and relative not in committed):
+                    point("unlink", path)
                     path.unlink()
                     removed.append(path)
             if Path(directory) != table_dir and not os.listdir(directory):
@@ -51,6 +53,7 @@ def delete_unreferenced(root: Path, paths: Iterable[str], live: Iterable[BatchRe
     for relative in sorted(set(paths) - kept):
         path = root / relative
         try:
+            point("unlink", path)
             path.unlink()
         except FileNotFoundError:
             continue

@@ -9,7 +9,13 @@ before checksums existed have no ``sha256`` (None): such files are verified by s
 A record may *replace* earlier batches (``replaces``: their ids; `warehouse.compact` writes such records): from
 the moment it exists, the batches it names are no longer part of the warehouse, even while their records are
 still on disk (`live_records`); writers delete those records, then the files no live record names. One rename
-thus swaps many batches for one. Records without ``replaces`` are stored without the key, as before.
+thus swaps many batches for one. Records without ``replaces`` are stored without the key, as before. A record
+with ``replaces`` (compaction's, repair's) holds files of many earlier batches: its units of repair are its files,
+not the whole batch (`warehouse.repair_plan`).
+
+A record may also carry ``parents``: copies of the rows of the parent tables (`warehouse.parents`: ``runs``,
+``evals``, ``neuron_sets``) that its rows name, so that damage to the batch holding a run's ``runs`` row does not
+orphan every other batch of the run: repair re-creates the row from a copy. Stored only when non-empty.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from typing import Any
 from engine.errors import KneuronError
 from warehouse.layout import MANIFEST_DIR
 from warehouse.schema import SCHEMA_VERSION
+from warehouse.signals import deferred_signals, point
 
 RECORD_FORMAT = "kneuron-batch"
 
@@ -55,12 +62,14 @@ class BatchRecord:
     format: str = RECORD_FORMAT
     schema_version: int = SCHEMA_VERSION
     replaces: list[str] = field(default_factory=list)
+    parents: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """The record as compact JSON (keys sorted), the form stored in ``_manifest/<batch_id>.json``."""
         raw = asdict(self)
-        if not raw["replaces"]:
-            del raw["replaces"]
+        for optional in ("replaces", "parents"):
+            if not raw[optional]:
+                del raw[optional]
         return json.dumps(raw, separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -73,12 +82,17 @@ class BatchRecord:
         replaces = raw.get("replaces", [])
         if not isinstance(replaces, list) or not all(isinstance(item, str) for item in replaces):
             raise ValueError("its replaces is not a list of batch ids")
+        parents = raw.get("parents", {})
+        if not isinstance(parents, dict) or not all(isinstance(rows, list) for rows in parents.values()):
+            raise ValueError("its parents is not a table -> rows mapping")
         return cls(batch_id=raw["batch_id"], committed_at=raw["committed_at"], files=files,
-                   format=raw["format"], schema_version=raw["schema_version"], replaces=replaces)
+                   format=raw["format"], schema_version=raw["schema_version"], replaces=replaces,
+                   parents=parents)
 
 
 def fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable (no-op where directories cannot be opened)."""
+    point("fsync", path)
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -91,22 +105,30 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_record(root: Path, record: BatchRecord) -> Path:
-    """Commit ``record``: write ``_manifest/.<id>.json.tmp``, fsync, rename to ``_manifest/<id>.json``."""
+def write_record(root: Path, record: BatchRecord, published: list[bool] | None = None) -> Path:
+    """Commit ``record``: write ``_manifest/.<id>.json.tmp``, fsync, rename to ``_manifest/<id>.json``.
+
+    published: set to ``[True]`` the moment the rename has happened (from then on the record is the
+    warehouse's, and nothing it names may be removed, whatever fails afterwards)."""
     directory = root / MANIFEST_DIR
     directory.mkdir(exist_ok=True)
     final = directory / f"{record.batch_id}.json"
     temp = directory / f".{record.batch_id}.json.tmp"
-    try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(record.to_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fsync_dir(directory)
+    with deferred_signals():
+        try:
+            with open(temp, "w", encoding="utf-8") as handle:
+                handle.write(record.to_json())
+                handle.flush()
+                point("fsync", temp)
+                os.fsync(handle.fileno())
+            point("rename", final)
+            os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        if published is not None:
+            published[:] = [True]
+        fsync_dir(directory)
     return final
 
 
@@ -117,21 +139,25 @@ def remove_record(root: Path, batch_id: str) -> bool:
     next writer deletes like those of a crashed batch.
     """
     directory = root / MANIFEST_DIR
-    try:
-        (directory / f"{batch_id}.json").unlink()
-    except FileNotFoundError:
-        return False
-    fsync_dir(directory)
+    with deferred_signals():
+        try:
+            point("unlink", directory / f"{batch_id}.json")
+            (directory / f"{batch_id}.json").unlink()
+        except FileNotFoundError:
+            return False
+        fsync_dir(directory)
     return True
 
 
 def remove_records(root: Path, batch_ids: list[str]) -> None:
     """Delete the commit records of ``batch_ids`` (missing ones are fine), then fsync ``_manifest/`` once."""
     directory = root / MANIFEST_DIR
-    for batch_id in batch_ids:
-        (directory / f"{batch_id}.json").unlink(missing_ok=True)
-    if batch_ids:
-        fsync_dir(directory)
+    with deferred_signals():
+        for batch_id in batch_ids:
+            point("unlink", directory / f"{batch_id}.json")
+            (directory / f"{batch_id}.json").unlink(missing_ok=True)
+        if batch_ids:
+            fsync_dir(directory)
 
 
 def live_records(records: dict[str, BatchRecord]) -> tuple[dict[str, BatchRecord], set[str]]:

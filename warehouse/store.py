@@ -52,7 +52,9 @@ from warehouse.layout import (
 )
 from warehouse.lock import WriterLock
 from warehouse.manifest import BatchRecord, FileRecord, fsync_dir, live_records, read_records, remove_record
+from warehouse.parents import copies_in, encode_rows, key_of
 from warehouse.schema import FORMAT_NAME, SCHEMA_VERSION, TABLES, TableSpec, spec_of
+from warehouse.signals import deferred_signals
 
 
 def default_warehouse_path() -> Path:
@@ -120,6 +122,8 @@ class Warehouse:
         self._replaced: dict[str, BatchRecord] = {}
         self._open_batch: Batch | None = None
         self.garbage_collected: list[Path] = []
+        self._parent_cache: dict[str, dict[Any, list[dict[str, Any]]]] | None = None
+        self._parents_read: set[str] = set()
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -220,6 +224,10 @@ class Warehouse:
     def _register(self, record: BatchRecord) -> None:
         """Add a committed batch to what this object knows (records and keys); drop the batches it replaces."""
         self._records[record.batch_id] = record
+        if self._parent_cache is not None:
+            for parent, found in copies_in([record]).items():
+                for key, rows in found.items():
+                    self._parent_cache[parent].setdefault(key, rows)
         for entry in record.files:
             self._keys[entry.table].update(tuple(key) for key in entry.keys)
         dropped = [batch_id for batch_id in record.replaces if self._records.pop(batch_id, None) is not None]
@@ -323,6 +331,28 @@ class Warehouse:
                         (allowed if row[column] == value else refused).add(key)
         return allowed - refused
 
+    def parent_copies(self, table: str, keys: Iterable[Any]) -> list[dict[str, Any]]:
+        """JSON copies (`warehouse.parents`) of the rows of parent ``table`` with these keys: from the copies the
+        commit records carry, else read from the table's files once per process; keys found nowhere are left out."""
+        if self._parent_cache is None:
+            self._parent_cache = copies_in(self._records.values())
+        cache = self._parent_cache[table]
+        wanted = set(keys)
+        if wanted - set(cache) and table not in self._parents_read:
+            self._parents_read.add(table)
+            for entry_batch, entry in [(r.batch_id, e) for r in self._records.values() for e in r.files
+                                       if e.table == table]:
+                try:
+                    rows = self._read_file(entry_batch, entry, None).to_pylist()
+                except KneuronError:
+                    continue  # a damaged parent file: its rows come from another copy, or not at all
+                grouped: dict[Any, list[dict[str, Any]]] = {}
+                for row in rows:
+                    grouped.setdefault(key_of(table, row), []).append(row)
+                for key, group in grouped.items():
+                    cache.setdefault(key, encode_rows(table, group))
+        return [row for key in sorted(wanted & set(cache), key=str) for row in cache[key]]
+
     def runs(self) -> list[dict[str, Any]]:
         """The committed ``runs`` rows as dicts, oldest first."""
         rows = self.read("runs").to_pylist()
@@ -388,6 +418,10 @@ class Warehouse:
         """
         if not self.writable:
             raise KneuronError(f"warehouse {self.root} is open read-only; open it with create=True to repair it")
+        with deferred_signals():
+            return self._remove_batch(batch_id)
+
+    def _remove_batch(self, batch_id: str) -> list[Path]:
         record = self._records.get(batch_id)
         try:
             remove_record(self.root, batch_id)

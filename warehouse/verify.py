@@ -36,14 +36,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from warehouse.faults import write_error
+from warehouse.garbage import delete_unreferenced
 from warehouse.layout import LOCK_FILE, MANIFEST_DIR, MARKER_FILE
 from warehouse.lock import WriterLock
-from warehouse.manifest import BatchRecord, FileRecord, live_records, read_records, remove_record
+from warehouse.manifest import BatchRecord, FileRecord, live_records, read_records, remove_record, remove_records
+from warehouse.parents import PARENTS, copies_in, decode_rows
+from warehouse.repair_plan import RepairPlan, plan_repair
 from warehouse.schema import TABLES
+from warehouse.signals import deferred_signals
 from warehouse.store import Warehouse, check_marker, default_warehouse_path
 
 HASH_CHUNK = 1 << 20
-PROBLEM_KINDS = ("missing", "size", "checksum", "unreadable", "rows", "orphan_run", "damaged_record")
+PROBLEM_KINDS = ("missing", "size", "checksum", "unreadable", "rows", "partition", "orphan_run", "missing_parent",
+                 "damaged_record")
 
 
 @dataclass(frozen=True)
@@ -91,8 +96,8 @@ class VerifyReport:
 
     @property
     def bad_batches(self) -> list[str]:
-        """Ids of the batches that fail (sorted): what `repair` removes."""
-        return sorted({problem.batch_id for problem in self.problems})
+        """Ids of the batches that fail (sorted); a ``missing_parent`` problem belongs to no batch."""
+        return sorted({problem.batch_id for problem in self.problems if problem.batch_id})
 
     def problems_by_table(self) -> dict[str, list[Problem]]:
         """Problems grouped by table (a damaged commit record is under "")."""
@@ -114,12 +119,18 @@ class VerifyReport:
 
 @dataclass(frozen=True)
 class RepairResult:
-    """What `repair` found and did: the report before, the batches and files removed, the report after."""
+    """What `repair` found and did: the report before, its plan, the batches and files removed, the report after.
+
+    done: False when nothing was changed (``dry_run``, or the plan removes intact batches and ``force`` was not
+    given: ``refused``); ``after`` is then ``before``."""
 
     before: VerifyReport
     removed_batches: list[str]
     removed_files: list[str]
     after: VerifyReport
+    plan: RepairPlan | None = None
+    done: bool = True
+    refused: bool = False
 
 
 # ---------------------------------------------------------------------- verify
@@ -161,6 +172,7 @@ def _verify(root: Path, records: dict[str, BatchRecord], damaged: dict[str, str]
             if problem is not None:
                 problems.append(problem)
     problems.extend(_orphan_problems(records, run_ids, {p.batch_id for p in problems}))
+    problems.extend(_missing_parents(records, run_ids))
     return VerifyReport(root=root, batches=len(records) + len(damaged),
                         tables=_summaries(records, problems), problems=problems)
 
@@ -188,13 +200,17 @@ def _check_file(root: Path, batch_id: str, entry: FileRecord) -> tuple[Problem |
         if digest != entry.sha256:
             return problem("checksum", f"sha256 {digest[:12]}..., the commit record says {entry.sha256[:12]}...")
     try:
-        rows, run_ids = _read_parquet(path, full=entry.sha256 is None)
-    except (OSError, pa.ArrowException, ValueError) as exc:
+        rows, values = _read_parquet(path, full=entry.sha256 is None, columns=sorted({"run_id", *entry.partition}))
+    except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         return problem("unreadable", f"not readable as Parquet: {first}")
     if rows != entry.rows:
         return problem("rows", f"{rows} rows, the commit record says {entry.rows}")
-    return None, run_ids
+    for column, value in sorted(entry.partition.items()):
+        stray = sorted(str(v) for v in values.get(column, set()) if v != value)
+        if stray:
+            return problem("partition", f"rows have {column} {stray[0]!r}, its partition is {value!r}")
+    return None, values.get("run_id", set())
 
 
 def _sha256(path: Path) -> str:
@@ -206,19 +222,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_parquet(path: Path, *, full: bool) -> tuple[int, set[str]]:
-    """(rows, distinct run ids) of a Parquet file, reading row group by row group.
+def _read_parquet(path: Path, *, full: bool, columns: list[str]) -> tuple[int, dict[str, set[Any]]]:
+    """(rows, column -> distinct values for ``columns``) of a Parquet file, reading row group by row group.
 
-    full: decode every column (proves the whole file reads); otherwise only ``run_id`` is decoded.
+    full: decode every column (proves the whole file reads); otherwise only ``columns`` are decoded.
     """
     parquet = pq.ParquetFile(path)
-    columns = None if full else ["run_id"]
     rows = 0
-    run_ids: set[str] = set()
-    for batch in parquet.iter_batches(columns=columns):
+    values: dict[str, set[Any]] = {column: set() for column in columns}
+    for batch in parquet.iter_batches(columns=None if full else columns):
         rows += batch.num_rows
-        run_ids.update(pc.unique(batch.column("run_id")).to_pylist())
-    return rows, run_ids
+        for column in columns:
+            values[column].update(pc.unique(batch.column(column)).to_pylist())
+    return rows, values
 
 
 def _orphan_problems(records: dict[str, BatchRecord], run_ids: dict[tuple[str, str], set[str]],
@@ -228,9 +244,10 @@ def _orphan_problems(records: dict[str, BatchRecord], run_ids: dict[tuple[str, s
     found: list[Problem] = []
     runs_files = [(batch_id, entry.path) for batch_id, record in records.items() for entry in record.files
                   if entry.table == "runs"]
+    copied = set(copies_in(records.values())["runs"])  # runs rows repair can re-create (`warehouse.parents`)
     while True:
-        committed = {run for batch_id, path in runs_files if batch_id not in failing
-                     for run in run_ids[(batch_id, path)]}
+        committed = copied | {run for batch_id, path in runs_files if batch_id not in failing
+                              for run in run_ids[(batch_id, path)]}
         new: list[Problem] = []
         for batch_id in sorted(records):
             if batch_id in failing:
@@ -244,6 +261,23 @@ def _orphan_problems(records: dict[str, BatchRecord], run_ids: dict[tuple[str, s
             return found
         found.extend(new)
         failing.update(problem.batch_id for problem in new)
+
+
+def _missing_parents(records: dict[str, BatchRecord], run_ids: dict[tuple[str, str], set[str]]) -> list[Problem]:
+    """``missing_parent`` problems: parent rows (`warehouse.parents`) that rows name but no record holds, while
+    a copy exists (an interrupted repair); `repair` re-creates them. They belong to no batch."""
+    copies = copies_in(records.values())
+    found = []
+    for parent, column in PARENTS.items():
+        present = {key[0] for r in records.values() for e in r.files if e.table == parent for key in e.keys}
+        named = {row.get(column) for r in records.values() for row in r.parents.get(parent, [])}
+        if parent == "runs":
+            named |= {run for values in run_ids.values() for run in values}
+        for key in sorted((named - present) & set(copies[parent]), key=str):
+            found.append(Problem("", parent, f"{parent}/{column}={key}", "missing_parent",
+                                 f"its {parent} row is not in the warehouse; `kneuron verify --repair` re-creates "
+                                 "it from a copy"))
+    return found
 
 
 def _summaries(records: dict[str, BatchRecord], problems: list[Problem]) -> list[TableSummary]:
@@ -271,32 +305,75 @@ def _group(problems: list[Problem], attribute: str) -> dict[str, list[Problem]]:
 
 
 # ---------------------------------------------------------------------- repair
-def repair(root: str | os.PathLike[str] | None = None) -> RepairResult:
-    """Remove every batch `verify_warehouse` finds failing, under the writer lock; report before and after.
+def repair(root: str | os.PathLike[str] | None = None, *, dry_run: bool = False,
+           force: bool = False) -> RepairResult:
+    """Make the warehouse consistent with the least removal (`warehouse.repair_plan`), under the writer lock.
 
-    Per failing batch: its commit record is deleted first (``_manifest/`` fsynced), then its files; a damaged
-    commit record is deleted and its files collected as leftovers. Raises `KneuronError` when ``root`` is not a
-    warehouse, another writer holds the lock, or the warehouse is read-only.
+    Damaged commit records are dropped (their files collected as leftovers); damaged batches are removed whole,
+    damaged files of compacted records one by one; parent rows lost with them are re-created from copies. When
+    the plan would also remove intact batches (a run whose ``runs`` row has no copy anywhere), nothing changes
+    unless ``force``. dry_run: plan only. Raises `KneuronError` when ``root`` is not a warehouse, another writer
+    holds the lock, or the warehouse is read-only.
     """
     path = _open_reader_root(root)
     lock = WriterLock(path, path / LOCK_FILE)
     lock.acquire()
     try:
         damaged: dict[str, str] = {}
-        before = _verify(path, read_records(path, damaged=damaged), damaged)
-        removed_files: list[str] = []
-        for batch_id in damaged:
-            _remove_record(path, batch_id)
-        writer = Warehouse.with_lock(path, lock)  # also deletes the files the damaged records named
-        removed_files.extend(p.relative_to(path).as_posix() for p in writer.garbage_collected)
-        for batch_id in before.bad_batches:
-            if batch_id not in damaged:
-                removed_files.extend(p.relative_to(path).as_posix() for p in writer.remove_batch(batch_id))
+        records = read_records(path, damaged=damaged)
+        before = _verify(path, records, damaged)
+        plan = plan_repair(before.problems, live_records(records)[0], damaged)
+        if dry_run or plan.empty or (plan.dependents and not force):
+            return RepairResult(before=before, removed_batches=[], removed_files=[], after=before, plan=plan,
+                                done=False, refused=bool(plan.dependents and not force and not dry_run))
+        removed_files = _carry_out(path, lock, plan)
         after = _verify(path, read_records(path), {})
     finally:
         lock.release()
-    return RepairResult(before=before, removed_batches=before.bad_batches, removed_files=sorted(removed_files),
-                        after=after)
+    removed = sorted(set(plan.damaged_records) | set(plan.remove) | set(plan.dependents))
+    return RepairResult(before=before, removed_batches=removed, removed_files=sorted(removed_files), after=after,
+                        plan=plan)
+
+
+def _carry_out(path: Path, lock: WriterLock, plan: RepairPlan) -> list[str]:
+    """Do ``plan``: each step is a commit of its own, so an interruption leaves a warehouse the next repair finishes
+    (a removed batch's parent rows stay recoverable from the copies in the other records)."""
+    removed: list[str] = []
+    for batch_id in plan.damaged_records:
+        _remove_record(path, batch_id)
+    writer = Warehouse.with_lock(path, lock)  # also deletes the files the damaged records named
+    removed.extend(p.relative_to(path).as_posix() for p in writer.garbage_collected)
+    for batch_id in plan.remove:
+        removed.extend(p.relative_to(path).as_posix() for p in writer.remove_batch(batch_id))
+    for batch_id, bad in sorted(plan.trim.items()):
+        removed.extend(_trim(writer, batch_id, set(bad)))
+    if plan.recover:
+        with writer.batch() as batch:
+            for table in PARENTS:  # runs first: the others name a run
+                if plan.recover.get(table):
+                    batch.add(table, decode_rows(table, plan.recover[table]))
+    for batch_id in plan.dependents:
+        removed.extend(p.relative_to(path).as_posix() for p in writer.remove_batch(batch_id))
+    return removed
+
+
+def _trim(writer: Warehouse, batch_id: str, bad: set[str]) -> list[str]:
+    """Replace batch ``batch_id`` by a record of its files but ``bad`` (one rename), then delete ``bad``."""
+    old = next(record for record in writer.batches if record.batch_id == batch_id)
+    with deferred_signals():
+        batch = writer.batch()
+        batch.replaces = [batch_id]
+        for entry in old.files:
+            if entry.path not in bad:
+                batch.keep(entry)
+        for parent, rows in old.parents.items():
+            if parent in PARENTS:
+                batch.refer(parent, {row.get(PARENTS[parent]) for row in rows})
+        record = batch.commit()
+        assert record is not None
+        remove_records(writer.root, [batch_id])
+        gone = delete_unreferenced(writer.root, sorted(bad), writer.batches)
+    return [p.relative_to(writer.root).as_posix() for p in gone]
 
 
 def _remove_record(root: Path, batch_id: str) -> None:
