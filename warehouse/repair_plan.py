@@ -20,6 +20,9 @@ from typing import Any
 from warehouse.manifest import BatchRecord
 from warehouse.parents import PARENTS, copies_in
 
+#: table -> the table derived from its rows per partition (dropped with them: compaction rebuilds it)
+DERIVED = {"neuron_stats": "neuron_rollup"}
+
 #: problem kinds that make a file (and its unit of repair) bad; ``orphan_run`` and ``missing_parent`` do not
 FILE_KINDS = frozenset({"missing", "size", "checksum", "unreadable", "rows", "partition"})
 
@@ -64,6 +67,9 @@ def plan_repair(problems: list[Any], records: dict[str, BatchRecord], damaged: d
             bad_files.setdefault(problem.batch_id, set()).add(problem.path)
     for batch_id, paths in sorted(bad_files.items()):
         record = records[batch_id]
+        derived = {(DERIVED[e.table], tuple(sorted(e.partition.items()))) for e in record.files
+                   if e.path in paths and e.table in DERIVED}
+        paths = paths | {e.path for e in record.files if (e.table, tuple(sorted(e.partition.items()))) in derived}
         if record.replaces and len(paths) < len(record.files):
             plan.trim[batch_id] = sorted(paths)
         else:
