@@ -8,6 +8,15 @@ import click
 from cli.options import neuron_set_options
 
 
+def _warehouse_dir(warehouse_path: str | None) -> str:
+    """The warehouse folder the command may read (never replaced by --force)."""
+    import os
+
+    from warehouse.layout import DEFAULT_PATH, ENV_VAR
+
+    return warehouse_path or os.environ.get(ENV_VAR) or DEFAULT_PATH
+
+
 @click.command("edit", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("out", type=click.Path())
 @click.option("--model", help="Model name or folder to edit [default: the run's model when the neurons come from a "
@@ -16,7 +25,8 @@ from cli.options import neuron_set_options
                     set_help="Edit the neuron set with this id (`kneuron ls sets`).")
 @click.option("--scale", "scale_text", default="0", show_default=True, metavar="S",
               help="Multiply the units' output columns by S: 0 erases them, 2 amplifies them.")
-@click.option("--force", is_flag=True, help="Replace OUT when it exists and is not empty.")
+@click.option("--force", is_flag=True, help="Replace OUT when it is an earlier `kneuron edit` output (never a "
+                                            "warehouse, the model read, $HOME, /, the current folder or a parent).")
 @click.option("--device", default="cpu", show_default=True, help="Device to load the model on (to check it).")
 def command(out: str, model: str | None, warehouse_path: str | None, run_id: str | None, concept: str | None,
             method: str, set_id: str | None, neurons: tuple[str, ...], scale_text: str, force: bool,
@@ -35,7 +45,8 @@ def command(out: str, model: str | None, warehouse_path: str | None, run_id: str
     from engine.neurons import parse_neuron
 
     scale = check_scale(scale_text)
-    check_out(out, force)
+    protected = [_warehouse_dir(warehouse_path)]
+    check_out(out, force, protected=protected)
     given = [name for name, value in (("--neuron", neurons), ("--set", set_id), ("--concept", concept)) if value]
     if len(given) != 1:
         raise KneuronError("say which neurons with one of --neuron L:U, --set SET_ID or --concept C"
@@ -48,7 +59,7 @@ def command(out: str, model: str | None, warehouse_path: str | None, run_id: str
         if not model:
             raise KneuronError("--neuron needs --model (the model to edit)")
         pairs = [parse_neuron(text) for text in neurons]
-        result = edit_model(model, out, pairs, scale, force=force, device=device, log=say)
+        result = edit_model(model, out, pairs, scale, force=force, device=device, log=say, protected=protected)
         what = f"{len(set(pairs))} neuron(s)"
     else:
         from engine.pipelines.run import RunReader
@@ -63,7 +74,8 @@ def command(out: str, model: str | None, warehouse_path: str | None, run_id: str
             origin: dict[str, Any] = {"set_id": chosen, "run_id": run.run_id, "concept": stored.concept,
                                       "method": stored.method, "warehouse": str(run.root) if run.root else None,
                                       "run_model_hash": run.row.get("model_hash")}
-            result = edit_model(source, out, pairs, scale, adapter=adapter, origin=origin, force=force, log=say)
+            result = edit_model(source, out, pairs, scale, adapter=adapter, origin=origin, force=force, log=say,
+                                protected=protected)
     record = result.record
     click.echo(f"wrote {result.out}: {what} {record['operation']}d"
                + (f" (scale {scale:g})" if record["operation"] != "erase" else "")

@@ -48,6 +48,7 @@ import torch
 from engine.errors import KneuronError
 from engine.models.base import VLMAdapter
 from engine.neurons import NeuronSet, as_neuron_set, check_neurons, neuron_pairs
+from engine.replace_guard import check_replaceable
 from engine.version import kneuron_version
 
 Log = Callable[[str], None]
@@ -120,9 +121,12 @@ def check_scale(scale: float | str) -> float:
     return value
 
 
-def check_out(out: str | Path, force: bool = False, sources: Sequence[Path] = ()) -> Path:
+def check_out(out: str | Path, force: bool = False, sources: Sequence[Path] = (),
+              protected: Sequence[Path | str] = ()) -> Path:
     """The output folder, checked: not a file, empty unless ``force``, and not overlapping any of ``sources``
-    (the folders the edit reads: OUT may be neither one of them, nor inside one, nor contain one)."""
+    (the folders the edit reads: OUT may be neither one of them, nor inside one, nor contain one). A non-empty
+    OUT is replaced only when it is an earlier edit's output (`engine.replace_guard`), never ``/``, the home or
+    current folder, a ``protected`` folder (the warehouse) or a parent of one."""
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise KneuronError(f"output path exists and is not a folder: {path}")
@@ -133,6 +137,8 @@ def check_out(out: str | Path, force: bool = False, sources: Sequence[Path] = ()
         src = source.resolve()
         if target == src or target.is_relative_to(src) or src.is_relative_to(target):
             raise KneuronError(f"output folder {path} overlaps the model folder it edits ({source})")
+    if path.is_dir() and any(path.iterdir()):
+        check_replaceable(path, marker=EDIT_FILE, is_ours=_is_edit_record, protected=[*protected, *sources])
     return path
 
 
@@ -333,6 +339,15 @@ def _copy_tree(source: Path, target: Path, skip: Callable[[Path], bool]) -> int:
     return total
 
 
+def _is_edit_record(path: Path) -> bool:
+    """Whether ``path`` is an edit record this command wrote (JSON object of format `EDIT_FORMAT`)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("format") == EDIT_FORMAT
+
+
 def read_edit_record(folder: str | Path) -> dict[str, Any] | None:
     """The `EDIT_FILE` record of a model folder (None when it was not written by an edit)."""
     path = Path(folder) / EDIT_FILE
@@ -369,7 +384,8 @@ def plan_edit(adapter: VLMAdapter, folder: Path, neurons: NeuronSet | Iterable[t
 
 def edit_model(source: str | Path, out: str | Path, neurons: NeuronSet | Iterable[tuple[int, int]],
                scale: float = 0.0, *, adapter: VLMAdapter | None = None, origin: Mapping[str, Any] | None = None,
-               force: bool = False, device: str = "cpu", log: Log | None = None) -> EditResult:
+               force: bool = False, device: str = "cpu", log: Log | None = None,
+               protected: Sequence[Path | str] = ()) -> EditResult:
     """Write ``out``: the model folder ``source`` (a bundled name or a folder) with ``neurons`` erased
     (``scale`` 0) or scaled (see the module docstring for the folder formats and the record).
 
@@ -385,11 +401,11 @@ def edit_model(source: str | Path, out: str | Path, neurons: NeuronSet | Iterabl
     scale = check_scale(scale)
     operation = "erase" if scale == 0 else "scale"
     folder = resolve_model_path(str(source))
-    target = check_out(out, force, [folder])
+    target = check_out(out, force, [folder], protected)
     if adapter is None:  # not logged: a bad request fails below with its one error line and nothing else
         adapter = load_model(str(source), device=device)
     layout, edits = plan_edit(adapter, folder, neurons, scale)
-    check_out(out, force, [source for source, _ in layout.copies])
+    check_out(out, force, [source for source, _ in layout.copies], protected)
     previous = read_edit_record(folder)
     source_fingerprint = model_fingerprint(adapter)
     with edited(adapter, {e.layer: (e.units, e.columns) for e in edits}):

@@ -64,6 +64,10 @@ def test_edit_given_neurons_and_force(report_model_dir, tmp_path, capsys) -> Non
     code, _, err = run_cli(args, capsys)
     assert code == 2 and err == f"kneuron: error: output folder {out} exists and is not empty (--force replaces it)\n"
     assert [p.name for p in out.iterdir()] == ["old.txt"]
+    code, _, err = run_cli(args + ["--force"], capsys)  # not an earlier edit's output: refused
+    assert code == 2 and "replaces only an earlier output of this command" in err
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    (out / EDIT_FILE).write_text('{"format": 1}')  # as an earlier `kneuron edit` left it
     code, stdout, err = run_cli(args + ["--force"], capsys)
     assert code == 0, err
     assert stdout.startswith(f"wrote {out}: 2 neuron(s) erased in 2 layer(s) of {report_model_dir}")

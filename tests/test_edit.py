@@ -314,6 +314,7 @@ def test_force_replaces_a_folder_and_never_the_source(sources, tmp_path) -> None
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / EDIT_FILE).write_text('{"format": 1}')  # an earlier edit's output
     result = edit_model(sources["minigpt4-qformer"], out, {0: [1]}, force=True)
     assert not (out / "old.txt").exists() and (out / EDIT_FILE).is_file() and result.out == out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
