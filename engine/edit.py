@@ -48,7 +48,7 @@ import torch
 from engine.errors import KneuronError
 from engine.models.base import VLMAdapter
 from engine.neurons import NeuronSet, as_neuron_set, check_neurons, neuron_pairs
-from engine.replace_guard import check_replaceable
+from engine.replace_guard import check_replaceable, json_format_is
 from engine.version import kneuron_version
 
 Log = Callable[[str], None]
@@ -138,7 +138,7 @@ def check_out(out: str | Path, force: bool = False, sources: Sequence[Path] = ()
         if target == src or target.is_relative_to(src) or src.is_relative_to(target):
             raise KneuronError(f"output folder {path} overlaps the model folder it edits ({source})")
     if path.is_dir() and any(path.iterdir()):
-        check_replaceable(path, marker=EDIT_FILE, is_ours=_is_edit_record, protected=[*protected, *sources])
+        check_replaceable(path, marker=EDIT_FILE, is_ours=json_format_is(EDIT_FORMAT), protected=[*protected, *sources])
     return path
 
 
@@ -337,15 +337,6 @@ def _copy_tree(source: Path, target: Path, skip: Callable[[Path], bool]) -> int:
             shutil.copyfile(path, target / path.relative_to(source))
             total += path.stat().st_size
     return total
-
-
-def _is_edit_record(path: Path) -> bool:
-    """Whether ``path`` is an edit record this command wrote (JSON object of format `EDIT_FORMAT`)."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and record.get("format") == EDIT_FORMAT
 
 
 def read_edit_record(folder: str | Path) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ the model being read), nor a parent of any of them. Symbolic links are resolved 
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -37,3 +38,14 @@ def check_replaceable(path: Path, *, marker: str, is_ours: Callable[[Path], bool
     if not is_ours(target / marker):
         raise KneuronError(f"{option} replaces only an earlier output of this command, and {path} has no valid "
                            f"{marker}; nothing was deleted")
+
+
+def json_format_is(value: object) -> Callable[[Path], bool]:
+    """An ``is_ours`` for markers that are JSON objects whose ``format`` is ``value``."""
+    def check(path: Path) -> bool:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(record, dict) and record.get("format") == value
+    return check

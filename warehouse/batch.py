@@ -103,8 +103,9 @@ class Batch:
         self._keys[table].update(new_keys)
         for parent, keys in references(table, rows).items():
             self._refs[parent].update(keys)
-        if table in PARENTS:
+        if table in PARENTS:  # a parent row is copied into its own record too
             self._own_parents[table].extend(rows.to_pylist())
+            self._refs[table].update(pc.unique(rows.column(PARENTS[table])).to_pylist())
         return written
 
     def refer(self, table: str, keys: Iterable[Any]) -> None:

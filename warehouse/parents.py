@@ -12,13 +12,14 @@ batch that depends on it.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from engine.errors import KneuronError
 from warehouse.schema import TABLES, spec_of
 
 _TS = "__timestamp__"
@@ -76,12 +77,41 @@ def copies_in(records: Iterable[Any]) -> dict[str, dict[Any, list[dict[str, Any]
     """parent table -> key -> its rows (JSON copies) found in ``records``' ``parents`` (the first copy wins)."""
     found: dict[str, dict[Any, list[dict[str, Any]]]] = {parent: {} for parent in PARENTS}
     for record in records:
-        for parent, rows in record.parents.items():
-            if parent not in PARENTS:
-                continue
-            grouped: dict[Any, list[dict[str, Any]]] = {}
-            for row in rows:
-                grouped.setdefault(row.get(PARENTS[parent]), []).append(row)
-            for key, group in grouped.items():
-                found[parent].setdefault(key, group)
+        add_copies(found, record)
     return found
+
+
+def add_copies(found: dict[str, dict[Any, list[dict[str, Any]]]], record: Any) -> None:
+    """Add the parent-row copies of one commit record to ``found`` (`copies_in`'s mapping; first copy wins)."""
+    for parent, rows in record.parents.items():
+        if parent not in PARENTS:
+            continue
+        grouped: dict[Any, list[dict[str, Any]]] = {}
+        for row in rows:
+            grouped.setdefault(row.get(PARENTS[parent]), []).append(row)
+        for key, group in grouped.items():
+            found[parent].setdefault(key, group)
+
+Copies = dict[str, dict[Any, list[dict[str, Any]]]]
+
+
+def add_read_rows(cache: Copies, table: str, files: Iterable[tuple[str, Any]],
+                  read: Callable[[str, Any], pa.Table]) -> None:
+    """Add to ``cache`` the rows of parent ``table`` read from its committed ``files`` ((batch id, FileRecord)
+    pairs) with ``read``; a file that does not read (`KneuronError`) is skipped."""
+    for batch_id, entry in files:
+        try:
+            rows = read(batch_id, entry).to_pylist()
+        except KneuronError:
+            continue
+        grouped: dict[Any, list[dict[str, Any]]] = {}
+        for row in rows:
+            grouped.setdefault(key_of(table, row), []).append(row)
+        for key, group in grouped.items():
+            cache[table].setdefault(key, encode_rows(table, group))
+
+
+def pick(cache: Copies, table: str, keys: Iterable[Any]) -> list[dict[str, Any]]:
+    """The cached rows of parent ``table`` with ``keys`` (keys not cached are left out), by key."""
+    found = cache[table]
+    return [row for key in sorted(set(keys) & set(found), key=str) for row in found[key]]

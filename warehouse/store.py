@@ -52,7 +52,7 @@ from warehouse.layout import (
 )
 from warehouse.lock import WriterLock
 from warehouse.manifest import BatchRecord, FileRecord, fsync_dir, live_records, read_records, remove_record
-from warehouse.parents import copies_in, encode_rows, key_of
+from warehouse.parents import Copies, add_copies, add_read_rows, copies_in, pick
 from warehouse.schema import FORMAT_NAME, SCHEMA_VERSION, TABLES, TableSpec, spec_of
 from warehouse.signals import deferred_signals
 
@@ -122,7 +122,7 @@ class Warehouse:
         self._replaced: dict[str, BatchRecord] = {}
         self._open_batch: Batch | None = None
         self.garbage_collected: list[Path] = []
-        self._parent_cache: dict[str, dict[Any, list[dict[str, Any]]]] | None = None
+        self._parent_cache: Copies = copies_in([])  # parent rows' copies from the records (`parent_copies`)
         self._parents_read: set[str] = set()
 
     # ------------------------------------------------------------------ opening
@@ -224,10 +224,7 @@ class Warehouse:
     def _register(self, record: BatchRecord) -> None:
         """Add a committed batch to what this object knows (records and keys); drop the batches it replaces."""
         self._records[record.batch_id] = record
-        if self._parent_cache is not None:
-            for parent, found in copies_in([record]).items():
-                for key, rows in found.items():
-                    self._parent_cache[parent].setdefault(key, rows)
+        add_copies(self._parent_cache, record)
         for entry in record.files:
             self._keys[entry.table].update(tuple(key) for key in entry.keys)
         dropped = [batch_id for batch_id in record.replaces if self._records.pop(batch_id, None) is not None]
@@ -334,24 +331,11 @@ class Warehouse:
     def parent_copies(self, table: str, keys: Iterable[Any]) -> list[dict[str, Any]]:
         """JSON copies (`warehouse.parents`) of the rows of parent ``table`` with these keys: from the copies the
         commit records carry, else read from the table's files once per process; keys found nowhere are left out."""
-        if self._parent_cache is None:
-            self._parent_cache = copies_in(self._records.values())
-        cache = self._parent_cache[table]
-        wanted = set(keys)
-        if wanted - set(cache) and table not in self._parents_read:
-            self._parents_read.add(table)
-            for entry_batch, entry in [(r.batch_id, e) for r in self._records.values() for e in r.files
-                                       if e.table == table]:
-                try:
-                    rows = self._read_file(entry_batch, entry, None).to_pylist()
-                except KneuronError:
-                    continue  # a damaged parent file: its rows come from another copy, or not at all
-                grouped: dict[Any, list[dict[str, Any]]] = {}
-                for row in rows:
-                    grouped.setdefault(key_of(table, row), []).append(row)
-                for key, group in grouped.items():
-                    cache.setdefault(key, encode_rows(table, group))
-        return [row for key in sorted(wanted & set(cache), key=str) for row in cache[key]]
+        if set(keys) - set(self._parent_cache[table]) and table not in self._parents_read:
+            self._parents_read.add(table)  # once: rows of a parent file that cannot be read have no copy here
+            files = [(r.batch_id, e) for r in self._records.values() for e in r.files if e.table == table]
+            add_read_rows(self._parent_cache, table, files, lambda batch_id, e: self._read_file(batch_id, e, None))
+        return pick(self._parent_cache, table, keys)
 
     def runs(self) -> list[dict[str, Any]]:
         """The committed ``runs`` rows as dicts, oldest first."""
@@ -419,23 +403,20 @@ class Warehouse:
         if not self.writable:
             raise KneuronError(f"warehouse {self.root} is open read-only; open it with create=True to repair it")
         with deferred_signals():
-            return self._remove_batch(batch_id)
-
-    def _remove_batch(self, batch_id: str) -> list[Path]:
-        record = self._records.get(batch_id)
-        try:
-            remove_record(self.root, batch_id)
-        except OSError as exc:
-            raise write_error(self.root, exc.filename or self.root / MANIFEST_DIR, exc, batch=False) from None
-        self._records.pop(batch_id, None)
-        self._keys = _keys_of(self._records.values())
-        try:
-            return delete_unreferenced(self.root, [e.path for e in record.files] if record else [],
-                                       self._records.values())
-        except OSError as exc:  # un-committed already: the next writer deletes the rest
-            raise KneuronError(f"batch {batch_id} of warehouse {self.root} was removed from the commit records "
-                               f"but its file {exc.filename} could not be deleted ({exc.strerror or exc}); the "
-                               "next writer deletes it") from None
+            record = self._records.get(batch_id)
+            try:
+                remove_record(self.root, batch_id)
+            except OSError as exc:
+                raise write_error(self.root, exc.filename or self.root / MANIFEST_DIR, exc, batch=False) from None
+            self._records.pop(batch_id, None)
+            self._keys = _keys_of(self._records.values())
+            try:
+                return delete_unreferenced(self.root, [e.path for e in record.files] if record else [],
+                                           self._records.values())
+            except OSError as exc:  # un-committed already: the next writer deletes the rest
+                raise KneuronError(f"batch {batch_id} of warehouse {self.root} was removed from the commit records "
+                                   f"but its file {exc.filename} could not be deleted ({exc.strerror or exc}); the "
+                                   "next writer deletes it") from None
 
     def _collect_garbage(self) -> None:
         """Finish what a crash left: remove the records of replaced batches, then the writer files that no
