@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from typing import Any
 
 import click
 
@@ -74,12 +75,27 @@ def group(ctx: click.Context, threads: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the group; a `KneuronError` becomes one line on stderr and exit code 2."""
+    from cli.streams import EXIT_OUTPUT, EXIT_PIPE, flush_stdout, os_error_exit, stdout_closed
     from engine.errors import KneuronError
 
+    if stdout_closed():
+        click.echo("kneuron: error: standard output is closed; nothing would be shown", err=True)
+        sys.exit(EXIT_OUTPUT)
     try:
         result = group.main(args=argv, prog_name="kneuron", standalone_mode=False)
+        flush_stdout()
         if isinstance(result, int) and not isinstance(result, bool) and result:
             sys.exit(result)  # `ctx.exit(N)` inside a command: click returns N when not standalone
+    except SystemExit as exc:
+        if exc.code == 1 and type(sys.stdout).__name__.endswith("PacifyFlushWrapper"):
+            sys.exit(EXIT_PIPE)  # click turned EPIPE (the reader went away) into a quiet exit 1
+        flush_stdout_or_exit(os_error_exit)
+        raise
+    except OSError as exc:  # read-only output folder, a file where a folder is expected, full or closed stdout
+        code, line = os_error_exit(exc)
+        if line:
+            click.echo(f"kneuron: error: {line}", err=True)
+        sys.exit(code)
     except KneuronError as exc:
         click.echo(f"kneuron: error: {exc}", err=True)
         sys.exit(2)
@@ -91,6 +107,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+
+
+def flush_stdout_or_exit(os_error_exit: Any) -> None:
+    """Flush stdout before a command's own exit code stands; a failing flush becomes its one line and code."""
+    from cli.streams import flush_stdout
+
+    try:
+        flush_stdout()
+    except OSError as exc:
+        code, line = os_error_exit(exc)
+        if line:
+            click.echo(f"kneuron: error: {line}", err=True)
+        sys.exit(code)
 
 
 if __name__ == "__main__":
