@@ -8,6 +8,7 @@ Numbers print with 3 significant digits everywhere (`fmt`), so a column never mi
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -128,5 +129,10 @@ def json_ready(value: Any) -> Any:
 
 
 def slug(text: str) -> str:
-    """``text`` reduced to a file-name-safe word (letters, digits, ``_.-``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+    """``text`` as a file-name-safe word (letters, digits, ``_.-``; no leading dot; at most 72 characters). When it
+    would be empty or longer, or ``text`` has non-ASCII characters, 8 hex of its sha256 end it, so that distinct
+    names (``猫``, ``犬``) stay distinct."""
+    word = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")
+    if word and len(word) <= 72 and text.isascii():
+        return word
+    return f"{word[:63]}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}".lstrip("-")

@@ -21,6 +21,7 @@ import difflib
 import hashlib
 import io
 import json
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from engine.errors import KneuronError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CocoDataset", "rle_string_counts", "segmentation_problem", "split_ident_eval", "to_rgb"]
 
@@ -81,12 +84,27 @@ class CocoDataset:
         except (ValueError, KeyError, TypeError, AssertionError, OSError) as exc:
             raise KneuronError(f"unreadable COCO instances file {self.instances_path}: {_one_line(exc)}") from None
         self._coco.dataset.setdefault("annotations", [])  # image-info-only files have none
+        self.orphan_annotations = self._drop_orphan_annotations()
         self.categories: dict[int, str] = {
             int(cat_id): cat["name"] for cat_id, cat in sorted(self._coco.cats.items())
         }
         self._ids_by_name = {name: cat_id for cat_id, name in self.categories.items()}
         self._ids_by_folded = {name.strip().lower(): cat_id for cat_id, name in self.categories.items()}
         self._captions: dict[int, list[str]] = self._read_captions()
+
+    def _drop_orphan_annotations(self) -> list[int]:
+        """Drop (and log, with the reason) annotations whose image_id is in no image of the file: they have no
+        pixels to mask, so they must not put an image id into a split. Returns their annotation ids."""
+        orphans = sorted(int(ann_id) for ann_id, ann in self._coco.anns.items()
+                         if ann.get("image_id") not in self._coco.imgs)
+        if orphans:
+            keep = [ann for ann in self._coco.dataset["annotations"] if ann.get("image_id") in self._coco.imgs]
+            self._coco.dataset["annotations"] = keep
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._coco.createIndex()
+            log.warning("skipped %d annotation(s) of %s whose image_id is not in its images (first: annotation "
+                        "%d)", len(orphans), self.instances_path, orphans[0])
+        return orphans
 
     def _read_captions(self) -> dict[int, list[str]]:
         if not self.captions_path.is_file():

@@ -25,7 +25,7 @@ A concept that is not in ``SYNONYMS`` is matched by its own name and its plural 
 """
 from __future__ import annotations
 
-import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
@@ -167,8 +167,10 @@ COMPOUNDS: dict[str, tuple[str, ...]] = {
 
 
 def normalise(text: str) -> list[str]:
-    """Lower-case words of ``text``: every non-alphanumeric character separates words."""
-    return re.sub(r"[^0-9a-z]+", " ", text.lower()).split()
+    """Case-folded words of ``text`` (NFKC, then casefold): runs of letters, marks and digits of any script;
+    every other character (punctuation, space, underscore) separates words. ``"Café"`` -> ``["café"]``."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch if unicodedata.category(ch)[0] in "LMN" else " " for ch in folded).split()
 
 
 def plurals(form: str) -> tuple[str, ...]:

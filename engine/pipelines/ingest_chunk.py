@@ -10,12 +10,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import pyarrow as pa
 
 from engine.caption import caption_images
 from engine.data.coco import CocoDataset
+from engine.data.names import name_folder
 from engine.inpaint import Inpainter
 from engine.models.base import VLMAdapter
 from engine.pipelines.ingest_config import IngestConfig
@@ -78,7 +78,7 @@ def record_prepared(inputs: ChunkInputs, concept: str, prepared: Sequence[PairIn
     if not pairs:
         return rows, [], None
     if inputs.config.save_inpainted:
-        folder = Path(inputs.config.save_inpainted) / quote(concept, safe=" ")
+        folder = name_folder(Path(inputs.config.save_inpainted), concept)
         folder.mkdir(parents=True, exist_ok=True)
         for pair in pairs:
             pair.inpainted.save(folder / f"{pair.image_id:012d}.png")

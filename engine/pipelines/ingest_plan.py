@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from engine.data.coco import CocoDataset, split_ident_eval
+from engine.data.names import check_concept_names
 from engine.errors import KneuronError
 from engine.inpaint import Inpainter, get_inpainter, removal_mask
 from engine.models.base import VLMAdapter
@@ -60,12 +61,14 @@ def resolve_concepts(dataset: CocoDataset, config: IngestConfig) -> tuple[list[s
             if not dataset.images_with(name, min_area=config.min_area):
                 raise KneuronError(f"concept {name!r} has no image in split {dataset.split!r} of {dataset.root}"
                                    + (f" with an instance of >= {config.min_area:g} px" if config.min_area else ""))
+        check_concept_names(names, str(dataset.instances_path))
         return names, False
     names = [name for name in dataset.categories.values()
              if len(dataset.images_with(name, min_area=config.min_area)) >= config.min_images]
     if not names:
         raise KneuronError(f"no category of split {dataset.split!r} in {dataset.root} has >= {config.min_images} "
                            f"images; lower --min-images or name --concept")
+    check_concept_names(names, str(dataset.instances_path))
     return names, True
 
 
