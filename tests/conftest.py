@@ -41,3 +41,17 @@ def report_full(tmp_path_factory: pytest.TempPathFactory, report_world: Path, re
 
     return build(tmp_path_factory.mktemp("wh") / "full", report_world, report_model_dir, with_scores=True,
                  with_random=True)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_digest_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Verified-file stamps (`warehouse.digests`) go to a temporary folder, not the user's cache."""
+    import os
+
+    before = os.environ.get("KNEURON_CACHE_DIR")
+    os.environ["KNEURON_CACHE_DIR"] = str(tmp_path_factory.mktemp("kneuron-cache"))
+    yield
+    if before is None:
+        os.environ.pop("KNEURON_CACHE_DIR", None)
+    else:
+        os.environ["KNEURON_CACHE_DIR"] = before

@@ -35,6 +35,7 @@ from pathlib import Path
 import duckdb
 
 from engine.errors import KneuronError
+from warehouse.digests import check_digests
 from warehouse.faults import first_line
 from warehouse.manifest import FileRecord
 from warehouse.rollup import ROLLUP_VIEWS, rollup_split
@@ -107,10 +108,12 @@ def connect(root: str | os.PathLike[str] | Warehouse | None = None,
     root: warehouse directory (default `default_warehouse_path()`), or an open `Warehouse`.
     read_only: lock the connection down so that SQL can only read the warehouse's committed files.
     Raises `KneuronError` if ``root`` is not a warehouse of this schema version, or names the first committed
-    file that is missing or not of its recorded size.
+    file that is missing, not of its recorded size, or (first read of its current bytes) not of its sha256.
     """
     warehouse = root if isinstance(root, Warehouse) else Warehouse.open(root)
     warehouse.check_files()
+    if warehouse.filesystem is None:  # each file's bytes against its record, once (`warehouse.digests`)
+        check_digests(warehouse.root, [(r.batch_id, e) for r in warehouse.batches for e in r.files])
     con = duckdb.connect(":memory:")
     allowed: list[str] = []
     try:

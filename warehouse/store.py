@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from engine.errors import KneuronError
 from warehouse.batch import Batch
+from warehouse.digests import check_digests
 from warehouse.faults import damaged_file_error, missing_file_error, write_error
 from warehouse.garbage import collect_garbage, delete_unreferenced
 from warehouse.layout import (
@@ -354,6 +355,7 @@ class Warehouse:
         if problem is not None:
             raise problem
         path = self.root / entry.path
+        check_digests(self.root, [(batch_id, entry)])
         try:
             return pq.ParquetFile(path).read(columns=columns)
         except (OSError, pa.ArrowException) as exc:
