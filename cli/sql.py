@@ -54,16 +54,18 @@ def check_output_outside(output: str | None, root: Path) -> None:
         raise KneuronError(f"--output {output} is inside the warehouse {root}; write results elsewhere")
 
 
-def run_read_only(wh: Any, text: str, params: dict[str, Any]) -> Any:
+def run_read_only(wh: Any, text: str, params: dict[str, Any], timeout: float | None = None) -> Any:
     """Run ``text`` over the views of the open warehouse ``wh`` (plus the derived views of `queries`), after
     `warehouse.check_read_only_sql` let every statement through; the last result as Arrow.
 
-    A query that fails because a committed file vanished is the one-line error naming that file.
+    A query that fails because a committed file vanished is the one-line error naming that file. Ctrl-C stops a
+    running query; so does ``timeout`` (seconds), with a one-line error (`cli.interruptible`).
     """
     import duckdb
 
     import queries
     import warehouse
+    from cli.interruptible import close_when_idle, run_interruptible
 
     parser = duckdb.connect(":memory:")
     try:
@@ -72,13 +74,13 @@ def run_read_only(wh: Any, text: str, params: dict[str, Any]) -> Any:
         parser.close()
     con = queries.connect(wh, read_only=True)
     try:
-        return queries.execute(con, text, params)
+        return run_interruptible(con, lambda: queries.execute(con, text, params), timeout)
     except KneuronError as exc:
         if isinstance(exc.__cause__, duckdb.Error):  # DuckDB says IO or Permission Error for a vanished file
             wh.check_files()  # names the file and suggests `kneuron verify --repair`
         raise
     finally:
-        con.close()
+        close_when_idle(con)
 
 
 @click.command("sql", context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,8 +98,11 @@ def run_read_only(wh: Any, text: str, params: dict[str, Any]) -> Any:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the result to FILE instead of stdout.")
 @click.option("--max-rows", type=click.IntRange(min=1), default=100, show_default=True,
               help="Rows shown by --format table.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="Stop the query after S seconds (one line, exit code 2). Ctrl-C always stops it.")
 def command(sql: str | None, file: str | None, query: str | None, params: tuple[str, ...],
-            warehouse_path: str | None, fmt: str, output: str | None, max_rows: int) -> None:
+            warehouse_path: str | None, fmt: str, output: str | None, max_rows: int,
+            timeout: float | None) -> None:
     """Run read-only SQL over the warehouse views.
 
     Views: runs, splits, samples, neuron_stats, token_stats, neuron_sets, captions, scores, evals,
@@ -125,7 +130,7 @@ def command(sql: str | None, file: str | None, query: str | None, params: tuple[
                            + (f" (it has {', '.join('$' + w for w in wanted)})" if wanted else ""))
     wh = warehouse.Warehouse.open(warehouse_path)
     check_output_outside(output, wh.root)
-    table = run_read_only(wh, text, {name: bound.get(name) for name in wanted})
+    table = run_read_only(wh, text, {name: bound.get(name) for name in wanted}, timeout)
 
     if fmt == "parquet":
         import pyarrow.parquet as pq
