@@ -151,40 +151,48 @@ def render_html(title: str, subtitle: str, sections: Sequence[Section]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _md(text: Any) -> str:
+    """Text for Markdown: ``&``, ``<`` and ``>`` as HTML entities, so names never become raw HTML."""
+    return html.escape(str(text), quote=False)
+
+
 def _md_cell(value: Any) -> str:
-    return fmt(value).replace("|", "\\|").replace("\n", " ")
+    return _md(fmt(value)).replace("|", "\\|").replace("\n", " ")
 
 
 def render_markdown(title: str, subtitle: str, sections: Sequence[Section], out_dir: Path) -> str:
-    """The same document as Markdown; figure paths are written relative to ``out_dir``."""
-    lines = [f"# {title}", "", subtitle, ""]
+    """The same document as Markdown (text escaped: `_md`); figure paths are written relative to ``out_dir``."""
+    lines = [f"# {_md(title)}", "", _md(subtitle), ""]
     for section in sections:
-        lines += [f"## {section.title}", ""]
+        lines += [f"## {_md(section.title)}", ""]
         if section.folded:
-            lines += [f"<details><summary>{section.summary or 'show the ' + section.title.lower()}</summary>", ""]
+            summary = section.summary or "show the " + section.title.lower()
+            lines += [f"<details><summary>{_md(summary)}</summary>", ""]
         for block in section.blocks:
             if isinstance(block, Text):
-                lines += [block.text, ""]
+                lines += [_md(block.text), ""]
             elif isinstance(block, Table):
                 if block.caption:
-                    lines += [f"*{block.caption}*", ""]
+                    lines += [f"*{_md(block.caption)}*", ""]
                 lines.append("| " + " | ".join(_md_cell(c) for c in block.columns) + " |")
                 lines.append("|" + "---|" * len(block.columns))
                 lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in block.rows]
                 lines.append("")
                 if block.legend is None:
-                    lines += [f"- **{c}**: {block.notes[c]}" for c in block.columns if c in block.notes]
+                    lines += [f"- **{_md(c)}**: {_md(block.notes[c])}" for c in block.columns if c in block.notes]
                 else:
-                    lines += [f"- {line}" for line in block.legend]
+                    lines += [f"- {_md(line)}" for line in block.legend]
                 if legend_lines(block):
                     lines.append("")
             elif isinstance(block, Figure):
-                lines += [f"![{block.caption}]({block.path.relative_to(out_dir).as_posix()})", ""]
+                caption = _md(block.caption).replace("[", "\\[").replace("]", "\\]")
+                lines += [f"![{caption}]({block.path.relative_to(out_dir).as_posix()})", ""]
             elif isinstance(block, Code):
-                lines += [f"<details><summary>{block.summary}</summary>", "", "```json", block.text, "```", "",
+                lines += [f"<details><summary>{_md(block.summary)}</summary>", "", "```json", block.text, "```", "",
                           "</details>", ""]
             elif isinstance(block, Headline):
-                lines += [f"> **{block.answer}**", ">"] + [f"> - {label}: {value}" for label, value in block.facts]
+                lines += [f"> **{_md(block.answer)}**", ">"]
+                lines += [f"> - {_md(label)}: {_md(value)}" for label, value in block.facts]
                 lines.append("")
         if section.folded:
             lines += ["</details>", ""]

@@ -48,7 +48,7 @@ def test_html_is_escaped_and_self_contained(tmp_path) -> None:  # noqa: ANN001
 
 def test_markdown(tmp_path) -> None:  # noqa: ANN001
     text = render_markdown("T", "sub", sections(tmp_path), tmp_path)
-    assert text.startswith("# T\n\nsub\n\n## First <part>\n\na & b\n\n*numbers*\n\n")
+    assert text.startswith("# T\n\nsub\n\n## First &lt;part&gt;\n\na &amp; b\n\n*numbers*\n\n")  # no raw HTML
     assert "| x | y\\|z |\n|---|---|\n| 1.23 | — |\n| — | p\\|q |\n" in text
     assert "![a red square](figures/a.png)" in text
     assert '```json\n{"a": "<b>"}\n```' in text
@@ -70,7 +70,7 @@ def test_headline_folded_sections_and_column_notes(tmp_path) -> None:  # noqa: A
     assert "<h2>Configuration</h2>\n<details><summary>show it</summary><p>inside</p></details>" in page
     assert '<meta name="viewport"' in page and "@media (max-width: 700px)" in page
     text = render_markdown("T", "s", parts, tmp_path)
-    assert "> **x wins <b>**\n>\n> - model: m & n\n> - run: r\n" in text
+    assert "> **x wins &lt;b&gt;**\n>\n> - model: m &amp; n\n> - run: r\n" in text
     assert "- **b**: what b is" in text and "<details><summary>show it</summary>\n\ninside\n\n</details>" in text
 
 

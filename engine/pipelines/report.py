@@ -247,6 +247,11 @@ def suppression_section(run: RunReader, dataset: Any) -> tuple[Section, list[dic
         "suppressed, scored against the unmodified model's captions and the ground truth, on images of the "
         "set's concept (target: a low score and a large mention drop mean strong suppression) and on other "
         "images (other: a high score and retention mean the rest is kept). Averages over concepts."))
+    writer = being_written(run)
+    if writer is not None:
+        out.blocks.append(Text(f"Note: evaluation {eval_id} may still be being written: kneuron process {writer} "
+                               "holds the warehouse's writer lock while this report is made, so the numbers below "
+                               "can be partial. Make the report again when it has finished."))
     if dataset is None:
         out.blocks.append(Text("Note: the run's dataset is not available, so other-object retention is not "
                                "computed."))
@@ -264,7 +269,16 @@ def suppression_section(run: RunReader, dataset: Any) -> tuple[Section, list[dic
                  if r["measure"] in metrics and r["reference"] == "unmodified" and r["group"] in ("target", "other")]
     mention_rows = [{"method": r["method"], "group": r["group"], "before": r["before"], "after": r["after"]}
                     for r in rows if r["measure"] == "mention" and r["group"] in ("target", "other")]
-    return out, plot_rows, mention_rows, {"eval_id": eval_id, "summary": rows}
+    return out, plot_rows, mention_rows, {"eval_id": eval_id, "summary": rows, "being_written": writer is not None}
+
+
+def being_written(run: RunReader) -> int | None:
+    """The pid of a process writing the run's warehouse now (its writer lock is held), else None."""
+    from warehouse.layout import LOCK_FILE
+    from warehouse.lock import writer_pid
+
+    root = getattr(run, "root", None)
+    return writer_pid(Path(root), Path(root) / LOCK_FILE) if root else None
 
 
 def answer_section(run: RunReader, method: str, sets: dict[tuple[str, str], StoredSet],
