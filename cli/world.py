@@ -23,7 +23,7 @@ DEFAULT = WorldConfig()  # the embedded default world
 @click.option("--split", "splits", multiple=True, type=click.Choice(["train", "val", "test"]),
               help="Generate only this split (repeatable) [default: every split]; other finished splits of the "
                    "same world stay.")
-@click.option("--force", is_flag=True, help="Write into a non-empty folder that is not a world of this config.")
+@click.option("--force", is_flag=True, help="Overwrite a world of another config (never a folder without a world).")
 def command(out_dir: Path, seed: int, image_size: int, n_train: int, n_val: int, n_test: int,
             layout_cells: int, splits: tuple[str, ...], force: bool) -> None:
     """Generate the embedded shapes world (MS COCO 2017 layout) under OUT_DIR.

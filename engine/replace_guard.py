@@ -26,15 +26,22 @@ def _places(protected: Iterable[Path | str]) -> list[tuple[str, Path]]:
     return places
 
 
-def check_replaceable(path: Path, *, marker: str, is_ours: Callable[[Path], bool], option: str = "--force",
-                      protected: Iterable[Path | str] = ()) -> None:
-    """`KneuronError` (nothing deleted) unless the existing, non-empty folder ``path`` may be replaced."""
+def check_not_protected(path: Path, *, option: str = "--force", protected: Iterable[Path | str] = ()) -> None:
+    """`KneuronError` (nothing deleted) when ``path`` is ``/``, the home or current folder, a ``protected`` folder,
+    or a parent of one of them."""
     target = path.expanduser().resolve()
     for name, place in _places(protected):
         resolved = place.expanduser().resolve()
         if resolved == target or resolved.is_relative_to(target):
             what = "is" if resolved == target else "contains"
             raise KneuronError(f"{option} refuses to replace {path}: it {what} {name}; nothing was deleted")
+
+
+def check_replaceable(path: Path, *, marker: str, is_ours: Callable[[Path], bool], option: str = "--force",
+                      protected: Iterable[Path | str] = ()) -> None:
+    """`KneuronError` (nothing deleted) unless the existing, non-empty folder ``path`` may be replaced."""
+    check_not_protected(path, option=option, protected=protected)
+    target = path.expanduser().resolve()
     if not is_ours(target / marker):
         raise KneuronError(f"{option} replaces only an earlier output of this command, and {path} has no valid "
                            f"{marker}; nothing was deleted")

@@ -48,6 +48,7 @@ from pycocotools import mask as mask_utils
 
 from engine.data.shapes import CATEGORIES, MAX_ROTATION_DEG, render_coverage, shape_polygon
 from engine.errors import KneuronError
+from engine.replace_guard import check_not_protected
 
 __all__ = [
     "BACKGROUNDS", "CATEGORIES", "COLORS", "COLOR_RGB", "SIZES", "SPLITS", "WorldConfig", "WorldObject",
@@ -522,15 +523,21 @@ def world_config_of(world_dir: Path | str) -> WorldConfig | None:
 
 
 def check_world_target(out_dir: Path | str, config: WorldConfig, force: bool = False) -> None:
-    """Refuse (KneuronError) a non-empty ``out_dir`` that is not a world of the same ``config``, unless ``force``."""
+    """Refuse (KneuronError) a non-empty ``out_dir`` that is not a world of the same ``config``; ``force``
+    overwrites a world of another config, never a folder that holds no world, nor ``/``, the home or current
+    folder or a parent of them (`engine.replace_guard`)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise KneuronError(f"world output path exists and is not a directory: {out_dir}")
-    if force or not out_dir.exists() or not any(out_dir.iterdir()):
+    if not out_dir.exists() or not any(out_dir.iterdir()):
         return
     existing = world_config_of(out_dir)
     if existing is None:
-        raise KneuronError(f"{out_dir} is not empty and is not a kneuron world; pass --force to write into it")
+        raise KneuronError(f"{out_dir} is not empty and is not a kneuron world; write the world to a new or "
+                           "empty folder")
+    if force:
+        check_not_protected(out_dir)
+        return
     if existing != config:
         changed = ", ".join(
             f"{f.name} {getattr(existing, f.name)} -> {getattr(config, f.name)}"

@@ -59,3 +59,21 @@ def test_force_replaces_an_earlier_edit(report_model_dir, tmp_path, capsys) -> N
     assert code == 0, err
     code, _, err = edit(out, report_model_dir, capsys)
     assert code == 0, err and (out / EDIT_FILE).is_file()
+
+
+def test_world_force_overwrites_only_a_world_outside_home_and_cwd(tmp_path, capsys, monkeypatch) -> None:  # noqa: ANN001
+    mine = tmp_path / "mine"
+    (mine / "test").mkdir(parents=True)
+    (mine / "test" / "000000000001.png").write_bytes(b"my picture")
+    code, _, err = run_cli(["world", str(mine), "--n-train", "1", "--n-val", "1", "--n-test", "1", "--force"],
+                           capsys)
+    assert code == 2 and "is not a kneuron world" in one_line(err)
+    assert (mine / "test" / "000000000001.png").read_bytes() == b"my picture"
+    world = tmp_path / "w"
+    args = ["--n-train", "1", "--n-val", "1", "--n-test", "1"]
+    assert run_cli(["world", str(world), *args], capsys)[0] == 0
+    monkeypatch.chdir(world)
+    code, _, err = run_cli(["world", ".", *args, "--seed", "3", "--force"], capsys)
+    assert code == 2 and "refuses to replace" in one_line(err)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["world", str(world), *args, "--seed", "3", "--force"], capsys)[0] == 0
