@@ -26,7 +26,8 @@ def render_report(report: Any) -> str:
     one line each (plain text, so that long paths stay whole)."""
     text = render_table(rows_table(report.summary_rows(), SUMMARY_COLUMNS), max_rows=10_000)
     for batch_id, problems in sorted(report.problems_by_batch().items()):
-        text += f"batch {batch_id}: {len(problems)} problem(s)\n"
+        text += f"batch {batch_id}: {len(problems)} problem(s)\n" if batch_id else \
+            f"no batch (rows other batches name are missing): {len(problems)} problem(s)\n"
         text += "".join(f"  {p.table or '-'} {p.kind} {p.path}: {p.detail}\n" for p in problems)
     return text
 

@@ -103,9 +103,8 @@ class Batch:
         self._keys[table].update(new_keys)
         for parent, keys in references(table, rows).items():
             self._refs[parent].update(keys)
-        if table in PARENTS:  # a parent row is copied into its own record too
+        if table in PARENTS:
             self._own_parents[table].extend(rows.to_pylist())
-            self._refs[table].update(pc.unique(rows.column(PARENTS[table])).to_pylist())
         return written
 
     def refer(self, table: str, keys: Iterable[Any]) -> None:
@@ -114,16 +113,26 @@ class Batch:
         self._refs[table].update(keys)
 
     def _parent_copies(self) -> dict[str, list[dict[str, Any]]]:
-        """JSON copies of the parent rows the batch's rows name (from the batch itself, else the warehouse)."""
+        """JSON copies of the parent rows the batch's rows name that live in other batches (a batch removed whole
+        takes its own parent rows and its record together, so copying those would not help), from the warehouse;
+        a record with ``replaces`` (whose units of repair are files) copies every parent row it names."""
         copies: dict[str, list[dict[str, Any]]] = {}
         for parent, keys in self._refs.items():
             column = PARENTS[parent]
             own = [row for row in self._own_parents[parent] if row[column] in keys]
             missing = keys - {row[column] for row in own}
-            rows = encode_rows(parent, own) + (self.warehouse.parent_copies(parent, missing) if missing else [])
+            rows = encode_rows(parent, own) if self.replaces else []
+            rows += self.warehouse.parent_copies(parent, missing) if missing else []
             if rows:
                 copies[parent] = sorted(rows, key=lambda row: str(row.get(column)))
         return copies
+
+    def _remember_own_parents(self) -> None:
+        """After the commit: the writer knows this batch's parent rows, for the copies of its later batches."""
+        for parent, rows in self._own_parents.items():
+            cache = self.warehouse._parent_cache[parent]
+            for key, group in _grouped(rows, PARENTS[parent]).items():
+                cache.setdefault(key, encode_rows(parent, group))
 
     def _check_run_ids(self, spec: TableSpec, rows: pa.Table) -> None:
         run_ids = pc.unique(rows.column("run_id")).to_pylist()
@@ -264,6 +273,7 @@ class Batch:
                 self.warehouse._open_batch = None
             assert record is not None
             self.warehouse._register(record)
+            self._remember_own_parents()
             self.record = record
             self._state = "committed"
         return record
@@ -346,6 +356,14 @@ def _check_unique(spec: TableSpec, values: dict[str, Any], rows: pa.Table) -> No
         k = int(np.argmax(same))
         where = ", ".join(f"{name} {column[k]}" for name, column in zip(spec.sort_by, columns))
         raise KneuronError(f"{spec.name}: two rows for {where} in {values}; its rows are one per neuron")
+
+
+def _grouped(rows: list[dict[str, Any]], column: str) -> dict[Any, list[dict[str, Any]]]:
+    """``rows`` grouped by their ``column`` value, in order."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row[column], []).append(row)
+    return groups
 
 
 def _describe(spec: TableSpec, key: tuple[Any, ...]) -> str:

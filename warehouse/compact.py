@@ -166,8 +166,9 @@ def compact(root: str | os.PathLike[str] | None = None, *, target_rows: int = DE
         batch = wh.batch()
         batch.replaces = [record.batch_id for record in records]
         copies = copies_in(records)
-        for parent in PARENTS:  # the one record holds every parent row: keep copies of them all
-            batch.refer(parent, {key[0] for key in wh._keys[parent]} | set(copies[parent]))
+        for parent in PARENTS:  # copies of every run and evaluation, and of the sets other batches named
+            every = {key[0] for key in wh._keys[parent]} if spec_of(parent).key_per_row else set()
+            batch.refer(parent, set(copies[parent]) | every)
         try:
             for plan in plans:
                 _write_group(wh, batch, plan, log)
