@@ -5,8 +5,11 @@
     # leaving the block renames the files and writes _manifest/<batch_id>.json: now they are visible.
 
 Each staged file is hashed while it is written (sha256 of exactly the bytes written) and its commit record
-carries that checksum with its size and rows. A write that fails (full disk, read-only file system) removes
-every file of the batch and is a one-line `KneuronError`; nothing of the batch is ever visible.
+carries that checksum with its size and rows, and copies of the parent rows (runs, evals, neuron_sets) its rows
+name from other batches (`warehouse.parents`). A write that fails (full disk, read-only file system) removes
+every file of the batch and is a one-line `KneuronError`; nothing of the batch is ever visible. The commit defers
+SIGINT/SIGTERM/SIGHUP until it ends (`warehouse.signals`), and once its record is published nothing it names is
+removed.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Check every committed file of a warehouse against its commit record, and remove the batches that fail.
+"""Check every committed file of a warehouse against its commit record, and repair what fails with the least loss.
 
     report = verify_warehouse("kneuron-warehouse")     # reads every committed file; changes nothing
     report.ok, report.problems, report.bad_batches
-    result = repair("kneuron-warehouse")               # writer lock; un-commits the failing batches
+    result = repair("kneuron-warehouse", dry_run=True)  # the plan only; without dry_run: carry it out
 
 Per committed file, `verify_warehouse` checks, in this order (the first failure is the file's problem):
 
@@ -12,16 +12,20 @@ Per committed file, `verify_warehouse` checks, in this order (the first failure 
 - ``unreadable``: it reads as Parquet (fully decoded when the record has no checksum; with a matching
   checksum the bytes are the ones written, so its footer and ``run_id`` column are read);
 - ``rows``: it holds the record's number of rows;
+- ``partition``: every row's partition columns (run_id, concept) hold the record's partition values (a forged
+  record that moves a file to another partition is caught; the views read the value from the directory);
 - ``orphan_run``: (tables other than ``runs``) every row's ``run_id`` names a committed run, i.e. one whose
-  ``runs`` row sits in a file without problems. A batch that fails loses its runs, so this is repeated until
-  nothing changes.
+  ``runs`` row sits in a file without problems or has a copy in a commit record (`warehouse.parents`). A
+  batch that fails loses its runs, so this is repeated until nothing changes.
 
-A commit record that cannot be parsed is a ``damaged_record`` problem of its batch. A batch fails when any of
-its files (or its record) has a problem: its other files are only as good as the whole batch, and `repair`
-removes whole batches. `repair` takes the writer lock, removes each failing batch's commit record first (and
-fsyncs ``_manifest/``), then its files, so a crash in between leaves only unreferenced files that the next
-writer deletes. The removed (run, concept, image) pairs are no longer finished: the next ``kneuron ingest``
-of that run records them again.
+A commit record that cannot be parsed is a ``damaged_record`` problem of its batch. A parent row (runs, evals,
+neuron_sets) that rows name, that no record holds and that a copy can re-create (an interrupted repair) is a
+``missing_parent`` problem of no batch. `repair` takes the writer lock and carries out `warehouse.repair_plan`:
+the least removal that makes the warehouse consistent (damaged batches whole, damaged files of compacted
+records one by one, parent rows re-created from copies); it refuses, changing nothing, when that would remove
+intact batches too, unless ``force``. Each step removes a commit record before the files only it names, so a
+crash in between leaves unreferenced files that the next writer deletes. The removed (run, concept, image) pairs
+are no longer finished: the next ``kneuron ingest`` of that run records them again.
 """
 from __future__ import annotations
 
