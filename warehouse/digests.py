@@ -13,9 +13,11 @@ stamps are kept for this process only. Files of records made before checksums ex
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +26,12 @@ from typing import Any
 from warehouse.faults import damaged_file_error
 
 CHUNK = 1 << 22
+#: seconds between two writes of a warehouse's stamp cache (the rest is written at exit)
+SAVE_EVERY_S = 2.0
 _memory: dict[str, dict[str, list[int]]] = {}
+_unsaved: set[Path] = set()
+_saved_at: dict[Path, float] = {}
+_registered = False
 
 
 def cache_dir() -> Path:
@@ -55,7 +62,27 @@ def _load(root: Path) -> dict[str, list[int]]:
     return _memory[key]
 
 
+def _save_soon(root: Path) -> None:
+    """Write the stamps of ``root`` now if the last write is `SAVE_EVERY_S` old, else at exit (many one-file
+    reads in a row then cost one write, not one per file)."""
+    global _registered
+    if not _registered:
+        atexit.register(_save_all)
+        _registered = True
+    _unsaved.add(root)
+    if time.monotonic() - _saved_at.get(root, 0.0) >= SAVE_EVERY_S:
+        _save(root, _memory[str(root)])
+
+
+def _save_all() -> None:
+    """Write every warehouse's unsaved stamps (at exit, or when a caller needs them on disk)."""
+    for root in list(_unsaved):
+        _save(root, _memory.get(str(root), {}))
+
+
 def _save(root: Path, stamps: dict[str, list[int]]) -> None:
+    _unsaved.discard(root)
+    _saved_at[root] = time.monotonic()
     path = _cache_file(root)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -102,7 +129,7 @@ def check_digests(root: Path, files: Iterable[tuple[str, Any]], threads: int | N
         elif bad is None:
             bad = damaged_file_error(path, entry.table, batch_id, "its bytes do not match the sha256 of its "
                                      "commit record")
-    _save(root, stamps)
+    _save_soon(root)
     if bad is not None:
         raise bad
 
