@@ -4,8 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.decode import (DecodedNeuron, concept_hit_rate, concept_words, decode_neurons, excluded_token_ids,
-                           neuron_hits, neuron_logits)
+from engine.decode import (
+    DecodedNeuron,
+    concept_hit_rate,
+    concept_words,
+    decode_neurons,
+    excluded_token_ids,
+    neuron_hits,
+    neuron_logits,
+)
 from engine.errors import KneuronError
 from tests.helpers.hf_tiny import tiny_adapter
 
