@@ -76,6 +76,21 @@ def image_draws(cell: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     return counts
 
 
+def _weighted_cells(weights: np.ndarray, num: np.ndarray, den: np.ndarray, cell: np.ndarray, n_cells: int,
+                    fixed_den: bool = False) -> np.ndarray:
+    """``[B, S, K]`` per-cell ratios of row sums weighted by ``weights`` ``[B, N]`` (one matrix product per cell:
+    each row is in one cell). ``fixed_den``: ``den`` is already ``[B, S, K]`` (the denominators, not weighted)."""
+    sums = np.zeros((len(weights), n_cells, num.shape[1]))
+    dens = den if fixed_den else np.zeros_like(sums)
+    for code in np.unique(cell):
+        rows = np.flatnonzero(cell == code)
+        sums[:, code] = weights[:, rows] @ num[rows]
+        if not fixed_den:
+            dens[:, code] = weights[:, rows] @ den[rows]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(dens > 0, sums / np.where(dens > 0, dens, 1.0), np.nan)
+
+
 def concept_draws(n_concepts: int, n_boot: int, seed: int) -> np.ndarray:
     """``[B, C]`` concept counts of ``n_boot`` draws of ``n_concepts`` concepts with replacement (seeded)."""
     rng = np.random.default_rng(seed)
@@ -132,13 +147,7 @@ def bootstrap(num: np.ndarray, den: np.ndarray, concept: np.ndarray, group: np.n
     if scheme == "images":
         cell = np.asarray(concept) * n_groups + np.asarray(group)
         counts = image_draws(cell, n_boot, seed)  # [B, N]
-        onehot = np.zeros((len(cell), n_concepts * n_groups))
-        onehot[np.arange(len(cell)), cell] = 1.0
-        # [B, S, K] sums per cell: counts [B, N] x (rows of cell s) [N, K]
-        sums = np.einsum("bn,ns,nk->bsk", counts, onehot, num, optimize=True)
-        dens = np.einsum("bn,ns,nk->bsk", counts, onehot, den, optimize=True)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cells = np.where(dens > 0, sums / np.where(dens > 0, dens, 1.0), np.nan)
+        cells = _weighted_cells(counts, num, den, cell, n_concepts * n_groups)  # [B, S, K]
         replicates = concept_mean(statistic(cells.reshape(n_boot, n_concepts, n_groups, -1)))
     else:
         per_concept = statistic(cell_values(num, den, concept, group, n_concepts, n_groups))  # [C, M]
@@ -166,12 +175,10 @@ def sign_flip_pvalue(num: np.ndarray, den: np.ndarray, concept: np.ndarray, grou
     signs = sign_flips(len(num), n_perm, seed)  # [P, N]
     exact = len(signs) == 2 ** len(num) and len(num) <= 20
     cell = np.asarray(concept) * n_groups + np.asarray(group)
-    onehot = np.zeros((len(cell), n_concepts * n_groups))
-    onehot[np.arange(len(cell)), cell] = 1.0
-    sums = np.einsum("pn,ns,nk->psk", signs, onehot, num, optimize=True)
-    dens = onehot.T @ den  # [S, K]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cells = np.where(dens > 0, sums / np.where(dens > 0, dens, 1.0), np.nan)
+    dens = np.zeros((n_concepts * n_groups, num.shape[1]))
+    np.add.at(dens, cell, den)
+    cells = _weighted_cells(signs, num, np.broadcast_to(dens, (len(signs), *dens.shape)), cell,
+                            n_concepts * n_groups, fixed_den=True)
     flipped = concept_mean(statistic(cells.reshape(len(signs), n_concepts, n_groups, -1)))  # [P, M]
     tol = 1e-12 * np.maximum(1.0, np.abs(observed))
     extreme = (np.abs(flipped) >= np.abs(observed) - tol).sum(axis=0)
