@@ -64,6 +64,7 @@ from engine.pipelines.run import load_evaluation
 from engine.pipelines.sets import StoredSet, stored_sets
 from engine.pipelines.suppress_budget import BudgetRanking, method_labels, short_note
 from engine.pipelines.suppress_edited import EditedModel, open_edited
+from engine.pipelines.suppress_evidence import summarize_and_store
 from engine.pipelines.suppress_fragility import check_images, fragility_check
 from engine.pipelines.suppress_inputs import (
     budgets,
@@ -367,7 +368,7 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
                     note(message)
         finally:
             con.close()
-        summary = summarize_evaluation(wh, eval_id, dataset, sets, config.metrics)
+        summary = summarize_and_store(wh, eval_id, run_id, dataset, sets, config.metrics)  # + stored evidence
     return EvalResult(eval_id=eval_id, run_id=run_id, concepts=concepts, methods=labels, summary=summary,
                       jobs_run=len(jobs) - skipped, jobs_skipped=skipped, notes=notes,
                       budgets=tuple(sorted(config.budgets)), fragility=fragility)
