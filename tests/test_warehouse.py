@@ -484,6 +484,7 @@ def test_label_views_give_the_budget_and_the_base_method(tmp_path: Path) -> None
     rows = all_table_rows()
     rows["captions"]["method"] = ["unmodified", "two_stage@16"]
     with writer(tmp_path / "wh") as wh, wh.batch() as batch:
+        batch.add("runs", rows["runs"])
         batch.add("captions", rows["captions"])
     con = connect(tmp_path / "wh")
     assert con.sql("SELECT method, budget, base_method FROM captions ORDER BY method").fetchall() == [
