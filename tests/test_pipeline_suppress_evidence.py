@@ -7,10 +7,10 @@ import pytest
 import queries
 import warehouse
 from engine.eval.config import EvalConfig
+from engine.eval.evidence import evidence_tables
 from engine.eval.mentions import mentions
-from engine.pipelines.run import load_evaluation
+from engine.pipelines.run import load_evaluation, stored_evidence
 from engine.pipelines.suppress import run_evaluation
-from engine.pipelines.suppress_evidence import evidence_tables, stored
 from tests.helpers.eval_fixtures import FAST, build_eval_world
 from tests.helpers.tiny_models import tiny_minigpt4
 
@@ -37,7 +37,7 @@ def test_evidence_is_stored_once_and_equals_a_recomputation(tmp_path, adapter) -
                 assert found[(concept, image_id, method, other)] == mentions(text, other)
         rates = queries.run(con, "mention_rates").to_pylist()
         assert rates and all(r["n_captions"] > 0 for r in rates)
-        evidence = stored(con, result.eval_id)
+        evidence = stored_evidence(con, result.eval_id)
         assert evidence is not None
         again = evidence_tables(load_evaluation(con, result.eval_id, world.dataset, {}, FAST).outcomes, FAST)
     for name in ("intervals", "paired", "gaps"):

@@ -347,5 +347,21 @@ def _holm_in_place_by(rows: list[dict], family: tuple[str, ...]) -> None:
             row["p_holm"] = float(adjusted)
 
 
-__all__ = ["AREA_SCHEMA", "CI_GROUPS", "INTERVAL_SCHEMA", "ImageMatrix", "PAIRED_SCHEMA", "area_weights", "gap_table",
-           "image_matrix", "interval_table", "paired_table"]
+@dataclass(frozen=True)
+class Evidence:
+    """The three evidence tables of one evaluation (`INTERVAL_SCHEMA`, `PAIRED_SCHEMA`, `AREA_SCHEMA`)."""
+
+    intervals: pa.Table
+    paired: pa.Table
+    gaps: pa.Table
+
+
+def evidence_tables(outcomes: Sequence[ImageOutcome], metrics: Sequence[str]) -> Evidence:
+    """Intervals, paired differences and T - O / area rows of an evaluation's outcomes (seeded: equal inputs give
+    equal tables)."""
+    matrix = image_matrix(outcomes, metrics)
+    return Evidence(interval_table(matrix), paired_table(matrix), gap_table(matrix))
+
+
+__all__ = ["AREA_SCHEMA", "CI_GROUPS", "Evidence", "INTERVAL_SCHEMA", "ImageMatrix", "PAIRED_SCHEMA", "area_weights",
+           "evidence_tables", "gap_table", "image_matrix", "interval_table", "paired_table"]

@@ -3,55 +3,28 @@ intervals and paired tests of `engine.eval.evidence`, in the ``mentions`` and ``
 
 Part of `engine.pipelines.suppress` (``run_evaluation`` calls `summarize_and_store` when all captions are in).
 An evaluation whose evidence is already stored (a finished evaluation run again) is not written twice.
-`evidence_tables` computes the same tables from the outcomes of any stored evaluation (the report uses it for
-evaluations stored before these tables existed).
+`engine.eval.evidence.evidence_tables` computes the same tables from the outcomes of any stored evaluation (the
+report uses it for evaluations stored before these tables existed).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 
 import queries
-from engine.eval.evidence import gap_table, image_matrix, interval_table, paired_table
+from engine.eval.evidence import evidence_tables
 from engine.eval.mention_table import mention_rows
-from engine.eval.summary import ImageOutcome
-from engine.pipelines.run import load_evaluation
+from engine.pipelines.run import load_evaluation, stored_evidence
 from engine.pipelines.sets import StoredSet
 from warehouse import Warehouse
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """The three evidence tables of one evaluation (`engine.eval.evidence` schemas)."""
-
-    intervals: pa.Table
-    paired: pa.Table
-    gaps: pa.Table
-
-
-def evidence_tables(outcomes: Sequence[ImageOutcome], metrics: Sequence[str]) -> Evidence:
-    """Intervals, paired differences and T - O / area rows of an evaluation's outcomes (seeded: equal inputs give
-    equal tables)."""
-    matrix = image_matrix(outcomes, metrics)
-    return Evidence(interval_table(matrix), paired_table(matrix), gap_table(matrix))
 
 
 def _with_ids(table: pa.Table, eval_id: str, run_id: str) -> pa.Table:
     n = table.num_rows
     return table.add_column(0, "run_id", pa.array([run_id] * n, pa.string())).add_column(
         0, "eval_id", pa.array([eval_id] * n, pa.string()))
-
-
-def stored(con: duckdb.DuckDBPyConnection, eval_id: str) -> Evidence | None:
-    """The stored evidence of ``eval_id``; None when none is stored."""
-    if not queries.run(con, "evidence_stored", {"eval_id": eval_id}).column("n_intervals")[0].as_py():
-        return None
-    return Evidence(*(queries.run(con, f"evidence_{name}", {"eval_id": eval_id})
-                      for name in ("intervals", "paired", "gaps")))
 
 
 def summarize_and_store(wh: Warehouse, eval_id: str, run_id: str, dataset: Any, sets: Mapping[str, StoredSet],
@@ -61,7 +34,7 @@ def summarize_and_store(wh: Warehouse, eval_id: str, run_id: str, dataset: Any, 
     con = queries.connect(wh)
     try:
         evaluation = load_evaluation(con, eval_id, dataset, sets, metrics)
-        if stored(con, eval_id) is not None or not evaluation.outcomes:
+        if stored_evidence(con, eval_id) is not None or not evaluation.outcomes:
             return evaluation.summary
         captions = queries.run(con, "suppress_eval_captions", {"eval_id": eval_id}).to_pylist()
     finally:
@@ -76,4 +49,4 @@ def summarize_and_store(wh: Warehouse, eval_id: str, run_id: str, dataset: Any, 
     return evaluation.summary
 
 
-__all__ = ["Evidence", "evidence_tables", "stored", "summarize_and_store"]
+__all__ = ["summarize_and_store"]
