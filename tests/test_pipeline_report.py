@@ -109,15 +109,17 @@ def test_report_leads_with_the_answer_and_ends_with_the_folded_configuration(rep
     assert order[0] == "answer" and order[-1] == "configuration"
     assert order == [s for s, _ in SECTIONS if s in order]  # the page follows SECTIONS
     answer = section_html(text, "answer")
-    # fixture: two_stage lowers the mention of "circle" on its images from 1 to 0.5 (drop 0.5) and raises it on
-    # other images by 0.5 (drop -0.5): specificity 1.0 = 100 points
-    assert '<div class="headline"><p class="answer">two_stage removes the concept most specifically' in answer
-    assert "by 50.0 points on the concept&#x27;s own images (100% → 50.0%)" in answer
-    assert "(specificity 100 points)" in answer
-    for label in ("model", "run", "concepts", "two_stage sets", "ranking (mention specificity)", "evaluation"):
+    # fixture: one method (two_stage) on one concept and no random control: nothing to compare, nothing ranked;
+    # two_stage lowers the mention of "circle" on its 2 images from 1 to 0.5: T = 0.5, with its interval and n
+    assert ('<div class="headline"><p class="answer">No method exceeds every other in T - O at 95%, so the methods '
+            "are not ranked (the run has no random control)") in answer
+    for label in ("model", "run", "concepts", "two_stage sets", "measure", "two_stage", "evaluation"):
         assert f"<dt>{html.escape(label)}</dt>" in answer
+    assert "n = 2 target images, 1 other-object mentions, 1 concepts" in answer
     assert "2: circle, square" in answer and "3 layers × 96 FFN units = 288 neurons" in answer
-    assert report.summary["answer"]["answer"] == "two_stage" and report.summary["answer"]["specificity"] == 1.0
+    assert report.summary["answer"]["answer"] is None
+    [area] = report.summary["answer"]["specificity"]
+    assert area["method"] == "two_stage" and area["n_target_images"] == 2
     configuration = section_html(text, "configuration")
     assert configuration.startswith("<h2>Run configuration</h2>\n<details><summary>show the run&#x27;s configuration")
     assert "<details open" not in configuration and "config_json" in configuration

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.document import Table, Text
+from engine.document import Table, Text, fmt
 from engine.eval.evidence import Evidence, evidence_tables
 from engine.pipelines.run import RunReader, StoredEvaluation, stored_evidence
 
@@ -32,11 +32,11 @@ def ci(row: dict[str, Any], prefix: str = "images") -> str:
     low, high = row.get(f"{prefix}_low"), row.get(f"{prefix}_high")
     if low is None or high is None or low != low or high != high:
         return "—"
-    return f"[{low:.3f}, {high:.3f}]"
+    return f"[{fmt(low)}, {fmt(high)}]"
 
 
 def value(x: Any) -> str:
-    return "—" if x is None or x != x else f"{x:.3f}"
+    return fmt(x)
 
 
 def interval_blocks(evidence: Evidence, methods: list[str], budget: int | None = None) -> list[Table]:
@@ -66,7 +66,7 @@ def interval_blocks(evidence: Evidence, methods: list[str], budget: int | None =
     pairs = Table(["method", "baseline", "measure", "images", "difference", "95% CI (images)",
                    "95% CI (concepts)", "p", "Holm p", "n"],
                   [[r["method"], r["baseline"], shown[(r["measure"], r["reference"])], r["group"],
-                    value(r["difference"]), ci(r), ci(r, "concepts"), f"{r['p_value']:.3g}", f"{r['p_holm']:.3g}",
+                    value(r["difference"]), ci(r), ci(r, "concepts"), fmt(r["p_value"]), fmt(r["p_holm"]),
                     r["n_images"]] for r in paired],
                   caption="paired differences, method minus baseline on the same images",
                   notes={"p": "two-sided sign-flip permutation p-value (per-image differences, seeded)",
