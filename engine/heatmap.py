@@ -51,7 +51,9 @@ in Pan et al.: a token's activation is drawn where that token came from.
 
 Rows sum to 1, so the heat is the set's activity *attributed* to patches. In a Q-Former model most queries
 read mostly the object patches, so the activity of any set, random neurons included, lands mostly on the
-objects: judge a set's `heatmap_object_contrast` against a random set of the same size (the report does).
+objects: the share of images brighter inside the mask is near 1 for every set. `object_lift` removes the map's
+own concentration (the heat a set firing equally at every token would have) and is 0 for such a set; judge a
+set's lift against a random set of the same size, paired on the same images (the report does).
 """
 from __future__ import annotations
 
@@ -370,12 +372,14 @@ def heatmap_figure(adapter: VLMAdapter, original: Image.Image, inpainted: Image.
 class ImageContrast:
     """Mean heatmap value (heat in [0, 1], normalised per image) inside the concept's mask, outside it, and on
     the image's other objects (the union of the other concepts' masks, less the concept's; NaN when the image
-    has no other object)."""
+    has no other object); ``lift``: `object_lift` of the raw heat (how much more the set's heat sits on the
+    object than the token -> patch map alone puts there)."""
 
     image_id: int
     inside: float
     outside: float
     others: float = float("nan")
+    lift: float = float("nan")
 
     @property
     def brighter_inside(self) -> bool:
@@ -394,6 +398,33 @@ def object_contrast(heat: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     inside = float(heat[mask].mean()) if mask.any() else float("nan")
     outside = float(heat[~mask].mean()) if (~mask).any() else float("nan")
     return inside, outside
+
+
+def relative_contrast(values: np.ndarray, mask: np.ndarray) -> float:
+    """``(mean inside - mean outside) / |mean over the image|`` of ``values`` ``[H, W]``; NaN for an empty side or
+    a zero mean."""
+    inside, outside = object_contrast(values, mask)
+    scale = abs(float(np.mean(values)))
+    return (inside - outside) / scale if scale > 0 else float("nan")
+
+
+def object_lift(heat: np.ndarray, mass: np.ndarray, mask: np.ndarray) -> float:
+    """`relative_contrast` of the raw heat minus that of the map's patch mass (``mass[p] = Σ_t map[t, p]``, both
+    ``[H, W]``, upsampled the same way). A set whose units fire equally at every image token has
+    ``heat = c · mass`` and lift 0, however much the map concentrates on the object (a Q-Former's queries read
+    mostly object patches, so the normalised heat of any set, random included, is brightest on the object);
+    a set that fires more at the tokens made from the object has lift > 0."""
+    return relative_contrast(heat, mask) - relative_contrast(mass, mask)
+
+
+def raw_heats(adapter: VLMAdapter, images: Sequence[Image.Image], neurons: Neurons, mapping: torch.Tensor,
+              value: str = "magnitude") -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per image (raw heat, patch mass), both float32 ``[H, W]`` upsampled to the image size, not normalised;
+    ``mapping``: the images' `token_to_patch_map` ``[B, T, N]``."""
+    grids = patch_heat(adapter, images, neurons, mapping=mapping, value=value)  # [B, rows, cols]
+    mass = mapping.sum(dim=1).view(grids.shape)  # [B, rows, cols]
+    return [(upsample(g, (im.height, im.width)), upsample(m, (im.height, im.width)))
+            for g, m, im in zip(grids, mass, images)]
 
 
 def other_objects_mask(dataset, image_id: int, concept: str, mask: np.ndarray) -> np.ndarray:  # noqa: ANN001
@@ -449,8 +480,10 @@ def object_contrasts(adapter: VLMAdapter, dataset, image_ids: Sequence[int], con
         mapping = token_to_patch_map(adapter, images, n_probes=n_probes, seed=seed)
         for name, neurons in neuron_sets.items():
             heats = heatmaps(adapter, images, neurons, n_probes=n_probes, seed=seed, mapping=mapping, value=value)
-            for image_id, heat, mask, other in zip(chunk, heats, masks, others):
+            raw = raw_heats(adapter, images, neurons, mapping, value=value)
+            for image_id, heat, (plain, mass), mask, other in zip(chunk, heats, raw, masks, others):
                 inside, outside = object_contrast(heat, mask)
                 on_others = float(heat[other].mean()) if other.any() else float("nan")
-                results[name].append(ImageContrast(image_id, inside, outside, on_others))
+                results[name].append(ImageContrast(image_id, inside, outside, on_others,
+                                                   object_lift(plain, mass, mask)))
     return {name: (contrast_share(rows), rows) for name, rows in results.items()}
