@@ -35,8 +35,8 @@ from engine.eval.uncertainty import bootstrap, holm, sign_flip_pvalue
 
 GROUPS: tuple[str, ...] = ("target", "other")
 CI_GROUPS: tuple[str, ...] = ("target", "other", "specificity")
-N_BOOT = 2000
-N_PERM = 2000
+N_BOOT = 1000
+N_PERM = 1000
 SEED = 0
 LEVEL = 0.95
 
@@ -74,14 +74,14 @@ class ImageMatrix:
         return self.columns.index(key)
 
 
-def _lost_pairs(outcome: ImageOutcome) -> tuple[int, int]:
+def _lost_pairs(outcome: ImageOutcome, named: Callable[[str, str], bool]) -> tuple[int, int]:
     """(other objects named before and not after, other objects named before) of one image."""
     lost = total = 0
     for other in outcome.present:
-        if other == outcome.concept or not mentions(outcome.before, other):
+        if other == outcome.concept or not named(outcome.before, other):
             continue
         total += 1
-        lost += not mentions(outcome.after, other)
+        lost += not named(outcome.after, other)
     return lost, total
 
 
@@ -100,9 +100,17 @@ def image_matrix(outcomes: Sequence[ImageOutcome], metrics: Sequence[str],
     num = np.zeros((len(rows), len(columns)))
     den = np.zeros_like(num)
     before_done: set[int] = set()
+    seen: dict[tuple[str, str], bool] = {}
+
+    def named(text: str, concept: str) -> bool:  # captions repeat (most are unchanged): decide each pair once
+        key = (text, concept)
+        if key not in seen:
+            seen[key] = bool(mentions(text, concept))
+        return seen[key]
+
     for o in outcomes:
         row = rows[(o.concept, o.group, o.image_id)]
-        named_before, named_after = float(mentions(o.before, o.concept)), float(mentions(o.after, o.concept))
+        named_before, named_after = float(named(o.before, o.concept)), float(named(o.after, o.concept))
         if row not in before_done:
             before_done.add(row)
             k = index[(UNMODIFIED, "mention_rate", "")]
@@ -110,7 +118,7 @@ def image_matrix(outcomes: Sequence[ImageOutcome], metrics: Sequence[str],
         for measure, value in (("mention", named_before - named_after), ("mention_rate", named_after)):
             k = index[(o.method, measure, "")]
             num[row, k], den[row, k] = value, 1.0
-        lost, total = _lost_pairs(o)
+        lost, total = _lost_pairs(o, named)
         k = index[(o.method, "retention", "")]
         num[row, k], den[row, k] = lost, total
         for reference in references:

@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.eval.uncertainty import bootstrap, concept_draws, holm, image_draws, sign_flip_pvalue
 
-N_BOOT = 2000
+N_BOOT = 1000
 SEED = 0
 LEVEL = 0.95
 

@@ -115,18 +115,18 @@ def concept_mean(per_concept: np.ndarray) -> np.ndarray:
 
 
 def _percentiles(replicates: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """``[M]`` low / high percentiles over the replicates ``[B, M]`` (NaN replicates left out; all-NaN -> NaN)."""
     alpha = (1.0 - level) / 2.0
-    finite = np.where(np.isfinite(replicates), replicates, np.nan)
-    with np.errstate(invalid="ignore"):
-        if np.all(np.isnan(finite)):
-            nan = np.full(replicates.shape[1:], np.nan)
-            return nan, nan
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            low = np.nanquantile(finite, alpha, axis=0)
-            high = np.nanquantile(finite, 1.0 - alpha, axis=0)
+    bad = ~np.isfinite(replicates)
+    low = np.full(replicates.shape[1:], np.nan)
+    high = np.full(replicates.shape[1:], np.nan)
+    clean = ~bad.any(axis=0)
+    if clean.any():
+        low[clean], high[clean] = np.quantile(replicates[:, clean], [alpha, 1.0 - alpha], axis=0)
+    for m in np.flatnonzero(~clean):
+        kept = replicates[~bad[:, m], m]
+        if len(kept):
+            low[m], high[m] = np.quantile(kept, [alpha, 1.0 - alpha])
     return low, high
 
 
