@@ -89,7 +89,8 @@ def evaluation_blocks(run: RunReader, dataset: Any, out_dir: Path, found: dict[s
         blocks.append(Text("Note: the run's dataset is not available, so O(n) (which needs the objects of each "
                            "image) is not computed."))
     with_bars = [{**r, **bounds.get((r["method"], r["budget"]), {})} for r in averaged.to_pylist()]
-    figure = budget_curve_plot(with_bars, out_dir / "figures" / f"budget-curves-{slug(eval_id)}.png", methods=methods)
+    name = "budget-curves.png" if latest else f"budget-curves-{slug(eval_id)}.png"
+    figure = budget_curve_plot(with_bars, out_dir / "figures" / name, methods=methods)
     blocks.append(Figure(figure, "Left: T(n) against O(n), one line per method through its budgets (labels: n); "
                                  "above the diagonal = specific. Middle and right: T(n) and O(n) against n, error "
                                  "bars: 95% intervals (images resampled within concepts)."))
