@@ -7,7 +7,7 @@ import pytest
 import queries
 import warehouse
 from engine.eval.config import EvalConfig
-from engine.eval.evidence import evidence_tables
+from engine.eval.evidence import SPECIFICITY_TITLE, evidence_tables
 from engine.eval.mentions import mentions
 from engine.pipelines.run import load_evaluation, stored_evidence
 from engine.pipelines.suppress import run_evaluation
@@ -46,8 +46,14 @@ def test_evidence_is_stored_once_and_equals_a_recomputation(tmp_path, adapter) -
         key = lambda r: tuple(str(v) for v in r.values())  # noqa: E731
         for a, b in zip(sorted(mine, key=key), sorted(theirs, key=key)):
             assert a == pytest.approx(b, nan_ok=True)
-    # a finished evaluation run again writes no second copy
-    run_evaluation(config, world.warehouse, adapter=adapter, dataset=world.dataset, progress=False)
+    # the printed tables carry T - O with its intervals, n and the paired difference against random
+    spec = result.tables()[SPECIFICITY_TITLE].to_pylist()
+    assert [r["method"] for r in spec] == ["random", "two_stage"]
+    assert spec[1]["minus random"] is not None and spec[1]["n target"] == len(world.evaluation["star"]) + len(
+        world.evaluation["circle"]) and spec[0]["minus random"] is None
+    # a finished evaluation run again writes no second copy, and reads the stored evidence back
+    again_result = run_evaluation(config, world.warehouse, adapter=adapter, dataset=world.dataset, progress=False)
+    assert again_result.evidence is not None and again_result.evidence.gaps.num_rows == evidence.gaps.num_rows
     with warehouse.connect(world.warehouse) as con:
         n = con.execute("SELECT count(*) FROM evidence_intervals WHERE eval_id = ?", [result.eval_id]).fetchone()
     assert n == (len(evidence.intervals),)

@@ -371,5 +371,32 @@ def evidence_tables(outcomes: Sequence[ImageOutcome], metrics: Sequence[str]) ->
     return Evidence(interval_table(matrix), paired_table(matrix), gap_table(matrix))
 
 
-__all__ = ["AREA_SCHEMA", "CI_GROUPS", "Evidence", "INTERVAL_SCHEMA", "ImageMatrix", "PAIRED_SCHEMA", "area_weights",
-           "evidence_tables", "gap_table", "image_matrix", "interval_table", "paired_table"]
+SPECIFICITY_TITLE = ("T - O with 95% intervals (images within concepts / concepts) and paired against random "
+                     "(sign-flip, Holm); T = target mention drop, O = other-object mention loss; over budgets: "
+                     "specificity area")
+
+
+def specificity_table(gaps: pa.Table, control: str = "random") -> pa.Table:
+    """One row per method: its T - O (or specificity area), both intervals, n, and minus ``control`` with its
+    interval and Holm p (None without a control)."""
+    rows = gaps.to_pylist()
+    paired = {r["method"]: r for r in rows if r["quantity"] == "area" and r["baseline"] == control}
+    out = []
+    for r in rows:
+        if r["quantity"] != "area" or r["baseline"] is not None:
+            continue
+        versus = paired.get(r["method"])
+        out.append({"method": r["method"], "T - O": r["estimate"], "low": r["images_low"], "high": r["images_high"],
+                    "concepts low": r["concepts_low"], "concepts high": r["concepts_high"],
+                    f"minus {control}": None if versus is None else versus["estimate"],
+                    "diff low": None if versus is None else versus["images_low"],
+                    "diff high": None if versus is None else versus["images_high"],
+                    "Holm p": None if versus is None else versus["p_holm"],
+                    "n target": r["n_target_images"], "n other mentions": r["n_other_pairs"],
+                    "concepts": r["n_concepts"]})
+    return pa.Table.from_pylist(out)
+
+
+__all__ = ["AREA_SCHEMA", "CI_GROUPS", "Evidence", "INTERVAL_SCHEMA", "ImageMatrix", "PAIRED_SCHEMA",
+           "SPECIFICITY_TITLE", "area_weights", "evidence_tables", "gap_table", "image_matrix", "interval_table",
+           "paired_table", "specificity_table"]

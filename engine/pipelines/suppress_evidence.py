@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 import queries
-from engine.eval.evidence import evidence_tables
+from engine.eval.evidence import Evidence, evidence_tables
 from engine.eval.mention_table import mention_rows
 from engine.pipelines.run import load_evaluation, stored_evidence
 from engine.pipelines.sets import StoredSet
@@ -28,14 +28,15 @@ def _with_ids(table: pa.Table, eval_id: str, run_id: str) -> pa.Table:
 
 
 def summarize_and_store(wh: Warehouse, eval_id: str, run_id: str, dataset: Any, sets: Mapping[str, StoredSet],
-                        metrics: Sequence[str]) -> pa.Table:
-    """The evaluation's summary (`engine.eval.summary.summarize`); its evidence written in one batch unless it is
-    already stored."""
+                        metrics: Sequence[str]) -> tuple[pa.Table, Evidence | None]:
+    """(the evaluation's summary, `engine.eval.summary.summarize`; its evidence, None without outcomes); the
+    evidence is written in one batch unless it is already stored."""
     con = queries.connect(wh)
     try:
         evaluation = load_evaluation(con, eval_id, dataset, sets, metrics)
-        if stored_evidence(con, eval_id) is not None or not evaluation.outcomes:
-            return evaluation.summary
+        found = stored_evidence(con, eval_id)
+        if found is not None or not evaluation.outcomes:
+            return evaluation.summary, found
         captions = queries.run(con, "suppress_eval_captions", {"eval_id": eval_id}).to_pylist()
     finally:
         con.close()
@@ -46,7 +47,7 @@ def summarize_and_store(wh: Warehouse, eval_id: str, run_id: str, dataset: Any, 
         batch.add("evidence_intervals", _with_ids(evidence.intervals, eval_id, run_id))
         batch.add("evidence_paired", _with_ids(evidence.paired, eval_id, run_id))
         batch.add("evidence_gaps", _with_ids(evidence.gaps, eval_id, run_id))
-    return evaluation.summary
+    return evaluation.summary, evidence
 
 
 __all__ = ["summarize_and_store"]
