@@ -2,6 +2,8 @@
 headline did not, never ranks methods that do not differ, and says so when nothing differs from random."""
 from __future__ import annotations
 
+import dataclasses
+
 from engine.eval.budget import budget_curves, curve_scores
 from engine.eval.evidence import gap_table, image_matrix
 from engine.eval.headline import answer
@@ -49,3 +51,11 @@ def test_two_methods_above_random_that_overlap_are_not_ranked() -> None:
     assert found.best is None and sorted(found.differs_from_control) == ["a", "b"]
     assert found.sentence.startswith("a, b exceed random in T - O at 95% (paired, Holm); no method exceeds every "
                                      "other, so the methods are not ranked")
+
+
+def test_undefined_o_is_not_answered() -> None:
+    outcomes = synthetic({"two_stage": (0.5, 0.1), "random": (0.1, 0.1)}, n=4)
+    no_objects = [dataclasses.replace(o, present=(o.concept,) if o.group == "target" else ()) for o in outcomes]
+    found = answer(gap_table(image_matrix(no_objects, ("bleu4",)), n_boot=50, n_perm=50).to_pylist())
+    assert found.best is None and found.sentence.endswith("name other objects).")
+    assert "Not answered: T - O is undefined" in found.sentence

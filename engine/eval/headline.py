@@ -58,6 +58,10 @@ def answer(gaps: Sequence[Mapping[str, Any]], budgets: Sequence[int] = (), contr
     if not areas:
         return Answer("Which method removes the concept most specifically? Not answered: the evaluation has no "
                       "T - O numbers.")
+    if all(r["estimate"] is None or r["estimate"] != r["estimate"] for r in areas.values()):
+        return Answer("Which method removes the concept most specifically? Not answered: T - O is undefined because "
+                      "no other image has an object mention to lose (O needs the run's dataset and captions that "
+                      "name other objects).")
     what = (f"specificity area of T(n) - O(n) over budgets {', '.join(map(str, budgets))}" if len(budgets) > 1
             else "T - O")
     facts = [("measure", f"{what}; T = drop of the concept's mention rate on its images, O = share of the other "
