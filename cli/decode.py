@@ -26,7 +26,7 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
     import pyarrow as pa
 
     from cli.render import render_table
-    from engine.decode import concept_hit_rate, concept_words, decode_neurons
+    from engine.decode import concept_words, decode_neurons, excluded_token_ids, neuron_hits
     from engine.models import load_model
     from engine.neurons import parse_neuron
 
@@ -65,6 +65,7 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
     click.echo(f"{what}: top {k} tokens {norm}" + (f" (showing {len(shown)} of {total})" if total > len(shown) else ""))
     click.echo(render_table(table, max_rows=len(shown) + 1), nl=False)
     if concept:
-        rate = concept_hit_rate(decoded_all, concept_words(adapter, concept))
+        hits = neuron_hits(decoded_all, concept_words(adapter, concept), excluded_token_ids(adapter.tokenizer))
+        rate = sum(hits) / total if total else float("nan")
         click.echo(f"concept-word hit rate: {rate:.3f} ({concept!r} in the top {k} tokens of "
-                   f"{round(rate * total)} of {total} neurons)")
+                   f"{sum(hits)} of n = {total} neurons; special and unknown tokens never count)")

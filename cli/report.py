@@ -51,10 +51,9 @@ def command(warehouse_path: str | None, run_id: str | None, out_dir: str, method
     for name in (method, "random"):
         if name in pooled:
             values = pooled[name]
-            others = values["vs_other_objects"]
-            click.echo(f"heatmap contrast ({name}, {values['images']} images): {values['vs_rest']:.3f} brighter on "
-                       f"the concept's object than elsewhere, "
-                       f"{'—' if others is None else format(others, '.3f')} than on other objects")
+            click.echo(f"heatmap contrast ({name}, {values['n']} images, {values['n_concepts']} concepts): lift "
+                       f"{values['estimate']:.3f} [95% CI {values['images_low']:.3f}, {values['images_high']:.3f}] "
+                       "(0 = on the object no more than the token -> patch map puts any set)")
     if pooled and "random" not in pooled:
         click.echo("heatmap contrast: no stored random baseline set in this run, so no chance level "
                    "(`kneuron suppress` stores one)")

@@ -2,7 +2,8 @@
 concept against damage to other knowledge as its neuron budget grows.
 
 `budget_curve_plot` takes the averaged rows of `engine.eval.budget.budget_curves` (columns method, budget,
-target_mention_drop, other_mention_drop; any extra columns are ignored) and writes one PNG of three panels:
+target_mention_drop, other_mention_drop; optional ``target_low``/``target_high``/``other_low``/``other_high``: interval
+bounds drawn as error bars in panels 2 and 3; other columns are ignored) and writes one PNG of three panels:
 
 1. trade-off: x = other-object mention drop on other images O(n), y = target mention drop T(n), one line per
    method through its budgets (each point labelled n), with the diagonal T = O: points above it remove the
@@ -26,6 +27,17 @@ from engine.plots import empty_panel, need_columns, new_figure, records, save_pn
 def _finite(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
+
+
+def _bars(curve: list[Any], name: str, values: list[float]) -> list[list[float]] | None:
+    """[[below], [above]] error-bar lengths from ``<name>_low`` / ``<name>_high`` (None when the rows have none)."""
+    if not curve or f"{name}_low" not in curve[0]:
+        return None
+    low = [_finite(r.get(f"{name}_low")) for r in curve]
+    high = [_finite(r.get(f"{name}_high")) for r in curve]
+    below = [0.0 if math.isnan(v - lo) else max(v - lo, 0.0) for v, lo in zip(values, low)]
+    above = [0.0 if math.isnan(hi - v) else max(hi - v, 0.0) for v, hi in zip(values, high)]
+    return [below, above]
 
 
 def budget_curve_plot(data: Any, out: str | Path, methods: Sequence[str] | None = None,
@@ -55,6 +67,11 @@ def budget_curve_plot(data: Any, out: str | Path, methods: Sequence[str] | None 
                 trade.annotate(str(n), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7, color=colour)
         target.plot(budgets, t, marker="o", color=colour, label=method, linewidth=1.4, markersize=4)
         other.plot(budgets, o, marker="o", color=colour, label=method, linewidth=1.4, markersize=4)
+        for ax, name, values in ((target, "target", t), (other, "other", o)):
+            bars = _bars(curve, name, values)
+            if bars is not None:
+                ax.errorbar(budgets, values, yerr=bars, fmt="none", ecolor=colour, elinewidth=0.9, capsize=2)
+                top = max([top] + [v + e for v, e in zip(values, bars[1]) if not math.isnan(v + e)])
     limit = top * 1.08
     trade.plot([0, limit], [0, limit], color="grey", linestyle="--", linewidth=0.8, label="T = O (not specific)")
     trade.set_xlim(-0.01, limit)

@@ -6,14 +6,16 @@ With ``final_norm=True`` the column first goes through the model's final RMSNorm
 (``x / rms(x) * weight``, the module itself, eps included), which is what the residual stream passes through
 before ``lm_head``; the ranking then reflects the norm's per-dimension weights too.
 
-``concept_hit_rate`` answers "how often does the concept word appear in its neurons' top tokens".
+``concept_hit_rate`` answers "how often does the concept word appear in its neurons' top tokens". A hit is a
+top token that decodes to a surface form of the concept (`concept_words`); special, unknown and padding tokens
+(`excluded_token_ids`) never count, and a surface form whose first piece is such a token is not a form.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 
@@ -83,35 +85,57 @@ def normalise_token(token: str) -> str:
     return re.sub(r"^[^0-9a-z]+|[^0-9a-z]+$", "", text.lower())
 
 
-def concept_hit_rate(decoded: Sequence[DecodedNeuron], concept_words: Iterable[str]) -> float:
-    """Share of ``decoded`` neurons with at least one top token equal to a concept word (after
-    `normalise_token` on both sides: case, leading-space markers and surrounding punctuation ignored).
+def excluded_token_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids that never count as a concept hit: the tokenizer's special tokens (``all_special_ids``) and its
+    unknown and padding tokens."""
+    ids = {int(i) for i in (getattr(tokenizer, "all_special_ids", None) or [])}
+    for name in ("unk_token_id", "pad_token_id"):
+        value = getattr(tokenizer, name, None)
+        if isinstance(value, int):
+            ids.add(value)
+    return frozenset(ids)
 
-    ``concept_words``: surface forms of the concept (e.g. ``["dog", "dogs"]``, or a sub-token such as ``"gir"``
-    for words the tokenizer splits; see `concept_words`). NaN for no neurons.
-    """
+
+def neuron_hits(decoded: Sequence[DecodedNeuron], concept_words: Iterable[str],
+                excluded: Iterable[int] = ()) -> list[bool]:
+    """Per neuron: whether one of its top tokens is a concept word (after `normalise_token` on both sides: case,
+    leading-space markers and surrounding punctuation ignored). Tokens whose id is in ``excluded`` (special,
+    unknown, padding: `excluded_token_ids`) never match."""
     words = {normalise_token(w) for w in concept_words} - {""}
     if not words:
         raise KneuronError("concept_hit_rate needs at least one non-empty concept word")
-    if not decoded:
-        return float("nan")
-    hits = sum(any(normalise_token(t) in words for t in neuron.tokens) for neuron in decoded)
-    return hits / len(decoded)
+    skip = frozenset(int(i) for i in excluded)
+    return [any(i not in skip and normalise_token(t) in words for i, t in zip(neuron.token_ids, neuron.tokens))
+            for neuron in decoded]
+
+
+def concept_hit_rate(decoded: Sequence[DecodedNeuron], concept_words: Iterable[str],
+                     excluded: Iterable[int] = ()) -> float:
+    """Share of ``decoded`` neurons with at least one top token equal to a concept word (`neuron_hits`).
+
+    ``concept_words``: surface forms of the concept (e.g. ``["dog", "dogs"]``, or a sub-token such as ``"gir"``
+    for words the tokenizer splits; see `concept_words`). ``excluded``: token ids that never count. NaN for no
+    neurons.
+    """
+    hits = neuron_hits(decoded, concept_words, excluded)
+    return sum(hits) / len(hits) if hits else float("nan")
 
 
 def concept_words(adapter: VLMAdapter, concept: str) -> list[str]:
     """Surface forms that count as the concept in decoded tokens: the name and its plural(s), each word of a
     multi-word name, and the first sub-token of each when it has 3+ characters (what the model emits first when
-    it writes the word)."""
+    it writes the word). A first sub-token that is special, unknown or padding (`excluded_token_ids`: a word
+    out of a word-level vocabulary becomes ``<unk>``) adds no form."""
     from engine.eval.mentions import plurals
 
     name = " ".join(concept.replace("_", " ").replace("-", " ").split()).lower()
     forms = [name, *plurals(name)]
     forms += [word for form in list(forms) for word in form.split()]
     out = list(dict.fromkeys(forms))
+    excluded = excluded_token_ids(adapter.tokenizer)
     for form in list(out):
         ids = adapter.concept_tokens(form)
-        if ids:
+        if ids and ids[0] not in excluded:
             first = normalise_token(adapter.tokenizer.decode([ids[0]]))
             if len(first) >= 3:  # shorter pieces ("a", "ca") match too many unrelated tokens
                 out.append(first)

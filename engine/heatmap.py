@@ -51,12 +51,14 @@ in Pan et al.: a token's activation is drawn where that token came from.
 
 Rows sum to 1, so the heat is the set's activity *attributed* to patches. In a Q-Former model most queries
 read mostly the object patches, so the activity of any set, random neurons included, lands mostly on the
-objects: judge a set's `heatmap_object_contrast` against a random set of the same size (the report does).
+objects: the share of images brighter inside the mask is near 1 for every set. `object_lift` removes the map's
+own concentration (the heat a set firing equally at every token would have) and is 0 for such a set; judge a
+set's lift against a random set of the same size, paired on the same images (the report does;
+`engine.heatmap_contrast`).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 import nnsight
 import numpy as np
@@ -363,94 +365,3 @@ def heatmap_figure(adapter: VLMAdapter, original: Image.Image, inpainted: Image.
 
     return with_colour_bar(side_by_side(overlay(original, heat_o), overlay(inpainted, heat_i),
                                         labels=("original", "inpainted (same scale)")))
-
-
-# ---------------------------------------------------------------------------------------------- contrast
-@dataclass(frozen=True)
-class ImageContrast:
-    """Mean heatmap value (heat in [0, 1], normalised per image) inside the concept's mask, outside it, and on
-    the image's other objects (the union of the other concepts' masks, less the concept's; NaN when the image
-    has no other object)."""
-
-    image_id: int
-    inside: float
-    outside: float
-    others: float = float("nan")
-
-    @property
-    def brighter_inside(self) -> bool:
-        return self.inside > self.outside
-
-    @property
-    def brighter_than_others(self) -> bool:
-        return self.inside > self.others
-
-
-def object_contrast(heat: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """(mean of ``heat`` where ``mask``, mean where not); NaN for an empty side."""
-    mask = np.asarray(mask, dtype=bool)
-    if heat.shape != mask.shape:
-        raise KneuronError(f"heatmap shape {heat.shape} does not match mask shape {mask.shape}")
-    inside = float(heat[mask].mean()) if mask.any() else float("nan")
-    outside = float(heat[~mask].mean()) if (~mask).any() else float("nan")
-    return inside, outside
-
-
-def other_objects_mask(dataset, image_id: int, concept: str, mask: np.ndarray) -> np.ndarray:  # noqa: ANN001
-    """``bool [H, W]``: pixels of the image's other concepts' instances that are not the concept's."""
-    out = np.zeros_like(mask, dtype=bool)
-    for other in dataset.concepts_in(image_id):
-        if other != concept:
-            out |= dataset.concept_mask(image_id, other)
-    return out & ~mask
-
-
-def heatmap_object_contrast(adapter: VLMAdapter, dataset, image_ids: Sequence[int], concept: str,  # noqa: ANN001
-                            neurons: Neurons, batch_size: int = 16, n_probes: int = 16, seed: int = 0,
-                            value: str = "magnitude") -> tuple[float, list[ImageContrast]]:
-    """Is the set's heatmap brighter on the concept's object than elsewhere?
-
-    dataset: a `CocoDataset` (``load_image``, ``concept_mask``, ``concepts_in``). For each image: the per-image
-    normalised heatmap (`heatmaps`), its mean inside the concept's mask, outside it and on the other objects.
-    Returns (share of images whose inside mean is higher than the outside mean, per-image values); images
-    whose mask covers everything or nothing do not count in the share; NaN share when no image counts.
-    `share_vs_others` of the per-image values is the stricter test against the image's other objects.
-    """
-    return object_contrasts(adapter, dataset, image_ids, concept, {"set": neurons}, batch_size=batch_size,
-                            n_probes=n_probes, seed=seed, value=value)["set"]
-
-
-def contrast_share(per_image: Sequence[ImageContrast]) -> float:
-    """Share of images with a higher mean heat inside the mask than outside (images with an empty side left
-    out; NaN if none)."""
-    counted = [r for r in per_image if np.isfinite(r.inside) and np.isfinite(r.outside)]
-    return sum(r.brighter_inside for r in counted) / len(counted) if counted else float("nan")
-
-
-def share_vs_others(per_image: Sequence[ImageContrast]) -> float:
-    """Share of the images that show other objects where the concept's object is brighter than those objects
-    (NaN if no image shows another object)."""
-    counted = [r for r in per_image if np.isfinite(r.inside) and np.isfinite(r.others)]
-    return sum(r.brighter_than_others for r in counted) / len(counted) if counted else float("nan")
-
-
-def object_contrasts(adapter: VLMAdapter, dataset, image_ids: Sequence[int], concept: str,  # noqa: ANN001
-                     neuron_sets: Mapping[str, Neurons], batch_size: int = 16, n_probes: int = 16, seed: int = 0,
-                     value: str = "magnitude") -> dict[str, tuple[float, list[ImageContrast]]]:
-    """`heatmap_object_contrast` of several neuron sets (name -> neurons) on the same images; images, masks
-    and token -> patch maps are computed once per batch."""
-    results: dict[str, list[ImageContrast]] = {name: [] for name in neuron_sets}
-    ids = [int(i) for i in image_ids]
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start:start + batch_size]
-        images = [dataset.load_image(i) for i in chunk]
-        masks = [dataset.concept_mask(i, concept) for i in chunk]
-        others = [other_objects_mask(dataset, i, concept, m) for i, m in zip(chunk, masks)]
-        mapping = token_to_patch_map(adapter, images, n_probes=n_probes, seed=seed)
-        for name, neurons in neuron_sets.items():
-            heats = heatmaps(adapter, images, neurons, n_probes=n_probes, seed=seed, mapping=mapping, value=value)
-            for image_id, heat, mask, other in zip(chunk, heats, masks, others):
-                inside, outside = object_contrast(heat, mask)
-                on_others = float(heat[other].mean()) if other.any() else float("nan")
-                results[name].append(ImageContrast(image_id, inside, outside, on_others))
-    return {name: (contrast_share(rows), rows) for name, rows in results.items()}

@@ -21,7 +21,8 @@ def test_cli_report(bare, tmp_path, capsys) -> None:  # noqa: ANN001
     code, stdout, err = run_cli(["report", "--warehouse", str(bare), "--out", str(out), "--images", "0",
                                  "--contrast-images", "2", "--max-concepts", "1"], capsys)
     assert code == 0, err
-    assert f"report: {out / 'report.html'}" in stdout and "heatmap contrast (two_stage, 2 images)" in stdout
+    assert f"report: {out / 'report.html'}" in stdout
+    assert "heatmap contrast (two_stage, 2 images, 1 concepts): lift " in stdout
     assert "two_stage sets shown: circle circle-two_stage, square square-two_stage" in stdout
     assert "heatmap contrast: no stored random baseline set in this run, so no chance level" in stdout
     code, _, err = run_cli(["report", "--warehouse", str(bare), "--run", "nope", "--out", str(out)], capsys)

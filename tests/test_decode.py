@@ -4,7 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.decode import DecodedNeuron, concept_hit_rate, concept_words, decode_neurons, neuron_logits
+from engine.decode import (
+    DecodedNeuron,
+    concept_hit_rate,
+    concept_words,
+    decode_neurons,
+    excluded_token_ids,
+    neuron_hits,
+    neuron_logits,
+)
 from engine.errors import KneuronError
 from tests.helpers.hf_tiny import tiny_adapter
 
@@ -82,3 +90,68 @@ def test_concept_words_include_plural_and_model_pieces(adapter) -> None:  # noqa
     # the word-level tiny tokenizer knows "circle" as one token: its first piece is the word itself
     assert "circle" in words
     assert "dining" in concept_words(adapter, "dining table")
+
+
+# ---------------------------------------------------------------------------------------------- hits exclude specials
+class _WordAdapter:
+    """What `concept_words` needs of an adapter: its tokenizer and ``concept_tokens`` (as `VLMAdapter` does)."""
+
+    def __init__(self, tokenizer) -> None:  # noqa: ANN001
+        self.tokenizer = tokenizer
+
+    def concept_tokens(self, word: str) -> list[int]:
+        ids = list(self.tokenizer(" " + word, add_special_tokens=False)["input_ids"])
+        return ids or list(self.tokenizer(word, add_special_tokens=False)["input_ids"])
+
+
+def _decoded(tokenizer, rows: list[list[int]]) -> list[DecodedNeuron]:  # noqa: ANN001
+    return [DecodedNeuron(0, n, tuple(ids), tuple(tokenizer.decode([i]) for i in ids), tuple(0.0 for _ in ids))
+            for n, ids in enumerate(rows)]
+
+
+def _word_level_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<pad>": 1, "</s>": 2, "circle": 3, "a": 4, "red": 5, "square": 6, "unk": 7}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+
+
+def test_out_of_vocabulary_plural_adds_no_unknown_form_and_unknown_never_hits() -> None:
+    tok = _word_level_tokenizer()
+    adapter = _WordAdapter(tok)
+    assert adapter.concept_tokens("circles") == [0]  # the plural is out of the vocabulary: <unk>
+    words = concept_words(adapter, "circle")  # type: ignore[arg-type]
+    assert "unk" not in words and words[:2] == ["circle", "circles"]
+    assert excluded_token_ids(tok) == {0, 1, 2}
+    # neuron 0: <unk> and </s> among its tokens, no concept word; neuron 1: 'circle'; neuron 2: <pad> only
+    decoded = _decoded(tok, [[0, 2, 5], [6, 3], [1, 4]])
+    assert neuron_hits(decoded, words, excluded_token_ids(tok)) == [False, True, False]
+    assert concept_hit_rate(decoded, words, excluded_token_ids(tok)) == pytest.approx(1 / 3)
+    # even if a caller's word list holds "unk", the <unk> token never counts; the real word "unk" (id 7) does
+    assert neuron_hits(_decoded(tok, [[0], [7]]), ["unk"], excluded_token_ids(tok)) == [False, True]
+
+
+def test_bpe_tokenizer_hits_are_surface_forms() -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<pad>", "<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    corpus = ["a red circle on a blue square", "two circles and a circle", "the circle is round"] * 20
+    backend.train_from_iterator(corpus, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                  eos_token="<|endoftext|>")
+    words = concept_words(_WordAdapter(tok), "circle")  # type: ignore[arg-type]
+    circle = tok(" circle", add_special_tokens=False)["input_ids"]
+    square = tok(" square", add_special_tokens=False)["input_ids"]
+    assert len(circle) == 1 and tok.decode(circle) == " circle"
+    specials = sorted(excluded_token_ids(tok))
+    assert specials == sorted(tok.convert_tokens_to_ids(["<unk>", "<pad>", "<|endoftext|>"]))
+    decoded = _decoded(tok, [[square[0], circle[0]], specials, [square[0]]])
+    assert neuron_hits(decoded, words, excluded_token_ids(tok)) == [True, False, False]

@@ -12,17 +12,15 @@ from engine.heatmap import (
     grouping_map,
     heatmap,
     heatmap_figure,
-    heatmap_object_contrast,
     heatmaps,
     jacobian_patch_map,
-    object_contrast,
     overlay,
     region_map,
-    share_vs_others,
     side_by_side,
     token_activations,
     token_to_patch_map,
 )
+from engine.heatmap_contrast import ImageContrast, heatmap_object_contrast, object_contrast, share_vs_others
 from engine.models.base import ImageRegions, grid_boxes
 from tests.helpers.hf_tiny import tiny_adapter, varied_images
 
@@ -310,7 +308,7 @@ def test_heatmap_object_contrast_share(monkeypatch) -> None:  # noqa: ANN001
     """A stand-in heatmap (image brightness): the square is brighter than the rest in images 1 and 2, the
     full-image mask of image 3 does not count, image 4's mask points at the background; against the other
     objects, image 1's square beats a dim circle and image 2's loses to a bright one."""
-    import engine.heatmap as hm
+    import engine.heatmap_contrast as hm
 
     data = SquaresDataset({
         1: [("square", (4, 4, 12, 12), 230), ("circle", (20, 20, 26, 26), 120)],
@@ -321,7 +319,12 @@ def test_heatmap_object_contrast_share(monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setattr(hm, "token_to_patch_map", lambda adapter, images, **kw: None)
     monkeypatch.setattr(hm, "heatmaps", lambda adapter, images, neurons, **kw: [
         np.asarray(im.convert("L"), dtype=np.float32) / 255.0 for im in images])
+    monkeypatch.setattr(hm, "raw_heats", lambda adapter, images, neurons, mapping, **kw: [
+        (np.asarray(im.convert("L"), dtype=np.float32), np.ones((im.height, im.width), np.float32)) for im in images])
     share, per_image = heatmap_object_contrast(None, data, [1, 2, 3, 4], "square", NEURONS, batch_size=3)
+    # uniform patch mass: the lift is the brightness' own relative contrast
+    grey = np.asarray(data.load_image(1).convert("L"), dtype=np.float32)
+    assert per_image[0].lift == pytest.approx(hm.relative_contrast(grey, data.concept_mask(1, "square")))
     assert [r.image_id for r in per_image] == [1, 2, 3, 4]
     assert [r.brighter_inside for r in per_image] == [True, True, False, False]
     assert np.isnan(per_image[2].outside)
@@ -337,6 +340,7 @@ def test_heatmap_object_contrast_runs_on_a_model(patch) -> None:  # noqa: ANN001
     share, per_image = heatmap_object_contrast(patch, data, [1, 2], "square", NEURONS)
     assert len(per_image) == 2 and 0.0 <= share <= 1.0
     assert all(0.0 <= r.inside <= 1.0 and 0.0 <= r.outside <= 1.0 for r in per_image)
+    assert all(np.isfinite(r.lift) for r in per_image)
     assert np.isnan(per_image[0].others) and 0.0 <= per_image[1].others <= 1.0
 
 
@@ -346,7 +350,7 @@ def test_heatmap_imports_no_concrete_adapter() -> None:
     import ast
     import inspect
 
-    import engine.heatmap as hm
+    import engine.heatmap_contrast as hm
 
     tree = ast.parse(inspect.getsource(hm))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
@@ -384,3 +388,35 @@ def test_adapters_without_a_connector_say_so(patch) -> None:  # noqa: ANN001
         VLMAdapter.image_connector(llava)  # the interface's default, for adapters that know no connector
     assert str(caught.value) == ("model 'tiny-random-llava' has neither a patch grid nor a known Q-Former: no "
                                  "token -> patch map for its image tokens")
+
+
+def test_lift_discriminates_where_the_brighter_inside_share_is_one_for_both_sets() -> None:
+    """A map whose tokens read mostly the object patches (as Q-Former queries do; 4 object patches of 16): a random
+    set firing equally at every token and a concept set firing more at the object's tokens are both brighter
+    inside on every image (the old share: 1.00 for both); the lift is 0 for the random set and positive for the
+    concept set."""
+    from engine.heatmap_contrast import contrast_share, object_lift
+
+    rng = np.random.default_rng(0)
+    n_tokens, side = 6, 4
+    mask = np.zeros((side, side), dtype=bool)
+    mask[:2, :2] = True
+    obj, rest = np.flatnonzero(mask.ravel()), np.flatnonzero(~mask.ravel())
+    random_rows, concept_rows = [], []
+    for image_id in range(8):
+        mapping = np.zeros((n_tokens, side * side))
+        object_tokens = np.arange(n_tokens) < n_tokens // 2
+        for t in range(n_tokens):  # object tokens: 90% of their weight on object patches; the others 50%
+            share = 0.9 if object_tokens[t] else 0.5
+            mapping[t, obj] = rng.dirichlet(np.ones(len(obj))) * share
+            mapping[t, rest] = rng.dirichlet(np.ones(len(rest))) * (1 - share)
+        mass = mapping.sum(0).reshape(side, side)
+        for acts, rows in ((np.full(n_tokens, 2.0), random_rows),
+                           (np.where(object_tokens, 3.0, 1.0), concept_rows)):
+            heat = (acts @ mapping).reshape(side, side)
+            norm = (heat - heat.min()) / (heat.max() - heat.min())
+            inside, outside = object_contrast(norm, mask)
+            rows.append(ImageContrast(image_id, inside, outside, lift=object_lift(heat, mass, mask)))
+    assert contrast_share(random_rows) == contrast_share(concept_rows) == 1.0
+    assert all(abs(r.lift) < 1e-9 for r in random_rows)
+    assert all(r.lift > 0 for r in concept_rows)

@@ -177,3 +177,20 @@ def test_fragility_check_counts_fragile_units_per_method(evaluated, adapter):
         assert row["fragile_per_set"] == sum(hits) / 2 and row["sets_with_fragile"] == sum(h > 0 for h in hits)
     assert any(note.startswith(f"fragility: {len(fragile)} of {len(units)} unit(s)") for note in again.notes)
     assert any(note.startswith("massive units (k=10): stored-signal rule") for note in again.notes)
+
+
+def test_report_shows_every_budget_evaluation_latest_first(tmp_path, adapter):
+    world = build_eval_world(tmp_path)
+    ids = []
+    for budgets in ((1, 2), (1, 4)):
+        config = EvalConfig(methods=("two_stage", "random"), budgets=budgets, metrics=FAST, max_images=2,
+                            batch_size=4, concepts=("star",))
+        ids.append(run_evaluation(config, world.warehouse, adapter=adapter, dataset=world.dataset,
+                                  progress=False).eval_id)
+    report = build_report(world.warehouse, tmp_path / "report", ReportConfig(with_model=False))
+    html = report.html.read_text()
+    assert report.summary["budget"]["evaluations"] == ids[::-1] and report.summary["budget"]["eval_id"] == ids[1]
+    assert html.index(f"Budget evaluation {ids[1]}") < html.index(f"Budget evaluation {ids[0]}")
+    assert "the latest of this run" in html and "an earlier one" in html
+    assert (tmp_path / "report" / "figures" / f"budget-curves-{ids[0]}.png").exists()
+    assert "T 95% CI" in html and "95% CI (concepts)" in html

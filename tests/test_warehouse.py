@@ -26,6 +26,7 @@ from tests.helpers.warehouse_rows import (
 )
 from warehouse import TABLES, Warehouse, conform, connect, default_warehouse_path, table_paths
 from warehouse.layout import MANIFEST_DIR
+from warehouse.schema import VIEW_EXTRA_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -380,7 +381,7 @@ def test_views_on_an_empty_warehouse_have_the_columns_and_types_of_filled_ones(t
         assert empty.execute(f'SELECT count(*) FROM "{table}"').fetchall() == [(0,)]
         described = empty.sql(f'DESCRIBE "{table}"').fetchall()
         assert described == full.sql(f'DESCRIBE "{table}"').fetchall(), table
-        extra = ["d_mean"] if table == "neuron_stats" else []
+        extra = list(VIEW_EXTRA_COLUMNS.get(table, {}))
         assert [row[0] for row in described] == TABLES[table].columns + extra
 
 
@@ -477,3 +478,14 @@ def test_a_skipped_sample_may_be_superseded_and_the_view_shows_the_latest(tmp_pa
     assert view_rows(connect(root), "samples", ["image_id", "status"]) == [
         {"image_id": 1, "status": "ok"}, {"image_id": 2, "status": "ok"}]
     assert Warehouse.open(root).read("samples").num_rows == 4  # the raw files keep every row
+
+
+def test_label_views_give_the_budget_and_the_base_method(tmp_path: Path) -> None:
+    rows = all_table_rows()
+    rows["captions"]["method"] = ["unmodified", "two_stage@16"]
+    with writer(tmp_path / "wh") as wh, wh.batch() as batch:
+        batch.add("runs", rows["runs"])
+        batch.add("captions", rows["captions"])
+    con = connect(tmp_path / "wh")
+    assert con.sql("SELECT method, budget, base_method FROM captions ORDER BY method").fetchall() == [
+        ("two_stage@16", 16, "two_stage"), ("unmodified", None, "unmodified")]

@@ -7,9 +7,12 @@ table or a dict of numpy arrays / lists) into a table of exactly that schema, or
 naming the offending columns.
 
 The DuckDB views (`warehouse.connect`) expose the stored columns under the same names; DuckDB reads float16 as
-FLOAT. The view of ``neuron_stats`` adds ``d_mean = o_mean - i_mean`` (FLOAT), which is not stored.
+FLOAT. The view of ``neuron_stats`` adds ``d_mean = o_mean - i_mean`` (FLOAT), which is not stored; the views of
+``captions``, ``scores`` and ``neuron_sets`` add ``budget`` (the n of a ``method@n`` label, else NULL) and
+``base_method`` (the label without ``@n``).
 
-Schema v1 grows only by whole tables (``set_choices`` and ``neuron_rollup`` were added later): a warehouse written
+Schema v1 grows only by whole tables (``set_choices``, ``neuron_rollup``, ``mentions`` and the ``evidence_*``
+tables were added later): a warehouse written
 before a table existed has no files of it, and its view is simply empty.
 """
 from __future__ import annotations
@@ -277,17 +280,74 @@ NEURON_ROLLUP = TableSpec(
     unique_sorted=True,
 )
 
+# The evidence of one suppression evaluation, written once by `kneuron suppress` when all its captions are in:
+# whether each caption names each object of its image (the concept and the other annotated objects), and the
+# intervals and paired tests of `engine.eval.evidence` (``budget``: the n of a ``method@n`` label, else null).
+_EVAL = _f("eval_id", pa.string())
+_BUDGET = _f("budget", pa.int64(), nullable=True)
+_CI = [_f(n, pa.float64(), nullable=True) for n in ("images_low", "images_high", "concepts_low", "concepts_high")]
+MENTIONS = TableSpec(
+    name="mentions",
+    schema=pa.schema([_EVAL, _RUN, _f("set_id", pa.string(), nullable=True), _f("method", pa.string()), _BUDGET,
+                      _CONCEPT, _f("group", pa.string()), _IMAGE, _f("condition", pa.string()),
+                      _f("object", pa.string()), _f("is_concept", pa.bool_()), _f("mentioned", pa.bool_())]),
+    partition_by=("run_id", "concept"),
+    sort_by=("eval_id", "image_id", "method", "object"),
+    enums={"group": ("target", "other"), "condition": ("unmodified", "suppressed")},
+    key=("eval_id",),
+)
+EVIDENCE_INTERVALS = TableSpec(
+    name="evidence_intervals",
+    schema=pa.schema([_EVAL, _RUN, _f("method", pa.string()), _BUDGET, _f("group", pa.string()),
+                      _f("measure", pa.string()), _f("reference", pa.string()),
+                      _f("estimate", pa.float64(), nullable=True), *_CI, _f("n_images", pa.int64()),
+                      _f("n_concepts", pa.int64()), _f("n_boot", pa.int64()), _f("seed", pa.int64())]),
+    partition_by=("run_id",),
+    sort_by=("eval_id", "method", "budget", "group", "measure"),
+    key=("eval_id",),
+)
+EVIDENCE_PAIRED = TableSpec(
+    name="evidence_paired",
+    schema=pa.schema([_EVAL, _RUN, _f("method", pa.string()), _f("baseline", pa.string()), _BUDGET,
+                      _f("group", pa.string()), _f("measure", pa.string()), _f("reference", pa.string()),
+                      _f("difference", pa.float64(), nullable=True), *_CI, _f("p_value", pa.float64(), nullable=True),
+                      _f("p_holm", pa.float64(), nullable=True), _f("n_images", pa.int64()),
+                      _f("n_concepts", pa.int64()), _f("n_perm", pa.int64()), _f("seed", pa.int64())]),
+    partition_by=("run_id",),
+    sort_by=("eval_id", "method", "baseline", "budget", "group", "measure"),
+    key=("eval_id",),
+)
+EVIDENCE_GAPS = TableSpec(
+    name="evidence_gaps",
+    schema=pa.schema([_EVAL, _RUN, _f("method", pa.string()), _f("baseline", pa.string(), nullable=True), _BUDGET,
+                      _f("quantity", pa.string()), _f("estimate", pa.float64(), nullable=True), *_CI,
+                      _f("p_value", pa.float64(), nullable=True), _f("p_holm", pa.float64(), nullable=True),
+                      _f("n_target_images", pa.int64()), _f("n_other_pairs", pa.int64()),
+                      _f("n_concepts", pa.int64()), _f("n_boot", pa.int64()), _f("seed", pa.int64())]),
+    partition_by=("run_id",),
+    sort_by=("eval_id", "method", "baseline", "quantity", "budget"),
+    enums={"quantity": ("gap", "area")},
+    key=("eval_id",),
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (RUNS, SPLITS, SAMPLES, NEURON_STATS, TOKEN_STATS, NEURON_SETS, CAPTIONS, SCORES, EVALS,
-                 SET_CHOICES, NEURON_ROLLUP)
+                 SET_CHOICES, NEURON_ROLLUP, MENTIONS, EVIDENCE_INTERVALS, EVIDENCE_PAIRED, EVIDENCE_GAPS)
 }
 
 # Columns the DuckDB view adds to a table: name -> (SQL expression over stored columns, DuckDB type).
 # Storage plumbing, not analysis: d_mean is derived in the view from the stored float16 o_mean and i_mean, so
 # no float16 value is stored twice and no file grows by a column. Analyses only read it from the view.
+# The budget of a ``method@n`` label (`engine.eval.budget.label`) and the method without it, so that queries
+# filter on columns instead of parsing labels.
+_LABEL_COLUMNS = {"budget": ("TRY_CAST(regexp_extract(method, '@([0-9]+)$', 1) AS BIGINT)", "BIGINT"),
+                  "base_method": ("regexp_replace(method, '@[0-9]+$', '')", "VARCHAR")}
 VIEW_EXTRA_COLUMNS: dict[str, dict[str, tuple[str, str]]] = {
     "neuron_stats": {"d_mean": ("o_mean - i_mean", "FLOAT")},
+    "captions": _LABEL_COLUMNS,
+    "scores": _LABEL_COLUMNS,
+    "neuron_sets": _LABEL_COLUMNS,
 }
 
 

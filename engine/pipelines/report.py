@@ -4,7 +4,7 @@
     result.html, result.markdown, result.summary  # paths and the headline numbers (also in summary.json)
 
 Sections (HTML ids), the answer first and the configuration last: ``answer`` (the headline: model, run,
-concepts and which method removes the concept most specifically, with its numbers; `answer_section`),
+concepts and the comparison the latest evaluation supports, with intervals and n; `answer_section`),
 ``selection`` (set sizes per concept and method, the set ids shown, layer distribution), ``suppression`` (mean
 scores of the latest evaluation per method, or "not run"), ``budget`` (budget curves, when the run has a budget
 evaluation), ``plots`` (layer distribution, concept overlap, suppression drops), ``heatmaps`` (original |
@@ -34,7 +34,9 @@ from typing import Any
 
 from engine.document import Code, Figure, Headline, Section, Table, Text, figures, fmt, json_ready, number
 from engine.errors import KneuronError
+from engine.eval.budget import split_label
 from engine.pipelines.report_budget import budget_section
+from engine.pipelines.report_evidence import interval_blocks, load_evidence
 from engine.pipelines.report_model import model_sections
 from engine.pipelines.run import RunReader
 from engine.pipelines.sets import StoredSet
@@ -263,13 +265,20 @@ def suppression_section(run: RunReader, dataset: Any) -> tuple[Section, list[dic
         out.blocks.append(Table(table.column_names, [list(r.values()) for r in table.to_pylist()], caption=title,
                                 notes={c: n for c in table.column_names if (n := column_note(c))},
                                 legend=SUPPRESSION_LEGEND["drops" if title.startswith("drops") else "scores"]))
+    evidence, note = load_evidence(run, eval_id, evaluation)
+    labels = [split_label(m) for m in methods]
+    budgets = sorted({b for _, b in labels if b is not None})
+    if not budgets:  # a budget evaluation's intervals are in the budget section
+        out.blocks.append(Text(note))
+        out.blocks.extend(interval_blocks(evidence, [m for m, _ in labels]))
     rows = [r for r in summary.to_pylist() if r["concept"] == ALL_CONCEPTS]
     plot_rows = [{"method": r["method"], "group": r["group"], "metric": METRIC_LABELS.get(r["measure"], r["measure"]),
                   "value": r["drop"]} for r in rows
                  if r["measure"] in metrics and r["reference"] == "unmodified" and r["group"] in ("target", "other")]
     mention_rows = [{"method": r["method"], "group": r["group"], "before": r["before"], "after": r["after"]}
                     for r in rows if r["measure"] == "mention" and r["group"] in ("target", "other")]
-    return out, plot_rows, mention_rows, {"eval_id": eval_id, "summary": rows, "being_written": writer is not None}
+    return out, plot_rows, mention_rows, {"eval_id": eval_id, "summary": rows, "being_written": writer is not None,
+                                           "budgets": budgets, "gaps": evidence.gaps.to_pylist()}
 
 
 def being_written(run: RunReader) -> int | None:
@@ -283,10 +292,13 @@ def being_written(run: RunReader) -> int | None:
 
 def answer_section(run: RunReader, method: str, sets: dict[tuple[str, str], StoredSet],
                    evaluation: dict[str, Any]) -> tuple[Section, dict[str, Any]]:
-    """The headline the report leads with: model, run, concepts, and which method removes the concept most
-    specifically: the largest mention specificity (drop of the concept's mention rate on its own images minus
-    the drop on other images, mean over concepts) of the latest evaluation, with its numbers and those of the
-    ``method`` sets and the random control. Returns (section, its summary-json entry)."""
+    """The headline the report leads with: model, run, concepts, and the comparison the latest evaluation
+    supports (`engine.eval.headline.answer`): each method's T - O (the budget section's T and O; its specificity
+    area for a budget evaluation) with its 95% interval and n, against the random control, paired on the same
+    images; a method is named only when it exceeds every other at 95%. Returns (section, its summary-json
+    entry)."""
+    from engine.eval.headline import answer
+
     out = section("answer")
     row = run.row
     concepts = sorted({c for (c, m), s in sets.items() if m == method})
@@ -300,57 +312,21 @@ def answer_section(run: RunReader, method: str, sets: dict[tuple[str, str], Stor
     if sizes:
         facts.append((f"{method} sets",
                       f"{min(sizes)}–{max(sizes)} neurons per concept (mean {number(sum(sizes) / len(sizes))})"))
-    rows = evaluation.get("summary") or []
-    found = {(r["method"], r["group"], r["measure"]): r for r in rows}
-    ranked = sorted(((r["drop"], m) for (m, g, measure), r in found.items()
-                     if g == "specificity" and measure == "mention" and r["drop"] is not None
-                     and r["drop"] == r["drop"]), reverse=True)
     info: dict[str, Any] = {"question": "which method removes the concept most specifically"}
-    if not ranked:
-        answer = ("Which method removes the concept most specifically? Not answered yet: this run has no "
-                  "suppression evaluation (run `kneuron suppress`).")
-        out.blocks.append(Headline(answer, facts))
+    if not evaluation.get("gaps"):
+        out.blocks.append(Headline("Which method removes the concept most specifically? Not answered yet: this run "
+                                   "has no suppression evaluation (run `kneuron suppress`).", facts))
         return out, {**info, "answer": None}
-
-    def points(value: float | None) -> str:
-        return "—" if value is None else f"{number(100.0 * value)} points"
-
-    def line(name: str) -> str:
-        target, other = found.get((name, "target", "mention")), found.get((name, "other", "mention"))
-        kept = found.get((name, "target", "retention"))
-        text = (f"mention rate on target images {number(100 * target['before'])}% → {number(100 * target['after'])}%"
-                if target else "no mention rates")
-        text += f"; drop on other images {points(other['drop'] if other else None)}"
-        text += f"; specificity {points(found[(name, 'specificity', 'mention')]['drop'])}"
-        if kept and kept["after"] == kept["after"]:
-            text += f"; other objects still named {number(100 * kept['after'])}%"
-        return text
-
-    best_drop, best = ranked[0]
-    target, other = found.get((best, "target", "mention")), found.get((best, "other", "mention"))
-    if best_drop > 0 and target is not None:
-        among = f", the largest of {len(ranked)} methods" if len(ranked) > 1 else ""
-        answer = (f"{best} removes the concept most specifically: its sets lower the concept's mention rate by "
-                  f"{points(target['drop'])} on the concept's own images ({number(100 * target['before'])}% → "
-                  f"{number(100 * target['after'])}%) and by {points(other['drop'] if other else None)} on other "
-                  f"images (specificity {points(best_drop)}{among}).")
-    elif best_drop > 0:
-        answer = f"{best} removes the concept most specifically (mention specificity {points(best_drop)})."
-    else:
-        answer = (f"No method removes the concept specifically: the largest mention specificity is "
-                  f"{points(best_drop)} ({best}).")
-    facts.append((best, line(best)))
-    for other_method in (method, "random"):
-        if other_method != best and (other_method, "specificity", "mention") in found:
-            facts.append((other_method, line(other_method)))
-    facts.append(("ranking (mention specificity)", ", ".join(f"{m} {number(100 * d)}" for d, m in ranked)
-                  + " points"))
-    facts.append(("evaluation", f"{evaluation.get('eval_id')}; every set has its concept's {method} budget; "
-                                "mention specificity = drop of the mention rate on the concept's images − drop "
-                                "on other images, mean over concepts"))
-    out.blocks.append(Headline(answer, facts))
-    info.update({"answer": best if best_drop > 0 else None, "best": best, "specificity": best_drop,
-                 "ranking": [{"method": m, "mention_specificity": d} for d, m in ranked]})
+    found = answer(evaluation["gaps"], evaluation.get("budgets") or ())
+    facts += found.facts
+    facts.append(("evaluation", f"{evaluation.get('eval_id')} (the latest of this run)"))
+    out.blocks.append(Headline(found.sentence, facts))
+    areas = [r for r in evaluation["gaps"] if r["quantity"] == "area" and r["baseline"] is None]
+    info.update({"answer": found.best, "sentence": found.sentence, "differs_from_random": found.differs_from_control,
+                 "specificity": [{"method": r["method"], "estimate": r["estimate"], "images_low": r["images_low"],
+                                  "images_high": r["images_high"], "concepts_low": r["concepts_low"],
+                                  "concepts_high": r["concepts_high"], "n_target_images": r["n_target_images"],
+                                  "n_concepts": r["n_concepts"]} for r in areas]})
     return out, info
 
 

@@ -106,18 +106,20 @@ def heatmap_blocks(run: RunReader, adapter: Any, dataset: Any, inpainter: Any, m
 
 def contrast_blocks(adapter: Any, dataset: Any, sets: Sets, concepts: list[str], images: dict[str, list[int]],
                     config: ReportConfig, section: Section, summary: dict[str, Any]) -> None:
-    from engine.heatmap import contrast_share, object_contrasts, share_vs_others
+    from engine.eval.rates import concept_intervals, paired_differences
+    from engine.heatmap_contrast import contrast_share, object_contrasts
 
     methods = methods_of(sets, concepts, config.method)
     section.blocks.append(Text(
-        "Heatmap contrast (`heatmap_object_contrast`, heat = "
-        f"{config.heat_value} of the activations, each heatmap normalised to [0, 1]) over up to "
-        f"{config.contrast_images} evaluation images per concept. Each cell: share of images whose mean heat "
-        "inside the concept's mask is higher than outside it / share of the images showing other objects whose "
-        "mean heat on the concept's object is higher than on those objects. All sets of a concept are drawn on "
-        "the same images." + chance_note(sets, concepts)))
+        f"Heatmap lift (`engine.heatmap.object_lift`, heat = {config.heat_value} of the activations) over up to "
+        f"{config.contrast_images} evaluation images per concept: the relative contrast (mean inside the concept's "
+        "mask minus mean outside, over the image mean) of the set's raw heat, minus that of the token -> patch "
+        "map's own mass. 0 = the set's heat sits on the object no more than any set firing equally at every "
+        "token would (the map alone concentrates on objects); > 0 = the set fires more at the object's tokens. "
+        "Cells: mean lift over the images [95% interval, images resampled], n images. All sets of a concept are "
+        "drawn on the same images, so the differences against random are paired." + chance_note(sets, concepts)))
     rows = []
-    pooled: dict[str, list[Any]] = {m: [] for m in methods}
+    lifts: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
     shares: dict[str, dict[str, Any]] = {}
     for concept in concepts:
         ids = images.get(concept, [])[:config.contrast_images]
@@ -127,38 +129,59 @@ def contrast_blocks(adapter: Any, dataset: Any, sets: Sets, concepts: list[str],
         result = object_contrasts(adapter, dataset, ids, concept, named, n_probes=config.n_probes,
                                   value=config.heat_value)
         cells: list[Any] = [concept, len(ids)]
+        per_concept = concept_intervals({m: {concept: [r.lift for r in result[m][1]]} for m in result})
         for method in methods:
             if method in result:
-                share, per_image = result[method]
-                pooled[method] += per_image
-                others = share_vs_others(per_image)
-                shares.setdefault(concept, {})[method] = {"vs_rest": share, "vs_other_objects": others}
-                cells.append(f"{fmt(share)} / {fmt(others)}")
+                per_image = result[method][1]
+                lifts[method][concept] = [r.lift for r in per_image]
+                one = per_concept[method]
+                shares.setdefault(concept, {})[method] = {"lift": one, "brighter_inside_share":
+                                                          contrast_share(per_image)}
+                cells.append(f"{fmt(one['estimate'])} {ci(one)} n={one['n']}")
             else:
                 cells.append("—")
         rows.append(cells)
-    overall = {m: {"vs_rest": contrast_share(v), "vs_other_objects": share_vs_others(v), "images": len(v)}
-               for m, v in pooled.items()}
-    rows.append(["all concepts (pooled images)", sum(r[1] for r in rows)]
-                + [f"{fmt(overall[m]['vs_rest'])} / {fmt(overall[m]['vs_other_objects'])}" for m in methods])
+    overall = concept_intervals(lifts)
+    rows.append(["all concepts (mean over concepts)", sum(r[1] for r in rows)]
+                + [f"{fmt(overall[m]['estimate'])} {ci(overall[m])} ({ci(overall[m], 'concepts')}) n={overall[m]['n']}"
+                   for m in methods])
     section.blocks.append(Table(["concept", "images"] + methods, rows,
-                                caption="share brighter inside than outside / than on the other objects"))
-    summary["heatmap_contrast"] = {"per_concept": shares, "pooled": overall, "method": config.method,
-                                   "value": config.heat_value}
+                                caption="heatmap lift: mean [95% CI images] (all concepts: + [95% CI concepts]) n"))
+    paired: dict[str, Any] = {}
+    if RANDOM_METHOD in lifts and any(lifts[RANDOM_METHOD].values()):
+        paired = paired_differences(lifts, RANDOM_METHOD)
+        section.blocks.append(Table(
+            ["method", "lift minus random", "95% CI (images)", "95% CI (concepts)", "p", "Holm p", "n"],
+            [[m, fmt(r["estimate"]), ci(r), ci(r, "concepts"), fmt(r["p_value"]), fmt(r["p_holm"]), r["n"]]
+             for m, r in paired.items()],
+            caption="paired on the same images (sign-flip p-value, Holm-adjusted across methods)"))
+    summary["heatmap_contrast"] = {"per_concept": shares, "pooled": overall, "vs_random": paired,
+                                   "method": config.method, "value": config.heat_value}
+
+
+def ci(row: dict[str, Any], prefix: str = "images") -> str:
+    low, high = row.get(f"{prefix}_low"), row.get(f"{prefix}_high")
+    if low is None or high is None or low != low or high != high:
+        return "[—]"
+    return f"[{fmt(low)}, {fmt(high)}]"
 
 
 def decoding_blocks(adapter: Any, sets: Sets, concepts: list[str], config: ReportConfig, section: Section,
                     summary: dict[str, Any]) -> None:
-    from engine.decode import concept_hit_rate, concept_words, decode_neurons
+    from engine.decode import concept_words, decode_neurons, excluded_token_ids, neuron_hits
+    from engine.eval.rates import pooled_interval
 
     methods = methods_of(sets, concepts, config.method)
     section.blocks.append(Text(
         f"Each neuron's output weight W_down[:, i] projected through the unembedding W_U (top {config.k} tokens), "
-        "without and with the final RMSNorm. Hit rate: share of a set's neurons whose top tokens contain the "
-        "concept word (its plural or first sub-token counts)." + chance_note(sets, concepts)))
+        "without and with the final RMSNorm. Hit rate: share of a set's neurons whose top tokens contain a token "
+        "that decodes to the concept word (its plural or first sub-token counts; special, unknown and padding "
+        "tokens never count). Pooled rows: hits / neurons over all concepts [95% interval: neurons resampled "
+        "within concepts], n neurons." + chance_note(sets, concepts)))
     hit_rows = []
     hits: dict[str, dict[str, Any]] = {}
-    totals: dict[str, list[float]] = {m: [0.0, 0.0, 0.0] for m in methods}  # plain hits, norm hits, neurons
+    excluded = excluded_token_ids(adapter.tokenizer)
+    per_neuron: dict[str, dict[str, dict[str, list[float]]]] = {m: {"plain": {}, "final_norm": {}} for m in methods}
     for concept in concepts:
         words = concept_words(adapter, concept)
         cells: list[Any] = [concept]
@@ -168,17 +191,26 @@ def decoding_blocks(adapter: Any, sets: Sets, concepts: list[str], config: Repor
                 cells.append("—")
                 continue
             pairs = stored.pairs
-            plain = concept_hit_rate(decode_neurons(adapter, pairs, k=config.k), words)
-            normed = concept_hit_rate(decode_neurons(adapter, pairs, k=config.k, final_norm=True), words)
-            hits.setdefault(concept, {})[method] = {"plain": plain, "final_norm": normed}
-            totals[method] = [totals[method][0] + plain * len(pairs), totals[method][1] + normed * len(pairs),
-                              totals[method][2] + len(pairs)]
-            cells.append(f"{fmt(plain)} / {fmt(normed)}")
+            plain = [float(h) for h in neuron_hits(decode_neurons(adapter, pairs, k=config.k), words, excluded)]
+            normed = [float(h) for h in neuron_hits(decode_neurons(adapter, pairs, k=config.k, final_norm=True),
+                                                    words, excluded)]
+            per_neuron[method]["plain"][concept] = plain
+            per_neuron[method]["final_norm"][concept] = normed
+            hits.setdefault(concept, {})[method] = {"plain": sum(plain) / len(plain),
+                                                    "final_norm": sum(normed) / len(normed), "neurons": len(plain)}
+            cells.append(f"{fmt(sum(plain) / len(plain))} / {fmt(sum(normed) / len(normed))} (n={len(plain)})")
         hit_rows.append(cells)
-    pooled = {m: {"plain": t[0] / t[2], "final_norm": t[1] / t[2], "neurons": int(t[2])}
-              for m, t in totals.items() if t[2]}
+    pooled: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        if not per_neuron[m]["plain"]:
+            continue
+        plain_ci, norm_ci = pooled_interval(per_neuron[m]["plain"]), pooled_interval(per_neuron[m]["final_norm"])
+        pooled[m] = {"plain": plain_ci["estimate"], "final_norm": norm_ci["estimate"], "neurons": plain_ci["n"],
+                     "plain_interval": plain_ci, "final_norm_interval": norm_ci}
     hit_rows.append(["all concepts (pooled neurons)"] + [
-        f"{fmt(pooled[m]['plain'])} / {fmt(pooled[m]['final_norm'])}" if m in pooled else "—" for m in methods])
+        f"{fmt(pooled[m]['plain'])} {ci(pooled[m]['plain_interval'])} / {fmt(pooled[m]['final_norm'])} "
+        f"{ci(pooled[m]['final_norm_interval'])} (n={pooled[m]['neurons']})" if m in pooled else "—"
+        for m in methods])
     section.blocks.append(Table(["concept"] + [f"{m} (plain / norm)" for m in methods], hit_rows,
                                 caption="concept-word hit rate per set"))
     for concept in concepts:

@@ -22,6 +22,7 @@ import pyarrow as pa
 import queries
 from engine.baselines import ScoredNeuron
 from engine.errors import KneuronError
+from engine.eval.evidence import Evidence
 from engine.eval.metrics import METRICS
 from engine.eval.summary import ImageOutcome, outcomes_from_rows, summarize
 from engine.pipelines.sets import StoredSet, current_set_ids, stored_sets
@@ -57,6 +58,14 @@ def load_evaluation(con: duckdb.DuckDBPyConnection, eval_id: str, dataset: Any, 
         present = {row["metric"] for row in scores}
         metrics = [m for m in METRICS if m in present] + sorted(present - set(METRICS))
     return StoredEvaluation(outcomes, list(metrics), summarize(outcomes, metrics=metrics))
+
+
+def stored_evidence(con: duckdb.DuckDBPyConnection, eval_id: str) -> Evidence | None:
+    """The stored ``evidence_*`` rows of ``eval_id`` (written by ``kneuron suppress``); None when none is stored."""
+    if not queries.run(con, "evidence_stored", {"eval_id": eval_id}).column("n_intervals")[0].as_py():
+        return None
+    return Evidence(*(queries.run(con, f"evidence_{name}", {"eval_id": eval_id})
+                      for name in ("intervals", "paired", "gaps")))
 
 
 class RunReader:

@@ -54,6 +54,7 @@ from engine.caption import caption_images
 from engine.errors import KneuronError
 from engine.eval.budget import budget_tables, split_label
 from engine.eval.config import EDITED_METHOD, REFERENCE_METHOD, EvalConfig, jsonable
+from engine.eval.evidence import SPECIFICITY_TITLE, Evidence, specificity_table
 from engine.eval.images import EvalImages, choose_images
 from engine.eval.metrics import METRICS, CaptionScorer
 from engine.eval.scoring import ScoreCache
@@ -64,6 +65,7 @@ from engine.pipelines.run import load_evaluation
 from engine.pipelines.sets import StoredSet, stored_sets
 from engine.pipelines.suppress_budget import BudgetRanking, method_labels, short_note
 from engine.pipelines.suppress_edited import EditedModel, open_edited
+from engine.pipelines.suppress_evidence import summarize_and_store
 from engine.pipelines.suppress_fragility import check_images, fragility_check
 from engine.pipelines.suppress_inputs import (
     budgets,
@@ -100,15 +102,20 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
     budgets: tuple[int, ...] = ()
     fragility: pa.Table | None = None  # `engine.pipelines.suppress_fragility.FRAGILITY_SCHEMA`, when checked
+    evidence: Evidence | None = None  # intervals and paired tests (`engine.eval.evidence`), as stored
 
     def tables(self) -> dict[str, pa.Table]:
         """The paper-shaped tables (`engine.eval.summary.paper_tables`) of the average over concepts; for a budget
         evaluation the budget curves and the specificity numbers (`engine.eval.budget.budget_tables`)."""
         if self.budgets:
-            return dict(budget_tables(self.summary, methods=list(dict.fromkeys(split_label(m)[0]
-                                                                                for m in self.methods))))
-        present = set(self.summary.column("measure").to_pylist())
-        return paper_tables(self.summary, metrics=[m for m in METRICS if m in present], methods=self.methods)
+            tables = dict(budget_tables(self.summary, methods=list(dict.fromkeys(split_label(m)[0]
+                                                                                  for m in self.methods))))
+        else:
+            present = set(self.summary.column("measure").to_pylist())
+            tables = paper_tables(self.summary, metrics=[m for m in METRICS if m in present], methods=self.methods)
+        if self.evidence is not None:
+            tables[SPECIFICITY_TITLE] = specificity_table(self.evidence.gaps)
+        return tables
 
 
 class _Evaluation:
@@ -367,8 +374,9 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
                     note(message)
         finally:
             con.close()
-        summary = summarize_evaluation(wh, eval_id, dataset, sets, config.metrics)
+        summary, evidence = summarize_and_store(wh, eval_id, run_id, dataset, sets, config.metrics)
     return EvalResult(eval_id=eval_id, run_id=run_id, concepts=concepts, methods=labels, summary=summary,
+                      evidence=evidence,
                       jobs_run=len(jobs) - skipped, jobs_skipped=skipped, notes=notes,
                       budgets=tuple(sorted(config.budgets)), fragility=fragility)
 
