@@ -60,7 +60,9 @@ class ActivationReference:
         kinds = self.kind_of_positions()
         image = self.prompt[:, :, kinds == 0].mean(dim=(0, 2))
         prompt = self.prompt[:, :, kinds == 1].mean(dim=(0, 2)) if bool((kinds == 1).any()) else image
-        weights = torch.tensor([max(n, 1) for n in self.n_generated], dtype=torch.float32)
+        weights = torch.tensor(self.n_generated, dtype=torch.float32)  # pooled over every generated position
+        if float(weights.sum()) == 0:  # no caption has a token: the prompts' last positions stand in
+            weights = torch.ones_like(weights)
         generated = (self.generated * weights[:, None, None]).sum(0) / weights.sum()
         return torch.stack([image, prompt, generated], dim=1)
 
