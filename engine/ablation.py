@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 
 from engine.errors import KneuronError
+from engine.eval.config import ABLATIONS
 from engine.models.base import VLMAdapter
 
-ABLATIONS: tuple[str, ...] = ("zero", "mean", "resample")
 #: position kinds of the mean ablation, in the order of `ActivationReference.means`' second axis
 POSITION_KINDS: tuple[str, ...] = ("image", "prompt", "generated")
 

@@ -11,7 +11,7 @@ caption does not depend on which other rows share its generate.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,12 +108,12 @@ def _generate_rows(adapter: VLMAdapter, images: Sequence[Image.Image], row_image
 
 def caption_under_sets(adapter: VLMAdapter, images: Sequence[Image.Image], sets: Sequence[NeuronSet | None],
                        ablation: Ablation | None = None, rows_per_generate: int = 64,
-                       **generate_kwargs: Any) -> list[Captions]:
+                       on_rows: Callable[[int], None] | None = None, **generate_kwargs: Any) -> list[Captions]:
     """Captions of ``images`` under each of ``sets`` (None or empty: the plain model), one `Captions` per set.
 
     Rows are (set, image) in set-major order, captioned ``rows_per_generate`` at a time; greedy and
-    deterministic; token for token what each set gives alone. `KneuronError` for a neuron outside the model,
-    before any captioning.
+    deterministic; token for token what each set gives alone. ``on_rows(n)`` is called after each generate
+    with its number of rows (progress). `KneuronError` for a neuron outside the model, before any captioning.
     """
     ablation = ablation or Ablation()
     if rows_per_generate < 1:
@@ -135,6 +135,8 @@ def caption_under_sets(adapter: VLMAdapter, images: Sequence[Image.Image], sets:
             for (k, _), row in zip(chunk, new.tolist()):
                 ids[k].append(adapter.caption_ids(row))
                 texts[k].append(adapter.caption_text(row))
+            if on_rows is not None:
+                on_rows(len(chunk))
     return [Captions(texts=t, token_ids=i) for t, i in zip(texts, ids)]
 
 

@@ -9,7 +9,7 @@ naming the offending columns.
 The DuckDB views (`warehouse.connect`) expose the stored columns under the same names; DuckDB reads float16 as
 FLOAT. The view of ``neuron_stats`` adds ``d_mean = o_mean - i_mean`` (FLOAT), which is not stored.
 
-Schema v1 grows only by whole tables (``set_choices`` and ``neuron_rollup`` were added later): a warehouse written
+Schema v1 grows only by whole tables (``set_choices``, ``neuron_rollup`` and ``ablation_means`` were added later): a warehouse written
 before a table existed has no files of it, and its view is simply empty.
 """
 from __future__ import annotations
@@ -277,10 +277,27 @@ NEURON_ROLLUP = TableSpec(
     unique_sorted=True,
 )
 
+# Mean ablation (``kneuron suppress --ablation mean``): per evaluation, the value each unit is set to at each
+# position kind (image / prompt / generated), the mean over the evaluation's reference identification images.
+ABLATION_MEANS = TableSpec(
+    name="ablation_means",
+    schema=pa.schema([
+        _f("eval_id", pa.string()),
+        _RUN,
+        _LAYER,
+        _UNIT,
+        _f("kind", pa.string()),
+        _f("value", pa.float32()),
+    ]),
+    partition_by=("run_id",),
+    sort_by=("eval_id", "layer", "unit", "kind"),
+    enums={"kind": ("image", "prompt", "generated")},
+)
+
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (RUNS, SPLITS, SAMPLES, NEURON_STATS, TOKEN_STATS, NEURON_SETS, CAPTIONS, SCORES, EVALS,
-                 SET_CHOICES, NEURON_ROLLUP)
+                 SET_CHOICES, NEURON_ROLLUP, ABLATION_MEANS)
 }
 
 # Columns the DuckDB view adds to a table: name -> (SQL expression over stored columns, DuckDB type).

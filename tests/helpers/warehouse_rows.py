@@ -85,6 +85,8 @@ def all_table_rows() -> dict[str, dict[str, Any]]:
         "neuron_rollup": {"run_id": [RUN] * 2, "concept": ["traffic light"] * 2, "layer": [0, 1], "unit": [4, 4],
                           "n_images": [1, 1], "sum_d_max": [0.5, -1.25], "sum_d_mean": [0.25, 0.0],
                           "sum_g_max": [2.0, 0.125], "sum_g_mean": [1.0, 0.0625]},
+        "ablation_means": {"eval_id": ["ev-1"] * 3, "run_id": [RUN] * 3, "layer": [0, 0, 1], "unit": [3, 3, 1],
+                           "kind": ["image", "generated", "prompt"], "value": [0.5, -0.25, 1.0]},
     }
 
 
