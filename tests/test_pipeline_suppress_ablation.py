@@ -85,7 +85,7 @@ def test_resample_evaluation_runs_and_differs_from_zero(world, adapter) -> None:
         n = con.execute("SELECT count(*) FROM captions WHERE eval_id = ? AND method = 'two_stage'",
                         [got.eval_id]).fetchone()
         config_json = con.execute("SELECT config_json FROM evals WHERE eval_id = ?", [got.eval_id]).fetchone()[0]
-    assert n[0] > 0 and '"ablation": "resample"' in config_json and '"reference_images": [' in config_json
+    assert n[0] > 0 and '"mode": "resample"' in config_json and '"reference_images": [' in config_json
 
 
 def test_config_and_errors() -> None:

@@ -35,7 +35,7 @@ def prepare_ablation(config: EvalConfig, adapter: VLMAdapter, dataset: Any, iden
     kwargs = {} if config.max_new_tokens is None else {"max_new_tokens": config.max_new_tokens}
     reference = record_reference(adapter, [dataset.load_image(i) for i in ids], config.batch_size, **kwargs)
     return (Ablation(config.ablation, reference, seed=config.seed),
-            {"ablation": config.ablation, "reference_images": ids})
+            {"mode": config.ablation, "reference_images": ids})
 
 
 def means_rows(eval_id: str, run_id: str, reference: ActivationReference) -> dict[str, Any]:
