@@ -7,10 +7,12 @@ generate per chunk of rows, each row with its own unit mask and replacement valu
 The intervention is one forward pre-hook per layer on ``down_proj`` (the neuron site, `VLMAdapter.neuron_hooks`)
 that replaces ``O^l[row, pos, units_of_row]`` (`engine.ablation`): 0, the reference mean of the position's
 kind, or a donor image's activation. Rows are independent (the prompt is shared, so no padding), so a row's
-caption does not depend on which other rows share its generate.
+caption does not depend on which other rows share its generate. Each image is preprocessed once when the
+adapter's inputs have one row per image (its rows are then picked by indexing).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +22,7 @@ from PIL import Image
 
 from engine.ablation import Ablation, donors
 from engine.errors import KneuronError
-from engine.models.base import VLMAdapter
+from engine.models.base import PreparedBatch, VLMAdapter
 from engine.neurons import NeuronSet, check_neurons
 from engine.threads import job
 
@@ -86,11 +88,48 @@ def _replacement(ablation: Ablation, layer: int, row_images: list[int], donor_of
     return donor_values
 
 
-def _generate_rows(adapter: VLMAdapter, images: Sequence[Image.Image], row_images: list[int],
+class _Gathered:
+    """Inputs of every image prepared once; `rows` picks a chunk's rows by indexing the per-image tensors."""
+
+    def __init__(self, prepared: PreparedBatch, per_image: set[int | str]) -> None:
+        self.prepared, self.per_image = prepared, per_image
+
+    @classmethod
+    def of(cls, adapter: VLMAdapter, images: Sequence[Image.Image]) -> _Gathered | None:
+        """None unless each tensor input either has one row per image (its first dimension follows the number of
+        images: 1 for one image, n for n) or is the same for one image and for all (a shared prompt)."""
+        if len(images) < 2:
+            return None
+        one, every = adapter.prepare(list(images[:1])), adapter.prepare(list(images))
+        keys: list[int | str] = [*range(len(every.args)), *every.kwargs]
+        per_image: set[int | str] = set()
+        for key in keys:
+            a = one.args[key] if isinstance(key, int) else one.kwargs.get(key)
+            b = every.args[key] if isinstance(key, int) else every.kwargs[key]
+            if not isinstance(b, torch.Tensor):
+                if a != b and not (a is None and b is None):
+                    return None
+            elif isinstance(a, torch.Tensor) and a.ndim >= 1 and a.shape[0] == 1 and b.shape[0] == len(images) \
+                    and a.shape[1:] == b.shape[1:]:
+                per_image.add(key)
+            elif not (isinstance(a, torch.Tensor) and a.shape == b.shape and bool(torch.equal(a, b))):
+                return None
+        return cls(every, per_image)
+
+    def rows(self, rows: list[int]) -> PreparedBatch:
+        """The inputs of ``rows`` (image indices, repeats allowed)."""
+        def pick(key: int | str, value: Any) -> Any:
+            return value[torch.as_tensor(rows, device=value.device)] if key in self.per_image else value
+        p = self.prepared
+        return dataclasses.replace(p, args=tuple(pick(i, v) for i, v in enumerate(p.args)),
+                                   kwargs={k: pick(k, v) for k, v in p.kwargs.items()}, batch_size=len(rows))
+
+
+def _generate_rows(adapter: VLMAdapter, prepared: PreparedBatch, row_images: list[int],
                    row_sets: list[NeuronSet], ablation: Ablation, donor_of: list[int] | None,
                    **generate_kwargs: Any) -> torch.Tensor:
-    """New tokens ``[R, T_new]`` of one chunk of rows (row r: image ``row_images[r]`` under ``row_sets[r]``)."""
-    prepared = adapter.prepare([images[i] for i in row_images])
+    """New tokens ``[R, T_new]`` of one chunk of rows (row r: image ``row_images[r]`` under ``row_sets[r]``);
+    ``prepared``: the chunk's inputs, one row per row."""
     args, kwargs = adapter.generate_call(prepared, **generate_kwargs)
     layers = sorted({layer for s in row_sets for layer, units in s.items() if len(units)})
     hooks = {}
@@ -125,13 +164,17 @@ def caption_under_sets(adapter: VLMAdapter, images: Sequence[Image.Image], sets:
     donor_of = (donors(len(images), int(ablation.reference.prompt.shape[0]), ablation.seed)
                 if ablation.mode == "resample" and ablation.reference is not None else None)
     rows = [(k, i) for k in range(len(clean)) for i in range(len(images))]
+    everything = _Gathered.of(adapter, images) if len(clean) > 1 else None
     texts: list[list[str]] = [[] for _ in clean]
     ids: list[list[list[int]]] = [[] for _ in clean]
     with job(adapter.model):  # the thread policy's count for generation on this model (engine.threads)
         for start in range(0, len(rows), rows_per_generate):
             chunk = rows[start:start + rows_per_generate]
-            new = _generate_rows(adapter, images, [i for _, i in chunk], [clean[k] for k, _ in chunk], ablation,
-                                 donor_of, **generate_kwargs)
+            picked = [i for _, i in chunk]
+            prepared = (everything.rows(picked) if everything is not None
+                        else adapter.prepare([images[i] for i in picked]))
+            new = _generate_rows(adapter, prepared, picked, [clean[k] for k, _ in chunk], ablation, donor_of,
+                                 **generate_kwargs)
             for (k, _), row in zip(chunk, new.tolist()):
                 ids[k].append(adapter.caption_ids(row))
                 texts[k].append(adapter.caption_text(row))

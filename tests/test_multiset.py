@@ -1,5 +1,5 @@
 """`caption_under_sets`: several neuron sets in one generate equal one set at a time token for token (bundled
-tiny models, tiny MiniGPT-4 and a tiny HF LLaVA); mean and resample ablation equal plain forward-pre-hook
+tiny models, and every tiny adapter kind: MiniGPT-4, LLaVA and the other HF families); mean and resample ablation equal plain forward-pre-hook
 references built from teacher-forced activations; the reference means per position kind are exact."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from engine.data.coco import CocoDataset
 from engine.errors import KneuronError
 from engine.models import load_model
 from engine.multiset import caption_under_sets
-from tests.helpers.hf_tiny import tiny_adapter, varied_images
+from tests.helpers.hf_tiny import ALL_KINDS, tiny_adapter, varied_images
 
 KINDS = ("minigpt4-qformer", "minigpt4-patch", "llava")
 
@@ -39,7 +39,9 @@ def images():
     return varied_images(5, seed=3)
 
 
-def test_many_sets_equal_one_set_at_a_time(adapter, images) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_many_sets_equal_one_set_at_a_time(kind: str, images) -> None:  # noqa: ANN001
+    adapter = tiny_adapter(kind)
     sets = [None, *some_sets(adapter), {}]
     together = caption_under_sets(adapter, images, sets, rows_per_generate=7)
     for s, got in zip(sets, together):
