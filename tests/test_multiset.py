@@ -1,6 +1,7 @@
 """`caption_under_sets`: several neuron sets in one generate equal one set at a time token for token (bundled
-tiny models, and every tiny adapter kind: MiniGPT-4, LLaVA and the other HF families); mean and resample ablation equal plain forward-pre-hook
-references built from teacher-forced activations; the reference means per position kind are exact."""
+tiny models, and every tiny adapter kind: MiniGPT-4, LLaVA and the other HF families); mean and resample
+ablation equal plain forward-pre-hook references built from teacher-forced activations; the reference means
+per position kind are exact."""
 from __future__ import annotations
 
 import pytest

@@ -18,12 +18,12 @@ import engine.pipelines.suppress as suppress_module
 import queries
 import warehouse
 from engine.caption import caption_images
-from engine.multiset import caption_under_sets
 from engine.errors import KneuronError
 from engine.eval.config import EvalConfig
 from engine.eval.metrics import CaptionScorer, MetricConfig
 from engine.eval.summary import ALL_CONCEPTS
 from engine.models.minigpt4_adapter import save_minigpt4
+from engine.multiset import caption_under_sets
 from engine.neurons import as_neuron_set
 from engine.pipelines.sets import current_set_ids, store_sets
 from engine.pipelines.suppress import run_evaluation

@@ -9,8 +9,8 @@ naming the offending columns.
 The DuckDB views (`warehouse.connect`) expose the stored columns under the same names; DuckDB reads float16 as
 FLOAT. The view of ``neuron_stats`` adds ``d_mean = o_mean - i_mean`` (FLOAT), which is not stored.
 
-Schema v1 grows only by whole tables (``set_choices``, ``neuron_rollup`` and ``ablation_means`` were added later): a warehouse written
-before a table existed has no files of it, and its view is simply empty.
+Schema v1 grows only by whole tables (``set_choices``, ``neuron_rollup`` and ``ablation_means`` were added
+later): a warehouse written before a table existed has no files of it, and its view is simply empty.
 """
 from __future__ import annotations
 
