@@ -131,3 +131,20 @@ def test_cli_ablation_option(tmp_path, capsys) -> None:  # noqa: ANN001
 
     code, _, err = run_cli(["suppress", "--warehouse", str(tmp_path / "none"), "--ablation", "half"], capsys)
     assert code == 2 and "half" in err
+
+
+def test_budget_evaluation_draws_random_sets_per_budget(world, adapter) -> None:  # noqa: ANN001
+    import json
+
+    config = EvalConfig(methods=("random",), budgets=(2, 8), metrics=FAST, max_images=1, batch_size=4,
+                        concepts=("star",))
+    run_evaluation(config, world.warehouse, adapter=adapter, dataset=world.dataset, progress=False)
+    with warehouse.connect(world.warehouse) as con:
+        rows = con.execute("SELECT method, params_json, layer, unit FROM neuron_sets WHERE concept = 'star' "
+                           "AND method LIKE 'random@%' ORDER BY layer, unit").fetchall()
+    assert {json.loads(p).get("per_budget") for _, p, _, _ in rows} == {True}
+    ref = ReferenceSet(set_id="x", params={}, neurons=tuple(sorted(world.two_stage["star"][1])))
+    ctx = BaselineContext(adapter=adapter, reference_sets={"star": ref}, seed=0)
+    for n in (2, 8):
+        got = sorted((a, b) for m, _, a, b in rows if m == f"random@{n}")
+        assert got == [(a, b) for a, b, _ in RandomBaseline(per_budget=True).select(ctx, "star", n)]
