@@ -117,8 +117,9 @@ def command(warehouse_path: str | None, config_path: str | None, run_id: str | N
 
     result = run_evaluation(config, warehouse_path, progress=progress,
                             log=lambda message: click.echo(f"kneuron: {message}", err=True))
-    title = (f"Suppression evaluation {result.eval_id} (run {result.run_id}; {len(result.concepts)} concept(s); "
-             f"mean over concepts)")
+    ablation_note = "" if config.ablation == "zero" else f"; {config.ablation} ablation"
+    title = (f"Suppression evaluation {result.eval_id} (run {result.run_id}; {len(result.concepts)} concept(s)"
+             f"{ablation_note}; mean over concepts)")
     tables = result.tables()
     if result.fragility is not None:
         tables["fragile units in each method's sets (zeroed alone, each changes >= 50% of the identification "
