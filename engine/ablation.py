@@ -15,7 +15,7 @@ reference images, with plain forward pre-hooks on ``down_proj``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,13 +37,14 @@ class ActivationReference:
     prompt: ``[N_ref, L, P, d_ff]`` at the P prompt positions. generated: ``[N_ref, L, d_ff]`` mean over each
     image's generated positions (its prompt's last position where the caption is empty). image_positions:
     ``[n_image_tokens]`` positions of the image tokens within the prompt. n_generated: ``[N_ref]`` generated
-    positions averaged per image.
+    positions averaged per image. Memory: ``N_ref x L x P x d_ff`` floats (the prompt activations resample needs).
     """
 
     prompt: torch.Tensor
     generated: torch.Tensor
     image_positions: torch.Tensor
     n_generated: list[int]
+    _means: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def prompt_length(self) -> int:
@@ -56,7 +57,13 @@ class ActivationReference:
         return kinds
 
     def means(self) -> torch.Tensor:
-        """``[L, 3, d_ff]``: mean activation per position kind (`POSITION_KINDS`), over images and positions."""
+        """``[L, 3, d_ff]``: mean activation per position kind (`POSITION_KINDS`), over images and positions
+        (computed once)."""
+        if self._means is None:
+            self._means = self._compute_means()
+        return self._means
+
+    def _compute_means(self) -> torch.Tensor:
         kinds = self.kind_of_positions()
         image = self.prompt[:, :, kinds == 0].mean(dim=(0, 2))
         prompt = self.prompt[:, :, kinds == 1].mean(dim=(0, 2)) if bool((kinds == 1).any()) else image
