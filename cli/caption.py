@@ -16,17 +16,30 @@ DEFAULT_MODEL = "tiny-shapes-qformer"
                               f"warehouse, else {DEFAULT_MODEL}].")
 @click.option("--device", default="cpu", show_default=True, help="Device to load the model on.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--ablation", type=click.Choice(["zero", "mean", "resample"]), default="zero", show_default=True,
+              help="What the suppressed units become: zero, their mean over the --reference images (per position "
+                   "kind: image / prompt / generated) or a seeded --reference image's activation (resample).")
+@click.option("--reference", "references", multiple=True, type=click.Path(dir_okay=False), metavar="IMAGE",
+              help="Reference image of mean / resample ablation (repeatable; required with them).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the resample donors.")
 def command(images: tuple[str, ...], warehouse_path: str | None, run_id: str | None, concept: str | None,
             method: str, set_id: str | None, neurons: tuple[str, ...], model: str | None, device: str,
-            batch_size: int) -> None:
+            batch_size: int, ablation: str, references: tuple[str, ...], seed: int) -> None:
     """Caption IMAGES (greedy, the model's template and stop rules).
 
     With neurons (--neuron L:U, --set SET_ID, or the current --method set of --concept in the run) each image
-    is captioned twice: as it is and with those FFN units set to zero at every position while generating.
+    is captioned twice: as it is and with those FFN units replaced (--ablation: zero, mean or resample) at
+    every position while generating.
     """
+    from engine.ablation import Ablation, record_reference
     from engine.caption import caption_images
+    from engine.errors import KneuronError
     from engine.models import load_model
+    from engine.multiset import caption_under_sets
     from engine.neurons import as_neuron_set, parse_neuron
+
+    if ablation != "zero" and not references:
+        raise KneuronError(f"--ablation {ablation} needs --reference images (their activations replace the units')")
 
     pictures = [open_image(path) for path in images]
     pairs = [parse_neuron(text) for text in neurons]
@@ -51,7 +64,10 @@ def command(images: tuple[str, ...], warehouse_path: str | None, run_id: str | N
         for path, caption in zip(images, plain):
             click.echo(f"{path}: {caption}")
         return
-    suppressed = caption_images(adapter, pictures, as_neuron_set(pairs), batch_size=batch_size).texts
-    click.echo(f"suppressed: {what}")
+    reference = (record_reference(adapter, [open_image(path) for path in references], batch_size)
+                 if ablation != "zero" else None)
+    suppressed = caption_under_sets(adapter, pictures, [as_neuron_set(pairs)], Ablation(ablation, reference, seed),
+                                    rows_per_generate=batch_size)[0].texts
+    click.echo(f"suppressed: {what}" + ("" if ablation == "zero" else f" ({ablation} ablation)"))
     for path, caption, changed in zip(images, plain, suppressed):
         click.echo(f"{path}\n  unmodified: {caption}\n  suppressed: {changed}")

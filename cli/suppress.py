@@ -57,6 +57,15 @@ def _write(path: str, text: str) -> None:
               help="Also zero each unit of the evaluated sets alone on N identification images and count, per "
                    "method, the units that change most captions on their own (the config key fragility_images).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per captioning batch [default: 16].")
+@click.option("--ablation", type=click.Choice(["zero", "mean", "resample"]),
+              help="What a suppressed unit becomes: zero (the paper), mean (its mean over reference identification "
+                   "images, per position kind: image / prompt / generated) or resample (a seeded donor image's "
+                   "activation) [default: zero; the config key `ablation`]. Part of the evaluation id.")
+@click.option("--reference-images", type=click.IntRange(min=1), metavar="N",
+              help="Identification images of the mean / resample reference set [default: 16].")
+@click.option("--rows-per-generate", type=click.IntRange(min=1), metavar="N",
+              help="(set, image) rows captioned per generate; every method of a concept shares the generates "
+                   "[default: 4 x batch size]. Captions do not depend on it.")
 @click.option("--edited-model", type=click.Path(file_okay=False), metavar="DIR",
               help="A folder written by `kneuron edit`: score its plain captions as the method `edited` against "
                    "the run's model (with no --method, `edited` is the only method).")
@@ -71,13 +80,15 @@ def _write(path: str, text: str) -> None:
 def command(warehouse_path: str | None, config_path: str | None, run_id: str | None, concepts: tuple[str, ...],
             methods: tuple[str, ...], set_ids: tuple[str, ...], budget: str | None, budgets: str | None,
             max_images: int | None, fragility_images: int | None,
-            batch_size: int | None, edited_model: str | None, device: str | None, eval_id: str | None,
+            batch_size: int | None, ablation: str | None, reference_images: int | None,
+            rows_per_generate: int | None, edited_model: str | None, device: str | None, eval_id: str | None,
             csv_path: str | None, markdown_path: str | None, progress: bool) -> None:
-    """Caption evaluation images with each neuron set zeroed and compare methods.
+    """Caption evaluation images with each neuron set suppressed and compare methods.
 
     For every concept k with a two_stage set N_k (its current set, or the one given by --set; the log names
     it) and every method (N_k itself or a baseline at the same budget), the target images (evaluation images
-    of k) and as many other images (without k) are captioned with the set suppressed. BLEU-4, ROUGE-L and
+    of k) and as many other images (without k) are captioned with the set suppressed (--ablation: zeroed,
+    mean or resampled). BLEU-4, ROUGE-L and
     BERTScore against the unmodified captions and the ground truth, the mention rate of k and the retention of
     the other objects' mentions are stored in the warehouse (captions, scores, evals) and printed as tables
     (averaged over concepts). Rerunning the same evaluation resumes it.
@@ -97,7 +108,8 @@ def command(warehouse_path: str | None, config_path: str | None, run_id: str | N
         "batch_size": batch_size, "device": device, "concepts": tuple(dict.fromkeys(concepts)) or None,
         "methods": tuple(dict.fromkeys(methods)) or None, "sets": tuple(dict.fromkeys(set_ids)) or None,
         "budgets": None if budgets is None else parse_budgets(budgets), "fragility_images": fragility_images,
-        "edited_model": edited_model}
+        "edited_model": edited_model, "ablation": ablation, "reference_images": reference_images,
+        "rows_per_generate": rows_per_generate}
     if edited_model and not methods and "methods" not in _config_keys(config_path):
         overrides["methods"] = (EDITED_METHOD,)
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -105,8 +117,9 @@ def command(warehouse_path: str | None, config_path: str | None, run_id: str | N
 
     result = run_evaluation(config, warehouse_path, progress=progress,
                             log=lambda message: click.echo(f"kneuron: {message}", err=True))
-    title = (f"Suppression evaluation {result.eval_id} (run {result.run_id}; {len(result.concepts)} concept(s); "
-             f"mean over concepts)")
+    ablation_note = "" if config.ablation == "zero" else f"; {config.ablation} ablation"
+    title = (f"Suppression evaluation {result.eval_id} (run {result.run_id}; {len(result.concepts)} concept(s)"
+             f"{ablation_note}; mean over concepts)")
     tables = result.tables()
     if result.fragility is not None:
         tables["fragile units in each method's sets (zeroed alone, each changes >= 50% of the identification "

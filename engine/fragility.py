@@ -4,7 +4,9 @@ when zeroed alone. Pure compute (no storage): images and units in, arrays and sh
 - `activation_magnitude`: ``[L, d_ff]`` mean over images and positions of |O| (the input of ``down_proj``) at
   the image tokens (or every prompt position): the exact quantity that ``queries/massive_units.sql`` estimates
   from the stored per-pair means (|mean over P|, a lower bound).
-- `massive_mask`: the massive-unit rule on any ``[L, d_ff]`` magnitudes: magnitude > k x the median of all units.
+- `massive_mask`: the massive-unit rule on any ``[L, d_ff]`` magnitudes (the rule of
+  ``queries/massive_units.sql``): magnitude > k x the median of all units and ln(magnitude) beyond Tukey's
+  far-out fence (Q3 + 3 IQR) of the log magnitudes.
 - `caption_change_rate`: for each unit, the share of the images whose greedy caption changes when that unit
   alone is zeroed (at every position and decoding step, as in the suppression evaluation). A unit that changes
   most captions on its own is *fragile*: a neuron set containing it can look strong for any concept.
@@ -56,9 +58,17 @@ def activation_magnitude(adapter: VLMAdapter, images: Sequence[Image.Image], pos
 
 
 def massive_mask(magnitude: np.ndarray, k: float = 10.0) -> np.ndarray:
-    """``bool [L, d_ff]``: units whose magnitude exceeds ``k`` x the median magnitude of all units."""
+    """``bool [L, d_ff]``: units whose magnitude exceeds ``k`` x the median magnitude of all units *and* whose
+    log magnitude exceeds Q3 + 3 x IQR of the log magnitudes of the units above 0 (Tukey's far-out fence; the
+    first rule alone flags the whole upper tail of a skewed distribution, the second keeps the far outliers)."""
     magnitude = np.asarray(magnitude, dtype=np.float64)
-    return magnitude > float(k) * float(np.median(magnitude))
+    above = magnitude > float(k) * float(np.median(magnitude))
+    positive = magnitude[magnitude > 0]
+    if not positive.size:
+        return np.zeros(magnitude.shape, dtype=bool)
+    q1, q3 = np.quantile(np.log(positive), [0.25, 0.75])
+    with np.errstate(divide="ignore"):
+        return above & (np.log(magnitude) > q3 + 3.0 * (q3 - q1))
 
 
 def caption_change_rate(adapter: VLMAdapter, images: Sequence[Image.Image], units: Iterable[tuple[int, int]],

@@ -8,9 +8,12 @@
 --   put in 'eval'; every concept) of |o_mean|, where o_mean is the unit's activation on the original image
 --   averaged over the recorded positions P (neuron_stats). |mean over P| <= mean over P of |O|: the rule sees
 --   the units whose activation keeps one sign and a large size over P, which is what a massive activation is.
--- A unit is massive when magnitude > $k x the median magnitude of all the run's units (every layer).
--- k = 10 (an order of magnitude above the typical unit) was fixed before any evaluation; it reads only
---   identification images.
+-- A unit is massive when (1) magnitude > $k x the median magnitude of all the run's units (every layer) and
+--   (2) ln(magnitude) lies beyond Tukey's far-out fence of the run's log magnitudes: > Q3 + 3 x (Q3 - Q1) of
+--   ln(magnitude) over the units with magnitude > 0 (continuous quantiles). (1) alone flags the whole upper
+--   tail of a skewed distribution (2% of a tiny model's units at k = 10); (2) is scale-free and keeps only
+--   units far outside the bulk, a handful or none. k = 10 (an order of magnitude above the typical unit) was
+--   fixed before any evaluation; both read only identification images.
 -- Columns: run_id, model_name, layer, unit, magnitude, median_magnitude, ratio (magnitude / median),
 --   n_pairs; ordered by run, ratio descending, layer, unit.
 WITH ident AS (
@@ -29,7 +32,10 @@ magnitude AS (
     GROUP BY s.run_id, s.layer, s.unit
 ),
 typical AS (
-    SELECT run_id, median(magnitude) AS median_magnitude FROM magnitude GROUP BY run_id
+    SELECT run_id, median(magnitude) AS median_magnitude,
+           quantile_cont(ln(magnitude), 0.75) FILTER (WHERE magnitude > 0) AS log_q3,
+           quantile_cont(ln(magnitude), 0.25) FILTER (WHERE magnitude > 0) AS log_q1
+    FROM magnitude GROUP BY run_id
 )
 SELECT m.run_id, r.model_name, m.layer, m.unit, m.magnitude, t.median_magnitude,
        m.magnitude / NULLIF(t.median_magnitude, 0) AS ratio, m.n_pairs
@@ -37,4 +43,5 @@ FROM magnitude AS m
 JOIN typical AS t ON t.run_id = m.run_id
 LEFT JOIN runs AS r ON r.run_id = m.run_id
 WHERE m.magnitude > COALESCE(CAST($k AS DOUBLE), 10.0) * t.median_magnitude
+  AND ln(m.magnitude) > t.log_q3 + 3 * (t.log_q3 - t.log_q1)
 ORDER BY m.run_id, ratio DESC, m.layer, m.unit

@@ -118,3 +118,29 @@ def test_cli_caption(report_full, report_model_dir, tmp_path, capsys) -> None:  
     assert code == 2 and err.strip() == "kneuron: error: give either --neuron or --set, not both"
     code, _, err = run_cli(["caption", str(tmp_path / "missing.png"), "--model", str(report_model_dir)], capsys)
     assert code == 2 and "image file not found" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_caption_mean_ablation(report_model_dir, tmp_path, capsys) -> None:  # noqa: ANN001
+    from engine.ablation import Ablation, record_reference
+    from engine.models import load_model
+    from engine.multiset import caption_under_sets
+
+    paths = []
+    for seed in range(4):
+        paths.append(tmp_path / f"m{seed}.png")
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(paths[-1])
+    adapter = load_model(str(report_model_dir))
+    images = [Image.open(p).convert("RGB") for p in paths]
+    reference = record_reference(adapter, images[2:])
+    want = caption_under_sets(adapter, images[:2], [as_neuron_set([(0, 1), (1, 2)])],
+                              Ablation("mean", reference))[0].texts
+    code, stdout, err = run_cli(["caption", *map(str, paths[:2]), "--model", str(report_model_dir), "--neuron", "0:1",
+                                 "--neuron", "1:2", "--ablation", "mean", "--reference", str(paths[2]),
+                                 "--reference", str(paths[3])], capsys)
+    assert code == 0, err
+    assert stdout.splitlines()[0] == "suppressed: 2 neuron(s) (mean ablation)"
+    assert [line.removeprefix("  suppressed: ") for line in stdout.splitlines() if "suppressed: " in line][1:] == want
+    code, _, err = run_cli(["caption", str(paths[0]), "--model", str(report_model_dir), "--neuron", "0:1",
+                            "--ablation", "resample"], capsys)
+    assert code == 2 and err.strip() == ("kneuron: error: --ablation resample needs --reference images (their "
+                                         "activations replace the units')")

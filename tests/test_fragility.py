@@ -43,9 +43,25 @@ def test_activation_magnitude_is_the_mean_absolute_activation_at_the_image_token
 
 
 def test_massive_mask_by_hand():
-    magnitude = np.array([[1.0, 1.0, 1.0, 25.0], [2.0, 1.0, 1.0, 9.0]])  # median 1.0
+    # median 1.0; ln: six 0, ln 2, ln 100, ln 9 -> Q1 0, Q3 = ln 2 + 0.25 (ln 9 - ln 2) = 1.069..., fence 4.28
+    magnitude = np.array([[1.0, 1.0, 1.0, 100.0], [2.0, 1.0, 1.0, 9.0]])
     assert massive_mask(magnitude, 10).tolist() == [[False, False, False, True], [False, False, False, False]]
-    assert massive_mask(magnitude, 1.5).tolist() == [[False, False, False, True], [True, False, False, True]]
+    assert massive_mask(magnitude, 1.5).tolist() == [[False, False, False, True], [False, False, False, False]]
+    magnitude[0, 3] = 60.0  # ln 60 = 4.09 < fence: above 10 x the median, yet inside the far-out fence
+    assert not massive_mask(magnitude, 10).any()
+
+
+def test_massive_mask_flags_planted_units_not_the_tail():
+    # a skewed (log-normal) bulk of 4 x 2048 units with 3 planted units 1000x the median
+    rng = np.random.default_rng(0)
+    magnitude = rng.lognormal(mean=0.0, sigma=1.2, size=(4, 2048))
+    planted = [(0, 5), (2, 700), (3, 2047)]
+    for layer, unit in planted:
+        magnitude[layer, unit] = 1000.0 * np.median(magnitude)
+    tail = magnitude > 10 * np.median(magnitude)
+    assert tail.sum() > 100  # the old rule (k x the median alone) flags a whole tail
+    got = massive_mask(magnitude, 10)
+    assert sorted(zip(*map(list, np.nonzero(got)))) == planted
 
 
 def test_caption_change_rate_equals_direct_captioning(images):

@@ -23,6 +23,7 @@ from engine.eval.config import EvalConfig
 from engine.eval.metrics import CaptionScorer, MetricConfig
 from engine.eval.summary import ALL_CONCEPTS
 from engine.models.minigpt4_adapter import save_minigpt4
+from engine.multiset import caption_under_sets
 from engine.neurons import as_neuron_set
 from engine.pipelines.sets import current_set_ids, store_sets
 from engine.pipelines.suppress import run_evaluation
@@ -125,7 +126,12 @@ def test_runner_stores_captions_scores_sets_and_resumes(world, adapter, monkeypa
         calls.append(args)
         return caption_images(*args, **kwargs)
 
+    def counting_sets(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.extend((args[0], args[1], s) for s in args[2])  # one call per set: (adapter, images, set)
+        return caption_under_sets(*args, **kwargs)
+
     monkeypatch.setattr(suppress_module, "caption_images", counting)
+    monkeypatch.setattr(suppress_module, "caption_under_sets", counting_sets)
     again = run_evaluation(config, world.warehouse, adapter=adapter, dataset=world.dataset, progress=False)
     assert (again.eval_id, again.jobs_run, again.jobs_skipped, calls) == (result.eval_id, 0, 9, [])
     assert again.summary.to_pandas().fillna(-1).equals(result.summary.to_pandas().fillna(-1))

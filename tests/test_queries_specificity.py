@@ -126,7 +126,9 @@ def test_massive_units_query_is_the_documented_rule(tmp_path):
             data = stats[stats.run_id == "r1"].merge(ok[["concept", "image_id"]], on=["concept", "image_id"])
             size = data.assign(m=data.o_mean.astype(np.float16).astype(np.float64).abs()).groupby(
                 ["layer", "unit"]).m.mean()
-            want = size[size > k * size.median()]
+            logs = np.log(size[size > 0])
+            q1, q3 = np.quantile(logs, [0.25, 0.75])
+            want = size[(size > k * size.median()) & (np.log(size) > q3 + 3 * (q3 - q1))]
             assert [(r["layer"], r["unit"]) for r in rows] == sorted(want.index, key=lambda key: (-want[key], key))
             assert [r["ratio"] for r in rows] == pytest.approx((want / size.median()).sort_values(
                 ascending=False).to_numpy(), rel=1e-9)

@@ -11,9 +11,10 @@ FLOAT. The view of ``neuron_stats`` adds ``d_mean = o_mean - i_mean`` (FLOAT), w
 ``captions``, ``scores`` and ``neuron_sets`` add ``budget`` (the n of a ``method@n`` label, else NULL) and
 ``base_method`` (the label without ``@n``).
 
-Schema v1 grows only by whole tables (``set_choices``, ``neuron_rollup``, ``mentions`` and the ``evidence_*``
-tables were added later): a warehouse written
-before a table existed has no files of it, and its view is simply empty.
+Schema v1 grows only by whole tables (``set_choices``, ``neuron_rollup``, ``mentions``, the ``evidence_*``
+tables and ``ablation_means`` were added later) and by nullable columns appended to a table
+(`ADDED_COLUMNS`): a warehouse written before a table existed has no files of it, and its view is simply
+empty; a file written before a column existed reads as null in it.
 """
 from __future__ import annotations
 
@@ -329,11 +330,27 @@ EVIDENCE_GAPS = TableSpec(
     enums={"quantity": ("gap", "area")},
     key=("eval_id",),
 )
+# Mean ablation (``kneuron suppress --ablation mean``): per evaluation, the value each unit is set to at each
+# position kind (image / prompt / generated), the mean over the evaluation's reference identification images.
+ABLATION_MEANS = TableSpec(
+    name="ablation_means",
+    schema=pa.schema([
+        _f("eval_id", pa.string()),
+        _RUN,
+        _LAYER,
+        _UNIT,
+        _f("kind", pa.string()),
+        _f("value", pa.float32()),
+    ]),
+    partition_by=("run_id",),
+    sort_by=("eval_id", "layer", "unit", "kind"),
+    enums={"kind": ("image", "prompt", "generated")},
+)
 
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (RUNS, SPLITS, SAMPLES, NEURON_STATS, TOKEN_STATS, NEURON_SETS, CAPTIONS, SCORES, EVALS,
-                 SET_CHOICES, NEURON_ROLLUP, MENTIONS, EVIDENCE_INTERVALS, EVIDENCE_PAIRED, EVIDENCE_GAPS)
+                 SET_CHOICES, NEURON_ROLLUP, MENTIONS, EVIDENCE_INTERVALS, EVIDENCE_PAIRED, EVIDENCE_GAPS, ABLATION_MEANS)
 }
 
 # Columns the DuckDB view adds to a table: name -> (SQL expression over stored columns, DuckDB type).

@@ -4,6 +4,11 @@ Both draw with `concept_rng(seed, concept)`, so a (seed, concept) pair always gi
 the neurons of the concept's two-stage set by default (the control is "other neurons"; with a 7B model the
 overlap would be negligible anyway, with a tiny one it would not). Scores are None.
 
+``per_budget`` (option): the generator also depends on the budget, so the sets of different budgets are
+independent draws. Without it one generator per (seed, concept) serves every budget and the sets of nearby
+budgets are near-copies of each other (neither nested nor independent); budget evaluations therefore turn it
+on (`engine.pipelines.suppress`), single-budget evaluations keep the sets they always had.
+
 ``random_layer_matched``: layer ``l`` gets as many neurons as ``N_k`` has there. For a budget other than
 ``|N_k|`` the counts are scaled to the budget by the largest-remainder rule (ties: lower layer first); a layer
 that cannot hold its count (too few units outside ``N_k``) passes the rest to the layers with the most free
@@ -72,11 +77,17 @@ class RandomBaseline(Baseline):
 
     name = "random"
 
-    def __init__(self, exclude_reference: bool = True) -> None:
+    def __init__(self, exclude_reference: bool = True, per_budget: bool = False) -> None:
         self.exclude_reference = bool(exclude_reference)
+        self.per_budget = bool(per_budget)
 
     def options(self) -> dict[str, Any]:
-        return {"exclude_reference": self.exclude_reference}
+        # per_budget only when on: the sets stored before it existed keep their ids
+        return {"exclude_reference": self.exclude_reference, **({"per_budget": True} if self.per_budget else {})}
+
+    def rng(self, ctx: BaselineContext, concept: str, budget: int) -> np.random.Generator:
+        """The draw's generator: (seed, concept, method), and the budget with ``per_budget``."""
+        return concept_rng(ctx.seed, concept, f"{self.name}@{budget}" if self.per_budget else self.name)
 
     def params(self, ctx: BaselineContext, concept: str, budget: int) -> dict[str, Any]:
         return {**super().params(ctx, concept, budget), "seed": int(ctx.seed)}
@@ -87,7 +98,7 @@ class RandomBaseline(Baseline):
         pool = np.flatnonzero(~_excluded(ctx, concept, self.exclude_reference, n_layers, d_ff).reshape(-1))
         if budget > pool.size:
             raise KneuronError(f"random baseline: budget {budget} exceeds the {pool.size} neurons outside N_k")
-        chosen = np.sort(concept_rng(ctx.seed, concept, self.name).choice(pool, size=budget, replace=False))
+        chosen = np.sort(self.rng(ctx, concept, budget).choice(pool, size=budget, replace=False))
         return [(int(i // d_ff), int(i % d_ff), None) for i in chosen]
 
 
@@ -105,7 +116,7 @@ class RandomLayerMatchedBaseline(RandomBaseline):
         excluded = _excluded(ctx, concept, self.exclude_reference, n_layers, d_ff)
         counts = fit_counts(scale_counts(ctx.reference(concept).layer_counts(), budget),
                             d_ff - excluded.sum(axis=1))
-        rng = concept_rng(ctx.seed, concept, self.name)
+        rng = self.rng(ctx, concept, budget)
         out: list[ScoredNeuron] = []
         for layer, count in counts.items():  # ascending layers: one generator, a fixed draw order
             units = np.sort(rng.choice(np.flatnonzero(~excluded[layer]), size=count, replace=False))

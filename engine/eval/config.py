@@ -20,6 +20,8 @@ from engine.errors import KneuronError
 from engine.eval.metrics import METRICS, MetricConfig
 
 REFERENCE_METHOD = "two_stage"
+#: ablation modes (`engine.ablation`): what a suppressed unit's activation is replaced with
+ABLATIONS: tuple[str, ...] = ("zero", "mean", "resample")
 DEFAULT_METHODS: tuple[str, ...] = ("two_stage", "stage1_only", "stage2_only", "random", "random_layer_matched",
                                     "pan", "dai")
 SAME_AS_REFERENCE = "same_as:two_stage"
@@ -56,6 +58,13 @@ class EvalConfig:
         ``auto`` = CUDA when available). dataset_root / dataset_split: override the run's dataset.
     edited_model: a folder written by ``kneuron edit``; its plain captions are the method ``edited``, scored
         against the run's model's unmodified captions like any suppression (method list must name ``edited``).
+    ablation: what a suppressed unit's activation becomes (`engine.ablation`): ``zero`` (the paper), ``mean``
+        (its mean over ``reference_images`` identification images, per position kind) or ``resample`` (a
+        seeded donor image's activation from that reference set).
+    reference_images: identification images (seeded choice over the evaluated concepts) of the mean /
+        resample reference set.
+    rows_per_generate: (set, image) rows captioned in one generate (`engine.multiset.caption_under_sets`);
+        None = 4 x batch_size. Captions do not depend on it.
     """
 
     run_id: str | None = None
@@ -82,6 +91,9 @@ class EvalConfig:
     dtype: str | None = None
     dataset_root: str | None = None
     dataset_split: str | None = None
+    ablation: str = "zero"
+    reference_images: int = 16
+    rows_per_generate: int | None = None
 
     def validate(self) -> None:
         """Raise `KneuronError` naming the first impossible value."""
@@ -131,6 +143,14 @@ class EvalConfig:
             raise KneuronError(f"max_new_tokens must be a whole number >= 1, got {self.max_new_tokens!r}")
         if not _whole(self.fragility_images):
             raise KneuronError(f"fragility_images must be a whole number >= 0, got {self.fragility_images!r}")
+        if self.ablation not in ABLATIONS:
+            raise KneuronError(f"unknown ablation {self.ablation!r}; known: {', '.join(ABLATIONS)}")
+        if not _whole(self.reference_images) or self.reference_images < 1:
+            raise KneuronError(f"reference_images must be a whole number >= 1, got {self.reference_images!r}")
+        if self.rows_per_generate is not None and (not _whole(self.rows_per_generate) or self.rows_per_generate < 1):
+            raise KneuronError(f"rows_per_generate must be a whole number >= 1, got {self.rows_per_generate!r}")
+        if self.ablation != "zero" and self.edited_model:
+            raise KneuronError("an edited model has its units zeroed in the weights: ablation must be 'zero'")
         if not _whole(self.seed):
             raise KneuronError(f"seed must be a whole number >= 0, got {self.seed!r}")
         if self.sets and self.selection is not None:
@@ -145,8 +165,9 @@ class EvalConfig:
         old evaluations would no longer resume; fields added later (``budgets``) enter only when set."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name not in ("eval_id", "run_id", "concepts", "batch_size", "device", "metric_config",
-                                  "fragility_images")
-                and not (f.name in _LATER_FIELDS and not getattr(self, f.name))}
+                                  "fragility_images", "rows_per_generate")
+                and not (f.name in _LATER_FIELDS and not getattr(self, f.name))
+                and not (f.name in _ABLATION_FIELDS and self.ablation == "zero")}
         data["metric_config"] = {"bertscore_model": self.metric_config.bertscore_model,
                                  "bertscore_layers": self.metric_config.bertscore_layers}
         return json.loads(json.dumps(data, sort_keys=True, default=jsonable))
@@ -154,6 +175,8 @@ class EvalConfig:
 
 #: fields added after eval ids were first stored: hashed only when set, so older evaluations keep their ids
 _LATER_FIELDS = ("budgets", "edited_model")
+#: hashed only for mean / resample ablation: zero ablation (the default) keeps the ids it always had
+_ABLATION_FIELDS = ("ablation", "reference_images")
 
 
 def _whole(value: Any) -> bool:
@@ -175,6 +198,7 @@ _SCALAR_KEYS: dict[str, str] = {
     "max_images": "max_images", "batch_size": "batch_size", "max_new_tokens": "max_new_tokens", "seed": "seed",
     "model": "model", "edited_model": "edited_model", "device": "device", "dtype": "dtype",
     "dataset_root": "dataset_root", "dataset_split": "dataset_split", "fragility_images": "fragility_images",
+    "ablation": "ablation", "reference_images": "reference_images", "rows_per_generate": "rows_per_generate",
 }
 _LIST_KEYS = ("concepts", "methods", "sets")
 _TABLE_KEYS = ("metrics", "selection", "baselines", "budget_per_concept")
@@ -219,10 +243,12 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> EvalCon
         else:
             raise KneuronError(f"{source}: unknown key {key!r} (known: {', '.join(known)})")
     for key, expected in (("run_id", str), ("eval_id", str), ("model", str), ("device", str), ("dtype", str),
+                          ("ablation", str),
                           ("dataset_root", str), ("dataset_split", str)):
         if key in kwargs and not isinstance(kwargs[key], expected):
             raise KneuronError(f"{source}: {key} must be a string, got {kwargs[key]!r}")
-    for key in ("budget", "n_other", "max_images", "batch_size", "max_new_tokens", "seed", "fragility_images"):
+    for key in ("budget", "n_other", "max_images", "batch_size", "max_new_tokens", "seed", "fragility_images",
+                "reference_images", "rows_per_generate"):
         if key in kwargs and isinstance(kwargs[key], (float, bool)):
             raise KneuronError(f"{source}: {key} must be a whole number, got {kwargs[key]!r}")
     if "metrics" in data:
@@ -262,5 +288,5 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> EvalCon
     return config
 
 
-__all__ = ["DEFAULT_METHODS", "REFERENCE_METHOD", "SAME_AS_REFERENCE", "EvalConfig", "config_from_dict", "jsonable",
-           "load_config"]
+__all__ = ["ABLATIONS", "DEFAULT_METHODS", "REFERENCE_METHOD", "SAME_AS_REFERENCE", "EvalConfig", "config_from_dict",
+           "jsonable", "load_config"]

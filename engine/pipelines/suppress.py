@@ -20,9 +20,13 @@ For every concept ``k`` (with a two_stage reference set ``N_k`` in the run) and 
   (`engine.pipelines.suppress_budget.BudgetRanking`); a set smaller than n (|C_k| < n) is logged and noted;
 - **fragility check** (``config.fragility_images``, optional): every unit of the evaluated sets zeroed alone on a
   few identification images (`engine.pipelines.suppress_fragility`); returned and printed, not stored;
-- **captions**: greedy, batched, KV cache on, with the set zeroed at every position and decoding step
-  (`caption_images`); the unmodified captions are made once per image and reused: looked up first in memory,
-  then in ``captions`` (condition ``unmodified``, same run, same generation settings);
+- **captions**: greedy, KV cache on, with the set's units replaced at every position and decoding step: zeroed
+  (``ablation = "zero"``, the paper), or their reference mean / a donor's activation (``mean`` / ``resample``,
+  `engine.pipelines.suppress_ablation`; the means stored in ``ablation_means``). Every method still to run for
+  a concept is captioned in the same generates (`engine.multiset.caption_under_sets`: rows = set x image),
+  token for token what each set gives alone; the unmodified captions are made once per image and reused:
+  looked up first in memory, then in ``captions`` (condition ``unmodified``, same run, same generation
+  settings);
 - **scores** (`engine.eval.scoring.ScoreCache` over `CaptionScorer`, 0-1): BLEU-4, ROUGE-L F1, BERTScore F1 of
   the suppressed caption against (a) the unmodified caption and (b) the ground-truth captions. The unmodified
   captions are scored against the same references, so every drop is ``before - after``; equal inputs get
@@ -49,6 +53,7 @@ import pyarrow as pa
 import torch
 
 import queries
+from engine.ablation import Ablation
 from engine.baselines.base import BaselineContext, ReferenceSet, ScoredNeuron, get_baseline
 from engine.caption import caption_images
 from engine.errors import KneuronError
@@ -60,9 +65,11 @@ from engine.eval.metrics import METRICS, CaptionScorer
 from engine.eval.scoring import ScoreCache
 from engine.eval.summary import UNMODIFIED, paper_tables
 from engine.models.base import VLMAdapter
+from engine.multiset import caption_under_sets
 from engine.neurons import as_neuron_set
 from engine.pipelines.run import load_evaluation
 from engine.pipelines.sets import StoredSet, stored_sets
+from engine.pipelines.suppress_ablation import means_rows, prepare_ablation
 from engine.pipelines.suppress_budget import BudgetRanking, method_labels, short_note
 from engine.pipelines.suppress_edited import EditedModel, open_edited
 from engine.pipelines.suppress_evidence import summarize_and_store
@@ -85,6 +92,8 @@ from queries.selection import MASSIVE_K, set_id_of, set_rows
 from warehouse import Warehouse
 
 Log = Callable[[str], None]
+#: random baselines drawn independently per budget in a budget evaluation (random_nonmassive is nested)
+PER_BUDGET_RANDOM = ("random", "random_layer_matched")
 Rows = Mapping[str, Sequence[Any]]
 
 
@@ -125,12 +134,13 @@ class _Evaluation:
                  eval_row: Callable[[], dict[str, list[Any]]] | None, adapter: VLMAdapter, dataset: Any,
                  scores: ScoreCache, unmodified: dict[int, str], sets: dict[str, StoredSet], ctx: BaselineContext,
                  budgets: Mapping[str, int], images: EvalImages, log: Log, progress: Progress | None,
-                 edited: EditedModel | None = None) -> None:
+                 edited: EditedModel | None = None, ablation: Ablation | None = None) -> None:
         self.config, self.wh, self.run_id, self.eval_id = config, wh, run_id, eval_id
         self.eval_row = eval_row
         self.adapter, self.dataset, self.scores = adapter, dataset, scores
         self.unmodified, self.sets, self.ctx, self.budgets, self.images = unmodified, sets, ctx, budgets, images
         self.log, self.progress, self.edited = log, progress, edited
+        self.ablation = ablation or Ablation()
         self.notes: list[str] = []  # sets smaller than their budget
         self.generate_kwargs = {} if config.max_new_tokens is None else {"max_new_tokens": config.max_new_tokens}
         self._pixels: tuple[str, dict[int, Any]] | None = None
@@ -198,6 +208,8 @@ class _Evaluation:
         with self.wh.batch() as batch:
             if self.eval_row is not None:
                 batch.add("evals", self.eval_row())
+                if self.ablation.mode == "mean" and self.ablation.reference is not None:
+                    batch.add("ablation_means", means_rows(self.eval_id, self.run_id, self.ablation.reference))
             for table, rows in tables.items():
                 batch.add(table, rows)
         self.eval_row = None
@@ -234,7 +246,10 @@ class _Evaluation:
             params = {**ranking.two_stage_params(concept, budget, None),
                       "budget_of": self.ctx.reference(concept).set_id}
         else:
-            baseline = get_baseline(method, **dict(self.config.baseline_options.get(method, {})))
+            options = dict(self.config.baseline_options.get(method, {}))
+            if at is not None and method in PER_BUDGET_RANDOM:
+                options.setdefault("per_budget", True)  # independent draws per budget, not near-copies
+            baseline = get_baseline(method, **options)
             params = baseline.params(self.ctx, concept, budget)
         set_id = set_id_of(self.run_id, concept, name, params)
         if set_id in self.sets:
@@ -255,22 +270,33 @@ class _Evaluation:
         return set_id, list(neurons), set_rows(self.run_id, concept, name, set_id, params, neurons, created_at,
                                                resolved)
 
-    def run_method(self, concept: str, method: str) -> None:
-        """Suppressed captions of the concept's images for ``method``'s set, with scores; one warehouse batch."""
-        set_id, neurons, new_set = self.neuron_set(concept, method)
+    def run_methods(self, concept: str, methods: Sequence[str]) -> None:
+        """Suppressed captions of the concept's images for each of ``methods``' sets, all in the same generates
+        (`caption_under_sets`), with scores; one warehouse batch per method."""
         rows = self.rows(concept)
-        if method == EDITED_METHOD and self.edited is not None:  # the edit is in the weights: no hook
-            texts_list = self.captions([i for _, i in rows], self.pixels(concept), None, self.edited.adapter)
-        else:
-            texts_list = self.captions([i for _, i in rows], self.pixels(concept),
-                                       as_neuron_set([(layer, unit) for layer, unit, _ in neurons]))
-        texts = dict(zip(rows, texts_list))
-        tables: dict[str, Rows | pa.Table] = {}
-        if new_set is not None and new_set.num_rows:  # an empty set has no rows to store
-            tables["neuron_sets"] = new_set
-        tables["captions"] = self.caption_rows(concept, method, set_id or None, "suppressed", texts)
-        tables["scores"] = self.score_rows(concept, method, set_id or None, texts)
-        self.write(tables)
+        image_ids = [i for _, i in rows]
+        pixels = self.pixels(concept)
+        chosen = [(method, *self.neuron_set(concept, method)) for method in methods]
+        hooked = [c for c in chosen if not (c[0] == EDITED_METHOD and self.edited is not None)]
+        texts_of: dict[str, list[str]] = {}
+        if hooked:
+            torch.manual_seed(self.config.seed)
+            sets = [as_neuron_set([(layer, unit) for layer, unit, _ in neurons]) for _, _, neurons, _ in hooked]
+            out = caption_under_sets(self.adapter, [pixels[i] for i in image_ids], sets, self.ablation,
+                                     self.config.rows_per_generate or 4 * self.config.batch_size,
+                                     on_rows=self.progress.advance if self.progress is not None else None,
+                                     **self.generate_kwargs)
+            texts_of = {method: captions.texts for (method, *_), captions in zip(hooked, out)}
+        for method, set_id, _, new_set in chosen:
+            if method not in texts_of:  # the edited model: the edit is in the weights, no hook
+                texts_of[method] = self.captions(image_ids, pixels, None, self.edited.adapter)  # type: ignore[union-attr]
+            texts = dict(zip(rows, texts_of[method]))
+            tables: dict[str, Rows | pa.Table] = {}
+            if new_set is not None and new_set.num_rows:  # an empty set has no rows to store
+                tables["neuron_sets"] = new_set
+            tables["captions"] = self.caption_rows(concept, method, set_id or None, "suppressed", texts)
+            tables["scores"] = self.score_rows(concept, method, set_id or None, texts)
+            self.write(tables)
 
 
 def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | None = None,
@@ -308,6 +334,7 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
                 if config.edited_model else None
             dataset = dataset if dataset is not None else open_dataset(config, run)
             eval_images, ident_images = run_images(con, run_id)
+            ablation, ablation_identity = prepare_ablation(config, adapter, dataset, ident_images, concepts, say)
             present: dict[int, tuple[str, ...]] = {}
 
             def contains(image_id: int, concept: str) -> bool:
@@ -328,6 +355,8 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
                         "generation_key": generation_key, "bertscore": scorer.model_id}
             if edited is not None:
                 identity["edited"] = edited.identity()
+            if ablation_identity:  # zero ablation keeps the ids it always had
+                identity["ablation"] = ablation_identity
             eval_id = config.eval_id or f"eval-{hash_of(identity)}"
             existing = _check_stored(con, eval_id, run_id, identity)
 
@@ -352,14 +381,13 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
             bar = Progress(total, "suppress: captions", say) if progress and total else None
             evaluation = _Evaluation(config, wh, run_id, eval_id, None if existing else eval_row, adapter, dataset,
                                      ScoreCache(scorer, config.metrics), unmodified, sets, ctx, sizes, images, say,
-                                     bar, edited)
-            for concept, method in jobs:
-                if method == UNMODIFIED:
-                    # needed by every method of the concept even when stored already
-                    if any((concept, m) not in done for m in (UNMODIFIED, *labels)):
-                        evaluation.run_unmodified(concept, write=(concept, UNMODIFIED) not in done)
-                elif (concept, method) not in done:
-                    evaluation.run_method(concept, method)
+                                     bar, edited, ablation)
+            for concept in dict.fromkeys(c for c, _ in jobs):
+                todo = [m for m in labels if (concept, m) not in done]
+                if todo or (concept, UNMODIFIED) not in done:  # every method needs the unmodified captions
+                    evaluation.run_unmodified(concept, write=(concept, UNMODIFIED) not in done)
+                if todo:
+                    evaluation.run_methods(concept, todo)
             if bar is not None:
                 bar.close()
             notes += evaluation.notes

@@ -192,9 +192,9 @@ def hash_of(data: Any, n: int = 12) -> str:
 
 #: the keys of an evaluation's identity (``evals.config_json``), compared when an evaluation is resumed
 IDENTITY_KEYS = ("run_id", "config", "concepts", "references", "budgets", "images", "generation_key", "bertscore",
-                 "edited")
+                 "edited", "ablation")
 #: identity keys added later: present only in evaluations that use them
-OPTIONAL_IDENTITY_KEYS = ("edited",)
+OPTIONAL_IDENTITY_KEYS = ("edited", "ablation")
 
 
 def stored_identity(row: Mapping[str, Any]) -> dict[str, Any]:

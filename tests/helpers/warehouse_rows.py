@@ -104,6 +104,8 @@ def all_table_rows() -> dict[str, dict[str, Any]]:
                           "images_high": [0.25], "concepts_low": [-0.125], "concepts_high": [0.5],
                           "p_value": [None], "p_holm": [None], "n_target_images": [8], "n_other_pairs": [12],
                           "n_concepts": [2], "n_boot": [100], "seed": [0]},
+        "ablation_means": {"eval_id": ["ev-1"] * 3, "run_id": [RUN] * 3, "layer": [0, 0, 1], "unit": [3, 3, 1],
+                           "kind": ["image", "generated", "prompt"], "value": [0.5, -0.25, 1.0]},
     }
 
 
