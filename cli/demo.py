@@ -46,8 +46,7 @@ def command(ctx: click.Context, model: str, world_dir: str | None, warehouse_pat
                         images_per_concept=str(images_per_concept), warehouse_path=warehouse_path, progress=progress)
     step("select: two-stage filtering in DuckDB")
     selected = ctx.invoke(select.command, warehouse_path=warehouse_path, run_id=run_id)
-    two_stage = [row["set_id"] for row in selected.selection.summary.to_pylist()
-                 if row["method"] == "two_stage" and row["n_selected"]]
+    two_stage = selected.set_ids("two_stage")
     step("suppress: caption evaluation images with each neuron set zeroed, against baselines")
     ctx.invoke(suppress.command, warehouse_path=warehouse_path, run_id=run_id, set_ids=tuple(two_stage),
                device=device, progress=progress)

@@ -87,7 +87,7 @@ class Warehouse:
         import queries
 
         store = self._store()
-        state = tuple(record.batch_id for record in store.batches())
+        state = tuple(record.batch_id for record in store.batches)
         if self._connections and state == self._state:
             return store, self._connections[-1]
         con = queries.connect(store, read_only=True)
@@ -134,9 +134,18 @@ class Warehouse:
         return relation
 
     def table(self, text: str, params: dict[str, Any] | None = None, /, **more: Any) -> pa.Table:
-        """``sql(text, ...)`` read into a pyarrow table (a table without columns for a statement without rows)."""
+        """``sql(text, ...)`` read into a pyarrow table (a table without columns for a statement without rows);
+        what `kneuron sql` prints. A committed file that vanished is the one-line error naming it."""
+        import queries
+
         relation = self._relation(text, {**(params or {}), **more}, "the SQL")
-        return pa.table({}) if relation is None else relation.to_arrow_table()
+        if relation is None:
+            return pa.table({})
+        try:
+            return relation.to_arrow_table()
+        except duckdb.Error as exc:
+            self._store().check_files()
+            raise KneuronError(f"SQL error: {queries.first_line(exc)}") from exc
 
     def query(self, name: str, /, **params: Any) -> duckdb.DuckDBPyRelation:
         """The bundled query ``name`` (`kneuron sql --list`), e.g. ``wh.query("set_sizes", method="two_stage")``."""

