@@ -17,7 +17,8 @@ from cli.options import neuron_set_options
 @click.option("--scale", "scale_text", default="0", show_default=True, metavar="S",
               help="Multiply the units' output columns by S: 0 erases them, 2 amplifies them.")
 @click.option("--force", is_flag=True, help="Replace OUT when it exists and is not empty.")
-@click.option("--device", default="cpu", show_default=True, help="Device to load the model on (to check it).")
+@click.option("--device", default="auto", show_default=True,
+              help="Device to load the model on (to check it): cpu, cuda, ... (auto: CUDA when available).")
 def command(out: str, model: str | None, warehouse_path: str | None, run_id: str | None, concept: str | None,
             method: str, set_id: str | None, neurons: tuple[str, ...], scale_text: str, force: bool,
             device: str) -> None:

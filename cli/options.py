@@ -72,7 +72,8 @@ def open_image(path: str):  # noqa: ANN201
         raise KneuronError(f"corrupt or unreadable image {path}: {' '.join(str(exc).split())}") from None
 
 
-def deprecated_alias(old: str, target: str, new: str, **option: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def deprecated_alias(old: str, target: str, new: str,
+                     **option: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A hidden option ``old`` (an old spelling kept for one release) that sets the parameter ``target`` of the
     option ``new``, with a one-line note on stderr naming the new spelling. Giving both with different values
     is a `KneuronError`. ``option``: click option settings of the old spelling (``type``, ``multiple``, ...)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from cli.options import DEVICE_HELP, deprecated_alias
+from engine.models.families import model_help
 
 
 @click.command("report", context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,7 +18,7 @@ from cli.options import DEVICE_HELP, deprecated_alias
 @click.option("--set", "set_ids", multiple=True, metavar="SET_ID",
               help="A --method set to show instead of its concept's current one (repeatable, one per concept; "
                    "`kneuron ls sets` lists them) [default: the current sets].")
-@click.option("--model", help="Model name or folder [default: the run's model].")
+@click.option("--model", metavar="NAME|ID|PATH", help=model_help("the run's model"))
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--no-model", is_flag=True, help="Skip heatmaps, contrast and decoded tokens (no model needed).")
 @click.option("--coco-root", "data_root", type=click.Path(file_okay=False),

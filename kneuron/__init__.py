@@ -35,7 +35,8 @@ _EXPORTS: dict[str, str] = {
     "KneuronError": "engine.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["IngestRun", "KneuronError", "Report", "Selection", "Warehouse", "caption", "ingest", "load_model",
+           "open_warehouse", "report", "resolve_model", "select", "suppress"]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports on first use
     from engine.errors import KneuronError

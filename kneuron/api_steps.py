@@ -167,15 +167,16 @@ def select(wh: Where = None, *, run: str | None = None, concepts: Iterable[str] 
 # -------------------------------------------------------------------------------------------------- suppress
 def suppress(wh: Where = None, *, run: str | None = None, methods: Sequence[str] | None = None,
              budgets: Sequence[int] | str | None = None, concepts: Sequence[str] | None = None,
-             sets: Sequence[str] | None = None, config: str | os.PathLike[str] | Any = None,
-             progress: bool = True, adapter: Any = None, **options: Any) -> EvalResult:
+             sets: Sequence[str] | None = None, images_per_concept: int | None = None,
+             config: str | os.PathLike[str] | Any = None, progress: bool = True, adapter: Any = None,
+             **options: Any) -> EvalResult:
     """Suppression evaluation of the run's current two-stage sets (or ``sets``) against baselines
     (`kneuron suppress`); the result has ``eval_id``, ``summary`` (every measure) and ``tables()``.
 
     methods: two_stage, stage1_only, stage2_only, random, ... (default: the config's). budgets: budget curves
-    (a list, or text ``"1,2,4"``). config: a TOML file or an `engine.eval.config.EvalConfig`; ``options`` and
-    the named arguments override it (any `EvalConfig` field: ``budget``, ``max_images``, ``device``, ``seed``,
-    ``eval_id``, ``edited_model``, ...).
+    (a list, or text ``"1,2,4"``). images_per_concept: at most this many target images per concept. config: a
+    TOML file or an `engine.eval.config.EvalConfig`; ``options`` and the named arguments override it (any
+    `EvalConfig` field: ``budget``, ``metrics``, ``device``, ``seed``, ``eval_id``, ``edited_model``, ...).
     """
     from engine.eval.budget import parse_budgets
     from engine.eval.config import EvalConfig, load_config
@@ -198,7 +199,7 @@ def suppress(wh: Where = None, *, run: str | None = None, methods: Sequence[str]
         "run_id": run, "methods": None if methods is None else tuple(dict.fromkeys(methods)) or None,
         "concepts": None if concepts is None else tuple(dict.fromkeys(concepts)) or None,
         "sets": None if sets is None else tuple(dict.fromkeys(sets)) or None,
-        "budgets": None if budgets is None else tuple(budgets), **options}
+        "budgets": None if budgets is None else tuple(budgets), "max_images": images_per_concept, **options}
     merged = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     merged.validate()
     return run_evaluation(merged, handle.location, adapter=adapter, progress=progress,

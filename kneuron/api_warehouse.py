@@ -30,7 +30,7 @@ class Warehouse:
     """A handle on a warehouse location (a folder or a URI); reading needs the warehouse to exist.
 
     Each ``sql``/``query`` call reads the warehouse's commit records again, so rows a step stored since the last
-    call are seen; relations returned earlier stay usable until `close`.
+    call are seen; a relation keeps reading the files committed when it was made.
     """
 
     def __init__(self, location: Location | None = None) -> None:
@@ -40,8 +40,6 @@ class Warehouse:
             location = os.environ.get(ENV_VAR) or default_warehouse_path()
         text = os.fspath(location)
         self.location: str = text if is_uri(text) else str(Path(text).expanduser().absolute())
-        self._connections: list[duckdb.DuckDBPyConnection] = []
-        self._state: tuple[str, ...] | None = None
 
     def __repr__(self) -> str:
         return f"kneuron.Warehouse({self.location!r})"
@@ -70,11 +68,7 @@ class Warehouse:
         return True
 
     def close(self) -> None:
-        """Close every DuckDB connection this handle opened (relations made from them stop working)."""
-        for con in self._connections:
-            con.close()
-        self._connections.clear()
-        self._state = None
+        """Nothing to release: each relation holds its own connection, closed when the relation is dropped."""
 
     def _store(self) -> Any:
         import warehouse
@@ -82,18 +76,14 @@ class Warehouse:
         return warehouse.Warehouse.open(self.location)
 
     def _connection(self) -> tuple[Any, duckdb.DuckDBPyConnection]:
-        """(the opened reader, a read-only connection over its committed files), reusing the last connection
-        while the warehouse holds the same batches."""
+        """(the opened reader, a new read-only connection over its committed files). Each query gets its own
+        connection: a DuckDB connection serves one open result at a time, and a relation keeps its connection
+        alive for as long as it is used."""
         import queries
 
         store = self._store()
-        state = tuple(record.batch_id for record in store.batches)
-        if self._connections and state == self._state:
-            return store, self._connections[-1]
         con = queries.connect(store, read_only=True)
-        self._connections.append(con)
-        self._state = state
-        logger.debug("opened a DuckDB connection over %s (%d batches)", self.location, len(state))
+        logger.debug("opened a DuckDB connection over %s (%d batches)", self.location, len(store.batches))
         return store, con
 
     def _relation(self, text: str, params: dict[str, Any], what: str) -> duckdb.DuckDBPyRelation | None:
@@ -110,17 +100,24 @@ class Warehouse:
             warehouse.check_read_only_sql(parser, text)
         finally:
             parser.close()
-        store, con = self._connection()
         bound = {name: params.get(name) for name in wanted}
+        store, con = self._connection()
         try:
-            if queries.BUILD_AS_WRITTEN in text.splitlines():
-                with queries.joins_as_written(con):
-                    table = queries.execute(con, text, bound)
-                return con.from_arrow(table)
-            return con.sql(text, params=bound or None)
+            return self._run(con, text, bound)
         except duckdb.Error as exc:
+            con.close()
             store.check_files()  # a vanished committed file: the one line naming it
             raise KneuronError(f"SQL error: {queries.first_line(exc)}") from exc
+
+    @staticmethod
+    def _run(con: duckdb.DuckDBPyConnection, text: str, bound: dict[str, Any]) -> duckdb.DuckDBPyRelation | None:
+        import queries
+
+        if queries.BUILD_AS_WRITTEN in text.splitlines():
+            with queries.joins_as_written(con):
+                table = queries.execute(con, text, bound)
+            return con.from_arrow(table)
+        return con.sql(text, params=bound or None)
 
     def sql(self, text: str, params: dict[str, Any] | None = None, /, **more: Any) -> duckdb.DuckDBPyRelation:
         """A DuckDB relation of the read-only SQL ``text`` (of its last statement); parameters by keyword or

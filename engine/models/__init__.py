@@ -1,7 +1,8 @@
 """Model adapters and the model registry: ``load_model(name_or_path)``.
 
 Names: the bundled tiny models (``tiny-shapes-qformer``, ``tiny-shapes-patch``), a Hugging Face Hub id
-``org/name[@revision]`` (its snapshot in the Hub cache: `engine.models.hub`) or a folder: a kneuron MiniGPT-4 folder (``kneuron_model.json``) or a Hugging Face folder of a supported family (LLaVA, BLIP-2,
+``org/name[@revision]`` (its snapshot in the Hub cache: `engine.models.hub`) or a folder: a kneuron MiniGPT-4
+folder (``kneuron_model.json``) or a Hugging Face folder of a supported family (`engine.models.families`: LLaVA, BLIP-2,
 InstructBLIP, Qwen2-VL / Qwen2.5-VL, LLaVA-NeXT / OneVision, Idefics3 / SmolVLM, Gemma 3; `hf_loader.SUPPORTED`)
 whose text model has a gated MLP.
 """

@@ -29,7 +29,8 @@ def model_types() -> tuple[str, ...]:
 
 def model_help(default: str | None = None) -> str:
     """The help text of a ``--model`` option: the reference forms and every family of `FAMILIES`."""
-    text = (f"Bundled model ({', '.join(BUNDLED + BUNDLED_TESTBEDS)}), a Hugging Face Hub id org/name[@revision] (from the Hub "
-            f"cache; fetched unless HF_HUB_OFFLINE is set) or a model folder. Families: "
+    text = (f"Bundled model ({', '.join(BUNDLED + BUNDLED_TESTBEDS)}), a Hugging Face Hub id "
+            f"org/name[@revision] (from the Hub cache; fetched unless HF_HUB_OFFLINE is set) or a model folder. "
+            f"Families: "
             f"{', '.join(FAMILIES)} (a `kneuron convert` folder for MiniGPT-4).")
     return text + (f" [default: {default}]" if default else "")

@@ -84,7 +84,6 @@ def hub_snapshot(hub: HubId, what: str = "model") -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
-        HfHubHTTPError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -114,6 +113,6 @@ def hub_snapshot(hub: HubId, what: str = "model") -> Path:
         raise KneuronError(f"{what} {hub}: no such repository on the Hugging Face Hub (or it is private)") from None
     except RevisionNotFoundError:
         raise KneuronError(f"{what} {hub}: the repository has no revision {hub.revision!r}") from None
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - HTTP, OS and the network stack's own errors: one line each
         line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise KneuronError(f"{what} {hub}: cannot fetch from the Hugging Face Hub: {line}") from None
