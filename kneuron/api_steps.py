@@ -232,5 +232,5 @@ def report(wh: Where = None, *, out: str | os.PathLike[str] = "kneuron-report", 
     if unknown:
         raise KneuronError(f"report: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     config = ReportConfig(run_id=run, set_ids=tuple(sets), **options)
-    result = build_report(handle.location, out, config)
+    result = build_report(handle.location, Path(out), config)
     return Report(result.out_dir, result.html, result.markdown, result.summary_json, result.figures, result.summary)
