@@ -42,6 +42,7 @@ from engine.pipelines.ingest_start import (
     IngestSummary,
     begin_run,
     model_head,
+    new_folder_removed_on_failure,
     plan_run,
     stored_image_digests,
     stored_samples,
@@ -67,7 +68,8 @@ def run_ingest(config: IngestConfig, adapter: VLMAdapter | None = None, log: Log
     device = resolve_device(config.device) if adapter is None else str(adapter.device)
     if adapter is None:
         resolve_model_path(config.model)  # a model that is not there fails before the warehouse folder is made
-    with warehouse.Warehouse.open(config.warehouse, create=True) as wh:  # a second writer fails here, at once
+    with new_folder_removed_on_failure(config.warehouse), \
+            warehouse.Warehouse.open(config.warehouse, create=True) as wh:  # a second writer fails here, at once
         if adapter is None:
             adapter = load_model(config.model, device=device, dtype=None if config.dtype == "auto" else config.dtype,
                                  log=log if config.progress else None)
