@@ -97,3 +97,33 @@ def test_llm_hub_ids_resolve_to_the_cached_snapshot(offline: Path, saved) -> Non
     assert source.location == str(offline / "models--tiny-org--tiny-llava" / "snapshots" / saved[2])
     with pytest.raises(KneuronError, match=r"^language model tiny-org/absent: not in the Hugging Face cache"):
         resolve_llm("tiny-org/absent")
+
+
+def test_sd_model_hub_ids_pass_revision_and_cache_and_fail_in_one_line(offline: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import diffusers
+
+    from engine.inpaint.diffusion import DiffusionInpainter
+
+    with pytest.raises(KneuronError) as caught:
+        DiffusionInpainter(model="tiny-org/absent-sd@v1")._load()
+    assert str(caught.value) == (f"inpainting pipeline tiny-org/absent-sd@v1: not in the Hugging Face cache {offline} "
+                                 f"and HF_HUB_OFFLINE is set; fetch it first: `hf download tiny-org/absent-sd "
+                                 f"--revision v1` (or `huggingface-cli download ...`) with network access")
+    seen: dict[str, object] = {}
+
+    class FakePipeline:
+        def to(self, device: str) -> FakePipeline:
+            return self
+
+        def set_progress_bar_config(self, **kwargs: object) -> None:
+            pass
+
+    def fake(location: str, **kwargs: object) -> FakePipeline:
+        seen.update(kwargs, location=location)
+        return FakePipeline()
+
+    monkeypatch.setattr(diffusers.AutoPipelineForInpainting, "from_pretrained", fake)
+    DiffusionInpainter(model="tiny-org/sd@v1")._load()
+    assert (seen["location"], seen["revision"], seen["cache_dir"], seen["local_files_only"]) == \
+        ("tiny-org/sd", "v1", str(offline), True)
