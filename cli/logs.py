@@ -40,19 +40,21 @@ def level_of(quiet: bool, verbose: bool) -> int:
 
 @contextmanager
 def installed(level: int) -> Iterator[EchoHandler]:
-    """An `EchoHandler` on `LOGGERS` at ``level`` within the block; the loggers' levels and handlers as they
-    were afterwards."""
+    """An `EchoHandler` on `LOGGERS` at ``level`` within the block, the only place their records go; the loggers'
+    levels, handlers and propagation as they were afterwards."""
     handler = EchoHandler(level)
     before = {}
     for name in LOGGERS:
         logger = logging.getLogger(name)
-        before[name] = logger.level
+        before[name] = (logger.level, logger.propagate)
         logger.setLevel(level)
         logger.addHandler(handler)
+        logger.propagate = False  # a root handler some library set up (logging.basicConfig) would repeat the line
     try:
         yield handler
     finally:
         for name in LOGGERS:
             logger = logging.getLogger(name)
             logger.removeHandler(handler)
-            logger.setLevel(before[name])
+            logger.setLevel(before[name][0])
+            logger.propagate = before[name][1]

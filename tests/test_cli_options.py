@@ -131,10 +131,17 @@ def test_sql_list_shows_the_analyses_only(capsys) -> None:
 def test_one_stderr_line_per_record_and_quiet_verbose(empty_warehouse: Path, capsys) -> None:
     from cli.logs import installed
 
-    with installed(logging.INFO):
-        logging.getLogger("engine.some.module").info("two\nlines")
-        logging.getLogger("warehouse.x").warning("careful")
-        logging.getLogger("queries.y").debug("hidden")
+    root = logging.getLogger()
+    elsewhere = logging.StreamHandler()  # a root handler such as logging.basicConfig installs: not used meanwhile
+    root.addHandler(elsewhere)
+    try:
+        with installed(logging.INFO):
+            logging.getLogger("engine.some.module").info("two\nlines")
+            logging.getLogger("warehouse.x").warning("careful")
+            logging.getLogger("queries.y").debug("hidden")
+    finally:
+        root.removeHandler(elsewhere)
+    assert logging.getLogger("engine").propagate
     logging.getLogger("engine.some.module").info("after: not shown")
     assert capsys.readouterr().err == "kneuron: two; lines\nkneuron: warning: careful\n"
     assert not [h for h in logging.getLogger("engine").handlers if type(h).__name__ == "EchoHandler"]
