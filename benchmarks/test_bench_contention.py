@@ -115,7 +115,7 @@ def step_args(step: str, prepared: dict[str, Path], tag: str) -> list[str]:
         return ingest_args(prepared["world"], target)
     shutil.copytree(prepared["selected"], target)
     concepts = [a for c in CONCEPTS for a in ("--concept", c)]
-    return ["suppress", "--warehouse", str(target), *concepts, "--max-images", "8", "--device", "cpu",
+    return ["suppress", "--warehouse", str(target), *concepts, "--images-per-concept", "8", "--device", "cpu",
             "--no-progress"]
 
 

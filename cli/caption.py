@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from cli.options import neuron_set_options, open_image, require_neuron_choice
+from cli.options import DEVICE_HELP, neuron_set_options, open_image, require_neuron_choice
+from engine.models.families import model_help
 
 DEFAULT_MODEL = "tiny-shapes-qformer"
 
@@ -12,9 +13,9 @@ DEFAULT_MODEL = "tiny-shapes-qformer"
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @neuron_set_options(concept_help="Suppress the current --method neuron set of this concept.",
                     set_help="Suppress the neuron set with this id (`kneuron ls sets`).")
-@click.option("--model", help=f"Model name or folder [default: the run's model when the neurons come from a "
-                              f"warehouse, else {DEFAULT_MODEL}].")
-@click.option("--device", default="cpu", show_default=True, help="Device to load the model on.")
+@click.option("--model", metavar="NAME|ID|PATH",
+              help=model_help(f"the run's model when the neurons come from a warehouse, else {DEFAULT_MODEL}"))
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--ablation", type=click.Choice(["zero", "mean", "resample"]), default="zero", show_default=True,
               help="What the suppressed units become: zero, their mean over the --reference images (per position "

@@ -5,15 +5,18 @@ from pathlib import Path
 
 import click
 
+from cli.options import DEVICE_HELP
+from engine.models.families import model_help
+
 
 @click.command("check")
-@click.option("--model", default="tiny-shapes-qformer", show_default=True, help="Bundled name or model folder.")
+@click.option("--model", default="tiny-shapes-qformer", show_default=True, metavar="NAME|ID|PATH", help=model_help())
 @click.option("--world", "world_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="COCO-format world (default: the embedded world in ./kneuron-world; its --split generated if "
                    "missing).")
 @click.option("--split", default="test", show_default=True)
 @click.option("--limit", type=int, default=None, help="Only the first N images.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--threads", type=int, default=None, help="Torch CPU threads [default: torch's].")
 @click.option("--examples", type=int, default=0, show_default=True, help="Also print the first N captions.")

@@ -39,7 +39,8 @@ Use OUT wherever a model name or folder is accepted (engine.models.load_model(OU
               help="pretrained_minigpt4*.pth (['model']: llama_proj.* is used).")
 @click.option("--llm", required=True, type=click.Path(path_type=Path),
               help="Hugging Face Vicuna / LLaMA-2 folder (config.json, weights, tokenizer).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output kneuron model folder.")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output kneuron model folder (a folder, not a file).")
 @click.option("--variant", type=click.Choice(["auto", "qformer", "patch"]), default="auto", show_default=True,
               help="qformer = Vicuna-v0 (32 query tokens), patch = LLaMA-2 (64 grouped-patch tokens).")
 @click.option("--copy-llm", is_flag=True, help="Save the LLM into OUT/language_model instead of linking to --llm.")

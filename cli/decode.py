@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from cli.options import neuron_set_options, require_neuron_choice
+from cli.options import DEVICE_HELP, neuron_set_options, require_neuron_choice
+from engine.models.families import model_help
 
 
 @click.command("decode", context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,8 +15,8 @@ from cli.options import neuron_set_options, require_neuron_choice
               help="Pass each output weight through the final RMSNorm before the unembedding.")
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
               help="Neurons of a set shown (strongest first).")
-@click.option("--model", help="Model name or folder [default: the run's model].")
-@click.option("--device", default="cpu", show_default=True, help="Device to load the model on.")
+@click.option("--model", metavar="NAME|ID|PATH", help=model_help("the run's model"))
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 def command(warehouse_path: str | None, run_id: str | None, concept: str | None, method: str, set_id: str | None,
             neurons: tuple[str, ...], k: int, final_norm: bool, top: int, model: str | None, device: str) -> None:
     """Decode neurons: each neuron's output weight W_down[:, i] times the unembedding W_U, top-k tokens.

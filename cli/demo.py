@@ -6,19 +6,22 @@ from pathlib import Path
 
 import click
 
+from cli.options import DEVICE_HELP
+from engine.models.families import model_help
+
 
 @click.command("demo")
 @click.option("--model", default="tiny-shapes-qformer", show_default=True,
-              help="Bundled tiny model (tiny-shapes-qformer | tiny-shapes-patch) or a model folder.")
+              metavar="NAME|ID|PATH", help=model_help())
 @click.option("--world", "world_dir", type=click.Path(file_okay=False), default=None,
               help="Embedded world folder [default: $KNEURON_WORLD or ./kneuron-world; its test split generated if "
                    "missing].")
 @click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False), default=None,
               help="Warehouse [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="kneuron-report", show_default=True,
-              help="Where the report goes.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default="kneuron-report", show_default=True,
+              help="Folder the report goes into (not a file).")
 @click.option("--images-per-concept", default=24, show_default=True, help="Identification images per concept.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.pass_context
 def command(ctx: click.Context, model: str, world_dir: str | None, warehouse_path: str | None, out_dir: str,
@@ -46,8 +49,7 @@ def command(ctx: click.Context, model: str, world_dir: str | None, warehouse_pat
                         images_per_concept=str(images_per_concept), warehouse_path=warehouse_path, progress=progress)
     step("select: two-stage filtering in DuckDB")
     selected = ctx.invoke(select.command, warehouse_path=warehouse_path, run_id=run_id)
-    two_stage = [row["set_id"] for row in selected.selection.summary.to_pylist()
-                 if row["method"] == "two_stage" and row["n_selected"]]
+    two_stage = selected.set_ids("two_stage")
     step("suppress: caption evaluation images with each neuron set zeroed, against baselines")
     ctx.invoke(suppress.command, warehouse_path=warehouse_path, run_id=run_id, set_ids=tuple(two_stage),
                device=device, progress=progress)

@@ -27,7 +27,8 @@ def _warehouse_dir(warehouse_path: str | None) -> str:
               help="Multiply the units' output columns by S: 0 erases them, 2 amplifies them.")
 @click.option("--force", is_flag=True, help="Replace OUT when it is an earlier `kneuron edit` output (never a "
                                             "warehouse, the model read, $HOME, /, the current folder or a parent).")
-@click.option("--device", default="cpu", show_default=True, help="Device to load the model on (to check it).")
+@click.option("--device", default="auto", show_default=True,
+              help="Device to load the model on (to check it): cpu, cuda, ... (auto: CUDA when available).")
 def command(out: str, model: str | None, warehouse_path: str | None, run_id: str | None, concept: str | None,
             method: str, set_id: str | None, neurons: tuple[str, ...], scale_text: str, force: bool,
             device: str) -> None:

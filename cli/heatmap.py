@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from cli.options import neuron_set_options, open_image, require_neuron_choice
+from cli.options import DEVICE_HELP, deprecated_alias, neuron_set_options, open_image, require_neuron_choice
+from engine.models.families import model_help
 
 
 @click.command("heatmap", context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,10 +17,13 @@ from cli.options import neuron_set_options, open_image, require_neuron_choice
               help="With --image: its inpainted copy, drawn beside it on the same scale.")
 @click.option("--image-id", type=int, help="An image of the run's dataset: drawn beside its copy with the "
                                            "concept inpainted away (the run's inpainter).")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output PNG file.")
-@click.option("--model", help="Model name or folder [default: the run's model].")
-@click.option("--device", default="cpu", show_default=True, help="Device to load the model on.")
-@click.option("--data-root", help="Dataset root for --image-id [default: the run's].")
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Output PNG file (a file, not a folder).")
+@click.option("--model", metavar="NAME|ID|PATH", help=model_help("the run's model"))
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--coco-root", "data_root", type=click.Path(file_okay=False),
+              help="COCO-layout dataset folder for --image-id [default: the run's].")
+@deprecated_alias("--data-root", "data_root", "--coco-root", type=click.Path(file_okay=False))
 @click.option("--split", help="Dataset split for --image-id [default: the run's].")
 @click.option("--value", "heat_value", type=click.Choice(["magnitude", "signed"]), default="magnitude",
               show_default=True, help="Heat of a token: mean |activation| of the set's units, or the signed mean.")
@@ -38,8 +42,10 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
     """
     from engine.errors import KneuronError
     from engine.heatmap import heatmaps, overlay, side_by_side
-    from engine.models import load_model
+    from engine.models import load_model, resolve_device
     from engine.neurons import parse_neuron
+
+    device = resolve_device(device)
 
     if (image_path is None) == (image_id is None):
         raise KneuronError("give exactly one of --image PATH and --image-id ID")

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import click
 
+from cli.options import DEVICE_HELP, deprecated_alias
+from engine.models.families import model_help
+
 HELP = """Record, for every (concept, image) pair, the FFN activations of the original image and of the image
 with the concept inpainted away, and the GradCAM attribution g_c, into the warehouse.
 
@@ -29,10 +32,9 @@ command resumes the run (finished pairs are skipped); a changed option makes a n
 @click.option("--ident-fraction", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5, show_default=True,
               help="Share of a concept's images in the identification set (the rest: evaluation).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the identification/evaluation split.")
-@click.option("--model", default="tiny-shapes-qformer", show_default=True, metavar="NAME|PATH",
-              help="Bundled model name, or a model folder (a `kneuron convert` checkpoint folder or a Hugging "
-                   "Face LLaVA / BLIP-2 / InstructBLIP folder).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: CUDA if available).")
+@click.option("--model", default="tiny-shapes-qformer", show_default=True, metavar="NAME|ID|PATH",
+              help=model_help())
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True, help="Model dtype (auto: as stored).")
 @click.option("--batch-size", default="8", show_default=True, metavar="N|auto",
@@ -48,14 +50,18 @@ command resumes the run (finished pairs are skipped); a changed option makes a n
               help="Dilation of the concept's mask in pixels.")
 @click.option("--inpaint-radius", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               help="OpenCV inpainting radius in pixels.")
-@click.option("--sd-model", default=None, metavar="PATH|ID", help="Diffusers inpainting pipeline (for --inpainter sd).")
+@click.option("--sd-model", default=None, metavar="PATH|ID",
+              help="Diffusers inpainting pipeline (for --inpainter sd): a folder or a Hub id org/name[@revision].")
 @click.option("--sd-seed", type=int, default=0, show_default=True, help="Seed of the sd inpainter.")
 @click.option("--sd-steps", type=click.IntRange(min=1), default=25, show_default=True, help="Denoising steps (sd).")
 @click.option("--save-inpainted", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Also save the inpainted images as DIR/<concept>/<image_id>.png.")
 @click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False), default=None,
               help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
-@click.option("--run-id", default=None, help="Run id [default: derived from the options, so reruns resume].")
+@click.option("--run", "run_id", default=None, metavar="RUN_ID",
+              help="Run id [default: derived from the options, so reruns resume].")
+@deprecated_alias("--run-id", "run_id", "--run")
+@deprecated_alias("--data-root", "coco_root", "--coco-root", type=click.Path(file_okay=False))
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Log progress (pairs done / total, rate, ETA) to stderr at least every 30 s.")
 @click.option("--retry-skipped/--no-retry-skipped", default=True, show_default=True,
@@ -79,7 +85,7 @@ def command(coco_root: str | None, split: str, concepts: tuple[str, ...], min_im
             ray_address: str | None, workers: int, gpus_per_worker: float | None,
             cpus_per_worker: float | None) -> str:
     from engine.errors import KneuronError
-    from engine.pipelines.ingest import IngestConfig, run_ingest
+    from kneuron.api_steps import ingest
 
     if images_per_concept.strip().lower() == "all":
         per_concept = None
@@ -94,26 +100,12 @@ def command(coco_root: str | None, split: str, concepts: tuple[str, ...], min_im
             batch = int(batch)
         except ValueError:
             raise KneuronError(f"--batch-size must be a number >= 1 or auto, got {batch_size!r}") from None
-    config = IngestConfig(
-        coco_root=coco_root, split=split, concepts=tuple(concepts), min_images=min_images, min_area=min_area,
-        images_per_concept=per_concept, ident_fraction=ident_fraction, seed=seed, model=model, device=device,
-        dtype=dtype, batch_size=batch, positions=positions, top_k=top_k, inpainter=inpainter,
-        margin_px=margin_px, inpaint_radius=inpaint_radius, sd_model=sd_model, sd_seed=sd_seed, sd_steps=sd_steps,
-        save_inpainted=save_inpainted, warehouse=warehouse_path, run_id=run_id, progress=progress,
-        retry_skipped=retry_skipped,
-    )
-    def log(message: str) -> None:
-        click.echo(f"kneuron: {message}", err=True)
-
-    if engine == "ray":
-        from engine.pipelines.ingest_ray import RayOptions, run_ingest_ray
-
-        options = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
-                             cpus_per_worker=cpus_per_worker)
-        summary = run_ingest_ray(config, options, log=log)
-    else:
-        if ray_address is not None or workers != 1 or gpus_per_worker is not None or cpus_per_worker is not None:
-            raise KneuronError("--ray-address, --workers, --gpus-per-worker and --cpus-per-worker need --engine ray")
-        summary = run_ingest(config, log=log)
-    click.echo(summary.line())
-    return summary.run_id
+    result = ingest(
+        warehouse_path, run=run_id, concepts=concepts, coco_root=coco_root, engine=engine, ray_address=ray_address,
+        workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, split=split,
+        min_images=min_images, min_area=min_area, images_per_concept=per_concept, ident_fraction=ident_fraction,
+        seed=seed, model=model, device=device, dtype=dtype, batch_size=batch, positions=positions, top_k=top_k,
+        inpainter=inpainter, margin_px=margin_px, inpaint_radius=inpaint_radius, sd_model=sd_model, sd_seed=sd_seed,
+        sd_steps=sd_steps, save_inpainted=save_inpainted, progress=progress, retry_skipped=retry_skipped)
+    click.echo(result.summary.line())
+    return result.run_id

@@ -64,10 +64,17 @@ WITHOUT_TORCH = frozenset({"world", "select", "sql", "ls", "verify", "compact"})
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch and DuckDB [default: $OMP_NUM_THREADS, else the CPUs this process may "
                    "use, with one thread for work on small models such as the bundled ones].")
+@click.option("-q", "--quiet", is_flag=True, help="Log only warnings and errors to stderr.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug lines too (each names its module).")
 @click.pass_context
-def group(ctx: click.Context, threads: int | None) -> None:
+def group(ctx: click.Context, threads: int | None, quiet: bool, verbose: bool) -> None:
     """kneuron: find, store, query and test the knowledge neurons of multimodal LLMs."""
+    from cli.logs import installed, level_of
     from engine.threads import applied
+
+    if quiet and verbose:
+        raise click.UsageError("give at most one of -q/--quiet and -v/--verbose")
+    ctx.with_resource(installed(level_of(quiet, verbose)))  # one stderr line per log record, while the command runs
 
     # the thread policy, once per command, for as long as the command runs (engine/threads.py)
     ctx.with_resource(applied(threads, with_torch=ctx.invoked_subcommand not in WITHOUT_TORCH))

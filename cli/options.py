@@ -70,3 +70,36 @@ def open_image(path: str):  # noqa: ANN201
         raise KneuronError(f"image file not found: {path}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise KneuronError(f"corrupt or unreadable image {path}: {' '.join(str(exc).split())}") from None
+
+
+def deprecated_alias(old: str, target: str, new: str,
+                     **option: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A hidden option ``old`` (an old spelling kept for one release) that sets the parameter ``target`` of the
+    option ``new``, with a one-line note on stderr naming the new spelling. Giving both with different values
+    is a `KneuronError`. ``option``: click option settings of the old spelling (``type``, ``multiple``, ...)."""
+    dest = f"old_{old.lstrip('-').replace('-', '_')}"
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def merged(*args: Any, **kwargs: Any) -> Any:
+            value = kwargs.pop(dest, None)
+            if value is not None and value != ():
+                from click.core import ParameterSource
+
+                from engine.errors import KneuronError
+
+                click.echo(f"kneuron: note: {old} is deprecated; use {new} (the old spelling goes in the next "
+                           f"release)", err=True)
+                ctx = click.get_current_context()
+                if ctx.get_parameter_source(target) == ParameterSource.COMMANDLINE and kwargs.get(target) != value:
+                    raise KneuronError(f"give one of {new} and {old} (its old spelling), not both")
+                kwargs[target] = value
+            return command(*args, **kwargs)
+
+        return click.option(old, dest, hidden=True, default=None, help=f"Old spelling of {new}.", **option)(merged)
+
+    return decorate
+
+
+#: help of ``--device`` (every command that loads a model)
+DEVICE_HELP = "cpu, cuda, cuda:1, mps, ... (auto: CUDA when available, else cpu)."

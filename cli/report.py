@@ -3,22 +3,27 @@ from __future__ import annotations
 
 import click
 
+from cli.options import DEVICE_HELP, deprecated_alias
+from engine.models.families import model_help
+
 
 @click.command("report", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
               help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
 @click.option("--run", "run_id", metavar="RUN_ID", help="Run [default: the latest run].")
-@click.option("--out", "out_dir", default="kneuron-report", show_default=True, type=click.Path(dir_okay=True),
+@click.option("-o", "--out", "out_dir", default="kneuron-report", show_default=True, type=click.Path(file_okay=False),
               help="Output folder (report.html, report.md, summary.json, figures/).")
 @click.option("--method", default="two_stage", show_default=True,
               help="Neuron-set method shown in heatmaps, plots and decoded tokens.")
 @click.option("--set", "set_ids", multiple=True, metavar="SET_ID",
               help="A --method set to show instead of its concept's current one (repeatable, one per concept; "
                    "`kneuron ls sets` lists them) [default: the current sets].")
-@click.option("--model", help="Model name or folder [default: the run's model].")
-@click.option("--device", default="cpu", show_default=True, help="Device to load the model on.")
+@click.option("--model", metavar="NAME|ID|PATH", help=model_help("the run's model"))
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--no-model", is_flag=True, help="Skip heatmaps, contrast and decoded tokens (no model needed).")
-@click.option("--data-root", help="Dataset root for heatmaps [default: the run's].")
+@click.option("--coco-root", "data_root", type=click.Path(file_okay=False),
+              help="COCO-layout dataset folder for heatmaps [default: the run's].")
+@deprecated_alias("--data-root", "data_root", "--coco-root", type=click.Path(file_okay=False))
 @click.option("--split", help="Dataset split for heatmaps [default: the run's].")
 @click.option("--images", "heatmap_images", type=click.IntRange(min=0), default=2, show_default=True,
               help="Heatmap figures per concept.")
@@ -36,13 +41,12 @@ def command(warehouse_path: str | None, run_id: str | None, out_dir: str, method
             max_concepts: int | None) -> None:
     """Write one self-contained HTML page (and Markdown with PNGs beside it) about a run: configuration,
     selection summary, suppression results, plots, heatmaps, heatmap contrast and decoded tokens."""
-    from engine.pipelines.report import ReportConfig, build_report
+    from kneuron.api_steps import report
 
-    config = ReportConfig(run_id=run_id, method=method, set_ids=tuple(set_ids), model=model, device=device,
-                          with_model=not no_model, data_root=data_root, split=split, heatmap_images=heatmap_images,
-                          contrast_images=contrast_images, decode_top=decode_top, k=k, max_concepts=max_concepts,
-                          heat_value=heat_value)
-    result = build_report(warehouse_path, out_dir, config)
+    result = report(warehouse_path, out=out_dir, run=run_id, sets=set_ids, method=method, model=model, device=device,
+                    with_model=not no_model, data_root=data_root, split=split, heatmap_images=heatmap_images,
+                    contrast_images=contrast_images, decode_top=decode_top, k=k, max_concepts=max_concepts,
+                    heat_value=heat_value)
     click.echo(f"report: {result.html}")
     click.echo(f"markdown: {result.markdown} (figures in {result.out_dir / 'figures'})")
     shown = ", ".join(f"{s['concept']} {s['set_id']}" for s in result.summary["sets"] if s["method"] == method)

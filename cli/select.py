@@ -6,36 +6,6 @@ from typing import Any
 import click
 
 
-def layer_counts(neuron_sets: Any, set_id: str) -> str:
-    """Compact layer distribution of one set: ``"layer:count"`` pairs by layer, e.g. ``"0:3 2:11"``."""
-    import pyarrow.compute as pc
-
-    rows = neuron_sets.filter(pc.equal(neuron_sets.column("set_id"), set_id))
-    counts = rows.group_by("layer").aggregate([("unit", "count")]).sort_by("layer").to_pydict()
-    return " ".join(f"{layer}:{n}" for layer, n in zip(counts["layer"], counts["unit_count"]))
-
-
-def summary_table(selection: Any) -> Any:
-    """One row per concept: images, |C_k|, |N_k|, baseline sizes and the layer distribution of N_k (pyarrow);
-    with ``--specific`` also |C_k ∩ S_k| (``specific_C_k``) and |N_k ∩ S_k| (``two_stage_specific``)."""
-    import pyarrow as pa
-
-    rows: dict[str, dict[str, Any]] = {}
-    for row in selection.summary.to_pylist():
-        entry = rows.setdefault(row["concept"], {"concept": row["concept"]})
-        if row["method"] == "two_stage":
-            entry.update(images=row["n_images"], C_k=row["n_candidates"], N_k=row["n_selected"],
-                         layers_of_N_k=layer_counts(selection.neuron_sets, row["set_id"]))
-        else:
-            entry[row["method"]] = row["n_selected"]
-            if row["method"] == "two_stage_specific":
-                entry["specific_C_k"] = row.get("n_specific")
-    columns = ["concept", "images", "C_k", "N_k", "specific_C_k", "two_stage_specific", "stage1_only", "stage2_only",
-               "layers_of_N_k"]
-    present = [c for c in columns if any(c in entry for entry in rows.values())]
-    return pa.Table.from_pylist([{c: entry.get(c) for c in present} for entry in rows.values()])
-
-
 @click.command("select", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
               help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
@@ -75,23 +45,17 @@ def command(warehouse_path: str | None, run_id: str | None, concepts: tuple[str,
     method and parameters) are not written again, but become the current sets again (printed).
     """
     from cli.render import render_table
-    from engine.pipelines.select import select_sets
-    from queries.selection import SelectionConfig, SpecificSpec, ThresholdSpec
+    from kneuron.api_steps import select
 
-    config = SelectionConfig(
-        run_id=run_id, concepts=tuple(dict.fromkeys(concepts)), stage1=ThresholdSpec.parse(stage1),
-        stage2=ThresholdSpec.parse(stage2), aggregate=aggregate, min_share=min_share, reduce=reduce,
-        stage2_pool=stage2_pool, baselines=with_baselines,
-        specific=None if specific is None else SpecificSpec.parse(specific), exclude_massive=exclude_massive,
-    )
-    result = select_sets(warehouse_path, config)
-    selection = result.selection
-    n_concepts = len(set(selection.summary.column("concept").to_pylist()))
-    click.echo(f"run {selection.run_id}: {n_concepts} concept(s); wrote {len(result.written)} neuron set(s)"
+    result = select(warehouse_path, run=run_id, concepts=concepts, stage1=stage1, stage2=stage2, aggregate=aggregate,
+                    min_share=min_share, reduce=reduce, stage2_pool=stage2_pool, baselines=with_baselines,
+                    specific=specific, exclude_massive=exclude_massive)
+    n_concepts = len(set(result.selection.summary.column("concept").to_pylist()))
+    click.echo(f"run {result.run_id}: {n_concepts} concept(s); wrote {len(result.written)} neuron set(s)"
                + (f", {len(result.present)} already stored" if result.present else "")
                + f" [stage1 {stage1}, stage2 {stage2}, aggregate {aggregate}, reduce {reduce}"
                + (f", specific {specific}" if specific else "")
                + (f", massive units excluded (k={exclude_massive:g})" if exclude_massive else "") + "]")
     click.echo(f"current sets now: {' '.join(result.current) if result.current else '(none: every set is empty)'}")
-    click.echo(render_table(summary_table(selection), max_rows=10_000), nl=False)
+    click.echo(render_table(result.table, max_rows=10_000), nl=False)
     return result  # for `kneuron demo`, which evaluates exactly these sets

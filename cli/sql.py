@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from cli.options import deprecated_alias
 from cli.render import render_csv, render_json, render_table
 from engine.errors import KneuronError
 
@@ -46,61 +47,35 @@ def read_sql(sql: str | None, file: str | None, query: str | None) -> str:
 
 
 def check_output_outside(output: str | None, root: Path) -> None:
-    """Refuse an ``--output`` path inside the warehouse at ``root``: results never overwrite stored data."""
+    """Refuse an ``--out`` path inside the warehouse at ``root``: results never overwrite stored data."""
     if output is None:
         return
     target = Path(output).expanduser().absolute().resolve()
     if target == root.resolve() or root.resolve() in target.parents:
-        raise KneuronError(f"--output {output} is inside the warehouse {root}; write results elsewhere")
-
-
-def run_read_only(wh: Any, text: str, params: dict[str, Any], timeout: float | None = None) -> Any:
-    """Run ``text`` over the views of the open warehouse ``wh`` (plus the derived views of `queries`), after
-    `warehouse.check_read_only_sql` let every statement through; the last result as Arrow.
-
-    A query that fails because a committed file vanished is the one-line error naming that file. Ctrl-C stops a
-    running query; so does ``timeout`` (seconds), with a one-line error (`cli.interruptible`).
-    """
-    import duckdb
-
-    import queries
-    import warehouse
-    from cli.interruptible import close_when_idle, run_interruptible
-
-    parser = duckdb.connect(":memory:")
-    try:
-        warehouse.check_read_only_sql(parser, text)
-    finally:
-        parser.close()
-    con = queries.connect(wh, read_only=True)
-    try:
-        return run_interruptible(con, lambda: queries.execute(con, text, params), timeout)
-    except KneuronError as exc:
-        if isinstance(exc.__cause__, duckdb.Error):  # DuckDB says IO or Permission Error for a vanished file
-            wh.check_files()  # names the file and suggests `kneuron verify --repair`
-        raise
-    finally:
-        close_when_idle(con)
+        raise KneuronError(f"--out {output} is inside the warehouse {root}; write results elsewhere")
 
 
 @click.command("sql", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("sql", required=False)
 @click.option("-f", "--file", "file", type=click.Path(dir_okay=False), help="Read the SQL from FILE.")
 @click.option("-q", "--query", "query", metavar="NAME",
-              help="Run a bundled query: set_sizes, layer_distribution, concept_overlap, generic_neurons, ...")
+              help="Run a bundled analysis by name (`--list` shows them): set_sizes, layer_distribution, ...")
+@click.option("--list", "list_queries", is_flag=True, help="List the bundled analyses, one line each, and exit.")
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Bind $NAME (repeatable); VALUE is bound as a number when it reads as one, else as text. "
                    "Parameters not given are NULL (the bundled analyses read NULL as 'all').")
 @click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
               help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="table (DuckDB's box drawing), csv, json (JSON Lines) or parquet (needs --output).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the result to FILE instead of stdout.")
+              help="table (DuckDB's box drawing), csv, json (JSON Lines) or parquet (needs --out).")
+@click.option("-o", "--out", "output", type=click.Path(dir_okay=False),
+              help="Write the result to this file (not a folder) instead of stdout.")
+@deprecated_alias("--output", "output", "--out", type=click.Path(dir_okay=False))
 @click.option("--max-rows", type=click.IntRange(min=1), default=100, show_default=True,
               help="Rows shown by --format table.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
               help="Stop the query after S seconds (one line, exit code 2). Ctrl-C always stops it.")
-def command(sql: str | None, file: str | None, query: str | None, params: tuple[str, ...],
+def command(sql: str | None, file: str | None, query: str | None, list_queries: bool, params: tuple[str, ...],
             warehouse_path: str | None, fmt: str, output: str | None, max_rows: int,
             timeout: float | None) -> None:
     """Run read-only SQL over the warehouse views.
@@ -115,12 +90,21 @@ def command(sql: str | None, file: str | None, query: str | None, params: tuple[
       kneuron sql "SELECT concept, count(*) FROM samples GROUP BY ALL"
       kneuron sql -q concept_overlap -p method=two_stage --format csv
       kneuron sql -f my.sql --format parquet -o result.parquet
+      kneuron sql --list
     """
     import queries
-    import warehouse
+    from kneuron.api_warehouse import Warehouse
 
+    if list_queries:
+        from queries.catalog import analyses
+
+        rows = analyses()
+        width = max(len(name) for name, _ in rows)
+        for name, what in rows:
+            click.echo(f"{name.ljust(width)}  {what}")
+        return
     if fmt == "parquet" and output is None:
-        raise KneuronError("--format parquet needs --output FILE")
+        raise KneuronError("--format parquet needs --out FILE")
     text = read_sql(sql, file, query)
     bound = dict(parse_param(p) for p in params)
     wanted = queries.parameters(text)
@@ -128,9 +112,9 @@ def command(sql: str | None, file: str | None, query: str | None, params: tuple[
     if unknown:
         raise KneuronError(f"--param {', '.join(unknown)}: the SQL has no such parameter"
                            + (f" (it has {', '.join('$' + w for w in wanted)})" if wanted else ""))
-    wh = warehouse.Warehouse.open(warehouse_path)
-    check_output_outside(output, wh.root)
-    table = run_read_only(wh, text, {name: bound.get(name) for name in wanted}, timeout)
+    with Warehouse(warehouse_path) as wh:
+        check_output_outside(output, wh.root)
+        table = wh.table(text, bound, timeout=timeout)
 
     if fmt == "parquet":
         import pyarrow.parquet as pq

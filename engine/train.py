@@ -17,6 +17,7 @@ fixed thread count).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -37,6 +38,9 @@ from engine.models.preprocess import ImagePreprocessor
 from engine.models.prompts import DEFAULT_INSTRUCTION, get_template
 from engine.models.tiny import tiny_config
 from engine.models.tokenizer import build_word_tokenizer
+from engine.scoped import seeded_torch
+
+logger = logging.getLogger(__name__)
 
 #: the world the bundled models were trained on (its train split; val/test are the embedded default's)
 TRAIN_WORLD = WorldConfig()
@@ -202,11 +206,19 @@ def _param_groups(model: MiniGPT4, aux_head: torch.nn.Linear, cfg: TrainConfig) 
 
 
 def train_tiny_minigpt4(world_dir: Path, out_dir: Path, cfg: TrainConfig,
-                        log: Callable[[str], None] = print) -> MiniGPT4Adapter:
-    """Train and save a tiny MiniGPT-4 on ``world_dir``'s ``cfg.split``; returns the trained adapter."""
+                        log: Callable[[str], None] | None = None) -> MiniGPT4Adapter:
+    """Train and save a tiny MiniGPT-4 on ``world_dir``'s ``cfg.split``; returns the trained adapter.
+
+    log: where the loss lines go (default: this module's logger at INFO). Torch's global RNG is seeded with
+    ``cfg.seed`` for the training only and restored afterwards.
+    """
+    with seeded_torch(cfg.seed):
+        return _train_tiny(world_dir, out_dir, cfg, log or logger.info)
+
+
+def _train_tiny(world_dir: Path, out_dir: Path, cfg: TrainConfig, log: Callable[[str], None]) -> MiniGPT4Adapter:
     variant = _variant(cfg.variant)
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     data = CocoDataset(world_dir, cfg.split)
     image_ids = data.image_ids()

@@ -20,6 +20,7 @@ copied) and holds the template; ``model.safetensors`` holds the ViT, Q-Former an
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,7 +37,10 @@ from engine.models.minigpt4 import PROJECTIONS, MiniGPT4, MiniGPT4Config
 from engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec, save_minigpt4
 from engine.models.preprocess import ImagePreprocessor
 from engine.models.prompts import DEFAULT_INSTRUCTION, TEMPLATES, get_template, prompt_token_ids
+from engine.scoped import seeded_torch
 from engine.train import cosine_lr
+
+logger = logging.getLogger(__name__)
 
 #: weights taken from the vision source (everything but the LLM and ``llama_proj``)
 VISION_PREFIXES = ("vision_model.", "qformer.", "query_tokens")
@@ -255,9 +259,19 @@ def trainable_parameters(model: MiniGPT4, train_queries: bool) -> list[nn.Parame
     return params
 
 
-def train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callable[[str], None] = print,
+def train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callable[[str], None] | None = None,
                  command: str | None = None) -> tuple[MiniGPT4Adapter, Stage1Log]:
-    """Train ``llama_proj`` on ``world_dir``'s ``cfg.split`` and save the model folder ``out_dir``."""
+    """Train ``llama_proj`` on ``world_dir``'s ``cfg.split`` and save the model folder ``out_dir``.
+
+    log: where the progress lines go (default: this module's logger at INFO). Torch's global RNG is seeded with
+    ``cfg.seed`` for the training only and restored afterwards.
+    """
+    with seeded_torch(cfg.seed):
+        return _train_stage1(world_dir, out_dir, cfg, log or logger.info, command)
+
+
+def _train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callable[[str], None],
+                  command: str | None) -> tuple[MiniGPT4Adapter, Stage1Log]:
     from engine.models.llm import load_llm, load_llm_tokenizer, resolve_llm
 
     cfg.check()
@@ -269,7 +283,6 @@ def train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callabl
                            f"{vision_spec.architecture.variant} model")
     data = CocoDataset(world_dir, cfg.split)
     torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
     log(f"loading LLM {source.describe()}")

@@ -6,7 +6,8 @@ Floors, bottom to top (ARCHITECTURE.md draws them):
 - storage: ``warehouse`` (files, manifest, DuckDB views), then ``queries`` (SQL over the warehouse).
 - compute: every other ``engine`` module (models, data, inpaint, record, caption, baselines, eval, ...).
 - pipelines: ``engine.pipelines``, the only engine code that touches storage.
-- ``cli``: one click module per command, on top.
+- api: ``kneuron`` (the Python API: one function per step, the warehouse handle), over the pipelines.
+- ``cli``: one click module per command, on top (thin over the api).
 
 Storage and compute are side by side: neither imports the other. Each step pipeline (ingest, select, suppress,
 report) imports its own helper modules (``<step>_*.py``) and the shared ones (``sets``, ``run``), never another
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("engine", "cli", "queries", "warehouse")
+PACKAGES = ("engine", "cli", "queries", "warehouse", "kneuron")
 SHARED_PIPELINES = {"sets", "run"}
 STEPS = ("ingest", "select", "suppress", "report")
 
@@ -67,6 +68,8 @@ def floor(module: str) -> str:
         return "pipelines"
     if module == "engine" or module.startswith("engine."):
         return "compute"
+    if module == "kneuron" or module.startswith("kneuron."):
+        return "api"
     return module.split(".")[0]  # warehouse, queries, cli
 
 
@@ -77,7 +80,8 @@ ALLOWED = {
     "queries": {"errors", "warehouse", "queries"},
     "compute": {"errors", "compute"},
     "pipelines": {"errors", "warehouse", "queries", "compute", "pipelines"},
-    "cli": {"errors", "warehouse", "queries", "compute", "pipelines", "cli"},
+    "api": {"errors", "warehouse", "queries", "compute", "pipelines", "api"},
+    "cli": {"errors", "warehouse", "queries", "compute", "pipelines", "api", "cli"},
 }
 
 

@@ -64,9 +64,9 @@ def test_csv_and_json_formats(root, capsys):
 
 def test_parquet_needs_output_and_round_trips(root, tmp_path, capsys):
     code, out, err = sql(root, capsys, PER_CONCEPT, "--format", "parquet")
-    assert (code, out, err) == (2, "", "kneuron: error: --format parquet needs --output FILE\n")
+    assert (code, out, err) == (2, "", "kneuron: error: --format parquet needs --out FILE\n")
     target = tmp_path / "r.parquet"
-    code, _, err = sql(root, capsys, PER_CONCEPT, "--format", "parquet", "--output", str(target))
+    code, _, err = sql(root, capsys, PER_CONCEPT, "--format", "parquet", "--out", str(target))
     assert code == 0 and err == f"wrote 3 rows to {target}\n"
     assert pq.read_table(target).to_pylist()[1] == {"concept": "it's", "n": 4, "first": 100}
 
@@ -230,8 +230,8 @@ def test_every_read_statement_kind_runs(root, capsys, statement, expected):
 def test_output_inside_the_warehouse_is_refused(root, capsys):
     committed = warehouse.table_paths(root, "samples")[0]
     before = stored_state(root)
-    code, out, err = sql(root, capsys, "SELECT 1 AS x", "--format", "parquet", "--output", committed)
-    assert (code, out) == (2, "") and err == (f"kneuron: error: --output {committed} is inside the warehouse "
+    code, out, err = sql(root, capsys, "SELECT 1 AS x", "--format", "parquet", "--out", committed)
+    assert (code, out) == (2, "") and err == (f"kneuron: error: --out {committed} is inside the warehouse "
                                                f"{root}; write results elsewhere\n")
     assert stored_state(root) == before
 

@@ -24,14 +24,20 @@ def llm_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_llama(tmp_path_factory.mktemp("llm") / "tiny", chatml_tokenizer(TEXTS))
 
 
-def test_reference_forms(llm_folder: Path, tmp_path: Path) -> None:
+def test_reference_forms(llm_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_llm(str(llm_folder)).kind == "folder"
     assert resolve_llm("tiny", base=llm_folder.parent).location == str(llm_folder)  # relative to the model folder
     gguf = tmp_path / "m.GGUF"
     gguf.write_bytes(b"GGUF")
     assert resolve_llm(str(gguf)).kind == "gguf"
-    hub = resolve_llm("HuggingFaceTB/SmolLM2-135M-Instruct")
-    assert (hub.kind, hub.location) == ("hub", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    from tests.helpers.hub_cache import add_to_hub_cache
+
+    commit = add_to_hub_cache(tmp_path / "hub", "HuggingFaceTB/SmolLM2-135M-Instruct", llm_folder)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = resolve_llm("HuggingFaceTB/SmolLM2-135M-Instruct")  # the snapshot folder in the Hub cache
+    assert (hub.kind, hub.ref) == ("hub", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert hub.location == str(tmp_path / "hub" / "models--HuggingFaceTB--SmolLM2-135M-Instruct" / "snapshots" / commit)
 
 
 @pytest.mark.parametrize("make,message", [

@@ -72,6 +72,6 @@ def test_edited_method_and_folder_go_together(setup, tmp_path) -> None:  # noqa:
 def test_cli_edited_model_alone_evaluates_the_edited_method(setup, capsys) -> None:  # noqa: ANN001
     world, _, erased, _ = setup
     code, out, err = run_cli(["suppress", "--warehouse", str(world.warehouse), "--edited-model", str(erased),
-                              "--concept", "square", "--max-images", "3", "--no-progress"], capsys)
+                              "--concept", "square", "--images-per-concept", "3", "--no-progress"], capsys)
     assert code == 0, err
     assert "1 concept(s) x 1 method(s)" in out and "edited" in out

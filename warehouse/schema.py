@@ -350,7 +350,8 @@ ABLATION_MEANS = TableSpec(
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (RUNS, SPLITS, SAMPLES, NEURON_STATS, TOKEN_STATS, NEURON_SETS, CAPTIONS, SCORES, EVALS,
-                 SET_CHOICES, NEURON_ROLLUP, MENTIONS, EVIDENCE_INTERVALS, EVIDENCE_PAIRED, EVIDENCE_GAPS, ABLATION_MEANS)
+                 SET_CHOICES, NEURON_ROLLUP, MENTIONS, EVIDENCE_INTERVALS, EVIDENCE_PAIRED, EVIDENCE_GAPS,
+                 ABLATION_MEANS)
 }
 
 # Columns the DuckDB view adds to a table: name -> (SQL expression over stored columns, DuckDB type).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ import tomllib
 
 from engine.errors import KneuronError
 from engine.eval.metrics import METRICS, MetricConfig
+
+logger = logging.getLogger(__name__)
 
 REFERENCE_METHOD = "two_stage"
 #: ablation modes (`engine.ablation`): what a suppressed unit's activation is replaced with
@@ -199,7 +202,10 @@ _SCALAR_KEYS: dict[str, str] = {
     "model": "model", "edited_model": "edited_model", "device": "device", "dtype": "dtype",
     "dataset_root": "dataset_root", "dataset_split": "dataset_split", "fragility_images": "fragility_images",
     "ablation": "ablation", "reference_images": "reference_images", "rows_per_generate": "rows_per_generate",
+    "coco_root": "dataset_root", "images_per_concept": "max_images",
 }
+#: old TOML spellings (accepted for one release, with a deprecation warning) -> the key to use instead
+_OLD_KEYS = {"dataset_root": "coco_root", "max_images": "images_per_concept"}
 _LIST_KEYS = ("concepts", "methods", "sets")
 _TABLE_KEYS = ("metrics", "selection", "baselines", "budget_per_concept")
 _NUMBER_LIST_KEYS = ("budgets",)
@@ -228,7 +234,13 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> EvalCon
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key in _SCALAR_KEYS:
-            kwargs[_SCALAR_KEYS[key]] = value
+            field_name = _SCALAR_KEYS[key]
+            if key in _OLD_KEYS:
+                logger.warning("%s: the key %s is deprecated; use %s (the old key goes in the next release)",
+                               source, key, _OLD_KEYS[key])
+            if field_name in kwargs and kwargs[field_name] != value:
+                raise KneuronError(f"{source}: give one of {_OLD_KEYS.get(key, key)} and its old spelling, not both")
+            kwargs[field_name] = value
         elif key in _LIST_KEYS:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise KneuronError(f"{source}: {key} must be a list of strings, got {value!r}")

@@ -182,19 +182,20 @@ class CaptionScorer:
 
     def _bertscorer(self) -> bert_score.BERTScorer:
         if self._bert is None:
-            if os.path.isdir(self._model_path_or_name):
-                # A local folder never needs the hub; make sure nothing tries (user settings win).
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             import bert_score
-            from transformers.utils import logging as hf_logging
 
-            hf_logging.disable_progress_bar()  # the weight-loading bar would interleave with our own output
+            from engine import scoped
+
+            # a local folder never needs the Hub (user settings win); the weight-loading bar would interleave with
+            # our own output: both only while the scorer loads, then as they were
+            offline = ({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+                       if os.path.isdir(self._model_path_or_name) else {})
             try:
-                self._bert = bert_score.BERTScorer(
-                    model_type=self._model_path_or_name, num_layers=self._layers, lang="en",
-                    device=self.config.device, batch_size=self.config.batch_size,
-                )
+                with scoped.environ(**offline), scoped.transformers_progress_off():
+                    self._bert = bert_score.BERTScorer(
+                        model_type=self._model_path_or_name, num_layers=self._layers, lang="en",
+                        device=self.config.device, batch_size=self.config.batch_size,
+                    )
             except (OSError, ValueError, KeyError) as error:
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise KneuronError(

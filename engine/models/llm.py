@@ -8,7 +8,8 @@ A reference is one of:
 - a **Hugging Face folder** (``config.json`` of a LLaMA-family model, the tokenizer files beside it);
 - a **GGUF file** (``*.gguf``), loaded through transformers' GGUF support (needs the ``gguf`` package:
   ``pip install -e ".[llm]"``) and dequantised to a plain `LlamaForCausalLM`;
-- a **hub id** (``org/name``), passed to ``from_pretrained`` as it is (downloads; never used in tests).
+- a **Hub id** (``org/name[@revision]``): its snapshot folder in the Hugging Face cache (`engine.models.hub`;
+  downloaded when missing unless ``HF_HUB_OFFLINE`` is set).
 
 Relative paths are taken from ``base`` (a model folder's ``llm_path`` is relative to that folder). Every
 failure is one `KneuronError` line.
@@ -16,7 +17,6 @@ failure is one `KneuronError` line.
 from __future__ import annotations
 
 import importlib.util
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +45,6 @@ SHORTCUTS: dict[str, Shortcut] = {
                         description="SmolLM2-135M-Instruct (Q4_1 GGUF, 30 layers x 1536 FFN units, width 576)"),
 }
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -106,10 +105,13 @@ def resolve_llm(ref: str, base: Path | None = None) -> LLMSource:
         return LLMSource("folder", str(path), ref)
     if ref.lower().endswith(".gguf"):
         raise KneuronError(f"GGUF file not found: {path}")
-    if _HUB_ID.match(ref) and not ref.startswith((".", "~")):
-        return LLMSource("hub", ref, ref)
+    from engine.models.hub import hub_snapshot, parse_hub_id
+
+    hub = parse_hub_id(ref)
+    if hub is not None:  # the snapshot folder in the Hub cache (downloaded unless HF_HUB_OFFLINE is set)
+        return LLMSource("hub", str(hub_snapshot(hub, what="language model")), ref)
     raise KneuronError(f"language model not found: {ref} (not a shortcut: {', '.join(SHORTCUTS)}; not a folder, "
-                       f"GGUF file or hub id org/name)")
+                       f"GGUF file or Hub id org/name[@revision])")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import warehouse
-from engine.models import load_model, resolve_device
+from engine.models import load_model, resolve_device, resolve_model_path
 from engine.models.base import VLMAdapter
 from engine.pipelines.ingest_chunk import ChunkInputs, chunk_result, commit_chunk, record_chunk
 from engine.pipelines.ingest_config import IngestConfig
@@ -42,6 +42,7 @@ from engine.pipelines.ingest_start import (
     IngestSummary,
     begin_run,
     model_head,
+    new_folder_removed_on_failure,
     plan_run,
     stored_image_digests,
     stored_samples,
@@ -65,7 +66,10 @@ def run_ingest(config: IngestConfig, adapter: VLMAdapter | None = None, log: Log
     start = begin_run(config, log)
     dataset = start.dataset
     device = resolve_device(config.device) if adapter is None else str(adapter.device)
-    with warehouse.Warehouse.open(config.warehouse, create=True) as wh:  # a second writer fails here, at once
+    if adapter is None:
+        resolve_model_path(config.model)  # a model that is not there fails before the warehouse folder is made
+    with new_folder_removed_on_failure(config.warehouse), \
+            warehouse.Warehouse.open(config.warehouse, create=True) as wh:  # a second writer fails here, at once
         if adapter is None:
             adapter = load_model(config.model, device=device, dtype=None if config.dtype == "auto" else config.dtype,
                                  log=log if config.progress else None)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import pickle
 import socket
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import warehouse
+from engine import scoped
 from engine.errors import KneuronError
 from engine.pipelines.ingest_chunk import ChunkResult, commit_chunk
 from engine.pipelines.ingest_config import IngestConfig
@@ -128,7 +128,9 @@ def run_ingest_ray(config: IngestConfig, options: RayOptions = RayOptions(), log
     if options.address not in (None, "auto") and not ray.is_initialized():
         check_reachable(str(options.address))  # before anything is written
     with warehouse.Warehouse.open(config.warehouse, create=True) as wh:  # a second writer fails here, at once
-        with ray_session(ray, options.address):
+        # Ray Data's bars and log lines off for the run only (the run logs its own progress)
+        with scoped.environ(RAY_DATA_DISABLE_PROGRESS_BARS="1"), scoped.logger_level("ray.data", logging.ERROR), \
+                ray_session(ray, options.address):
             resources = ray.cluster_resources()
             shape = worker_shape(float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), options,
                                  config.device)
@@ -251,8 +253,6 @@ def quiet_ray_data(ray: Any) -> None:
     context.print_on_execution_start = False
     context.enable_auto_log_stats = False
     context.max_consecutive_actor_init_deaths = 1  # a recorder that cannot load the model fails the run fast
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
 def worker_message(exc: BaseException) -> str:

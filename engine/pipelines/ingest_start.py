@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import warehouse
@@ -245,3 +247,23 @@ def stored_image_digests(wh: warehouse.Warehouse, run_id: str) -> dict[str, str]
     digests = json.loads(rows[0]["config_json"]).get("image_digests", {}) if rows else {}
     return {str(k): str(v) for k, v in digests.items()}
 
+
+
+@contextmanager
+def new_folder_removed_on_failure(location: str | None) -> Iterator[None]:
+    """Within the block, a warehouse folder that did not exist before it is removed again when the block fails
+    before the warehouse's first commit (`warehouse.fresh.remove_if_unused`): a failed first ingest leaves no
+    empty warehouse behind. Remote warehouses (URIs) are left alone."""
+    from warehouse.fresh import remove_if_unused
+    from warehouse.store import default_warehouse_path, is_uri
+
+    root = None
+    if location is None or not is_uri(location):
+        root = (Path(location).expanduser() if location else default_warehouse_path()).absolute()
+    existed = root is None or root.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and root is not None:
+            remove_if_unused(root)
+        raise

@@ -123,7 +123,7 @@ class ReportConfig:
     method: str = "two_stage"
     set_ids: tuple[str, ...] = ()
     model: str | None = None
-    device: str = "cpu"
+    device: str = "auto"
     with_model: bool = True
     data_root: str | None = None
     split: str | None = None

@@ -126,11 +126,13 @@ class RunReader:
     def model_name(self) -> str:
         return str(self.config.get("config", {}).get("model") or self.row["model_name"])
 
-    def load_model(self, model: str | None = None, device: str = "cpu") -> Any:
-        """The run's model (or ``model``); a note is kept when its fingerprint differs from the run's."""
-        from engine.models import load_model
+    def load_model(self, model: str | None = None, device: str = "auto") -> Any:
+        """The run's model (or ``model``) on ``device`` (``auto``: CUDA when available); a note is kept when its
+        fingerprint differs from the run's."""
+        from engine.models import load_model, resolve_device
         from engine.models.fingerprint import model_fingerprint
 
+        device = resolve_device(device)
         adapter = load_model(model or self.model_name, device=device,
                              dtype=self.row.get("dtype") if model is None and device != "cpu" else None)
         if model_fingerprint(adapter) != self.row.get("model_hash"):

@@ -50,7 +50,6 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import torch
 
 import queries
 from engine.ablation import Ablation
@@ -88,6 +87,7 @@ from engine.pipelines.suppress_inputs import (
     stored_identity,
 )
 from engine.progress import Progress
+from engine.scoped import seeded_torch
 from queries.selection import MASSIVE_K, set_id_of, set_rows
 from warehouse import Warehouse
 
@@ -161,15 +161,15 @@ class _Evaluation:
                  neurons: Mapping[int, Sequence[int]] | None, adapter: VLMAdapter | None = None) -> list[str]:
         """Captions of ``image_ids`` by ``adapter`` (default: the run's model), one `caption_images` call per batch
         (the same batches as one call)."""
-        torch.manual_seed(self.config.seed)
         texts: list[str] = []
         size = self.config.batch_size
-        for start in range(0, len(image_ids), size):
-            chunk = image_ids[start:start + size]
-            texts += caption_images(adapter or self.adapter, [pixels[i] for i in chunk], neurons, batch_size=size,
-                                    **self.generate_kwargs).texts
-            if self.progress is not None:
-                self.progress.advance(len(chunk))
+        with seeded_torch(self.config.seed):  # the caller's torch RNG streams are as they were afterwards
+            for start in range(0, len(image_ids), size):
+                chunk = image_ids[start:start + size]
+                texts += caption_images(adapter or self.adapter, [pixels[i] for i in chunk], neurons,
+                                        batch_size=size, **self.generate_kwargs).texts
+                if self.progress is not None:
+                    self.progress.advance(len(chunk))
         return texts
 
     # -------------------------------------------------------------- rows
@@ -280,12 +280,12 @@ class _Evaluation:
         hooked = [c for c in chosen if not (c[0] == EDITED_METHOD and self.edited is not None)]
         texts_of: dict[str, list[str]] = {}
         if hooked:
-            torch.manual_seed(self.config.seed)
             sets = [as_neuron_set([(layer, unit) for layer, unit, _ in neurons]) for _, _, neurons, _ in hooked]
-            out = caption_under_sets(self.adapter, [pixels[i] for i in image_ids], sets, self.ablation,
-                                     self.config.rows_per_generate or 4 * self.config.batch_size,
-                                     on_rows=self.progress.advance if self.progress is not None else None,
-                                     **self.generate_kwargs)
+            with seeded_torch(self.config.seed):  # the caller's torch RNG streams are as they were afterwards
+                out = caption_under_sets(self.adapter, [pixels[i] for i in image_ids], sets, self.ablation,
+                                         self.config.rows_per_generate or 4 * self.config.batch_size,
+                                         on_rows=self.progress.advance if self.progress is not None else None,
+                                         **self.generate_kwargs)
             texts_of = {method: captions.texts for (method, *_), captions in zip(hooked, out)}
         for method, set_id, _, new_set in chosen:
             if method not in texts_of:  # the edited model: the edit is in the weights, no hook

@@ -133,7 +133,7 @@ def test_a_changed_dataset_makes_a_new_run_and_a_pinned_run_id_refuses_it(world:
     (first,) = Warehouse.open(wh).run_ids()
     shutil.rmtree(world)
     generate_world(world, WorldConfig(seed=2, image_size=32, n_train=0, n_val=0, n_test=20))
-    code, out, err = run_cli(ingest_args(world, model_dir, wh, "--run-id", first), capsys)
+    code, out, err = run_cli(ingest_args(world, model_dir, wh, "--run", first), capsys)
     assert code == 2 and out == ""
     message = one_error_line(err)
     assert message.startswith(f"run {first} already exists in") and "instances_sha256" in message
