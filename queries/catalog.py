@@ -14,7 +14,7 @@ import queries
 #: name prefixes of the queries that steps and commands run for themselves
 INTERNAL_PREFIXES = ("report_", "suppress_", "list_")
 #: other internal queries: the selection (`kneuron select` is its interface) and lookups of the pipelines
-INTERNAL = frozenset({"two_stage", "latest_run", "run_sets", "current_set_ids"})
+INTERNAL = frozenset({"two_stage", "latest_run", "run_sets", "current_set_ids", "evidence_stored"})
 
 
 def is_internal(name: str) -> bool:

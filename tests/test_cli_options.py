@@ -123,7 +123,8 @@ def test_readme_family_table_is_the_code_table() -> None:
 def test_sql_list_shows_the_analyses_only(capsys) -> None:
     code, out, _ = run_cli(["sql", "--list"], capsys)
     names = [line.split()[0] for line in out.splitlines()]
-    assert code == 0 and names == ["concept_overlap", "generic_neurons", "layer_distribution", "massive_units",
+    assert code == 0 and names == ["concept_overlap", "evidence_gaps", "evidence_intervals", "evidence_paired",
+                                   "generic_neurons", "layer_distribution", "massive_units", "mention_rates",
                                    "set_sizes"]
     assert "set_sizes           size of each stage of the current neuron sets, per run, concept and method.\n" in out
 
