@@ -198,3 +198,18 @@ def test_forged_record_moving_rows_between_partitions_is_caught(built) -> None:
     (problem,) = verify_warehouse(root).problems
     assert (problem.batch_id, problem.kind) == (ids["cat3"], "partition")
     assert "concept 'cat'" in problem.detail
+
+
+def test_damaged_evals_and_sets_rows_are_recreated_from_copies(built, capsys) -> None:
+    root, ids, before = built
+    flip(files_of(root, ids["eval"], "evals")[0])          # the evaluation's row, written before its scores
+    flip(files_of(root, ids["select"], "neuron_sets")[0])  # the set its scores name
+    code, out, err = run_cli(["verify", "--repair", "--warehouse", str(root)], capsys)
+    assert (code, err) == (0, "")
+    assert "re-create 1 evals row(s) from copies: ev-1" in out and "re-create 2 neuron_sets row(s)" in out
+    after = rows(root)
+    assert after["evals"] == before["evals"] and after["neuron_sets"] == before["neuron_sets"]
+    assert after["set_choices"] == []  # it was in the damaged select batch, and nothing else names it
+    for table in ("runs", "samples", "neuron_stats", "captions", "scores"):
+        assert after[table] == before[table], table
+    assert verify_warehouse(root).ok
