@@ -12,6 +12,7 @@ import queries
 import warehouse
 from engine.eval.budget import budget_curves
 from engine.eval.config import EvalConfig
+from engine.eval.evidence import SPECIFICITY_TITLE
 from engine.models.minigpt4_adapter import save_minigpt4
 from engine.pipelines.report import ReportConfig, build_report
 from engine.pipelines.report_budget import budget_section
@@ -96,7 +97,8 @@ def test_rerun_resumes_and_tables_match_the_summary(evaluated, adapter):
     again = run_evaluation(config, world.warehouse, adapter=adapter, dataset=world.dataset, progress=False)
     assert (again.eval_id, again.jobs_run) == (result.eval_id, 0)
     tables = again.tables()
-    curves, scores = list(tables.values())
+    curves, scores, *evidence_tables = list(tables.values())
+    assert [*tables][2:] == ([SPECIFICITY_TITLE] if again.evidence is not None else [])
     rows = {(r["method"], r["budget"]): r for r in curves.to_pylist()}
     summary = again.summary.to_pylist()
     for method in METHODS:

@@ -1,4 +1,5 @@
-"""Schema v1 of the neuron warehouse: the one place that defines every table.
+"""Schema v1 of the neuron warehouse: the one place that defines every table (one job: the table specs and
+`conform`; it grows with each table).
 
 Each table is a `TableSpec`: its Arrow schema (narrow types: int16 layer/unit ids, float16 per-neuron values),
 the columns it is hive-partitioned by, the order its rows are written in, the allowed values of its enum-like
