@@ -1,5 +1,6 @@
 """The demo's ingest and suppress steps on a busy machine: how much slower next to two CPU-burning processes than
-alone, against the fair share of the CPU, with kneuron's thread policy (`engine.threads`) and without it.
+alone, against the fair share of the CPU, with kneuron's thread policy (`kneuron.engine.runtime.threads`) and without
+it.
 
 Definitions (all measured in one run of this file, so the ratios compare like with like):
 
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.threads import WAIT_ENV, available_cpus
+from kneuron.engine.runtime.threads import WAIT_ENV, available_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 BURNERS = 2
@@ -50,11 +51,14 @@ POLICIES = tuple(os.environ.get("KNEURON_BENCH_POLICIES", "kneuron,before").spli
 RUNNER = """
 import json, os, sys, time
 if os.environ.get("BENCH_POLICY") == "kneuron":
-    from engine.threads import prepare_environment
+    from kneuron.engine.runtime.threads import prepare_environment
     prepare_environment()
 import torch, transformers, nnsight  # noqa: F401  (start-up is not what is measured)
-import engine.pipelines.ingest, engine.pipelines.suppress, engine.baselines, engine.eval.metrics  # noqa: F401
-from cli.main import main
+import kneuron.engine.pipelines.ingest.pipeline
+import kneuron.engine.pipelines.suppress.pipeline
+import kneuron.engine.baselines
+import kneuron.engine.eval.metrics
+from kneuron.cli.main import main
 started = time.perf_counter()
 main(sys.argv[1:])
 print(json.dumps({"seconds": time.perf_counter() - started, "threads": torch.get_num_threads()}))
@@ -91,7 +95,7 @@ def burners(n: int = BURNERS) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 96-image test split and a warehouse with the ingested and selected run (the suppress step's input)."""
-    from engine.data.world import WorldConfig, generate_world
+    from kneuron.engine.data.world import WorldConfig, generate_world
 
     root = tmp_path_factory.mktemp("contention")
     world = generate_world(root / "world", WorldConfig(n_train=0, n_val=0, n_test=96), splits=("test",))

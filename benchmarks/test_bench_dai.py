@@ -4,10 +4,11 @@ Three timings of the same image and target, interleaved round by round in one te
 
 - ``fwd_bwd``: the unit: one teacher-forced forward of the image and one backward of ``P(t)`` at the target
   position (plain PyTorch, a pre-hook makes the residual stream require grad; the cost of recording one pair);
-- ``cached``: `engine.baselines.dai.ig_attributions` (20 steps): the prefix once with the KV cache, then every
+- ``cached``: `kneuron.engine.baselines.dai.ig_attributions` (20 steps): the prefix once with the KV cache, then every
   (layer, step) row as one-token steps at the target position;
 - ``reference``: the implementation before it (one forward+backward of the 20 scaled copies per layer over the
-  full sequence; `tests.test_baselines.per_layer_ig_reference`), for the speed-up; timed once (it is slow),
+  full sequence; `tests.engine.baselines.test_baselines.per_layer_ig_reference`), for the speed-up; timed once (it is
+  slow),
   after a warm-up call that also checks that both give the same attributions.
 
 ``benchmark.extra_info`` gets ``ratio_cached_over_fwd_bwd``, ``ratio_reference_over_fwd_bwd`` and ``speedup``
@@ -30,13 +31,13 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from engine.baselines.dai import ig_attributions
-from engine.models.minigpt4 import MiniGPT4
-from engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec
-from engine.models.tiny import tiny_config
-from engine.record import Target, target_positions
+from kneuron.engine.baselines.dai import ig_attributions
+from kneuron.engine.models.minigpt4 import MiniGPT4
+from kneuron.engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec
+from kneuron.engine.models.tiny import tiny_config
+from kneuron.engine.signals.record import Target, target_positions
 from tests.helpers.tiny_models import random_images, tiny_minigpt4, tiny_tokenizer
-from tests.test_baselines import per_layer_ig_reference
+from tests.engine.baselines.test_baselines import per_layer_ig_reference
 
 STEPS = 20
 SEQUENCE_TOKENS = 100

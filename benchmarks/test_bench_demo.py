@@ -3,7 +3,7 @@ settings.
 
 Two runs of the whole demo in fresh folders (world, warehouse, report), one after the other in this test:
 
-- ``kneuron``: the demo as users run it (the thread policy of `engine.threads`);
+- ``kneuron``: the demo as users run it (the thread policy of `kneuron.engine.runtime.threads`);
 - ``before``: ``kneuron --threads C demo`` with the OpenMP / tokenizers variables left at the runtimes' defaults
   (C = the CPUs this process may use): the thread settings kneuron had before the policy.
 
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.threads import WAIT_ENV, available_cpus
+from kneuron.engine.runtime.threads import WAIT_ENV, available_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-6
-KNEURON = [sys.executable, "-c", "from cli.main import main; main()"]
+KNEURON = [sys.executable, "-c", "from kneuron.cli.main import main; main()"]
 
 
 def run_demo(folder: Path, policy: str) -> dict[str, float]:
@@ -55,7 +55,7 @@ def run_demo(folder: Path, policy: str) -> dict[str, float]:
 
 def tables(warehouse: Path) -> dict[str, list[tuple]]:
     """The demo's results, without ids and times: neuron sets, captions and scores, sorted."""
-    import queries
+    from kneuron import queries
 
     with queries.connect(warehouse) as con:
         sets = con.execute("SELECT concept, method, layer, unit FROM neuron_sets ORDER BY ALL").fetchall()

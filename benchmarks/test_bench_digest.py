@@ -1,4 +1,4 @@
-"""The cost of digest-checked reads (`warehouse.digests`) against the 7B-shape two-stage selection they guard.
+"""The cost of digest-checked reads (`kneuron.warehouse.digests`) against the 7B-shape two-stage selection they guard.
 
 The files are those of ``benchmarks/test_bench_selection.py`` (``KNEURON_BENCH_SELECTION_ROWS`` rows of
 ``neuron_stats``, default 10^8, hive-partitioned by concept). Per round, in the same process: the selection over
@@ -25,8 +25,8 @@ from benchmarks.test_bench_selection import (
     duckdb_selection,
     write_neuron_stats,
 )
-from warehouse.digests import check_digests, sha256_of
-from warehouse.manifest import FileRecord
+from kneuron.warehouse.digests import check_digests, sha256_of
+from kneuron.warehouse.manifest import FileRecord
 
 ROUNDS = int(os.environ.get("KNEURON_BENCH_DIGEST_ROUNDS", 3))
 
@@ -49,7 +49,7 @@ def test_bench_digest_check_against_selection(benchmark, tmp_path_factory, monke
         con.close()
         cache = tmp_path_factory.mktemp("cache")
         monkeypatch.setenv("KNEURON_CACHE_DIR", str(cache))
-        from warehouse import digests
+        from kneuron.warehouse import digests
 
         digests._memory.clear()
         started = time.perf_counter()

@@ -1,5 +1,6 @@
-"""The evidence of one evaluation (`engine.eval.evidence.evidence_tables`: intervals, paired tests, T - O) against
-the summary it accompanies (`engine.eval.summary.summarize`), on synthetic outcomes of the demo's shape: 8
+"""The evidence of one evaluation (`kneuron.engine.eval.evidence.evidence_tables`: intervals, paired tests, T - O)
+against
+the summary it accompanies (`kneuron.engine.eval.summary.summarize`), on synthetic outcomes of the demo's shape: 8
 concepts, 7 methods, 308 target and 308 other images (``KNEURON_BENCH_EVIDENCE_IMAGES`` per concept and group,
 default 38), two metrics. The ratio evidence / summary (medians over ``KNEURON_BENCH_ROUNDS`` rounds, 3) goes to
 ``benchmark.extra_info``.
@@ -13,8 +14,8 @@ import random
 import statistics
 import time
 
-from engine.eval.evidence import evidence_tables
-from engine.eval.summary import ImageOutcome, summarize
+from kneuron.engine.eval.evidence import evidence_tables
+from kneuron.engine.eval.summary import ImageOutcome, summarize
 
 IMAGES = int(os.environ.get("KNEURON_BENCH_EVIDENCE_IMAGES", 38))
 ROUNDS = int(os.environ.get("KNEURON_BENCH_ROUNDS", 3))

@@ -37,16 +37,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.caption import caption_images
-from engine.data.coco import CocoDataset
-from engine.data.world import WorldConfig, generate_world
-from engine.memory import choose_batch_size
-from engine.models.minigpt4 import MiniGPT4, MiniGPT4Config, Variant
-from engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec
-from engine.models.tiny import tiny_config
-from engine.neurons import as_neuron_set
-from engine.pipelines.ingest import IngestConfig, run_ingest
-from engine.record import RecordConfig, Target, record_pairs
+from kneuron.engine.interventions.caption import caption_images
+from kneuron.engine.data.coco import CocoDataset
+from kneuron.engine.data.world import WorldConfig, generate_world
+from kneuron.engine.runtime.memory import choose_batch_size
+from kneuron.engine.models.minigpt4 import MiniGPT4, MiniGPT4Config, Variant
+from kneuron.engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec
+from kneuron.engine.models.tiny import tiny_config
+from kneuron.engine.signals.neurons import as_neuron_set
+from kneuron.engine.pipelines.ingest.pipeline import IngestConfig, run_ingest
+from kneuron.engine.signals.record import RecordConfig, Target, record_pairs
 from tests.helpers.tiny_models import tiny_tokenizer
 
 SCALE = os.environ.get("KNEURON_BENCH_7B_SCALE", "full")

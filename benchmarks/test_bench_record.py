@@ -27,11 +27,18 @@ from dataclasses import dataclass, fields
 import pytest
 import torch
 
-from engine.models.base import VLMAdapter
-from engine.models.minigpt4 import MiniGPT4
-from engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec
-from engine.models.tiny import tiny_config
-from engine.record import PairRecord, RecordConfig, Target, record_pairs, reduce_pairs, target_positions
+from kneuron.engine.models.base import VLMAdapter
+from kneuron.engine.models.minigpt4 import MiniGPT4
+from kneuron.engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec
+from kneuron.engine.models.tiny import tiny_config
+from kneuron.engine.signals.record import (
+    PairRecord,
+    RecordConfig,
+    Target,
+    record_pairs,
+    reduce_pairs,
+    target_positions,
+)
 from tests.helpers.tiny_models import random_images, tiny_minigpt4, tiny_tokenizer
 
 DEVICE = os.environ.get("KNEURON_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")

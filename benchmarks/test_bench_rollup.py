@@ -7,7 +7,7 @@ exist. Three timings of the default selection (`SelectionConfig()`: d_max/g_max,
 both stages), which must select the same sets:
 
 - ``rows``: on a connection whose rollup views are the stand-ins of a warehouse without a rollup
-  (`tests.test_rollup.without_rollup`), so ``neuron_means`` averages every image row of ``neuron_stats``;
+  (`tests.warehouse.test_rollup.without_rollup`), so ``neuron_means`` averages every image row of ``neuron_stats``;
 - ``rollup``: as `kneuron select` runs, reading the per-batch rollup as ingest left it (images / 8 rows per neuron);
 - ``compacted``: the same after ``kneuron compact --target-rows <one batch>``, which sums each concept's rollup
   into one row per neuron and keeps the image files as they are; ``KNEURON_BENCH_ROLLUP_ROUNDS`` (5) rounds,
@@ -35,13 +35,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import queries
-from engine.pipelines.select import select_sets
-from queries.selection import SelectionConfig, run_selection
+from kneuron import queries
+from kneuron.engine.pipelines.select import select_sets
+from kneuron.queries.selection import SelectionConfig, run_selection
 from tests.helpers.warehouse_rows import run_row
-from tests.test_rollup import without_rollup
-from warehouse import Warehouse, rollup_rows
-from warehouse.compact import compact
+from tests.warehouse.test_rollup import without_rollup
+from kneuron.warehouse import Warehouse, rollup_rows
+from kneuron.warehouse.compact import compact
 
 N_CONCEPTS = int(os.environ.get("KNEURON_BENCH_ROLLUP_CONCEPTS", 80))
 N_IMAGES = int(os.environ.get("KNEURON_BENCH_ROLLUP_IMAGES", 100))

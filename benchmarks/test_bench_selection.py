@@ -32,7 +32,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from queries.selection import SelectionConfig, run_selection
+from kneuron.queries.selection import SelectionConfig, run_selection
 
 ROWS = int(os.environ.get("KNEURON_BENCH_SELECTION_ROWS", 10**8))
 N_CONCEPTS, N_IMAGES, N_LAYERS = 10, 28, 32
@@ -78,7 +78,7 @@ def concept_names(n: int) -> list[str]:
 
 
 def connect_views(directory: Path, concepts: list[str]) -> duckdb.DuckDBPyConnection:
-    """The views the selection reads, over the Parquet files of ``concepts`` (as `warehouse.connect` makes)."""
+    """The views the selection reads, over the Parquet files of ``concepts`` (as `kneuron.warehouse.connect` makes)."""
     files = sorted(str(path) for c in concepts for path in (directory / f"concept={c}").glob("*.parquet"))
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")

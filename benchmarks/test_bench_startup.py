@@ -5,7 +5,7 @@ Timings, each in fresh processes, medians over ``ROUNDS`` interleaved rounds (on
 
 - ``floor``: ``import torch`` plus the transformers model classes MiniGPT-4 is built from (Blip-2 vision and
   Q-Former, LLaMA), in a plain ``python -c`` (Python's default collector settings; kneuron's command start-up,
-  `engine.threads.prepare_process`, makes the same imports cheaper, so the ratio can be below 1);
+  `kneuron.engine.runtime.threads.prepare_process`, makes the same imports cheaper, so the ratio can be below 1);
 - ``decode``: ``kneuron decode --neuron 0:1 --model tiny-shapes-qformer``, the whole command (start-up, loading
   the bundled model, decoding one neuron; the decoding itself takes milliseconds);
 - ``help``: ``kneuron --help`` (must not import torch at all).
@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = int(os.environ.get("KNEURON_BENCH_ROUNDS") or 5)
-KNEURON = [sys.executable, "-c", "from cli.main import main; main()"]
+KNEURON = [sys.executable, "-c", "from kneuron.cli.main import main; main()"]
 COMMANDS = {
     "floor": [sys.executable, "-c", "import torch; from transformers import Blip2QFormerModel, Blip2VisionModel, "
                                     "LlamaForCausalLM"],
@@ -70,7 +70,7 @@ def test_startup_of_a_command_that_loads_the_tiny_model(benchmark) -> None:  # n
 
     benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
     median = {name: statistics.median(values) for name, values in times.items()}
-    probe = "import sys; from cli.main import main\ntry:\n main(['--help'])\nexcept SystemExit:\n pass\n" \
+    probe = "import sys; from kneuron.cli.main import main\ntry:\n main(['--help'])\nexcept SystemExit:\n pass\n" \
             "print('torch' in sys.modules)"
     help_imports_torch = subprocess.run([*KNEURON[:2], probe], cwd=ROOT, capture_output=True, text=True,
                                         timeout=120).stdout.split()[-1]

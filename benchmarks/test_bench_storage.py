@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from warehouse import Warehouse
-from warehouse.layout import manifest_path
-from warehouse.manifest import BatchRecord
+from kneuron.warehouse import Warehouse
+from kneuron.warehouse.layout import manifest_path
+from kneuron.warehouse.manifest import BatchRecord
 
 N_LAYERS, D_FF, N_POSITIONS, TOP_K = 32, 11008, 32, 16
 FIRST_IMAGE_TOKEN = 5  # sequence index of the first image token (only used as a stored value)

@@ -10,7 +10,7 @@ Models (``KNEURON_BENCH_SUPPRESS_MODEL``):
 - ``tiny`` (default): the tiny random MiniGPT-4 of the tests;
 - ``llama7b_slice``: a MiniGPT-4 whose LLM is a 2-layer LLaMA of 7B width (hidden 4096, d_ff 11008, vocab
   32000) with 32 Q-Former queries, random weights;
-- any other value: a model name or folder for `engine.models.load_model`.
+- any other value: a model name or folder for `kneuron.engine.models.load_model`.
 
 Environment: ``KNEURON_BENCH_DEVICE`` (default cuda when available), ``KNEURON_BENCH_SUPPRESS_IMAGES`` (16),
 ``KNEURON_BENCH_SUPPRESS_BATCH`` (16), ``KNEURON_BENCH_SUPPRESS_TOKENS`` (new tokens, 24),
@@ -27,9 +27,9 @@ import time
 
 import torch
 
-from engine.caption import caption_images
-from engine.models.base import VLMAdapter
-from engine.neurons import as_neuron_set
+from kneuron.engine.interventions.caption import caption_images
+from kneuron.engine.models.base import VLMAdapter
+from kneuron.engine.signals.neurons import as_neuron_set
 from tests.helpers.tiny_models import random_images, tiny_minigpt4
 
 DEVICE = os.environ.get("KNEURON_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -51,7 +51,7 @@ def load_adapter() -> VLMAdapter:
         from benchmarks.test_bench_record import llama7b_slice
 
         return llama7b_slice()
-    from engine.models import load_model
+    from kneuron.engine.models import load_model
 
     return load_model(MODEL, device=DEVICE)
 

@@ -1,1 +1,1 @@
-"""kneuron command line: one click module per command, loaded lazily by `cli.main`."""
+"""kneuron command line: one click module per command, loaded lazily by `kneuron.cli.main`."""

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from cli.options import DEVICE_HELP, neuron_set_options, open_image, require_neuron_choice
-from engine.models.families import model_help
+from kneuron.cli.options import DEVICE_HELP, neuron_set_options, open_image, require_neuron_choice
+from kneuron.engine.models.families import model_help
 
 DEFAULT_MODEL = "tiny-shapes-qformer"
 
@@ -32,12 +32,12 @@ def command(images: tuple[str, ...], warehouse_path: str | None, run_id: str | N
     is captioned twice: as it is and with those FFN units replaced (--ablation: zero, mean or resample) at
     every position while generating.
     """
-    from engine.ablation import Ablation, record_reference
-    from engine.caption import caption_images
-    from engine.errors import KneuronError
-    from engine.models import load_model
-    from engine.multiset import caption_under_sets
-    from engine.neurons import as_neuron_set, parse_neuron
+    from kneuron.engine.interventions.ablation import Ablation, record_reference
+    from kneuron.engine.interventions.caption import caption_images
+    from kneuron.engine.errors import KneuronError
+    from kneuron.engine.models import load_model
+    from kneuron.engine.interventions.multiset import caption_under_sets
+    from kneuron.engine.signals.neurons import as_neuron_set, parse_neuron
 
     if ablation != "zero" and not references:
         raise KneuronError(f"--ablation {ablation} needs --reference images (their activations replace the units')")
@@ -49,7 +49,7 @@ def command(images: tuple[str, ...], warehouse_path: str | None, run_id: str | N
         require_neuron_choice(neurons, set_id, concept)
     what = f"{len(pairs)} neuron(s)"
     if suppress and not (pairs and model):
-        from engine.pipelines.run import RunReader
+        from kneuron.engine.pipelines.run import RunReader
 
         with RunReader(warehouse_path, run_id) as run:
             if not pairs:

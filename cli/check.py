@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from cli.options import DEVICE_HELP
-from engine.models.families import model_help
+from kneuron.cli.options import DEVICE_HELP
+from kneuron.engine.models.families import model_help
 
 
 @click.command("check")
@@ -27,9 +27,9 @@ def command(model: str, world_dir: Path | None, split: str, limit: int | None, d
 
     import torch
 
-    from engine.data.world import WorldConfig, default_world_path, ensure_world
-    from engine.models import load_model
-    from engine.quality import check_quality
+    from kneuron.engine.data.world import WorldConfig, default_world_path, ensure_world
+    from kneuron.engine.models import load_model
+    from kneuron.engine.training.quality import check_quality
 
     if threads is not None:
         torch.set_num_threads(threads)

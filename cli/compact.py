@@ -20,7 +20,7 @@ def command(warehouse_path: str | None, target_rows: int | None, dry_run: bool) 
     leaves the old files valid (the next writer removes the leftovers). Rows and query results are the same
     before and after. Takes the writer lock (no ingest at the same time).
     """
-    from warehouse.compact import DEFAULT_TARGET_ROWS, compact
+    from kneuron.warehouse.compact import DEFAULT_TARGET_ROWS, compact
 
     result = compact(warehouse_path, target_rows=target_rows or DEFAULT_TARGET_ROWS, dry_run=dry_run,
                      log=lambda message: click.echo(f"kneuron: {message}", err=True))

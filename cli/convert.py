@@ -25,7 +25,7 @@ Inputs (download them yourself; nothing is fetched):
 
 The variant is detected from llama_proj's input width unless --variant says otherwise. The .pth files are
 trusted official releases: loaded with torch.load(weights_only=True), falling back to weights_only=False.
-Use OUT wherever a model name or folder is accepted (engine.models.load_model(OUT)).
+Use OUT wherever a model name or folder is accepted (kneuron.engine.models.load_model(OUT)).
 """
 
 
@@ -51,7 +51,7 @@ Use OUT wherever a model name or folder is accepted (engine.models.load_model(OU
 @click.option("--qformer-heads", type=int, default=None, help="Q-Former attention heads (default: width/64).")
 def command(eva_vit: Path, qformer: Path | None, minigpt4: Path, llm: Path, out: Path, variant: str,
             copy_llm: bool, dtype: str, vision_heads: int | None, qformer_heads: int | None) -> None:
-    from engine.models.convert import convert_official
+    from kneuron.engine.models.convert import convert_official
 
     folder = convert_official(eva_vit, qformer, minigpt4, llm, out, variant=variant, copy_llm=copy_llm,
                               dtype=dtype, vision_heads=vision_heads, qformer_heads=qformer_heads,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from cli.options import DEVICE_HELP, neuron_set_options, require_neuron_choice
-from engine.models.families import model_help
+from kneuron.cli.options import DEVICE_HELP, neuron_set_options, require_neuron_choice
+from kneuron.engine.models.families import model_help
 
 
 @click.command("decode", context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,10 +26,10 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
     """
     import pyarrow as pa
 
-    from cli.render import render_table
-    from engine.decode import concept_words, decode_neurons, excluded_token_ids, neuron_hits
-    from engine.models import load_model
-    from engine.neurons import parse_neuron
+    from kneuron.cli.render import render_table
+    from kneuron.engine.signals.decode import concept_words, decode_neurons, excluded_token_ids, neuron_hits
+    from kneuron.engine.models import load_model
+    from kneuron.engine.signals.neurons import parse_neuron
 
     require_neuron_choice(neurons, set_id, concept)
     scores: dict[tuple[int, int], float | None] = {}
@@ -39,7 +39,7 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
         adapter = load_model(model, device=device)
         what = f"{len(pairs)} neuron(s)"
     else:
-        from engine.pipelines.run import RunReader
+        from kneuron.engine.pipelines.run import RunReader
 
         with RunReader(warehouse_path, run_id) as run:
             if neurons:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from cli.options import DEVICE_HELP
-from engine.models.families import model_help
+from kneuron.cli.options import DEVICE_HELP
+from kneuron.engine.models.families import model_help
 
 
 @click.command("demo")
@@ -32,12 +32,13 @@ def command(ctx: click.Context, model: str, world_dir: str | None, warehouse_pat
     Every step works on the run this ingest made (or resumed) and suppress evaluates the two-stage sets this
     select chose, whatever other runs and selections the warehouse holds.
     """
-    from cli import ingest, report, select, suppress
-    from engine.models import BUNDLED
-    from engine.threads import SMALL_MODEL_PARAMS, job
+    from kneuron.cli import ingest, report, select, suppress
+    from kneuron.engine.models import BUNDLED
+    from kneuron.engine.runtime.threads import SMALL_MODEL_PARAMS, job
 
     started = time.time()
-    # a bundled model is tiny: every step runs on one torch thread unless the user chose a count (engine.threads)
+    # a bundled model is tiny: every step runs on one torch thread unless the user chose a count
+    # (kneuron.engine.runtime.threads)
     ctx.with_resource(job(n_params=SMALL_MODEL_PARAMS - 1 if model in BUNDLED else None))
 
     def step(name: str) -> None:
@@ -65,7 +66,7 @@ def demo_world(world_dir: str | None) -> str:
     generated into ``world_dir`` (default ``$KNEURON_WORLD`` or ``./kneuron-world``) when missing, without the
     train and val splits (`kneuron train` adds train when it needs it). A ``world_dir`` that is some other
     COCO-layout folder with a test split is used as it is."""
-    from engine.data.world import WorldConfig, default_world_path, ensure_world, read_world_manifest
+    from kneuron.engine.data.world import WorldConfig, default_world_path, ensure_world, read_world_manifest
 
     root = Path(world_dir).expanduser() if world_dir is not None else default_world_path()
     if read_world_manifest(root) is None and (root / "annotations" / "instances_test.json").is_file():
@@ -76,6 +77,6 @@ def demo_world(world_dir: str | None) -> str:
 
 
 def _splits_of(root: Path) -> tuple[str, ...]:
-    from engine.data.world import WorldConfig, read_world_manifest, world_config_of, world_splits
+    from kneuron.engine.data.world import WorldConfig, read_world_manifest, world_config_of, world_splits
 
     return world_splits(read_world_manifest(root)) if world_config_of(root) == WorldConfig() else ()

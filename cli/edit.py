@@ -5,14 +5,14 @@ from typing import Any
 
 import click
 
-from cli.options import neuron_set_options
+from kneuron.cli.options import neuron_set_options
 
 
 def _warehouse_dir(warehouse_path: str | None) -> str:
     """The warehouse folder the command may read (never replaced by --force)."""
     import os
 
-    from warehouse.layout import DEFAULT_PATH, ENV_VAR
+    from kneuron.warehouse.layout import DEFAULT_PATH, ENV_VAR
 
     return warehouse_path or os.environ.get(ENV_VAR) or DEFAULT_PATH
 
@@ -41,9 +41,9 @@ def command(out: str, model: str | None, warehouse_path: str | None, run_id: str
     OUT/kneuron_edit.json records the edit. OUT loads with --model OUT (and, for Hugging Face folders, with
     plain transformers).
     """
-    from engine.edit import check_out, check_scale, edit_model
-    from engine.errors import KneuronError
-    from engine.neurons import parse_neuron
+    from kneuron.engine.interventions.edit import check_out, check_scale, edit_model
+    from kneuron.engine.errors import KneuronError
+    from kneuron.engine.signals.neurons import parse_neuron
 
     scale = check_scale(scale_text)
     protected = [_warehouse_dir(warehouse_path)]
@@ -63,7 +63,7 @@ def command(out: str, model: str | None, warehouse_path: str | None, run_id: str
         result = edit_model(model, out, pairs, scale, force=force, device=device, log=say, protected=protected)
         what = f"{len(set(pairs))} neuron(s)"
     else:
-        from engine.pipelines.run import RunReader
+        from kneuron.engine.pipelines.run import RunReader
 
         with RunReader(warehouse_path, run_id) as run:
             chosen, stored, _, what = run.chosen_stored_set(concept, method, set_id)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from cli.options import DEVICE_HELP, deprecated_alias, neuron_set_options, open_image, require_neuron_choice
-from engine.models.families import model_help
+from kneuron.cli.options import DEVICE_HELP, deprecated_alias, neuron_set_options, open_image, require_neuron_choice
+from kneuron.engine.models.families import model_help
 
 
 @click.command("heatmap", context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,12 +38,12 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
     Neurons come from --neuron L:U, --set SET_ID, or the current --method set of --concept. The image is a file
     (--image, optionally with --inpainted) or an image of the run's dataset (--image-id with --concept), shown
     beside its inpainted copy. Q-Former models map query tokens to patches by a Jacobian attribution (see
-    engine/heatmap.py).
+    engine/signals/heatmap.py).
     """
-    from engine.errors import KneuronError
-    from engine.heatmap import heatmaps, overlay, side_by_side
-    from engine.models import load_model, resolve_device
-    from engine.neurons import parse_neuron
+    from kneuron.engine.errors import KneuronError
+    from kneuron.engine.signals.heatmap import heatmaps, overlay, side_by_side
+    from kneuron.engine.models import load_model, resolve_device
+    from kneuron.engine.signals.neurons import parse_neuron
 
     device = resolve_device(device)
 
@@ -61,7 +61,7 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
         adapter = load_model(model, device=device)
         images = [open_image(image_path)] + ([open_image(inpainted_path)] if inpainted_path else [])
     else:
-        from engine.pipelines.run import RunReader
+        from kneuron.engine.pipelines.run import RunReader
 
         with RunReader(warehouse_path, run_id) as run:
             if not pairs:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from cli.options import DEVICE_HELP, deprecated_alias
-from engine.models.families import model_help
+from kneuron.cli.options import DEVICE_HELP, deprecated_alias
+from kneuron.engine.models.families import model_help
 
 HELP = """Record, for every (concept, image) pair, the FFN activations of the original image and of the image
 with the concept inpainted away, and the GradCAM attribution g_c, into the warehouse.
@@ -84,7 +84,7 @@ def command(coco_root: str | None, split: str, concepts: tuple[str, ...], min_im
             warehouse_path: str | None, run_id: str | None, progress: bool, retry_skipped: bool, engine: str,
             ray_address: str | None, workers: int, gpus_per_worker: float | None,
             cpus_per_worker: float | None) -> str:
-    from engine.errors import KneuronError
+    from kneuron.engine.errors import KneuronError
     from kneuron.api_steps import ingest
 
     if images_per_concept.strip().lower() == "all":

@@ -29,9 +29,9 @@ def command(what: str, warehouse_path: str | None, run_id: str | None, fmt: str)
 
     The SQL is queries/list_<what>.sql (also `kneuron sql -q list_sets -p run_id=R`).
     """
-    import queries
-    from cli.render import render_csv, render_json, render_table
-    from engine.errors import KneuronError
+    from kneuron import queries
+    from kneuron.cli.render import render_csv, render_json, render_table
+    from kneuron.engine.errors import KneuronError
 
     con = queries.connect(warehouse_path, read_only=True)
     try:

@@ -14,23 +14,23 @@ import click
 
 # name -> (module, one-line help shown by `kneuron --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "world": ("cli.world", "Generate the embedded COCO-format shapes world."),
-    "train": ("cli.train", "Train a tiny MiniGPT-4 on the embedded world."),
-    "check": ("cli.check", "Caption-quality check of a model on a COCO-format world."),
-    "convert": ("cli.convert", "Convert official MiniGPT-4 checkpoints into a kneuron model folder."),
-    "caption": ("cli.caption", "Caption images, optionally with neurons suppressed."),
-    "ingest": ("cli.ingest", "Record stage-1/stage-2 neuron signals of COCO images into the warehouse."),
-    "select": ("cli.select", "Two-stage neuron selection in DuckDB; writes neuron_sets."),
-    "sql": ("cli.sql", "Run ad-hoc SQL over the warehouse views."),
-    "ls": ("cli.ls", "List the runs, neuron sets (which is current) or evaluations of a warehouse."),
-    "verify": ("cli.verify", "Check the warehouse's files against their commit records; --repair."),
-    "compact": ("cli.compact", "Merge the warehouse's small files into large ones (one atomic step)."),
-    "suppress": ("cli.suppress", "Suppression evaluation of neuron sets and baselines."),
-    "decode": ("cli.decode", "Decode neurons to vocabulary tokens."),
-    "heatmap": ("cli.heatmap", "Activation heatmaps of a neuron set over an image."),
-    "edit": ("cli.edit", "Write a model folder with a neuron set erased or scaled (down_proj columns)."),
-    "report": ("cli.report", "Write the HTML/Markdown report of a warehouse."),
-    "demo": ("cli.demo", "world -> ingest -> select -> suppress -> report on the embedded default."),
+    "world": ("kneuron.cli.world", "Generate the embedded COCO-format shapes world."),
+    "train": ("kneuron.cli.train", "Train a tiny MiniGPT-4 on the embedded world."),
+    "check": ("kneuron.cli.check", "Caption-quality check of a model on a COCO-format world."),
+    "convert": ("kneuron.cli.convert", "Convert official MiniGPT-4 checkpoints into a kneuron model folder."),
+    "caption": ("kneuron.cli.caption", "Caption images, optionally with neurons suppressed."),
+    "ingest": ("kneuron.cli.ingest", "Record stage-1/stage-2 neuron signals of COCO images into the warehouse."),
+    "select": ("kneuron.cli.select", "Two-stage neuron selection in DuckDB; writes neuron_sets."),
+    "sql": ("kneuron.cli.sql", "Run ad-hoc SQL over the warehouse views."),
+    "ls": ("kneuron.cli.ls", "List the runs, neuron sets (which is current) or evaluations of a warehouse."),
+    "verify": ("kneuron.cli.verify", "Check the warehouse's files against their commit records; --repair."),
+    "compact": ("kneuron.cli.compact", "Merge the warehouse's small files into large ones (one atomic step)."),
+    "suppress": ("kneuron.cli.suppress", "Suppression evaluation of neuron sets and baselines."),
+    "decode": ("kneuron.cli.decode", "Decode neurons to vocabulary tokens."),
+    "heatmap": ("kneuron.cli.heatmap", "Activation heatmaps of a neuron set over an image."),
+    "edit": ("kneuron.cli.edit", "Write a model folder with a neuron set erased or scaled (down_proj columns)."),
+    "report": ("kneuron.cli.report", "Write the HTML/Markdown report of a warehouse."),
+    "demo": ("kneuron.cli.demo", "world -> ingest -> select -> suppress -> report on the embedded default."),
 }
 
 
@@ -43,7 +43,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS or not importlib.util.find_spec(COMMANDS[name][0]):
             return None
-        from engine.threads import prepare_process
+        from kneuron.engine.runtime.threads import prepare_process
 
         prepare_process()  # before a command module imports torch: OpenMP waiting, collector start-up settings
         return importlib.import_module(COMMANDS[name][0]).command
@@ -69,21 +69,21 @@ WITHOUT_TORCH = frozenset({"world", "select", "sql", "ls", "verify", "compact"})
 @click.pass_context
 def group(ctx: click.Context, threads: int | None, quiet: bool, verbose: bool) -> None:
     """kneuron: find, store, query and test the knowledge neurons of multimodal LLMs."""
-    from cli.logs import installed, level_of
-    from engine.threads import applied
+    from kneuron.cli.logs import installed, level_of
+    from kneuron.engine.runtime.threads import applied
 
     if quiet and verbose:
         raise click.UsageError("give at most one of -q/--quiet and -v/--verbose")
     ctx.with_resource(installed(level_of(quiet, verbose)))  # one stderr line per log record, while the command runs
 
-    # the thread policy, once per command, for as long as the command runs (engine/threads.py)
+    # the thread policy, once per command, for as long as the command runs (engine/runtime/threads.py)
     ctx.with_resource(applied(threads, with_torch=ctx.invoked_subcommand not in WITHOUT_TORCH))
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the group; a `KneuronError` becomes one line on stderr and exit code 2."""
-    from cli.streams import EXIT_OUTPUT, EXIT_PIPE, flush_stdout, os_error_exit, stdout_closed
-    from engine.errors import KneuronError
+    from kneuron.cli.streams import EXIT_OUTPUT, EXIT_PIPE, flush_stdout, os_error_exit, stdout_closed
+    from kneuron.engine.errors import KneuronError
 
     if stdout_closed():
         click.echo("kneuron: error: standard output is closed; nothing would be shown", err=True)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def flush_stdout_or_exit(os_error_exit: Any) -> None:
     """Flush stdout before a command's own exit code stands; a failing flush becomes its one line and code."""
-    from cli.streams import flush_stdout
+    from kneuron.cli.streams import flush_stdout
 
     try:
         flush_stdout()

@@ -31,7 +31,7 @@ def neuron_set_options(concept_help: str, set_help: str) -> Callable[[Callable[.
         def merged(*args: Any, set_id_alias: str | None = None, **kwargs: Any) -> Any:
             if set_id_alias is not None:
                 if kwargs.get("set_id") not in (None, set_id_alias):
-                    from engine.errors import KneuronError
+                    from kneuron.engine.errors import KneuronError
 
                     raise KneuronError("give one set: --set and --set-id (its old spelling) name different sets")
                 kwargs["set_id"] = set_id_alias
@@ -47,7 +47,7 @@ def neuron_set_options(concept_help: str, set_help: str) -> Callable[[Callable[.
 
 def require_neuron_choice(neurons: tuple[str, ...], set_id: str | None, concept: str | None) -> None:
     """`KneuronError` unless the options name neurons one way: ``--neuron``s, ``--set`` or ``--concept``."""
-    from engine.errors import KneuronError
+    from kneuron.engine.errors import KneuronError
 
     if neurons and set_id:
         raise KneuronError("give either --neuron or --set, not both")
@@ -59,8 +59,8 @@ def open_image(path: str):  # noqa: ANN201
     """An RGB PIL image from ``path``; `KneuronError` when it is missing or unreadable."""
     from PIL import Image
 
-    from engine.data.coco import to_rgb
-    from engine.errors import KneuronError
+    from kneuron.engine.data.coco import to_rgb
+    from kneuron.engine.errors import KneuronError
 
     try:
         with Image.open(path) as image:
@@ -86,7 +86,7 @@ def deprecated_alias(old: str, target: str, new: str,
             if value is not None and value != ():
                 from click.core import ParameterSource
 
-                from engine.errors import KneuronError
+                from kneuron.engine.errors import KneuronError
 
                 click.echo(f"kneuron: note: {old} is deprecated; use {new} (the old spelling goes in the next "
                            f"release)", err=True)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from cli.options import DEVICE_HELP, deprecated_alias
-from engine.models.families import model_help
+from kneuron.cli.options import DEVICE_HELP, deprecated_alias
+from kneuron.engine.models.families import model_help
 
 
 @click.command("report", context_settings={"help_option_names": ["-h", "--help"]})

@@ -44,7 +44,7 @@ def command(warehouse_path: str | None, run_id: str | None, concepts: tuple[str,
     `abs:V`, `q:Q` (per-concept quantile) or `top:N`. Sets already in the warehouse (same run, concept,
     method and parameters) are not written again, but become the current sets again (printed).
     """
-    from cli.render import render_table
+    from kneuron.cli.render import render_table
     from kneuron.api_steps import select
 
     result = select(warehouse_path, run=run_id, concepts=concepts, stage1=stage1, stage2=stage2, aggregate=aggregate,

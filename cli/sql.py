@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from cli.options import deprecated_alias
-from cli.render import render_csv, render_json, render_table
-from engine.errors import KneuronError
+from kneuron.cli.options import deprecated_alias
+from kneuron.cli.render import render_csv, render_json, render_table
+from kneuron.engine.errors import KneuronError
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -28,7 +28,7 @@ def parse_param(text: str) -> tuple[str, Any]:
 
 def read_sql(sql: str | None, file: str | None, query: str | None) -> str:
     """The SQL text from exactly one of: the argument, ``--file``, ``--query`` (a bundled query)."""
-    import queries
+    from kneuron import queries
 
     given = [what for what, value in (("SQL", sql), ("--file", file), ("--query", query)) if value is not None]
     if len(given) != 1:
@@ -92,11 +92,11 @@ def command(sql: str | None, file: str | None, query: str | None, list_queries: 
       kneuron sql -f my.sql --format parquet -o result.parquet
       kneuron sql --list
     """
-    import queries
+    from kneuron import queries
     from kneuron.api_warehouse import Warehouse
 
     if list_queries:
-        from queries.catalog import analyses
+        from kneuron.queries.catalog import analyses
 
         rows = analyses()
         width = max(len(name) for name, _ in rows)

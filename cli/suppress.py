@@ -5,11 +5,11 @@ from pathlib import Path
 
 import click
 
-from cli.options import DEVICE_HELP, deprecated_alias
+from kneuron.cli.options import DEVICE_HELP, deprecated_alias
 
 
 def _budget(value: str | None) -> str | int | None:
-    from engine.errors import KneuronError
+    from kneuron.engine.errors import KneuronError
 
     if value is None or value == "same_as:two_stage":
         return value
@@ -23,7 +23,7 @@ def _budget(value: str | None) -> str | int | None:
 
 
 def _write(path: str, text: str) -> None:
-    from engine.errors import KneuronError
+    from kneuron.engine.errors import KneuronError
 
     target = Path(path)
     try:
@@ -100,10 +100,10 @@ def command(warehouse_path: str | None, config_path: str | None, run_id: str | N
     import dataclasses
     from typing import Any
 
-    from cli.render import render_csv
-    from engine.eval.budget import parse_budgets
-    from engine.eval.config import EDITED_METHOD, EvalConfig, load_config
-    from engine.eval.summary import markdown_report
+    from kneuron.cli.render import render_csv
+    from kneuron.engine.eval.budget import parse_budgets
+    from kneuron.engine.eval.config import EDITED_METHOD, EvalConfig, load_config
+    from kneuron.engine.eval.summary import markdown_report
     from kneuron.api_steps import suppress
 
     config = load_config(config_path) if config_path else EvalConfig()

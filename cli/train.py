@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from cli.options import DEVICE_HELP
-from engine.errors import KneuronError
-from engine.train import TrainConfig
-from engine.train_stage1 import Stage1Config
+from kneuron.cli.options import DEVICE_HELP
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.training.train import TrainConfig
+from kneuron.engine.training.stage1 import Stage1Config
 
 STAGE1_ONLY = ("vision_from", "projection", "train_queries", "patches_per_token", "template", "batch_size", "lr",
                "init_scale")
@@ -65,9 +65,9 @@ def command(out_dir: Path, variant: str | None, llm: str | None, vision_from: st
     llama_proj trained; the folder points at the LLM (no LLM weights copied). `kneuron check --model OUT`
     measures either.
     """
-    from engine.data.world import default_world_path, ensure_world
-    from engine.models import resolve_device
-    from engine.train import TRAIN_WORLD, train_tiny_minigpt4
+    from kneuron.engine.data.world import default_world_path, ensure_world
+    from kneuron.engine.models import resolve_device
+    from kneuron.engine.training.train import TRAIN_WORLD, train_tiny_minigpt4
 
     device = resolve_device(device)
 
@@ -91,7 +91,7 @@ def command(out_dir: Path, variant: str | None, llm: str | None, vision_from: st
         train_tiny_minigpt4(world, out_dir, cfg, log=click.echo)
         click.echo(f"saved {name} model to {out_dir}")
         return
-    from engine.train_stage1 import stage1_command, train_stage1
+    from kneuron.engine.training.stage1 import stage1_command, train_stage1
 
     values = {k: v for k, v in {**stage1, "steps": steps, "threads": threads}.items() if v is not None}
     stage1_cfg = Stage1Config(llm=llm, seed=seed, device=device, **values)  # type: ignore[arg-type]

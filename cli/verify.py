@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from cli.render import render_table
+from kneuron.cli.render import render_table
 
 EXIT_CLEAN, EXIT_PROBLEMS = 0, 1
 
@@ -66,10 +66,10 @@ def command(warehouse_path: str | None, repair: bool, dry_run: bool, force: bool
     Exit codes: 0 clean (also: clean after --repair); 1 problems found and not
     repaired; 2 bad input (no warehouse there, another writer holds it, read-only).
     """
-    import warehouse
+    from kneuron import warehouse
 
     if (dry_run or force) and not repair:
-        from engine.errors import KneuronError
+        from kneuron.engine.errors import KneuronError
 
         raise KneuronError("--dry-run and --force go with --repair")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from engine.data.world import WorldConfig
+from kneuron.engine.data.world import WorldConfig
 
 DEFAULT = WorldConfig()  # the embedded default world
 
@@ -31,14 +31,14 @@ def command(out_dir: Path, seed: int, image_size: int, n_train: int, n_val: int,
     A folder holding a world of the same config is regenerated in place (byte-identical files). With --split
     only the named splits are written (the same bytes as in a world generated whole).
     """
-    from engine.data.world import (
+    from kneuron.engine.data.world import (
         CATEGORIES,
         check_world_target,
         generate_world,
         read_world_manifest,
         world_splits,
     )
-    from engine.errors import KneuronError
+    from kneuron.engine.errors import KneuronError
 
     config = WorldConfig(seed=seed, image_size=image_size, n_train=n_train, n_val=n_val, n_test=n_test,
                          layout_cells=layout_cells)

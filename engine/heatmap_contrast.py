@@ -1,9 +1,9 @@
-"""How much a neuron set's heatmap sits on the concept's object (`engine.heatmap` draws the heatmaps).
+"""How much a neuron set's heatmap sits on the concept's object (`kneuron.engine.signals.heatmap` draws the heatmaps).
 
 Per image: the mean normalised heat inside the concept's mask, outside it and on the other objects
 (`ImageContrast`; `contrast_share`: share of images brighter inside), and `object_lift`: the relative
 inside-outside contrast of the raw heat minus that of the token -> patch map's own mass, 0 for a set firing
-equally at every image token however much the map concentrates on objects (see `engine.heatmap`).
+equally at every image token however much the map concentrates on objects (see `kneuron.engine.signals.heatmap`).
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.errors import KneuronError
-from engine.heatmap import Neurons, heatmaps, patch_heat, token_to_patch_map, upsample
-from engine.models.base import VLMAdapter
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.signals.heatmap import Neurons, heatmaps, patch_heat, token_to_patch_map, upsample
+from kneuron.engine.models.base import VLMAdapter
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,14 @@ _EXPORTS: dict[str, str] = {
     "load_model": "kneuron.api_model",
     "caption": "kneuron.api_model",
     "resolve_model": "kneuron.api_model",
-    "KneuronError": "engine.errors",
+    "KneuronError": "kneuron.engine.errors",
 }
 
 __all__ = ["IngestRun", "KneuronError", "Report", "Selection", "Warehouse", "caption", "ingest", "load_model",
            "open_warehouse", "report", "resolve_model", "select", "suppress"]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports on first use
-    from engine.errors import KneuronError
+    from kneuron.engine.errors import KneuronError
     from kneuron.api_model import caption, load_model, resolve_model
     from kneuron.api_steps import IngestRun, Report, Selection, ingest, report, select, suppress
     from kneuron.api_warehouse import Warehouse, open_warehouse

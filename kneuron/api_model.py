@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from PIL import Image
 
-    from engine.models.base import VLMAdapter
+    from kneuron.engine.models.base import VLMAdapter
 
 
 
 def resolve_model(name: str) -> Path:
     """The folder a model reference names: a bundled name, a folder, or a Hugging Face Hub id
     ``org/name[@revision]`` (its snapshot in the Hub cache; fetched unless ``HF_HUB_OFFLINE`` is set)."""
-    from engine.models import resolve_model_path
+    from kneuron.engine.models import resolve_model_path
 
     return resolve_model_path(name)
 
@@ -35,16 +35,16 @@ def load_model(name: str = "tiny-shapes-qformer", *, device: str = "auto", dtype
     """
     import logging
 
-    from engine.models import load_model as load
+    from kneuron.engine.models import load_model as load
 
-    return load(name, device=device, dtype=dtype, log=logging.getLogger("engine.models").info)
+    return load(name, device=device, dtype=dtype, log=logging.getLogger("kneuron.engine.models").info)
 
 
 def _image(item: Any) -> Image.Image:
     from PIL import Image
 
-    from engine.data.coco import to_rgb
-    from engine.errors import KneuronError
+    from kneuron.engine.data.coco import to_rgb
+    from kneuron.engine.errors import KneuronError
 
     if isinstance(item, Image.Image):
         return to_rgb(item)
@@ -68,8 +68,8 @@ def caption(model: VLMAdapter, images: Sequence[Any],
     zero at every position while generating; None: the unmodified model. `KneuronError` for a unit outside the
     model, before any captioning.
     """
-    from engine.caption import caption_images
-    from engine.neurons import as_neuron_set
+    from kneuron.engine.interventions.caption import caption_images
+    from kneuron.engine.signals.neurons import as_neuron_set
 
     pictures = [_image(item) for item in images]
     neurons = None

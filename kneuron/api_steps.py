@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 from kneuron.api_warehouse import Location, Warehouse, location_of
 
 if TYPE_CHECKING:
-    from engine.pipelines.ingest_start import IngestSummary
-    from engine.pipelines.suppress import EvalResult
-    from queries.selection import Selection as StoredSelection
+    from kneuron.engine.pipelines.ingest.start import IngestSummary
+    from kneuron.engine.pipelines.suppress.pipeline import EvalResult
+    from kneuron.queries.selection import Selection as StoredSelection
 
 Where = Warehouse | Location | None
 
@@ -63,12 +63,12 @@ def ingest(wh: Where = None, *, run: str | None = None, concepts: Iterable[str] 
 
     run: the run id (default: derived from the options, so a rerun resumes). concepts: category names (empty:
     every category with enough images). coco_root: a COCO-layout folder (default: the embedded world).
-    options: any other field of `engine.pipelines.ingest_config.IngestConfig` (``model``, ``split``,
+    options: any other field of `kneuron.engine.pipelines.ingest.config.IngestConfig` (``model``, ``split``,
     ``images_per_concept``, ``device``, ``batch_size``, ``inpainter``, ``progress``, ...). engine: ``local`` or
     ``ray`` (with ``ray_address``/``workers``/``gpus_per_worker``/``cpus_per_worker``). adapter: an already
     loaded model (local engine) instead of ``model``.
     """
-    from engine.pipelines.ingest import IngestConfig, run_ingest
+    from kneuron.engine.pipelines.ingest.pipeline import IngestConfig, run_ingest
 
     handle = _handle(wh)
     known = {f.name for f in dataclasses.fields(IngestConfig)} - {"warehouse", "run_id", "concepts", "coco_root"}
@@ -77,9 +77,9 @@ def ingest(wh: Where = None, *, run: str | None = None, concepts: Iterable[str] 
         raise KneuronError(f"ingest: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     config = IngestConfig(coco_root=coco_root, concepts=tuple(dict.fromkeys(concepts)), warehouse=handle.location,
                           run_id=run, **options)
-    log = _logger("engine.pipelines.ingest")
+    log = _logger("kneuron.engine.pipelines.ingest.pipeline")
     if engine == "ray":
-        from engine.pipelines.ingest_ray import RayOptions, run_ingest_ray
+        from kneuron.engine.pipelines.ingest.ray import RayOptions, run_ingest_ray
 
         if adapter is not None:
             raise KneuronError("ingest: adapter= needs engine='local' (each Ray worker loads the model)")
@@ -150,8 +150,8 @@ def select(wh: Where = None, *, run: str | None = None, concepts: Iterable[str] 
     """Two-stage selection over ``run`` (default: the latest run) of ``wh``, stored as current sets
     (`kneuron select`). stage1 / stage2: ``auto`` | ``abs:V`` | ``q:Q`` | ``top:N``; the other options are
     those of `kneuron select` (``specific``: ``stage1`` | ``ratio:R`` | ``ratio1:R``)."""
-    from engine.pipelines.select import select_sets
-    from queries.selection import SelectionConfig, SpecificSpec, ThresholdSpec
+    from kneuron.engine.pipelines.select import select_sets
+    from kneuron.queries.selection import SelectionConfig, SpecificSpec, ThresholdSpec
 
     handle = _handle(wh)
     config = SelectionConfig(
@@ -175,12 +175,12 @@ def suppress(wh: Where = None, *, run: str | None = None, methods: Sequence[str]
 
     methods: two_stage, stage1_only, stage2_only, random, ... (default: the config's). budgets: budget curves
     (a list, or text ``"1,2,4"``). images_per_concept: at most this many target images per concept. config: a
-    TOML file or an `engine.eval.config.EvalConfig`; ``options`` and the named arguments override it (any
+    TOML file or an `kneuron.engine.eval.config.EvalConfig`; ``options`` and the named arguments override it (any
     `EvalConfig` field: ``budget``, ``metrics``, ``device``, ``seed``, ``eval_id``, ``edited_model``, ...).
     """
-    from engine.eval.budget import parse_budgets
-    from engine.eval.config import EvalConfig, load_config
-    from engine.pipelines.suppress import run_evaluation
+    from kneuron.engine.eval.budget import parse_budgets
+    from kneuron.engine.eval.config import EvalConfig, load_config
+    from kneuron.engine.pipelines.suppress.pipeline import run_evaluation
 
     handle = _handle(wh)
     if config is None:
@@ -203,7 +203,7 @@ def suppress(wh: Where = None, *, run: str | None = None, methods: Sequence[str]
     merged = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     merged.validate()
     return run_evaluation(merged, handle.location, adapter=adapter, progress=progress,
-                          log=_logger("engine.pipelines.suppress"))
+                          log=_logger("kneuron.engine.pipelines.suppress.pipeline"))
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -222,9 +222,10 @@ class Report:
 def report(wh: Where = None, *, out: str | os.PathLike[str] = "kneuron-report", run: str | None = None,
            sets: Sequence[str] = (), **options: Any) -> Report:
     """Write the HTML + Markdown report of ``run`` (default: the latest) into the folder ``out``
-    (`kneuron report`). options: any field of `engine.pipelines.report.ReportConfig` (``method``, ``model``,
+    (`kneuron report`). options: any field of `kneuron.engine.pipelines.report.pipeline.ReportConfig` (``method``,
+    ``model``,
     ``device``, ``with_model``, ``heatmap_images``, ``decode_top``, ...)."""
-    from engine.pipelines.report import ReportConfig, build_report
+    from kneuron.engine.pipelines.report.pipeline import ReportConfig, build_report
 
     handle = _handle(wh)
     known = {f.name for f in dataclasses.fields(ReportConfig)} - {"run_id", "set_ids"}

@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Warehouse:
     """
 
     def __init__(self, location: Location | None = None) -> None:
-        from warehouse.store import ENV_VAR, default_warehouse_path, is_uri
+        from kneuron.warehouse.store import ENV_VAR, default_warehouse_path, is_uri
 
         if location is None:
             location = os.environ.get(ENV_VAR) or default_warehouse_path()
@@ -71,7 +71,7 @@ class Warehouse:
         """Nothing to release: each relation holds its own connection, closed when the relation is dropped."""
 
     def _store(self) -> Any:
-        import warehouse
+        from kneuron import warehouse
 
         return warehouse.Warehouse.open(self.location)
 
@@ -79,7 +79,7 @@ class Warehouse:
         """(the opened reader, a new read-only connection over its committed files). Each query gets its own
         connection: a DuckDB connection serves one open result at a time, and a relation keeps its connection
         alive for as long as it is used."""
-        import queries
+        from kneuron import queries
 
         store = self._store()
         con = queries.connect(store, read_only=True)
@@ -87,7 +87,7 @@ class Warehouse:
         return store, con
 
     def _relation(self, text: str, params: dict[str, Any], what: str) -> duckdb.DuckDBPyRelation | None:
-        import queries
+        from kneuron import queries
 
         bound = self._checked(text, params, what)
         store, con = self._connection()
@@ -102,8 +102,8 @@ class Warehouse:
     def _checked(text: str, params: dict[str, Any], what: str) -> dict[str, Any]:
         """The parameters of ``text`` bound from ``params`` (NULL where not given), after checking that
         ``params`` names only parameters the SQL has and that every statement only reads."""
-        import queries
-        import warehouse
+        from kneuron import queries
+        from kneuron import warehouse
 
         wanted = queries.parameters(text)
         unknown = sorted(set(params) - set(wanted))
@@ -119,7 +119,7 @@ class Warehouse:
 
     @staticmethod
     def _run(con: duckdb.DuckDBPyConnection, text: str, bound: dict[str, Any]) -> duckdb.DuckDBPyRelation | None:
-        import queries
+        from kneuron import queries
 
         if queries.BUILD_AS_WRITTEN in text.splitlines():
             with queries.joins_as_written(con):
@@ -142,9 +142,9 @@ class Warehouse:
               **more: Any) -> pa.Table:
         """``sql(text, ...)`` read into a pyarrow table (a table without columns for a statement without rows);
         what `kneuron sql` prints. A committed file that vanished is the one-line error naming it. Ctrl-C stops a
-        running query; so does ``timeout`` (seconds), with a one-line error (`queries.interruptible`)."""
-        import queries
-        from queries.interruptible import close_when_idle, run_interruptible
+        running query; so does ``timeout`` (seconds), with a one-line error (`kneuron.queries.interruptible`)."""
+        from kneuron import queries
+        from kneuron.queries.interruptible import close_when_idle, run_interruptible
 
         bound = self._checked(text, {**(params or {}), **more}, "the SQL")
         store, con = self._connection()
@@ -166,7 +166,7 @@ class Warehouse:
 
     def query(self, name: str, /, **params: Any) -> duckdb.DuckDBPyRelation:
         """The bundled query ``name`` (`kneuron sql --list`), e.g. ``wh.query("set_sizes", method="two_stage")``."""
-        import queries
+        from kneuron import queries
 
         relation = self._relation(queries.load(name), params, f"query {name!r}")
         assert relation is not None  # every bundled query returns rows
@@ -188,7 +188,7 @@ class Warehouse:
                    run: str | None = None) -> list[tuple[int, int]]:
         """The (layer, unit) neurons of the set ``set_id``, else of ``concept``'s current ``method`` set of
         ``run`` (default: the latest run), strongest first: what `kneuron.caption` suppresses."""
-        from engine.pipelines.run import RunReader
+        from kneuron.engine.pipelines.run import RunReader
 
         if set_id is None and concept is None:
             raise KneuronError("say which set: a set id, or concept= (and method=)")

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import duckdb
 import pyarrow as pa
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 
 QUERY_DIR = Path(__file__).resolve().parent
 
@@ -129,9 +129,9 @@ VIEWS = ("current_sets", "neuron_means")
 
 
 def connect(root: Any = None, read_only: bool = True) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection over the warehouse at ``root`` (`warehouse.connect`) plus the derived views of this
+    """A DuckDB connection over the warehouse at ``root`` (`kneuron.warehouse.connect`) plus the derived views of this
     package (`VIEWS`: ``current_sets``, the one definition of which neuron set is current)."""
-    import warehouse
+    from kneuron import warehouse
 
     con = warehouse.connect(root, read_only=read_only)
     install_views(con)
@@ -145,7 +145,7 @@ def connect(root: Any = None, read_only: bool = True) -> duckdb.DuckDBPyConnecti
 #: connection without the signal tables gets current_sets alone)
 VIEW_NEEDS = {"current_sets": ("neuron_sets", "set_choices"), "neuron_means": ("neuron_stats", "samples", "splits")}
 
-#: storage views `neuron_means` reads (`warehouse.connect` makes them); a connection built by hand over a
+#: storage views `neuron_means` reads (`kneuron.warehouse.connect` makes them); a connection built by hand over a
 #: neuron_stats view gets these stand-ins: no rollup, every image row
 _NO_ROLLUP = ("SELECT CAST(NULL AS VARCHAR) AS run_id, CAST(NULL AS VARCHAR) AS concept, CAST(NULL AS SMALLINT) AS "
               "layer, CAST(NULL AS SMALLINT) AS unit, CAST(NULL AS INTEGER) AS n_images, CAST(NULL AS DOUBLE) AS "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-import queries
+from kneuron import queries
 
 #: name prefixes of the queries that steps and commands run for themselves
 INTERNAL_PREFIXES = ("report_", "suppress_", "list_")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 
 T = TypeVar("T")
 POLL_S = 0.05

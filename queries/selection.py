@@ -3,7 +3,7 @@
 The definitions live in ``queries/two_stage.sql`` (header comment); this module only turns a
 `SelectionConfig` into bound parameters, runs the query once for the two-stage sets and once per baseline,
 shapes the result as ``neuron_sets`` rows (`set_rows`, the one builder of such rows); the select pipeline
-(`engine.pipelines.select`) stores them:
+(`kneuron.engine.pipelines.select`) stores them:
 
     set_id VARCHAR, run_id VARCHAR, concept VARCHAR, method VARCHAR, params_json VARCHAR,
     layer SMALLINT, unit SMALLINT, score FLOAT, created_at TIMESTAMP WITH TIME ZONE (UTC)
@@ -36,9 +36,9 @@ from typing import Any, cast
 import duckdb
 import pyarrow as pa
 
-import queries
-from engine.errors import KneuronError
-from warehouse import TABLES
+from kneuron import queries
+from kneuron.engine.errors import KneuronError
+from kneuron.warehouse import TABLES
 
 THRESHOLD_KINDS = ("absolute", "quantile", "budget", "auto", "none")
 AGGREGATIONS = ("mean", "share")
@@ -314,7 +314,7 @@ def run_selection(con: duckdb.DuckDBPyConnection, config: SelectionConfig = Sele
     """Two-stage selection (and, if ``config.baselines``, the single-stage baselines at |N_k|) in DuckDB.
 
     ``con`` must expose the views ``neuron_stats``, ``samples``, ``splits`` (and ``runs`` when ``config.run_id``
-    is None), as `warehouse.connect` gives. Raises `KneuronError` for an unknown run or concept.
+    is None), as `kneuron.warehouse.connect` gives. Raises `KneuronError` for an unknown run or concept.
     """
     run_id = config.run_id if config.run_id is not None else latest_run(con)
     created_at = dt.datetime.now(dt.timezone.utc)

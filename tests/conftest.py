@@ -45,7 +45,7 @@ def report_full(tmp_path_factory: pytest.TempPathFactory, report_world: Path, re
 
 @pytest.fixture(autouse=True, scope="session")
 def private_digest_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Verified-file stamps (`warehouse.digests`) go to a temporary folder, not the user's cache."""
+    """Verified-file stamps (`kneuron.warehouse.digests`) go to a temporary folder, not the user's cache."""
     import os
 
     before = os.environ.get("KNEURON_CACHE_DIR")

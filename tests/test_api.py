@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import kneuron
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 from tests.helpers.cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def _tables(root: Path) -> dict[str, list[tuple]]:
     """Every signal and result row of a warehouse, without the columns that record when or where it was made."""
     import duckdb
 
-    import queries
+    from kneuron import queries
 
     con = queries.connect(root)
     try:
@@ -141,7 +141,7 @@ def test_sql_and_query_follow_the_sql_command_rules(readme_run, capsys) -> None:
     api = wh.query("layer_distribution", method="two_stage").to_arrow_table()
     code, out, _ = run_cli(["sql", "-q", "layer_distribution", "-p", "method=two_stage", "--format", "csv",
                             "--warehouse", str(folder / "kneuron-warehouse")], capsys)
-    from cli.render import render_csv
+    from kneuron.cli.render import render_csv
 
     assert code == 0 and out == render_csv(api) and api.num_rows > 0
 

@@ -2,10 +2,10 @@
 
 Floors, bottom to top (ARCHITECTURE.md draws them):
 
-- ``engine.errors``: the one shared leaf (the `KneuronError` every floor raises); it imports no project code.
+- ``kneuron.engine.errors``: the one shared leaf (the `KneuronError` every floor raises); it imports no project code.
 - storage: ``warehouse`` (files, manifest, DuckDB views), then ``queries`` (SQL over the warehouse).
 - compute: every other ``engine`` module (models, data, inpaint, record, caption, baselines, eval, ...).
-- pipelines: ``engine.pipelines``, the only engine code that touches storage.
+- pipelines: ``kneuron.engine.pipelines``, the only engine code that touches storage.
 - api: ``kneuron`` (the Python API: one function per step, the warehouse handle), over the pipelines.
 - ``cli``: one click module per command, on top (thin over the api).
 
@@ -62,9 +62,9 @@ def modules() -> dict[str, set[str]]:
 
 
 def floor(module: str) -> str:
-    if module == "engine.errors":
+    if module == "kneuron.engine.errors":
         return "errors"
-    if module.startswith(("engine.pipelines.", )) or module == "engine.pipelines":
+    if module.startswith(("kneuron.engine.pipelines.", )) or module == "kneuron.engine.pipelines":
         return "pipelines"
     if module == "engine" or module.startswith("engine."):
         return "compute"
@@ -88,7 +88,7 @@ ALLOWED = {
 def step(module: str) -> str | None:
     """The step a pipeline module belongs to (``ingest_rows`` -> ``ingest``), or None for a shared module."""
     leaf = module.rsplit(".", 1)[-1]
-    if leaf in SHARED_PIPELINES or module == "engine.pipelines":
+    if leaf in SHARED_PIPELINES or module == "kneuron.engine.pipelines":
         return None
     for name in STEPS:
         if leaf == name or leaf.startswith(name + "_"):
@@ -100,7 +100,8 @@ MODULES = modules()
 
 
 def real(target: str) -> str | None:
-    """The module an import names (``engine.models.load_model`` -> ``engine.models``), None if unknown."""
+    """The module an import names (``kneuron.engine.models.load_model`` -> ``kneuron.engine.models``), None if
+    unknown."""
     parts = target.split(".")
     for end in range(len(parts), 0, -1):
         candidate = ".".join(parts[:end])
@@ -121,24 +122,24 @@ def test_pipelines_stand_side_by_side(module: str) -> None:
     mine = step(module)
     for target in MODULES[module]:
         t = real(target)
-        if t is None or floor(t) != "pipelines" or t == "engine.pipelines":
+        if t is None or floor(t) != "pipelines" or t == "kneuron.engine.pipelines":
             continue
         theirs = step(t)
         assert theirs is None or theirs == mine, f"{module} (step {mine}) imports the {theirs} step ({t})"
 
 
 def test_errors_is_a_leaf() -> None:
-    assert MODULES["engine.errors"] == set()
+    assert MODULES["kneuron.engine.errors"] == set()
 
 
 def test_the_rule_catches_a_violation(tmp_path: Path) -> None:
     """The reader sees imports inside functions and relative imports (so the rule is not vacuous)."""
     source = tmp_path / "x.py"
-    source.write_text("def f():\n    import warehouse.store\n    from queries import selection\n"
+    source.write_text("def f():\n    import kneuron.warehouse.store\n    from queries import selection\n"
                       "from ..pipelines import sets\n")
-    assert project_imports(source, "engine.eval.x") == {"warehouse.store", "queries", "queries.selection",
-                                                          "engine.pipelines", "engine.pipelines.sets"}
-    assert floor("engine.heatmap") == "compute" and "warehouse" not in ALLOWED["compute"]
+    assert project_imports(source, "kneuron.engine.eval.x") == {"kneuron.warehouse.store", "queries", "kneuron.queries.selection",
+                                                          "kneuron.engine.pipelines", "kneuron.engine.pipelines.sets"}
+    assert floor("kneuron.engine.signals.heatmap") == "compute" and "warehouse" not in ALLOWED["compute"]
 
 
 def test_no_module_over_the_size_limit() -> None:

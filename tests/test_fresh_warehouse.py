@@ -1,12 +1,13 @@
-"""A failed first ingest leaves no warehouse folder (`warehouse.fresh`), and nothing it did not create is removed."""
+"""A failed first ingest leaves no warehouse folder (`kneuron.warehouse.fresh`), and nothing it did not create is
+removed."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-import warehouse
+from kneuron import warehouse
 from tests.helpers.cli_runner import run_cli
-from warehouse.fresh import remove_if_unused
+from kneuron.warehouse.fresh import remove_if_unused
 
 
 def test_a_model_that_fails_to_load_leaves_no_warehouse(report_world: Path, tmp_path: Path, capsys) -> None:

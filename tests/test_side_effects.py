@@ -1,5 +1,6 @@
 """Library code leaves the process as it found it: no print, no environment variable, global torch RNG or other
-library's logger level changed except inside a restored context (`engine.scoped`); no unused dependency."""
+library's logger level changed except inside a restored context (`kneuron.engine.runtime.scoped`); no unused
+dependency."""
 from __future__ import annotations
 
 import ast
@@ -11,12 +12,12 @@ import pytest
 import tomllib
 import torch
 
-from engine import scoped
+from kneuron.engine.runtime import scoped
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ("engine", "queries", "warehouse", "kneuron")
 #: the modules allowed to touch process state: the restored contexts, and the thread policy's own restored context
-ALLOWED = {"engine/scoped.py", "engine/threads.py"}
+ALLOWED = {"engine/runtime/scoped.py", "engine/runtime/threads.py"}
 
 
 def library_files() -> list[Path]:
@@ -87,7 +88,7 @@ def test_bertscore_loading_leaves_the_environment_and_progress_bars(monkeypatch:
     import bert_score
     from transformers.utils import logging as hf_logging
 
-    from engine.eval.metrics import CaptionScorer, MetricConfig
+    from kneuron.engine.eval.metrics import CaptionScorer, MetricConfig
 
     seen = {}
 
@@ -108,8 +109,8 @@ def test_bertscore_loading_leaves_the_environment_and_progress_bars(monkeypatch:
 
 
 def test_a_suppression_evaluation_leaves_torch_rng_as_it_was(tmp_path: Path) -> None:
-    from engine.eval.config import EvalConfig
-    from engine.pipelines.suppress import run_evaluation
+    from kneuron.engine.eval.config import EvalConfig
+    from kneuron.engine.pipelines.suppress.pipeline import run_evaluation
     from tests.helpers.eval_fixtures import FAST, build_eval_world
     from tests.helpers.tiny_models import tiny_minigpt4
 

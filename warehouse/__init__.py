@@ -7,19 +7,19 @@ tables or a DuckDB connection. This package face is what the rest of kneuron use
 - `connect` / `table_paths`: DuckDB views over the committed files; `check_read_only_sql` for user SQL;
 - `verify_warehouse` / `repair`: check every committed file against its record, remove failing batches;
 - `compact_warehouse`: merge each partition's small files into large ones in one atomic step
-  (`warehouse.compact.compact`);
-- `rollup_rows`: the ``neuron_rollup`` rows (per-neuron sums) of ``neuron_stats`` rows (`warehouse.rollup`);
-- `TABLES`, `conform`, `valid_run_id`: the schema (see `warehouse.schema`, files in `warehouse.layout`).
+  (`kneuron.warehouse.compact.compact`);
+- `rollup_rows`: the ``neuron_rollup`` rows (per-neuron sums) of ``neuron_stats`` rows (`kneuron.warehouse.rollup`);
+- `TABLES`, `conform`, `valid_run_id`: the schema (see `kneuron.warehouse.schema`, files in `kneuron.warehouse.layout`).
 """
-from warehouse.compact import CompactResult
-from warehouse.compact import compact as compact_warehouse
-from warehouse.connect import connect, table_paths
-from warehouse.manifest import BatchRecord, FileRecord
-from warehouse.readonly import check_read_only_sql
-from warehouse.rollup import rollup_rows
-from warehouse.schema import SCHEMA_VERSION, TABLES, TableSpec, conform, valid_run_id
-from warehouse.store import Batch, Warehouse, default_warehouse_path
-from warehouse.verify import Problem, RepairResult, TableSummary, VerifyReport, repair, verify_warehouse
+from kneuron.warehouse.compact import CompactResult
+from kneuron.warehouse.compact import compact as compact_warehouse
+from kneuron.warehouse.connect import connect, table_paths
+from kneuron.warehouse.manifest import BatchRecord, FileRecord
+from kneuron.warehouse.readonly import check_read_only_sql
+from kneuron.warehouse.rollup import rollup_rows
+from kneuron.warehouse.schema import SCHEMA_VERSION, TABLES, TableSpec, conform, valid_run_id
+from kneuron.warehouse.store import Batch, Warehouse, default_warehouse_path
+from kneuron.warehouse.verify import Problem, RepairResult, TableSummary, VerifyReport, repair, verify_warehouse
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -1,14 +1,14 @@
 """One atomic batch of the warehouse writer: validate, sort and stage files, then commit or abort them whole.
 
-    with warehouse.batch() as b:                           # `Warehouse.batch` makes one (writer only)
+    with kneuron.warehouse.batch() as b:                           # `Warehouse.batch` makes one (writer only)
         b.add("samples", {...})                            # validated, cast, sorted, written to temp files
     # leaving the block renames the files and writes _manifest/<batch_id>.json: now they are visible.
 
 Each staged file is hashed while it is written (sha256 of exactly the bytes written) and its commit record
 carries that checksum with its size and rows, and copies of the parent rows (runs, evals, neuron_sets) its rows
-name from other batches (`warehouse.parents`). A write that fails (full disk, read-only file system) removes
+name from other batches (`kneuron.warehouse.parents`). A write that fails (full disk, read-only file system) removes
 every file of the batch and is a one-line `KneuronError`; nothing of the batch is ever visible. The commit defers
-SIGINT/SIGTERM/SIGHUP until it ends (`warehouse.signals`), and once its record is published nothing it names is
+SIGINT/SIGTERM/SIGHUP until it ends (`kneuron.warehouse.signals`), and once its record is published nothing it names is
 removed.
 """
 from __future__ import annotations
@@ -27,16 +27,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.errors import KneuronError
-from warehouse.faults import write_error
-from warehouse.layout import ROW_GROUP_ROWS, data_file_name, parquet_options, partition_dir, temp_file_name
-from warehouse.manifest import BatchRecord, FileRecord, fsync_dir, write_record
-from warehouse.parents import PARENTS, encode_rows, references
-from warehouse.schema import TABLES, TableSpec, conform, spec_of, valid_run_id
-from warehouse.signals import deferred_signals, point
+from kneuron.engine.errors import KneuronError
+from kneuron.warehouse.errors import write_error
+from kneuron.warehouse.layout import ROW_GROUP_ROWS, data_file_name, parquet_options, partition_dir, temp_file_name
+from kneuron.warehouse.manifest import BatchRecord, FileRecord, fsync_dir, write_record
+from kneuron.warehouse.parents import PARENTS, encode_rows, references
+from kneuron.warehouse.schema import TABLES, TableSpec, conform, spec_of, valid_run_id
+from kneuron.warehouse.signals import deferred_signals, point
 
 if TYPE_CHECKING:
-    from warehouse.store import Warehouse
+    from kneuron.warehouse.store import Warehouse
 
 
 @dataclass
@@ -52,14 +52,14 @@ class _PendingFile:
 class Batch:
     """The files of one unit of work; visible all together once committed, never in part.
 
-    Use ``with warehouse.batch() as b: b.add(table, data)``: leaving the block commits, an exception aborts.
+    Use ``with kneuron.warehouse.batch() as b: b.add(table, data)``: leaving the block commits, an exception aborts.
     """
 
     def __init__(self, warehouse: Warehouse, batch_id: str) -> None:
         self.warehouse = warehouse
         self.batch_id = batch_id
         self.record: BatchRecord | None = None
-        self.replaces: list[str] = []  # batches this one replaces when it commits (`warehouse.compact`)
+        self.replaces: list[str] = []  # batches this one replaces when it commits (`kneuron.warehouse.compact`)
         self._pending: list[_PendingFile] = []
         self._keys: dict[str, set[tuple[Any, ...]]] = {name: set() for name in TABLES}
         self._refs: dict[str, set[Any]] = {parent: set() for parent in PARENTS}  # parent keys the rows name
@@ -111,7 +111,8 @@ class Batch:
         return written
 
     def refer(self, table: str, keys: Iterable[Any]) -> None:
-        """Note that the batch's rows name these keys of parent table ``table`` (`warehouse.parents`): its commit
+        """Note that the batch's rows name these keys of parent table ``table`` (`kneuron.warehouse.parents`): its
+        commit
         record will carry copies of their rows. `add` notes them itself; `keep` and `write_parts` callers call this."""
         self._refs[table].update(keys)
 
@@ -187,7 +188,7 @@ class Batch:
         """Stage one file of ``spec`` in the partition ``values`` holding the rows of ``parts`` in their order
         (each already of the table's schema; read lazily, so a large merge never sits in memory whole), in row
         groups of up to `ROW_GROUP_ROWS`. ``keys``: the file's distinct key values for its commit record. No
-        checks: `add` validates; `warehouse.compact` passes rows read back from committed files."""
+        checks: `add` validates; `kneuron.warehouse.compact` passes rows read back from committed files."""
         def write(target: _HashingWriter) -> int:
             rows = 0
             with pq.ParquetWriter(target, spec.schema, **parquet_options(spec)) as writer:

@@ -9,17 +9,17 @@ of files. `compact` rewrites them on the manifest protocol itself:
    order, into as few files of at most ``target_rows`` rows as they fill (``samples``, whose view picks the
    latest row of a key, is always merged whole, so its rows keep their order); larger files are kept as they
    are. The ``neuron_rollup`` files of a partition are summed into one; a partition whose rollup is not
-   complete (an old warehouse, `warehouse.rollup`) gets its rollup rebuilt from its image rows.
+   complete (an old warehouse, `kneuron.warehouse.rollup`) gets its rollup rebuilt from its image rows.
 2. write: the merged files are written under temporary names (checked against their commit records' sha256
    as they are read), renamed, and then ONE commit record lists the merged files and the kept ones and names
    every batch it replaces (``replaces``). That rename is the switch: before it readers see the old batches,
-   after it only the new one (`warehouse.manifest.live_records`).
+   after it only the new one (`kneuron.warehouse.manifest.live_records`).
 3. clean up: the replaced batches' records are removed (fsynced), then their files that the new record does not
    keep.
 
 A crash anywhere leaves a valid warehouse: before step 2's record, the old batches are intact and the new files
 are unreferenced leftovers; after it, the old records are ignored by readers and, like the files only they
-name, removed by the next writer (`warehouse.garbage`). Rows of every table are the same before and after
+name, removed by the next writer (`kneuron.warehouse.garbage`). Rows of every table are the same before and after
 (order aside), and so is every query (``samples`` keeps one row per key, the same one): except that
 ``neuron_rollup`` holds one row per neuron and partition instead of one per neuron and batch — the same sums.
 A reader that opened the old files before step 3 must reconnect (`kneuron sql` connects per command).
@@ -35,15 +35,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.errors import KneuronError
-from warehouse.faults import damaged_file_error, write_error
-from warehouse.garbage import delete_unreferenced
-from warehouse.manifest import BatchRecord, FileRecord, remove_records
-from warehouse.parents import PARENTS, copies_in
-from warehouse.rollup import complete_partitions, merge_rollups, partition_key, rollup_rows
-from warehouse.schema import TABLES, spec_of
-from warehouse.signals import deferred_signals
-from warehouse.store import Warehouse
+from kneuron.engine.errors import KneuronError
+from kneuron.warehouse.errors import damaged_file_error, write_error
+from kneuron.warehouse.garbage import delete_unreferenced
+from kneuron.warehouse.manifest import BatchRecord, FileRecord, remove_records
+from kneuron.warehouse.parents import PARENTS, copies_in
+from kneuron.warehouse.rollup import complete_partitions, merge_rollups, partition_key, rollup_rows
+from kneuron.warehouse.schema import TABLES, spec_of
+from kneuron.warehouse.signals import deferred_signals
+from kneuron.warehouse.store import Warehouse
 
 #: rows per merged file (neuron_stats: ~9 bytes per row, so ~300 MB); files this large are kept as they are
 DEFAULT_TARGET_ROWS = 1 << 25

@@ -5,7 +5,8 @@
 
 Views: ``runs``, ``splits``, ``samples``, ``neuron_stats`` (plus ``d_mean = o_mean - i_mean`` as FLOAT),
 ``token_stats``, ``neuron_sets``, ``captions``, ``scores``, ``evals``, ``set_choices``, ``neuron_rollup``, and
-three views that split the per-neuron sums between the rollup and the image rows (`warehouse.rollup.rollup_split`):
+three views that split the per-neuron sums between the rollup and the image rows
+(`kneuron.warehouse.rollup.rollup_split`):
 ``neuron_rollup_summed``, ``neuron_rollup_parts`` and ``neuron_stats_unrolled``. Each lists the
 committed Parquet files explicitly, so files of uncommitted batches are never read; a table with no files
 (also a table added to the schema after the warehouse was written) still has a view with the right columns and
@@ -22,7 +23,7 @@ committed files allowed, plus a private spill directory for large sorts/joins. `
 ``COPY ... TO '<exact path of a committed file>' (USE_TMP_FILE false)`` is allowed by DuckDB's path list; the
 writer makes committed files read-only (mode 0444), which stops that for every user except root.
 read_only=False gives a plain in-memory DuckDB connection with the same views, for users who want to
-``COPY`` results out or read other files next to the warehouse. `warehouse.readonly.check_read_only_sql`
+``COPY`` results out or read other files next to the warehouse. `kneuron.warehouse.readonly.check_read_only_sql`
 closes the remaining gap for user SQL: it lets only reading statements through.
 """
 from __future__ import annotations
@@ -34,13 +35,13 @@ from pathlib import Path
 
 import duckdb
 
-from engine.errors import KneuronError
-from warehouse.digests import check_digests
-from warehouse.faults import first_line
-from warehouse.manifest import FileRecord
-from warehouse.rollup import ROLLUP_VIEWS, rollup_split
-from warehouse.schema import TABLES, VIEW_EXTRA_COLUMNS, TableSpec, duckdb_type, spec_of
-from warehouse.store import Warehouse
+from kneuron.engine.errors import KneuronError
+from kneuron.warehouse.digests import check_digests
+from kneuron.warehouse.errors import first_line
+from kneuron.warehouse.manifest import FileRecord
+from kneuron.warehouse.rollup import ROLLUP_VIEWS, rollup_split
+from kneuron.warehouse.schema import TABLES, VIEW_EXTRA_COLUMNS, TableSpec, duckdb_type, spec_of
+from kneuron.warehouse.store import Warehouse
 
 
 def _identifier(name: str) -> str:
@@ -57,9 +58,9 @@ def view_sql(spec: TableSpec, files: list[str], name: str | None = None, relatio
     The files are read with hive partitioning (so DuckDB prunes files by run/concept) without type guessing
     (partition values stay VARCHAR); the stored columns hold the same values, so the view is exact either way.
     A table with ``spec.supersedable`` shows one row per key (see `TableSpec`); ``files`` are in commit order,
-    and within a file (a compacted one holds the rows of many batches, `warehouse.compact`) later rows are
+    and within a file (a compacted one holds the rows of many batches, `kneuron.warehouse.compact`) later rows are
     later. name: the view's name (default: the table's). relation: read this relation (a registered Arrow
-    dataset, `warehouse.remote`; a supersedable table's carries ``_kneuron_file`` and ``file_row_number``)
+    dataset, `kneuron.warehouse.remote`; a supersedable table's carries ``_kneuron_file`` and ``file_row_number``)
     instead of ``files``.
     """
     columns = ", ".join(_identifier(name) for name in spec.columns)
@@ -112,13 +113,13 @@ def connect(root: str | os.PathLike[str] | Warehouse | None = None,
     """
     warehouse = root if isinstance(root, Warehouse) else Warehouse.open(root)
     warehouse.check_files()
-    if warehouse.filesystem is None:  # each file's bytes against its record, once (`warehouse.digests`)
+    if warehouse.filesystem is None:  # each file's bytes against its record, once (`kneuron.warehouse.digests`)
         check_digests(warehouse.root, [(r.batch_id, e) for r in warehouse.batches for e in r.files])
     con = duckdb.connect(":memory:")
     allowed: list[str] = []
     try:
         if warehouse.filesystem is not None:  # a URI (object storage, file://): Arrow datasets, no local files
-            from warehouse.remote import RemoteWarehouse, register_views
+            from kneuron.warehouse.remote import RemoteWarehouse, register_views
 
             assert isinstance(warehouse, RemoteWarehouse)
             register_views(con, warehouse, _remote_views(warehouse))

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from warehouse.faults import damaged_file_error
+from kneuron.warehouse.errors import damaged_file_error
 
 CHUNK = 1 << 22
 #: seconds between two writes of a warehouse's stamp cache (the rest is written at exit)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from warehouse.layout import LOCK_FILE, MANIFEST_DIR, MARKER_FILE
+from kneuron.warehouse.layout import LOCK_FILE, MANIFEST_DIR, MARKER_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from warehouse.layout import DATA_FILE, MANIFEST_DIR, TEMP_FILE
-from warehouse.manifest import BatchRecord, fsync_dir, remove_records
-from warehouse.schema import TABLES
-from warehouse.signals import point
+from kneuron.warehouse.layout import DATA_FILE, MANIFEST_DIR, TEMP_FILE
+from kneuron.warehouse.manifest import BatchRecord, fsync_dir, remove_records
+from kneuron.warehouse.schema import TABLES
+from kneuron.warehouse.signals import point
 
 
 def collect_garbage(root: Path, live: Iterable[BatchRecord], replaced: Iterable[str]) -> list[Path]:

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import pyarrow as pa
 
-from warehouse.schema import TableSpec
+from kneuron.warehouse.schema import TableSpec
 
 MARKER_FILE = "warehouse.json"
 LOCK_FILE = ".writer.lock"

@@ -11,8 +11,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from engine.errors import KneuronError
-from warehouse.faults import READ_ONLY_ERRNOS, read_only_error, write_error
+from kneuron.engine.errors import KneuronError
+from kneuron.warehouse.errors import READ_ONLY_ERRNOS, read_only_error, write_error
 
 
 class WriterLock:

@@ -6,14 +6,14 @@ the committed (concept, image) pairs of a run can be listed without opening any 
 written to a temporary name, fsynced and renamed, so a reader sees a whole record or none. Records written
 before checksums existed have no ``sha256`` (None): such files are verified by size and row count only.
 
-A record may *replace* earlier batches (``replaces``: their ids; `warehouse.compact` writes such records): from
+A record may *replace* earlier batches (``replaces``: their ids; `kneuron.warehouse.compact` writes such records): from
 the moment it exists, the batches it names are no longer part of the warehouse, even while their records are
 still on disk (`live_records`); writers delete those records, then the files no live record names. One rename
 thus swaps many batches for one. Records without ``replaces`` are stored without the key, as before. A record
 with ``replaces`` (compaction's, repair's) holds files of many earlier batches: its units of repair are its files,
-not the whole batch (`warehouse.repair_plan`).
+not the whole batch (`kneuron.warehouse.repair_plan`).
 
-A record may also carry ``parents``: copies of the rows of the parent tables (`warehouse.parents`: ``runs``,
+A record may also carry ``parents``: copies of the rows of the parent tables (`kneuron.warehouse.parents`: ``runs``,
 ``evals``, ``neuron_sets``) that its rows name, so that damage to the batch holding a run's ``runs`` row does not
 orphan every other batch of the run: repair re-creates the row from a copy. Stored only when non-empty.
 """
@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import KneuronError
-from warehouse.layout import MANIFEST_DIR
-from warehouse.schema import SCHEMA_VERSION
-from warehouse.signals import deferred_signals, point
+from kneuron.engine.errors import KneuronError
+from kneuron.warehouse.layout import MANIFEST_DIR
+from kneuron.warehouse.schema import SCHEMA_VERSION
+from kneuron.warehouse.signals import deferred_signals, point
 
 RECORD_FORMAT = "kneuron-batch"
 

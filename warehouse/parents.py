@@ -19,8 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.errors import KneuronError
-from warehouse.schema import TABLES, spec_of
+from kneuron.engine.errors import KneuronError
+from kneuron.warehouse.schema import TABLES, spec_of
 
 _TS = "__timestamp__"
 

@@ -15,7 +15,7 @@ ALTER, INSERT, UPDATE, DELETE, MERGE, ATTACH, DETACH, INSTALL / LOAD, SET / RESE
 CALL, PREPARE / EXECUTE, transactions, VACUUM / ANALYZE / CHECKPOINT, other pragmas, PIVOT without an IN list
 (DuckDB runs it as several statements) and statement kinds this DuckDB cannot name. No statement runs unless
 all of them pass. DuckDB has no table function that writes files, so a SELECT cannot write; the locked-down
-connection (`warehouse.connect`) still stops it reading anything but the committed files.
+connection (`kneuron.warehouse.connect`) still stops it reading anything but the committed files.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import re
 
 import duckdb
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 
 # Pragmas that only report on the connection / catalog (anything else, e.g. enable_profiling, is refused).
 READ_PRAGMAS = frozenset({

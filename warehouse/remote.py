@@ -1,7 +1,7 @@
 """Reading a warehouse given as a URI that pyarrow's file systems understand: ``file:///data/wh``,
 ``s3://bucket/wh``, ``gs://bucket/wh``, ``hdfs://...`` (`pyarrow.fs.FileSystem.from_uri`).
 
-    con = warehouse.connect("s3://bucket/kneuron-warehouse")    # DuckDB views, as over a local directory
+    con = kneuron.warehouse.connect("s3://bucket/kneuron-warehouse")    # DuckDB views, as over a local directory
     Warehouse.open("gs://bucket/wh").read("samples")
 
 What works: everything that reads — `Warehouse.open` (reader), `read`, `finished_pairs`, `connect` and so
@@ -29,12 +29,12 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from engine.errors import KneuronError
-from warehouse.faults import damaged_file_error, first_line, missing_file_error
-from warehouse.layout import MANIFEST_DIR, MARKER_FILE
-from warehouse.manifest import RELIST_TRIES, BatchRecord, FileRecord, live_records
-from warehouse.schema import TABLES, TableSpec
-from warehouse.store import Warehouse, check_marker
+from kneuron.engine.errors import KneuronError
+from kneuron.warehouse.errors import damaged_file_error, first_line, missing_file_error
+from kneuron.warehouse.layout import MANIFEST_DIR, MARKER_FILE
+from kneuron.warehouse.manifest import RELIST_TRIES, BatchRecord, FileRecord, live_records
+from kneuron.warehouse.schema import TABLES, TableSpec
+from kneuron.warehouse.store import Warehouse, check_marker
 
 
 def open_uri(uri: str, *, create: bool) -> Warehouse:
@@ -146,7 +146,7 @@ def register_views(con: duckdb.DuckDBPyConnection, wh: RemoteWarehouse,
                    views: list[tuple[str, TableSpec, list[FileRecord]]]) -> None:
     """Create each view ``(name, spec, files)`` on ``con`` over the files as a pyarrow dataset of ``wh``'s file
     system (``samples``, whose view keeps the latest row per key, is read into memory with its file order)."""
-    from warehouse.connect import view_sql
+    from kneuron.warehouse.connect import view_sql
 
     for name, spec, files in views:
         if not files:

@@ -7,7 +7,7 @@
 Units of repair: an ordinary batch (one ingest chunk, one select, one evaluation) is removed whole when any of
 its files is bad, since its files were written together. A record with ``replaces`` (written by compaction or by
 an earlier repair) merges many batches: it loses only its bad files (a new record keeps the rest). Parent rows
-(`warehouse.parents`: runs, evals, neuron_sets) that go with a removed batch or file, or that are missing, are
+(`kneuron.warehouse.parents`: runs, evals, neuron_sets) that go with a removed batch or file, or that are missing, are
 re-created from the copies other records carry. A batch is removed beyond the damaged ones only when it names a
 run whose ``runs`` row is gone with no copy anywhere: those are ``dependents``, and repair refuses to remove
 them without ``force``.
@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from warehouse.manifest import BatchRecord
-from warehouse.parents import PARENTS, copies_in
+from kneuron.warehouse.manifest import BatchRecord
+from kneuron.warehouse.parents import PARENTS, copies_in
 
 #: table -> the table derived from its rows per partition (dropped with them: compaction rebuilds it)
 DERIVED = {"neuron_stats": "neuron_rollup"}

@@ -12,9 +12,9 @@ sums are exact (whatever the order of addition) for up to 4096 images per (run, 
 them is the one DuckDB computes from the image rows, to the last bit.
 
 A (run, concept) partition's rollup is *complete* when every committed batch that holds ``neuron_stats`` rows
-of it also holds its ``neuron_rollup`` rows (ingest writes both in one batch; `warehouse.compact` keeps or
+of it also holds its ``neuron_rollup`` rows (ingest writes both in one batch; `kneuron.warehouse.compact` keeps or
 rebuilds them together). Warehouses written before the table existed have no rollup: their partitions are
-incomplete, and readers use the image rows (`warehouse.connect`: ``neuron_stats_unrolled``).
+incomplete, and readers use the image rows (`kneuron.warehouse.connect`: ``neuron_stats_unrolled``).
 
 Every rollup file holds one row per (run, concept, layer, unit) (the writer refuses duplicates: `TableSpec`
 ``unique_sorted``), so a complete partition with a single rollup file — what `kneuron compact` leaves — already
@@ -28,8 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from warehouse.manifest import BatchRecord, FileRecord
-from warehouse.schema import conform
+from kneuron.warehouse.manifest import BatchRecord, FileRecord
+from kneuron.warehouse.schema import conform
 
 KEY = ["run_id", "concept", "layer", "unit"]
 VALUES = ("d_max", "d_mean", "g_max", "g_mean")

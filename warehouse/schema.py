@@ -7,7 +7,7 @@ string columns and the key that may be committed only once. `conform` turns what
 table or a dict of numpy arrays / lists) into a table of exactly that schema, or raises `KneuronError`
 naming the offending columns.
 
-The DuckDB views (`warehouse.connect`) expose the stored columns under the same names; DuckDB reads float16 as
+The DuckDB views (`kneuron.warehouse.connect`) expose the stored columns under the same names; DuckDB reads float16 as
 FLOAT. The view of ``neuron_stats`` adds ``d_mean = o_mean - i_mean`` (FLOAT), which is not stored; the views of
 ``captions``, ``scores`` and ``neuron_sets`` add ``budget`` (the n of a ``method@n`` label, else NULL) and
 ``base_method`` (the label without ``@n``).
@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "kneuron-warehouse"
@@ -263,7 +263,7 @@ SET_CHOICES = TableSpec(
 # of their (float16-stored) d_max, d_mean, g_max, g_mean, added up in float64 — exact for up to 4096 images per
 # concept, since every float16 value (and every FLOAT d_mean of two of them) is a multiple of 2^-24 below 2^17.
 # Written in the same batch as the neuron_stats rows it sums; summing it over batches gives the per-neuron means
-# without reading the per-image rows (`warehouse.rollup`).
+# without reading the per-image rows (`kneuron.warehouse.rollup`).
 NEURON_ROLLUP = TableSpec(
     name="neuron_rollup",
     schema=pa.schema([
@@ -284,7 +284,7 @@ NEURON_ROLLUP = TableSpec(
 
 # The evidence of one suppression evaluation, written once by `kneuron suppress` when all its captions are in:
 # whether each caption names each object of its image (the concept and the other annotated objects), and the
-# intervals and paired tests of `engine.eval.evidence` (``budget``: the n of a ``method@n`` label, else null).
+# intervals and paired tests of `kneuron.engine.eval.evidence` (``budget``: the n of a ``method@n`` label, else null).
 _EVAL = _f("eval_id", pa.string())
 _BUDGET = _f("budget", pa.int64(), nullable=True)
 _CI = [_f(n, pa.float64(), nullable=True) for n in ("images_low", "images_high", "concepts_low", "concepts_high")]
@@ -358,7 +358,7 @@ TABLES: dict[str, TableSpec] = {
 # Columns the DuckDB view adds to a table: name -> (SQL expression over stored columns, DuckDB type).
 # Storage plumbing, not analysis: d_mean is derived in the view from the stored float16 o_mean and i_mean, so
 # no float16 value is stored twice and no file grows by a column. Analyses only read it from the view.
-# The budget of a ``method@n`` label (`engine.eval.budget.label`) and the method without it, so that queries
+# The budget of a ``method@n`` label (`kneuron.engine.eval.budget.label`) and the method without it, so that queries
 # filter on columns instead of parsing labels.
 _LABEL_COLUMNS = {"budget": ("TRY_CAST(regexp_extract(method, '@([0-9]+)$', 1) AS BIGINT)", "BIGINT"),
                   "base_method": ("regexp_replace(method, '@[0-9]+$', '')", "VARCHAR")}

@@ -19,11 +19,11 @@ Integrity rules the writer enforces (each violation is a one-line `KneuronError`
   by a later row for the same pair (`TableSpec.supersedable`: the pair recorded again once its image is fixed;
   the view shows the later row, `read` returns both).
 
-`Batch` (staging, checksums, commit) lives in `warehouse.batch`; `Warehouse.batch` makes one.
+`Batch` (staging, checksums, commit) lives in `kneuron.warehouse.batch`; `Warehouse.batch` makes one.
 
-Storage faults are one-line `KneuronError`s too (`warehouse.faults`): a read-only warehouse (EROFS, EACCES on
+Storage faults are one-line `KneuronError`s too (`kneuron.warehouse.errors`): a read-only warehouse (EROFS, EACCES on
 the lock or any write), a full disk during a batch (its files are removed, nothing is committed), a committed
-file that is missing or has the wrong size (run ``kneuron verify --repair``; see `warehouse.verify`).
+file that is missing or has the wrong size (run ``kneuron verify --repair``; see `kneuron.warehouse.verify`).
 """
 from __future__ import annotations
 
@@ -37,12 +37,12 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.errors import KneuronError
-from warehouse.batch import Batch
-from warehouse.digests import check_digests
-from warehouse.faults import damaged_file_error, missing_file_error, write_error
-from warehouse.garbage import collect_garbage, delete_unreferenced
-from warehouse.layout import (
+from kneuron.engine.errors import KneuronError
+from kneuron.warehouse.batch import Batch
+from kneuron.warehouse.digests import check_digests
+from kneuron.warehouse.errors import damaged_file_error, missing_file_error, write_error
+from kneuron.warehouse.garbage import collect_garbage, delete_unreferenced
+from kneuron.warehouse.layout import (
     DATA_FILE,
     DEFAULT_PATH,
     ENV_VAR,
@@ -51,11 +51,11 @@ from warehouse.layout import (
     MARKER_FILE,
     data_file_name,
 )
-from warehouse.lock import WriterLock
-from warehouse.manifest import BatchRecord, FileRecord, fsync_dir, live_records, read_records, remove_record
-from warehouse.parents import Copies, add_copies, add_read_rows, copies_in, pick
-from warehouse.schema import FORMAT_NAME, SCHEMA_VERSION, TABLES, TableSpec, spec_of
-from warehouse.signals import deferred_signals
+from kneuron.warehouse.lock import WriterLock
+from kneuron.warehouse.manifest import BatchRecord, FileRecord, fsync_dir, live_records, read_records, remove_record
+from kneuron.warehouse.parents import Copies, add_copies, add_read_rows, copies_in, pick
+from kneuron.warehouse.schema import FORMAT_NAME, SCHEMA_VERSION, TABLES, TableSpec, spec_of
+from kneuron.warehouse.signals import deferred_signals
 
 
 def default_warehouse_path() -> Path:
@@ -112,7 +112,7 @@ def is_uri(location: str | os.PathLike[str]) -> bool:
 class Warehouse:
     """A warehouse directory; use `Warehouse.open`. A writer (``create=True``) holds the single-writer lock."""
 
-    #: the pyarrow file system of a warehouse opened from a URI (`warehouse.remote`); None: a local directory
+    #: the pyarrow file system of a warehouse opened from a URI (`kneuron.warehouse.remote`); None: a local directory
     filesystem: Any = None
 
     def __init__(self, root: Path, lock: WriterLock | None) -> None:
@@ -141,7 +141,7 @@ class Warehouse:
         """
         location = os.fspath(path) if path is not None else os.environ.get(ENV_VAR) or DEFAULT_PATH
         if is_uri(location):  # file://, s3://, gs://, ...: read through pyarrow's file systems
-            from warehouse.remote import open_uri
+            from kneuron.warehouse.remote import open_uri
 
             return open_uri(location, create=create)
         root = Path(location).expanduser().absolute()
@@ -176,7 +176,7 @@ class Warehouse:
     @classmethod
     def with_lock(cls, root: Path, lock: WriterLock) -> "Warehouse":
         """The writer of the existing warehouse at ``root`` (absolute) under ``lock``, which the caller took
-        (`warehouse.verify.repair` takes the lock first, to drop damaged commit records before reading them).
+        (`kneuron.warehouse.verify.repair` takes the lock first, to drop damaged commit records before reading them).
 
         Checks the marker, reads the commit records and deletes the files of batches that never committed.
         The returned writer's `close` releases ``lock``.
@@ -214,7 +214,7 @@ class Warehouse:
     # ------------------------------------------------------------------ committed state
     def refresh(self) -> None:
         """Pick up batches committed since the last look (a reader sees new commits of a running writer); a
-        batch that a newer record replaces (`warehouse.compact`) is dropped, even while its record exists."""
+        batch that a newer record replaces (`kneuron.warehouse.compact`) is dropped, even while its record exists."""
         records = read_records(self.root, {**self._replaced, **self._records})
         live, replaced = live_records(records)
         self._replaced = {batch_id: records[batch_id] for batch_id in replaced}
@@ -272,7 +272,7 @@ class Warehouse:
     def check_files(self, table: str | None = None, *, run_id: str | None = None) -> None:
         """Raise `KneuronError` naming the first committed file (of ``table`` / of run ``run_id``, else of
         every table) that is missing or not of its recorded size; the message says to run
-        ``kneuron verify --repair``. Costs one stat per file; contents are not read (see `warehouse.verify`)."""
+        ``kneuron verify --repair``. Costs one stat per file; contents are not read (see `kneuron.warehouse.verify`)."""
         if table is not None:
             spec_of(table)
         for record in self.batches:
@@ -330,7 +330,8 @@ class Warehouse:
         return allowed - refused
 
     def parent_copies(self, table: str, keys: Iterable[Any]) -> list[dict[str, Any]]:
-        """JSON copies (`warehouse.parents`) of the rows of parent ``table`` with these keys: from the copies the
+        """JSON copies (`kneuron.warehouse.parents`) of the rows of parent ``table`` with these keys: from the copies
+        the
         commit records carry, else read from the table's files once per process; keys found nowhere are left out."""
         if set(keys) - set(self._parent_cache[table]) and table not in self._parents_read:
             self._parents_read.add(table)  # once: rows of a parent file that cannot be read have no copy here
@@ -422,7 +423,7 @@ class Warehouse:
 
     def _collect_garbage(self) -> None:
         """Finish what a crash left: remove the records of replaced batches, then the writer files that no
-        commit record names, and directories left empty (`warehouse.garbage`)."""
+        commit record names, and directories left empty (`kneuron.warehouse.garbage`)."""
         self.garbage_collected = collect_garbage(self.root, self._records.values(), self._replaced)
         self._replaced = {}
 

@@ -15,12 +15,12 @@ Per committed file, `verify_warehouse` checks, in this order (the first failure 
 - ``partition``: every row's partition columns (run_id, concept) hold the record's partition values (a forged
   record that moves a file to another partition is caught; the views read the value from the directory);
 - ``orphan_run``: (tables other than ``runs``) every row's ``run_id`` names a committed run, i.e. one whose
-  ``runs`` row sits in a file without problems or has a copy in a commit record (`warehouse.parents`). A
+  ``runs`` row sits in a file without problems or has a copy in a commit record (`kneuron.warehouse.parents`). A
   batch that fails loses its runs, so this is repeated until nothing changes.
 
 A commit record that cannot be parsed is a ``damaged_record`` problem of its batch. A parent row (runs, evals,
 neuron_sets) that rows name, that no record holds and that a copy can re-create (an interrupted repair) is a
-``missing_parent`` problem of no batch. `repair` takes the writer lock and carries out `warehouse.repair_plan`:
+``missing_parent`` problem of no batch. `repair` takes the writer lock and carries out `kneuron.warehouse.repair_plan`:
 the least removal that makes the warehouse consistent (damaged batches whole, damaged files of compacted
 records one by one, parent rows re-created from copies); it refuses, changing nothing, when that would remove
 intact batches too, unless ``force``. Each step removes a commit record before the files only it names, so a
@@ -39,16 +39,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from warehouse.faults import write_error
-from warehouse.garbage import delete_unreferenced
-from warehouse.layout import LOCK_FILE, MANIFEST_DIR, MARKER_FILE
-from warehouse.lock import WriterLock
-from warehouse.manifest import BatchRecord, FileRecord, live_records, read_records, remove_record, remove_records
-from warehouse.parents import PARENTS, copies_in, decode_rows
-from warehouse.repair_plan import RepairPlan, plan_repair
-from warehouse.schema import TABLES
-from warehouse.signals import deferred_signals
-from warehouse.store import Warehouse, check_marker, default_warehouse_path
+from kneuron.warehouse.errors import write_error
+from kneuron.warehouse.garbage import delete_unreferenced
+from kneuron.warehouse.layout import LOCK_FILE, MANIFEST_DIR, MARKER_FILE
+from kneuron.warehouse.lock import WriterLock
+from kneuron.warehouse.manifest import (
+    BatchRecord,
+    FileRecord,
+    live_records,
+    read_records,
+    remove_record,
+    remove_records,
+)
+from kneuron.warehouse.parents import PARENTS, copies_in, decode_rows
+from kneuron.warehouse.repair_plan import RepairPlan, plan_repair
+from kneuron.warehouse.schema import TABLES
+from kneuron.warehouse.signals import deferred_signals
+from kneuron.warehouse.store import Warehouse, check_marker, default_warehouse_path
 
 HASH_CHUNK = 1 << 20
 PROBLEM_KINDS = ("missing", "size", "checksum", "unreadable", "rows", "partition", "orphan_run", "missing_parent",
@@ -165,7 +172,7 @@ def _open_reader_root(root: str | os.PathLike[str] | None) -> Path:
 
 def _verify(root: Path, records: dict[str, BatchRecord], damaged: dict[str, str]) -> VerifyReport:
     """The report over ``records`` (committed batches by id) plus the ``damaged`` records (id -> reason).
-    Batches that another record replaces (`warehouse.compact`) are not part of the warehouse: not checked."""
+    Batches that another record replaces (`kneuron.warehouse.compact`) are not part of the warehouse: not checked."""
     records, _ = live_records(records)
     problems = [Problem(batch_id, "", f"{MANIFEST_DIR}/{batch_id}.json", "damaged_record", reason)
                 for batch_id, reason in sorted(damaged.items())]
@@ -248,7 +255,7 @@ def _orphan_problems(records: dict[str, BatchRecord], run_ids: dict[tuple[str, s
     found: list[Problem] = []
     runs_files = [(batch_id, entry.path) for batch_id, record in records.items() for entry in record.files
                   if entry.table == "runs"]
-    copied = set(copies_in(records.values())["runs"])  # runs rows repair can re-create (`warehouse.parents`)
+    copied = set(copies_in(records.values())["runs"])  # runs rows repair can re-create (`kneuron.warehouse.parents`)
     while True:
         committed = copied | {run for batch_id, path in runs_files if batch_id not in failing
                               for run in run_ids[(batch_id, path)]}
@@ -268,7 +275,7 @@ def _orphan_problems(records: dict[str, BatchRecord], run_ids: dict[tuple[str, s
 
 
 def _missing_parents(records: dict[str, BatchRecord], run_ids: dict[tuple[str, str], set[str]]) -> list[Problem]:
-    """``missing_parent`` problems: parent rows (`warehouse.parents`) that rows name but no record holds, while
+    """``missing_parent`` problems: parent rows (`kneuron.warehouse.parents`) that rows name but no record holds, while
     a copy exists (an interrupted repair); `repair` re-creates them. They belong to no batch."""
     copies = copies_in(records.values())
     found = []
@@ -311,7 +318,7 @@ def _group(problems: list[Problem], attribute: str) -> dict[str, list[Problem]]:
 # ---------------------------------------------------------------------- repair
 def repair(root: str | os.PathLike[str] | None = None, *, dry_run: bool = False,
            force: bool = False) -> RepairResult:
-    """Make the warehouse consistent with the least removal (`warehouse.repair_plan`), under the writer lock.
+    """Make the warehouse consistent with the least removal (`kneuron.warehouse.repair_plan`), under the writer lock.
 
     Damaged commit records are dropped (their files collected as leftovers); damaged batches are removed whole,
     damaged files of compacted records one by one; parent rows lost with them are re-created from copies. When

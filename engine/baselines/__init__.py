@@ -6,8 +6,8 @@ massive units), ``stage1_only`` / ``stage2_only`` (single-stage ablations from t
 2024 contribution score) and ``dai`` (Dai et al. 2022 integrated gradients). All implement `Baseline`;
 ``get_baseline(name, **options)`` gives one.
 """
-from engine.baselines import dai, nonmassive, pan, random, specific, stage  # noqa: F401  (register them)
-from engine.baselines.base import (
+from kneuron.engine.baselines import dai, nonmassive, pan, random, specific, stage  # noqa: F401  (register them)
+from kneuron.engine.baselines.base import (
     BASELINES,
     Baseline,
     BaselineContext,

@@ -25,9 +25,9 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 from PIL import Image
 
-from engine.errors import KneuronError
-from engine.models.base import VLMAdapter
-from engine.record import Target, choose_target
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.models.base import VLMAdapter
+from kneuron.engine.signals.record import Target, choose_target
 
 #: one selected neuron: (layer, unit, score or None)
 ScoredNeuron = tuple[int, int, Optional[float]]
@@ -61,7 +61,7 @@ class BaselineContext:
     run_id: the warehouse run. ident_images: concept -> identification image ids (ascending).
     reference_sets: concept -> the selected ``two_stage`` set (layer matching, stage baselines).
     seed: base seed of the random baselines. batch_size: images per captioning / forward batch.
-    stage_ranking: one stage's ranking of the neurons (`engine.baselines.stage.StageRanking`), for the
+    stage_ranking: one stage's ranking of the neurons (`kneuron.engine.baselines.stage.StageRanking`), for the
         stage-only baselines; the caller backs it with the stored signals.
     massive_units: ``k -> [(layer, unit), ...]``, the run's massive units by the stored-signal rule
         (``queries/massive_units.sql``), for ``random_nonmassive``; the caller backs it with the warehouse.
@@ -98,7 +98,7 @@ class BaselineContext:
     def ident_targets(self, concept: str) -> tuple[list[int], list[Target]]:
         """(image ids, `Target` per image) for the identification images of ``concept`` (computed once)."""
         if concept not in self._targets:
-            from engine.caption import caption_images
+            from kneuron.engine.interventions.caption import caption_images
 
             adapter, dataset = self.require_model("ident_targets")
             ids = self.ident_ids(concept)
@@ -115,7 +115,8 @@ class BaselineContext:
 
 
 def concept_target(adapter: VLMAdapter, caption_ids: Sequence[int], concept: str) -> Target:
-    """Where ``y^c`` is read for one identification image: the ingest rule (`engine.record.choose_target`).
+    """Where ``y^c`` is read for one identification image: the ingest rule
+    (`kneuron.engine.signals.record.choose_target`).
 
     The caption up to and including the first occurrence of the concept's sub-token sequence
     (``source="caption"``), else the answer prefix with ``y^c`` right after it (``source="prefix"``). The
@@ -194,7 +195,7 @@ def register(cls: type[Baseline]) -> type[Baseline]:
 
 def get_baseline(name: str, **options: Any) -> Baseline:
     """An instance of the registered baseline ``name`` with ``options`` (one-line error for unknown names)."""
-    import engine.baselines  # noqa: F401  (registers the bundled baselines)
+    import kneuron.engine.baselines  # noqa: F401  (registers the bundled baselines)
 
     if name not in BASELINES:
         raise KneuronError(f"unknown baseline {name!r}; known: {', '.join(sorted(BASELINES))}")

@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, check_budget, register, top_neurons
-from engine.errors import KneuronError
-from engine.models.base import VLMAdapter
-from engine.record import Target, target_positions
-from engine.threads import job
+from kneuron.engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, check_budget, register, top_neurons
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.models.base import VLMAdapter
+from kneuron.engine.signals.record import Target, target_positions
+from kneuron.engine.runtime.threads import job
 
 #: single-token rows per batch in the cached path (small batches keep the rows' KV copies in cache: 64 rows ran
 #: faster than 256 on the 30-layer benchmark); full-sequence rows are limited to about 8192 tokens a batch

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, check_budget, concept_rng, register
-from engine.baselines.random import _excluded, _model_shape
-from engine.errors import KneuronError
+from kneuron.engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, check_budget, concept_rng, register
+from kneuron.engine.baselines.random import _excluded, _model_shape
+from kneuron.engine.errors import KneuronError
 
 #: the default k of the massive-unit rule (the same default as ``queries/massive_units.sql``)
 DEFAULT_K = 10.0

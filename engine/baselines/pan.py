@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, check_budget, register, top_neurons
-from engine.models.base import VLMAdapter
-from engine.record import Target, target_positions, traced
+from kneuron.engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, check_budget, register, top_neurons
+from kneuron.engine.models.base import VLMAdapter
+from kneuron.engine.signals.record import Target, target_positions, traced
 
 
 def direct_logit_contributions(adapter: VLMAdapter, token_ids: torch.Tensor) -> list[torch.Tensor]:

@@ -7,7 +7,7 @@ overlap would be negligible anyway, with a tiny one it would not). Scores are No
 ``per_budget`` (option): the generator also depends on the budget, so the sets of different budgets are
 independent draws. Without it one generator per (seed, concept) serves every budget and the sets of nearby
 budgets are near-copies of each other (neither nested nor independent); budget evaluations therefore turn it
-on (`engine.pipelines.suppress`), single-budget evaluations keep the sets they always had.
+on (`kneuron.engine.pipelines.suppress.pipeline`), single-budget evaluations keep the sets they always had.
 
 ``random_layer_matched``: layer ``l`` gets as many neurons as ``N_k`` has there. For a budget other than
 ``|N_k|`` the counts are scaled to the budget by the largest-remainder rule (ties: lower layer first); a layer
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, check_budget, concept_rng, register
-from engine.errors import KneuronError
+from kneuron.engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, check_budget, concept_rng, register
+from kneuron.engine.errors import KneuronError
 
 
 def _model_shape(ctx: BaselineContext, method: str) -> tuple[int, int]:

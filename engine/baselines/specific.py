@@ -2,7 +2,7 @@
 
 At budget n: the n candidates of C_k ∩ S_k with the best stage-2 score, where C_k is the stage-1 candidate set of
 the concept's two-stage reference set (its thresholds, aggregation and reduction) and S_k the neurons specific to
-k by the rule ``specific`` (``queries/two_stage.sql``, `queries.selection.SpecificSpec`):
+k by the rule ``specific`` (``queries/two_stage.sql``, `kneuron.queries.selection.SpecificSpec`):
 
 - ``stage1`` (default): not a stage-1 candidate of any other concept of the run (the selection's own stage-1
   thresholds: no new number);
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, register
-from engine.errors import KneuronError
+from kneuron.engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, register
+from kneuron.engine.errors import KneuronError
 
 
 class TwoStageRanking(Protocol):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, register
-from engine.errors import KneuronError
+from kneuron.engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, register
+from kneuron.engine.errors import KneuronError
 
 
 class StageRanking(Protocol):

@@ -1,6 +1,6 @@
 """COCO-format data: the loader for MS COCO 2017 / any COCO-layout folder, and the embedded shapes world."""
-from engine.data.coco import CocoDataset, split_ident_eval, to_rgb
-from engine.data.world import (
+from kneuron.engine.data.coco import CocoDataset, split_ident_eval, to_rgb
+from kneuron.engine.data.world import (
     BACKGROUNDS,
     CATEGORIES,
     COLORS,

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 
 log = logging.getLogger(__name__)
 

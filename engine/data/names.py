@@ -3,7 +3,7 @@
     check_concept_names(["cat", "Cat"])      # KneuronError: the two normalise to the same words
     name_folder(Path("out"), "..")           # out/%2E%2E: always inside ``out``, never longer than a file name may be
 
-Names are compared by `engine.eval.mentions.normalise` (NFKC, casefold, letters and digits of any script), the
+Names are compared by `kneuron.engine.eval.mentions.normalise` (NFKC, casefold, letters and digits of any script), the
 form mention detection uses: a name that normalises to nothing can never be found in a caption, and two names
 that normalise alike would be counted as one, so ingest refuses both before recording anything; so too a name
 too long to be a warehouse partition directory.
@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote
 
-from engine.errors import KneuronError
-from engine.eval.mentions import normalise
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.eval.mentions import normalise
 
 #: the longest file name component written (bytes of UTF-8; most file systems allow 255)
 MAX_NAME_BYTES = 200

@@ -28,7 +28,7 @@ Image ids: train 1_000_001.., val 2_000_001.., test 3_000_001..; annotation id =
 
 The module has one job: turning a `WorldConfig` into that folder. Placement, occlusion, outlines, captions
 and the COCO files all read the same per-image draw and the same config, so they stay together (the shape
-geometry itself lives in `engine.data.shapes`).
+geometry itself lives in `kneuron.engine.data.shapes`).
 """
 from __future__ import annotations
 
@@ -46,9 +46,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from engine.data.shapes import CATEGORIES, MAX_ROTATION_DEG, render_coverage, shape_polygon
-from engine.errors import KneuronError
-from engine.replace_guard import check_not_protected
+from kneuron.engine.data.shapes import CATEGORIES, MAX_ROTATION_DEG, render_coverage, shape_polygon
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.runtime.replace_guard import check_not_protected
 
 __all__ = [
     "BACKGROUNDS", "CATEGORIES", "COLORS", "COLOR_RGB", "SIZES", "SPLITS", "WorldConfig", "WorldObject",
@@ -525,7 +525,7 @@ def world_config_of(world_dir: Path | str) -> WorldConfig | None:
 def check_world_target(out_dir: Path | str, config: WorldConfig, force: bool = False) -> None:
     """Refuse (KneuronError) a non-empty ``out_dir`` that is not a world of the same ``config``; ``force``
     overwrites a world of another config, never a folder that holds no world, nor ``/``, the home or current
-    folder or a parent of them (`engine.replace_guard`)."""
+    folder or a parent of them (`kneuron.engine.runtime.replace_guard`)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise KneuronError(f"world output path exists and is not a directory: {out_dir}")

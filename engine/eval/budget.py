@@ -2,7 +2,8 @@
 
 In a budget evaluation (``EvalConfig.budgets``, ``kneuron suppress --budgets 1,2,4,8``) each (method, n) is its own
 neuron set and its own *label* ``"<method>@<n>"`` (`label`, `split_label`) in the ``captions`` / ``scores`` /
-``neuron_sets`` rows, so the ordinary summary (`engine.eval.summary.summarize`) has one "method" per label. Pure:
+``neuron_sets`` rows, so the ordinary summary (`kneuron.engine.eval.summary.summarize`) has one "method" per label.
+Pure:
 this module reshapes that summary.
 
 Per (concept, method, n), from the summary rows (all vs the unmodified model's captions; rate units, x100 =
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 
 SEPARATOR = "@"
 ALL_CONCEPTS = "*"
@@ -112,7 +113,8 @@ def parse_budgets(text: str) -> tuple[int, ...]:
 
 # ---------------------------------------------------------------------------------------------- curves
 def budget_curves(summary: pa.Table) -> pa.Table:
-    """`CURVE_SCHEMA` rows of every labelled method of a summary (`engine.eval.summary.SUMMARY_SCHEMA`), per concept
+    """`CURVE_SCHEMA` rows of every labelled method of a summary (`kneuron.engine.eval.summary.SUMMARY_SCHEMA`), per
+    concept
     and averaged (``"*"``), ordered by concept (``"*"`` first), method, budget."""
     found: dict[tuple[str, str, int], dict[str, float]] = {}
     for row in summary.to_pylist():

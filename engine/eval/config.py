@@ -2,7 +2,8 @@
 (`config_from_dict`) with one-line errors. Pure: no model, no storage.
 
 ``EvalConfig.identity`` is the part of the settings that determines the results; the suppression pipeline
-(`engine.pipelines.suppress`) hashes it (with the resolved run, concepts, sets, budgets, images and generation
+(`kneuron.engine.pipelines.suppress.pipeline`) hashes it (with the resolved run, concepts, sets, budgets, images and
+generation
 settings) into the ``eval_id``, so the same settings always resume the same evaluation.
 """
 from __future__ import annotations
@@ -17,13 +18,13 @@ from typing import Any
 
 import tomllib
 
-from engine.errors import KneuronError
-from engine.eval.metrics import METRICS, MetricConfig
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.eval.metrics import METRICS, MetricConfig
 
 logger = logging.getLogger(__name__)
 
 REFERENCE_METHOD = "two_stage"
-#: ablation modes (`engine.ablation`): what a suppressed unit's activation is replaced with
+#: ablation modes (`kneuron.engine.interventions.ablation`): what a suppressed unit's activation is replaced with
 ABLATIONS: tuple[str, ...] = ("zero", "mean", "resample")
 DEFAULT_METHODS: tuple[str, ...] = ("two_stage", "stage1_only", "stage2_only", "random", "random_layer_matched",
                                     "pan", "dai")
@@ -39,14 +40,14 @@ class EvalConfig:
     run_id: warehouse run (None: the latest). eval_id: None = derived from everything that determines the
         results (rerunning resumes).
     concepts: concepts to evaluate (empty: every concept with a two_stage set). methods: ``two_stage`` and/or
-        registered baselines (`engine.baselines.BASELINES`).
+        registered baselines (`kneuron.engine.baselines.BASELINES`).
     sets: explicit two_stage set ids (at most one per concept; ``kneuron suppress --set``). Default: each
         concept's current two_stage set (the latest chosen by ``kneuron select``, else the latest stored).
-    selection: select the two_stage sets with these thresholds instead (keys of `queries.selection`:
+    selection: select the two_stage sets with these thresholds instead (keys of `kneuron.queries.selection`:
         ``stage1``/``stage2`` as ``auto | abs:V | q:Q | top:N``, ``aggregate``, ``min_share``, ``reduce``,
         ``stage2_pool``); new sets are stored.
     budget: baseline size: ``"same_as:two_stage"`` (|N_k|) or a number; budget_per_concept overrides it.
-    budgets: a budget evaluation (`engine.eval.budget`): every method at each of these sizes n, each (method, n)
+    budgets: a budget evaluation (`kneuron.engine.eval.budget`): every method at each of these sizes n, each (method, n)
         its own set labelled ``"<method>@<n>"``; two_stage at n = the top n of its stage-2 ranking within C_k
         (fewer when |C_k| < n, said in the log). Empty (default): one budget, ``budget``.
     n_other: other images per concept: ``"match"`` (as many as target images) or a number.
@@ -56,17 +57,19 @@ class EvalConfig:
     metrics: metric names (subset of bleu4, rougeL, bertscore); metric_config: BERTScore model etc.
     baseline_options: method -> keyword options (e.g. ``{"dai": {"steps": 20}}``).
     fragility_images: > 0 = also zero each unit of the evaluated sets alone on this many identification images
-        (`engine.pipelines.suppress_fragility`); reported, not stored, and not part of the eval id.
+        (`kneuron.engine.pipelines.suppress.fragility`); reported, not stored, and not part of the eval id.
     model / device / dtype: override the run's model (default: the run's ``model_name`` and dtype; device
         ``auto`` = CUDA when available). dataset_root / dataset_split: override the run's dataset.
     edited_model: a folder written by ``kneuron edit``; its plain captions are the method ``edited``, scored
         against the run's model's unmodified captions like any suppression (method list must name ``edited``).
-    ablation: what a suppressed unit's activation becomes (`engine.ablation`): ``zero`` (the paper), ``mean``
+    ablation: what a suppressed unit's activation becomes (`kneuron.engine.interventions.ablation`): ``zero`` (the
+    paper), ``mean``
         (its mean over ``reference_images`` identification images, per position kind) or ``resample`` (a
         seeded donor image's activation from that reference set).
     reference_images: identification images (seeded choice over the evaluated concepts) of the mean /
         resample reference set.
-    rows_per_generate: (set, image) rows captioned in one generate (`engine.multiset.caption_under_sets`);
+    rows_per_generate: (set, image) rows captioned in one generate
+    (`kneuron.engine.interventions.multiset.caption_under_sets`);
         None = 4 x batch_size. Captions do not depend on it.
     """
 
@@ -100,8 +103,8 @@ class EvalConfig:
 
     def validate(self) -> None:
         """Raise `KneuronError` naming the first impossible value."""
-        import engine.baselines  # noqa: F401  (registers the baselines)
-        from engine.baselines.base import BASELINES
+        import kneuron.engine.baselines  # noqa: F401  (registers the baselines)
+        from kneuron.engine.baselines.base import BASELINES
 
         known = [REFERENCE_METHOD, *sorted(BASELINES), *([EDITED_METHOD] if self.edited_model else [])]
         if (EDITED_METHOD in self.methods) != bool(self.edited_model):
@@ -128,7 +131,7 @@ class EvalConfig:
             if not _whole(value):
                 raise KneuronError(f"budget of concept {concept!r} must be a whole number >= 0, got {value!r}")
         if self.budgets:
-            from engine.eval.budget import check_budgets
+            from kneuron.engine.eval.budget import check_budgets
 
             check_budgets(self.budgets)
             if self.budget_per_concept or self.budget != SAME_AS_REFERENCE:

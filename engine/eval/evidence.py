@@ -1,6 +1,6 @@
 """Intervals and paired tests for one evaluation's outcomes: every drop, rate, T(n), O(n) and specificity area.
 
-Input: the `engine.eval.summary.ImageOutcome` records of an evaluation (one per concept, method or
+Input: the `kneuron.engine.eval.summary.ImageOutcome` records of an evaluation (one per concept, method or
 ``method@n`` label, group and image). Each image becomes one row per (concept, group, image); each (label,
 measure, reference) one column (`image_matrix`), as a ratio numerator / denominator per row:
 
@@ -11,13 +11,13 @@ measure, reference) one column (`image_matrix`), as a ratio numerator / denomina
 - each (metric, reference) score: before - after, denominator 1 (0 where the image has no score).
 
 Per (label, measure, reference) and group ``target`` / ``other`` / ``specificity`` (target - other), the estimate
-is the mean over concepts of the per-concept value (as `engine.eval.summary` averages), with the two bootstrap
-intervals of `engine.eval.uncertainty` (``images``: images resampled within concepts; ``concepts``: concepts
+is the mean over concepts of the per-concept value (as `kneuron.engine.eval.summary` averages), with the two bootstrap
+intervals of `kneuron.engine.eval.uncertainty` (``images``: images resampled within concepts; ``concepts``: concepts
 resampled), ``n_images`` (rows, or object pairs for retention) and ``n_concepts`` (`interval_table`).
 `paired_table`: per label and every other label (the baseline) on the same images, the difference, its two
 intervals, the sign-flip p-value and its Holm adjustment across the label's baselines.
 `budget_evidence`: for a budget evaluation, T(n), O(n), T - O per (method, n) and each method's specificity
-area (`engine.eval.budget.specificity_area` as weights over budgets) with intervals, and the paired area
+area (`kneuron.engine.eval.budget.specificity_area` as weights over budgets) with intervals, and the paired area
 differences between methods.
 """
 from __future__ import annotations
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from engine.eval.budget import split_label
-from engine.eval.mentions import mentions
-from engine.eval.summary import UNMODIFIED, ImageOutcome
-from engine.eval.uncertainty import bootstrap, holm, sign_flip_pvalue
+from kneuron.engine.eval.budget import split_label
+from kneuron.engine.eval.mentions import mentions
+from kneuron.engine.eval.summary import UNMODIFIED, ImageOutcome
+from kneuron.engine.eval.uncertainty import bootstrap, holm, sign_flip_pvalue
 
 GROUPS: tuple[str, ...] = ("target", "other")
 CI_GROUPS: tuple[str, ...] = ("target", "other", "specificity")
@@ -230,7 +230,7 @@ AREA_SCHEMA = pa.schema([
 
 def area_weights(budgets: Sequence[int | None]) -> np.ndarray:
     """``[m]`` weights w with ``specificity_area = sum_j w_j * gap_j`` (trapezoids over log2 n divided by the
-    log2 range, `engine.eval.budget.specificity_area`); one budget (or a plain evaluation): ``[1]``."""
+    log2 range, `kneuron.engine.eval.budget.specificity_area`); one budget (or a plain evaluation): ``[1]``."""
     if len(budgets) == 1:
         return np.ones(1)
     x = np.log2(np.asarray(budgets, dtype=float))

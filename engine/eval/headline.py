@@ -1,4 +1,4 @@
-"""The report's answer from the T - O rows of `engine.eval.evidence.gap_table`: which comparison the evaluation
+"""The report's answer from the T - O rows of `kneuron.engine.eval.evidence.gap_table`: which comparison the evaluation
 supports, with its interval and n. Pure.
 
 T = drop of the concept's mention rate on its own images; O = share of the other images' object mentions lost
@@ -51,7 +51,7 @@ def sizes(row: Mapping[str, Any]) -> str:
 
 
 def answer(gaps: Sequence[Mapping[str, Any]], budgets: Sequence[int] = (), control: str = CONTROL) -> Answer:
-    """The answer of one evaluation's gap rows (`engine.eval.evidence.AREA_SCHEMA` dicts); ``budgets``: the
+    """The answer of one evaluation's gap rows (`kneuron.engine.eval.evidence.AREA_SCHEMA` dicts); ``budgets``: the
     evaluation's budgets (empty: one set per method at its concept's budget)."""
     areas = {r["method"]: r for r in gaps if r["quantity"] == "area" and r["baseline"] is None}
     paired = {(r["method"], r["baseline"]): r for r in gaps if r["quantity"] == "area" and r["baseline"] is not None}

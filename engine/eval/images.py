@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from engine.baselines.base import concept_rng
-from engine.eval.config import EvalConfig
+from kneuron.engine.baselines.base import concept_rng
+from kneuron.engine.eval.config import EvalConfig
 
 
 @dataclass

@@ -1,12 +1,12 @@
 """Mention outcomes per (caption, object): whether each stored caption names its concept and each other object
-annotated in its image (`engine.eval.mentions.mentions`), as rows of the warehouse ``mentions`` table. Pure."""
+annotated in its image (`kneuron.engine.eval.mentions.mentions`), as rows of the warehouse ``mentions`` table. Pure."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from engine.eval.budget import split_label
-from engine.eval.mentions import mentions
+from kneuron.engine.eval.budget import split_label
+from kneuron.engine.eval.mentions import mentions
 
 COLUMNS = ("eval_id", "run_id", "set_id", "method", "budget", "concept", "group", "image_id", "condition",
            "object", "is_concept", "mentioned")

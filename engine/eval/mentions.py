@@ -29,7 +29,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 
 # Surface forms in the singular (plurals are generated; irregular ones are in IRREGULAR_PLURALS).
 # The first entry is the COCO / shapes-world category name itself.

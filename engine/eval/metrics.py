@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.errors import KneuronError
-from engine.threads import job
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.runtime.threads import job
 
 if TYPE_CHECKING:  # pragma: no cover
     import bert_score
@@ -184,7 +184,7 @@ class CaptionScorer:
         if self._bert is None:
             import bert_score
 
-            from engine import scoped
+            from kneuron.engine.runtime import scoped
 
             # a local folder never needs the Hub (user settings win); the weight-loading bar would interleave with
             # our own output: both only while the scorer loads, then as they were
@@ -283,7 +283,7 @@ class CaptionScorer:
             return (pad_sequence([e.to(device) for e in emb], batch_first=True, padding_value=2.0), mask.to(device),
                     pad_sequence([i.to(device) for i in idf], batch_first=True))
 
-        with job(model):  # a small backbone runs on one thread (engine.threads)
+        with job(model):  # a small backbone runs on one thread (kneuron.engine.runtime.threads)
             for start in range(0, len(new), size):
                 batch = new[start:start + size]
                 embs, masks, idf = get_bert_embedding(batch, model, tokenizer, idf_dict, device=scorer.device)

@@ -1,5 +1,5 @@
 """Intervals for the report's per-item numbers grouped by concept: decode hit rates (one 0/1 per neuron) and
-heatmap lifts (one value per image). Pure numpy over `engine.eval.uncertainty`.
+heatmap lifts (one value per image). Pure numpy over `kneuron.engine.eval.uncertainty`.
 
 `pooled_interval`: the pooled mean (sum over all items / their number, as the hit-rate table pools neurons)
 with seeded percentile intervals resampling items within concepts and resampling concepts. `concept_intervals`:
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.eval.uncertainty import bootstrap, concept_draws, holm, image_draws, sign_flip_pvalue
+from kneuron.engine.eval.uncertainty import bootstrap, concept_draws, holm, image_draws, sign_flip_pvalue
 
 N_BOOT = 1000
 SEED = 0

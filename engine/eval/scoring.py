@@ -1,6 +1,6 @@
 """Caption scores cached by their inputs, so that equal (caption, references) pairs always get equal values (an
 empty neuron set, whose captions equal the unmodified ones, then drops by exactly 0) and each pair is scored
-once per evaluation. Pure: the scorer is `engine.eval.metrics.CaptionScorer` or anything with its ``score``.
+once per evaluation. Pure: the scorer is `kneuron.engine.eval.metrics.CaptionScorer` or anything with its ``score``.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 
 class Scorer(Protocol):
-    """What `ScoreCache` needs of `engine.eval.metrics.CaptionScorer`: per metric, one value per hypothesis."""
+    """What `ScoreCache` needs of `kneuron.engine.eval.metrics.CaptionScorer`: per metric, one value per hypothesis."""
 
     def score(self, hyps: Sequence[str], refs: Sequence[Sequence[str]], metrics: Sequence[str]) -> Mapping[str, Any]:
         ...

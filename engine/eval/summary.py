@@ -9,7 +9,7 @@ scores what the metric gives identical strings; ``ground_truth``: the dataset's 
 Measures, per (concept, method, group), each a mean over the group's images:
 - ``bleu4`` / ``rougeL`` / ``bertscore`` against each reference: ``before``, ``after`` and
   ``drop = before - after`` (identical captions give drop 0 exactly);
-- ``mention``: share of captions that mention the concept ``k`` (word or synonym, `engine.eval.mentions`):
+- ``mention``: share of captions that mention the concept ``k`` (word or synonym, `kneuron.engine.eval.mentions`):
   before, after, drop (in rate units; x100 = points);
 - ``retention``: over the (image, other annotated concept c != k) pairs whose ``before`` caption mentions c, the
   share whose ``after`` caption still mentions c (``after``), ``drop = 1 - retention``; ``n`` = number of pairs;
@@ -31,8 +31,8 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from engine.eval.mentions import mentions
-from engine.eval.metrics import METRICS
+from kneuron.engine.eval.mentions import mentions
+from kneuron.engine.eval.metrics import METRICS
 
 REFERENCES: tuple[str, ...] = ("unmodified", "ground_truth")
 GROUPS: tuple[str, ...] = ("target", "other")
@@ -71,7 +71,7 @@ class ImageOutcome:
 
 
 class HasNeurons(Protocol):
-    """A neuron set as `outcomes_from_rows` needs it (e.g. `engine.pipelines.sets.StoredSet`): its neurons."""
+    """A neuron set as `outcomes_from_rows` needs it (e.g. `kneuron.engine.pipelines.sets.StoredSet`): its neurons."""
 
     @property
     def neurons(self) -> Sized: ...

@@ -8,7 +8,7 @@ pooled share (other-object mentions lost / mentioned before). A cell without row
 
 A *statistic* maps the cell values ``[..., C, G, K]`` to per-concept values ``[..., C, M]`` (vectorised over
 leading axes), e.g. ``T - O`` per method; the reported number is their mean over concepts (NaN concepts left
-out), as `engine.eval.summary` averages concepts.
+out), as `kneuron.engine.eval.summary` averages concepts.
 
 Two bootstrap schemes (`bootstrap`), both percentile intervals from seeded draws:
 - ``images``: each cell's rows resampled with replacement within the cell (the concepts fixed); the same draw is

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.errors import KneuronError
-from engine.inpaint.base import Inpainter
-from engine.inpaint.masks import dilate, removal_mask, union
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.inpaint.base import Inpainter
+from kneuron.engine.inpaint.masks import dilate, removal_mask, union
 
 INPAINTERS: tuple[str, ...] = ("telea", "ns", "sd")
 DEFAULT_INPAINTER = "telea"
@@ -18,11 +18,11 @@ DEFAULT_INPAINTER = "telea"
 def get_inpainter(name: str = DEFAULT_INPAINTER, **options: Any) -> Inpainter:
     """Build the inpainter called ``name`` with its ``options`` (constructor keywords)."""
     if name in ("telea", "ns"):
-        from engine.inpaint.opencv import OpenCVInpainter
+        from kneuron.engine.inpaint.opencv import OpenCVInpainter
 
         factory: Any = lambda **kw: OpenCVInpainter(method=name, **kw)  # noqa: E731
     elif name == "sd":
-        from engine.inpaint.diffusion import DiffusionInpainter
+        from kneuron.engine.inpaint.diffusion import DiffusionInpainter
 
         factory = DiffusionInpainter
     else:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 
 
 def check_image(image: np.ndarray) -> np.ndarray:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.errors import KneuronError
-from engine.inpaint.base import Inpainter
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.inpaint.base import Inpainter
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -112,7 +112,7 @@ class DiffusionInpainter(Inpainter):
         _diffusers_version()
         from diffusers import AutoPipelineForInpainting
 
-        from engine.models.hub import hub_cache, hub_offline, parse_hub_id
+        from kneuron.engine.models.hub import hub_cache, hub_offline, parse_hub_id
 
         local = os.path.isdir(self.model)
         hub = None if local else parse_hub_id(self.model)

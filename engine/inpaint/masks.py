@@ -6,7 +6,7 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 
 
 def union(masks: Iterable[np.ndarray], shape: tuple[int, int] | None = None) -> np.ndarray:

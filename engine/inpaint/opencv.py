@@ -6,8 +6,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from engine.errors import KneuronError
-from engine.inpaint.base import Inpainter
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.inpaint.base import Inpainter
 
 METHODS: dict[str, int] = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
 

@@ -1,8 +1,9 @@
 """Model adapters and the model registry: ``load_model(name_or_path)``.
 
 Names: the bundled tiny models (``tiny-shapes-qformer``, ``tiny-shapes-patch``), a Hugging Face Hub id
-``org/name[@revision]`` (its snapshot in the Hub cache: `engine.models.hub`) or a folder: a kneuron MiniGPT-4
-folder (``kneuron_model.json``) or a Hugging Face folder of a supported family (`engine.models.families`: LLaVA, BLIP-2,
+``org/name[@revision]`` (its snapshot in the Hub cache: `kneuron.engine.models.hub`) or a folder: a kneuron MiniGPT-4
+folder (``kneuron_model.json``) or a Hugging Face folder of a supported family (`kneuron.engine.models.families`: LLaVA,
+BLIP-2,
 InstructBLIP, Qwen2-VL / Qwen2.5-VL, LLaVA-NeXT / OneVision, Idefics3 / SmolVLM, Gemma 3; `hf_loader.SUPPORTED`)
 whose text model has a gated MLP.
 """
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import KneuronError
-from engine.models.base import ImageConnector, PreparedBatch, VLMAdapter
-from engine.models.devices import resolve_device
-from engine.models.families import BUNDLED, BUNDLED_TESTBEDS
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.models.base import ImageConnector, PreparedBatch, VLMAdapter
+from kneuron.engine.models.devices import resolve_device
+from kneuron.engine.models.families import BUNDLED, BUNDLED_TESTBEDS
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 DEFAULT_MODEL = "tiny-shapes-qformer"
@@ -39,7 +40,7 @@ def resolve_model_path(name_or_path: str) -> Path:
     """A bundled model name, a folder path or a Hub id ``org/name[@revision]`` -> the folder.
 
     A folder that exists wins over a Hub id of the same spelling; a Hub id is looked up in the Hub cache and
-    downloaded when missing unless ``HF_HUB_OFFLINE`` is set (`engine.models.hub.hub_snapshot`).
+    downloaded when missing unless ``HF_HUB_OFFLINE`` is set (`kneuron.engine.models.hub.hub_snapshot`).
     """
     if name_or_path in BUNDLED + BUNDLED_TESTBEDS:
         folder = BUNDLED_DIR / name_or_path
@@ -49,7 +50,7 @@ def resolve_model_path(name_or_path: str) -> Path:
         return folder
     folder = Path(name_or_path).expanduser()
     if not folder.exists():
-        from engine.models.hub import hub_snapshot, parse_hub_id
+        from kneuron.engine.models.hub import hub_snapshot, parse_hub_id
 
         hub = parse_hub_id(name_or_path)
         if hub is not None:
@@ -81,11 +82,11 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "
     folder = resolve_model_path(name_or_path)
     loader: Callable[..., VLMAdapter]
     if (folder / "kneuron_model.json").is_file():
-        from engine.models.minigpt4_adapter import load_minigpt4
+        from kneuron.engine.models.minigpt4_adapter import load_minigpt4
 
         loader = load_minigpt4
     elif (folder / "config.json").is_file():
-        from engine.models.hf_loader import load_hf_vlm
+        from kneuron.engine.models.hf_loader import load_hf_vlm
 
         loader = load_hf_vlm
     else:

@@ -7,7 +7,7 @@ build inputs (optionally with teacher-forced answer tokens appended), how to cap
 
 Neuron site (hook name, TransformerLens style): ``blocks.{l}.mlp.down_proj.input`` = ``act(gate(x)) * up(x)``
 (SiLU for LLaMA-style models, GELU for Gemma), shape ``[batch, pos, d_ff]``; Hugging Face adapters find it by
-module structure (`engine.models.ffn_site`).
+module structure (`kneuron.engine.models.ffn_site`).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 
 HOOK_SITE = "mlp.down_proj.input"
 
@@ -48,7 +48,7 @@ class ImageRegions:
     and width (the whole image is ``(0, 0, 1, 1)``); a row of NaN for a token that carries no image region
     (LLaVA-NeXT's row-end newline tokens). ``grid``: ``(rows, cols)`` of the heatmap grid the boxes are drawn
     on (the finest token grid of the model). A token's heat is spread over the grid cells its box overlaps, in
-    proportion to the overlap (`engine.heatmap.region_map`).
+    proportion to the overlap (`kneuron.engine.signals.heatmap.region_map`).
     """
 
     boxes: torch.Tensor

@@ -16,7 +16,7 @@ Inputs (official releases; nothing is downloaded here):
   ``Qformer.bert.embeddings.position_ids``; they are listed and ignored).
 - a Vicuna v0 / LLaMA-2-chat Hugging Face folder (``config.json``, weights, tokenizer).
 
-Keys are renamed to the Hugging Face BLIP-2 layout used by `engine.models.minigpt4.MiniGPT4` (`rename_vit`,
+Keys are renamed to the Hugging Face BLIP-2 layout used by `kneuron.engine.models.minigpt4.MiniGPT4` (`rename_vit`,
 `rename_blip2`), sizes are inferred from tensor shapes, and every non-LLM weight is written to
 ``model.safetensors`` next to a ``kneuron_model.json`` whose ``llm_path`` points at the LLM folder. The
 official code loads the two checkpoints with ``strict=False`` on top of the ViT (Q-Former checkpoint first,
@@ -39,10 +39,10 @@ from typing import Any
 
 import torch
 
-from engine.errors import KneuronError
-from engine.models.minigpt4 import MiniGPT4, MiniGPT4Config, Variant
-from engine.models.minigpt4_adapter import SPEC_FILE, WEIGHTS_FILE, ModelSpec, load_state_strict
-from engine.models.prompts import get_template
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.models.minigpt4 import MiniGPT4, MiniGPT4Config, Variant
+from kneuron.engine.models.minigpt4_adapter import SPEC_FILE, WEIGHTS_FILE, ModelSpec, load_state_strict
+from kneuron.engine.models.prompts import get_template
 
 VIT_PREFIX = "visual_encoder."
 LN_VISION_EPS = 1e-5  # ln_vision is nn.LayerNorm with its default eps
@@ -367,7 +367,7 @@ def convert_official(eva_vit: Path, qformer: Path | None, minigpt4: Path, llm: P
 
     log = log or logger.info
 
-    from engine.models import resolve_dtype
+    from kneuron.engine.models import resolve_dtype
 
     eva_vit, minigpt4, llm, out = Path(eva_vit), Path(minigpt4), Path(llm).resolve(), Path(out)
     qformer = Path(qformer) if qformer is not None else None

@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 
 #: what ``--device`` accepts (``cuda:N``: the N-th CUDA device, counted from 0)
 ACCEPTED = ("auto", "cpu", "cuda", "cuda:N", "mps")

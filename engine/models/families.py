@@ -1,6 +1,6 @@
 """The model families kneuron loads, as one table: the source of the CLI's ``--model`` help and README's list.
 
-Imports nothing heavy (no torch), so a command's ``--help`` can use it. `engine.models.hf_loader.SUPPORTED`
+Imports nothing heavy (no torch), so a command's ``--help`` can use it. `kneuron.engine.models.hf_loader.SUPPORTED`
 holds the same Hugging Face ``model_type``s (a test checks both agree).
 """
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 
 GATED_NAMES = ("gate_proj", "up_proj", "down_proj")
 #: what kneuron needs, said once in every error

@@ -5,7 +5,7 @@ import hashlib
 
 import torch
 
-from engine.models.base import VLMAdapter
+from kneuron.engine.models.base import VLMAdapter
 
 #: values per weight tensor that the model fingerprint reads (evenly strided; all of a smaller tensor)
 FINGERPRINT_SAMPLES = 1 << 16

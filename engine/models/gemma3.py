@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from engine.errors import KneuronError
-from engine.models.base import ImageRegions, grid_boxes
-from engine.models.hf_pinned import PinnedResolutionAdapter, token_type_ids
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.models.base import ImageRegions, grid_boxes
+from kneuron.engine.models.hf_pinned import PinnedResolutionAdapter, token_type_ids
 
 GEMMA3_TEMPLATE = "<start_of_turn>user\n<image>{instruction}<end_of_turn>\n<start_of_turn>model\n"
 

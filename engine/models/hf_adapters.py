@@ -2,7 +2,7 @@
 Face adapter (the newer families live in their own modules: `qwen2_vl`, `llava_next`, `idefics3`, `gemma3`).
 
 Text model: any decoder with a gated MLP ``down_proj(act(gate_proj(x)) * up_proj(x))`` (LLaMA, Mistral, Qwen2/3,
-Gemma 2/3, SmolLM), found by module structure under `HFVLMAdapter.text_model_path` (`engine.models.ffn_site`).
+Gemma 2/3, SmolLM), found by module structure under `HFVLMAdapter.text_model_path` (`kneuron.engine.models.ffn_site`).
 
 All three splice image features into the LLM sequence at the positions where ``input_ids`` holds the image
 placeholder id (``config.image_token_id``), so the adapters build ``input_ids`` themselves:
@@ -36,11 +36,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from engine.errors import KneuronError
-from engine.models.base import ImageConnector, PreparedBatch, VLMAdapter, pad_targets
-from engine.models.ffn_site import FFNSite, find_ffn_site, split_path, walk
-from engine.models.preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor
-from engine.models.prompts import DEFAULT_INSTRUCTION
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.models.base import ImageConnector, PreparedBatch, VLMAdapter, pad_targets
+from kneuron.engine.models.ffn_site import FFNSite, find_ffn_site, split_path, walk
+from kneuron.engine.models.preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor
+from kneuron.engine.models.prompts import DEFAULT_INSTRUCTION
 
 #: the image placeholder inside prompt templates (replaced by the tokenizer's image token / placeholder ids)
 IMAGE_MARKER = "<image>"

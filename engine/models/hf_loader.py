@@ -20,19 +20,19 @@ from typing import Any
 
 import torch
 
-from engine.errors import KneuronError
-from engine.models.ffn_site import find_ffn_site
-from engine.models.hf_adapters import ADAPTERS, QFORMER_TOKENIZER_DIR, HFVLMAdapter
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.models.ffn_site import find_ffn_site
+from kneuron.engine.models.hf_adapters import ADAPTERS, QFORMER_TOKENIZER_DIR, HFVLMAdapter
 
 #: model_type -> (module, adapter class) of the families outside `hf_adapters` (imported when needed)
 FAMILY_MODULES: dict[str, tuple[str, str]] = {
-    "qwen2_vl": ("engine.models.qwen2_vl", "Qwen2VLAdapter"),
-    "qwen2_5_vl": ("engine.models.qwen2_vl", "Qwen25VLAdapter"),
-    "llava_next": ("engine.models.llava_next", "LlavaNextAdapter"),
-    "llava_onevision": ("engine.models.llava_next", "LlavaOnevisionAdapter"),
-    "idefics3": ("engine.models.idefics3", "Idefics3Adapter"),
-    "smolvlm": ("engine.models.idefics3", "SmolVLMAdapter"),
-    "gemma3": ("engine.models.gemma3", "Gemma3Adapter"),
+    "qwen2_vl": ("kneuron.engine.models.qwen2_vl", "Qwen2VLAdapter"),
+    "qwen2_5_vl": ("kneuron.engine.models.qwen2_vl", "Qwen25VLAdapter"),
+    "llava_next": ("kneuron.engine.models.llava_next", "LlavaNextAdapter"),
+    "llava_onevision": ("kneuron.engine.models.llava_next", "LlavaOnevisionAdapter"),
+    "idefics3": ("kneuron.engine.models.idefics3", "Idefics3Adapter"),
+    "smolvlm": ("kneuron.engine.models.idefics3", "SmolVLMAdapter"),
+    "gemma3": ("kneuron.engine.models.gemma3", "Gemma3Adapter"),
 }
 SUPPORTED = tuple(ADAPTERS) + tuple(FAMILY_MODULES)
 

@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from engine.errors import KneuronError
-from engine.models.base import ImageConnector
-from engine.models.ffn_site import split_path, walk
-from engine.models.hf_adapters import IMAGE_MARKER, HFVLMAdapter
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.models.base import ImageConnector
+from kneuron.engine.models.ffn_site import split_path, walk
+from kneuron.engine.models.hf_adapters import IMAGE_MARKER, HFVLMAdapter
 
 
 class PinnedResolutionAdapter(HFVLMAdapter):

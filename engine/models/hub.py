@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 
 logger = logging.getLogger(__name__)
 

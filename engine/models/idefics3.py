@@ -10,7 +10,7 @@ The prompt holds, as ``Idefics3Processor`` writes it, per tile ``<fake_token_aro
 ``<image>`` tokens (a newline after each row of tiles), then ``\\n<fake_token_around_image><global-img>`` + ``m²``
 ``<image>`` + ``<fake_token_around_image>``. The image tokens are the ``<image>`` positions only.
 
-Pinned resolution (`engine.models.hf_pinned`): a square image always gives the same ``k x k`` tiles, so images
+Pinned resolution (`kneuron.engine.models.hf_pinned`): a square image always gives the same ``k x k`` tiles, so images
 are resized to that square (``k`` tiles of the tile size) first. `image_regions`: the heatmap grid is the
 ``k m x k m`` grid of the tiles' tokens; a global-image token covers the ``k x k`` cells of its part of the image.
 Captions end at ``<end_of_utterance>``.
@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from engine.errors import KneuronError
-from engine.models.base import ImageRegions, grid_boxes
-from engine.models.hf_pinned import PinnedResolutionAdapter
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.models.base import ImageRegions, grid_boxes
+from kneuron.engine.models.hf_pinned import PinnedResolutionAdapter
 
 IDEFICS3_TEMPLATE = "User:<image>{instruction}<end_of_utterance>\nAssistant:"
 SMOLVLM_TEMPLATE = "<|im_start|>User:<image>{instruction}<end_of_utterance>\nAssistant:"

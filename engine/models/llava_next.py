@@ -10,7 +10,7 @@ resized to one tile. Each tile gives ``s x s`` features (``s = image_size / patc
 after cutting the padding's rows or columns off the fine grid ("unpad"). OneVision also shrinks a fine grid of
 more than ``anyres_max_N`` tiles bilinearly.
 
-Pinned resolution (`engine.models.hf_pinned`): images are resized to a *square pinpoint* (default the 2 x 2-tile
+Pinned resolution (`kneuron.engine.models.hf_pinned`): images are resized to a *square pinpoint* (default the 2 x 2-tile
 one, e.g. 672 px for LLaVA-1.6, 768 px for OneVision), so there is no padding to cut and every fine-grid token
 is one exact cell of the image. `image_regions`: the fine grid is the heatmap grid; a base token covers the
 ``k x k`` cells of its part of the image; newline tokens cover none. A fine grid OneVision shrinks bilinearly
@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.errors import KneuronError
-from engine.models.base import ImageRegions, grid_boxes
-from engine.models.hf_adapters import LLAVA_TEMPLATE
-from engine.models.hf_pinned import PinnedResolutionAdapter
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.models.base import ImageRegions, grid_boxes
+from kneuron.engine.models.hf_adapters import LLAVA_TEMPLATE
+from kneuron.engine.models.hf_pinned import PinnedResolutionAdapter
 
 MISTRAL_TEMPLATE = "[INST] <image>\n{instruction} [/INST]"
 CHATML_TEMPLATE = "<|im_start|>user <image>\n{instruction}<|im_end|><|im_start|>assistant\n"

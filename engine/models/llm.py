@@ -8,7 +8,7 @@ A reference is one of:
 - a **Hugging Face folder** (``config.json`` of a LLaMA-family model, the tokenizer files beside it);
 - a **GGUF file** (``*.gguf``), loaded through transformers' GGUF support (needs the ``gguf`` package:
   ``pip install -e ".[llm]"``) and dequantised to a plain `LlamaForCausalLM`;
-- a **Hub id** (``org/name[@revision]``): its snapshot folder in the Hugging Face cache (`engine.models.hub`;
+- a **Hub id** (``org/name[@revision]``): its snapshot folder in the Hugging Face cache (`kneuron.engine.models.hub`;
   downloaded when missing unless ``HF_HUB_OFFLINE`` is set).
 
 Relative paths are taken from ``base`` (a model folder's ``llm_path`` is relative to that folder). Every
@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 
 SourceKind = Literal["folder", "gguf", "hub"]
 
@@ -105,7 +105,7 @@ def resolve_llm(ref: str, base: Path | None = None) -> LLMSource:
         return LLMSource("folder", str(path), ref)
     if ref.lower().endswith(".gguf"):
         raise KneuronError(f"GGUF file not found: {path}")
-    from engine.models.hub import hub_snapshot, parse_hub_id
+    from kneuron.engine.models.hub import hub_snapshot, parse_hub_id
 
     hub = parse_hub_id(ref)
     if hub is not None:  # the snapshot folder in the Hub cache (downloaded unless HF_HUB_OFFLINE is set)

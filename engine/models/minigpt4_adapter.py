@@ -2,7 +2,7 @@
 
 A model folder holds ``kneuron_model.json`` (a `ModelSpec`), ``model.safetensors`` (every MiniGPT-4 weight, or
 all but the LLM when ``llm_path`` names the LLM: a Hugging Face LLaMA/Vicuna folder, a GGUF file, a hub id or a
-shortcut such as ``smollm2``, see `engine.models.llm`) and the tokenizer files (or none: the LLM's tokenizer).
+shortcut such as ``smollm2``, see `kneuron.engine.models.llm`) and the tokenizer files (or none: the LLM's tokenizer).
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from engine.errors import KneuronError
-from engine.models.base import ImageConnector, PreparedBatch, VLMAdapter, pad_targets
-from engine.models.minigpt4 import PROJECTIONS, MiniGPT4, MiniGPT4Config
-from engine.models.preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor
-from engine.models.prompts import DEFAULT_INSTRUCTION, PromptTemplate, get_template, prompt_token_ids
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.models.base import ImageConnector, PreparedBatch, VLMAdapter, pad_targets
+from kneuron.engine.models.minigpt4 import PROJECTIONS, MiniGPT4, MiniGPT4Config
+from kneuron.engine.models.preprocess import CLIP_MEAN, CLIP_STD, ImagePreprocessor
+from kneuron.engine.models.prompts import DEFAULT_INSTRUCTION, PromptTemplate, get_template, prompt_token_ids
 
 SPEC_FILE = "kneuron_model.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -104,7 +104,8 @@ class MiniGPT4Adapter(VLMAdapter):
     # ------------------------------------------------------------------ tokens
     @property
     def bos_id(self) -> int | None:
-        """The tokenizer's BOS id, or None when it has none (see `engine.models.prompts` for when it is used)."""
+        """The tokenizer's BOS id, or None when it has none (see `kneuron.engine.models.prompts` for when it is
+        used)."""
         bos = self.tokenizer.bos_token_id
         return None if bos is None else int(bos)
 
@@ -218,7 +219,7 @@ def load_minigpt4(folder: str | Path, device: str | torch.device = "cpu", dtype:
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from engine.models.llm import load_llm, load_llm_tokenizer, resolve_llm
+    from kneuron.engine.models.llm import load_llm, load_llm_tokenizer, resolve_llm
 
     folder = Path(folder)
     spec = read_spec(folder)

@@ -5,7 +5,7 @@ and cuts it into ``patch_size`` patches, ordered so that each ``merge_size x mer
 the vision tower's merger turns every block into one LLM image token, raster-ordered over the merged grid
 ``(grid_h / merge, grid_w / merge)`` from ``image_grid_thw`` (Qwen2.5-VL's window attention reorders patches
 inside the tower and restores the order after the merger). Images are pinned to one square side (default 448
-px: a 16 x 16 token grid, 256 tokens; `engine.models.hf_pinned`), so ``image_grid_thw`` is the same for every
+px: a 16 x 16 token grid, 256 tokens; `kneuron.engine.models.hf_pinned`), so ``image_grid_thw`` is the same for every
 image and the adapter reads the grid from it once.
 
 M-RoPE: the model computes its 3-D rotary positions itself from ``image_grid_thw`` and ``mm_token_type_ids``
@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from engine.errors import KneuronError
-from engine.models.base import ImageRegions, grid_boxes
-from engine.models.hf_pinned import PinnedResolutionAdapter, token_type_ids
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.models.base import ImageRegions, grid_boxes
+from kneuron.engine.models.hf_pinned import PinnedResolutionAdapter, token_type_ids
 
 QWEN_TEMPLATE = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>"
                  "{instruction}<|im_end|>\n<|im_start|>assistant\n")

@@ -1,7 +1,7 @@
 """Tiny MiniGPT-4 architectures (official structure, scaled down) for tests and the embedded world."""
 from __future__ import annotations
 
-from engine.models.minigpt4 import MiniGPT4Config, Variant
+from kneuron.engine.models.minigpt4 import MiniGPT4Config, Variant
 
 
 def tiny_config(variant: Variant, vocab_size: int, image_size: int = 64, patch_size: int = 8,

@@ -5,7 +5,7 @@
         adapter = run.load_model()                            # the model that recorded the run
 
 ``run.row`` is the run's ``runs`` row and ``run.config`` its parsed ``config_json``. Which set of a (concept,
-method) is current is decided in SQL, by the ``current_sets`` view (`engine.pipelines.sets.current_set_ids`):
+method) is current is decided in SQL, by the ``current_sets`` view (`kneuron.engine.pipelines.sets.current_set_ids`):
 the latest chosen by ``kneuron select``, else the latest stored.
 """
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-import queries
-from engine.baselines import ScoredNeuron
-from engine.errors import KneuronError
-from engine.eval.evidence import Evidence
-from engine.eval.metrics import METRICS
-from engine.eval.summary import ImageOutcome, outcomes_from_rows, summarize
-from engine.pipelines.sets import StoredSet, current_set_ids, stored_sets
+from kneuron import queries
+from kneuron.engine.baselines import ScoredNeuron
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.eval.evidence import Evidence
+from kneuron.engine.eval.metrics import METRICS
+from kneuron.engine.eval.summary import ImageOutcome, outcomes_from_rows, summarize
+from kneuron.engine.pipelines.sets import StoredSet, current_set_ids, stored_sets
 
 
 def strongest_first(neurons: list[ScoredNeuron]) -> list[ScoredNeuron]:
@@ -36,7 +36,7 @@ def strongest_first(neurons: list[ScoredNeuron]) -> list[ScoredNeuron]:
 @dataclass(frozen=True)
 class StoredEvaluation:
     """One stored evaluation summarised as ``kneuron suppress`` does: its outcomes, the metrics summarised and
-    the `engine.eval.summary.summarize` table."""
+    the `kneuron.engine.eval.summary.summarize` table."""
     outcomes: list[ImageOutcome]
     metrics: list[str]
     summary: pa.Table
@@ -78,7 +78,7 @@ class RunReader:
             if run_id is None:
                 latest = queries.run(self.con, "latest_run").to_pylist()
                 if not latest:
-                    import warehouse
+                    from kneuron import warehouse
 
                     raise KneuronError(f"warehouse {root or warehouse.default_warehouse_path()} has no runs; "
                                        "run `kneuron ingest` first")
@@ -129,8 +129,8 @@ class RunReader:
     def load_model(self, model: str | None = None, device: str = "auto") -> Any:
         """The run's model (or ``model``) on ``device`` (``auto``: CUDA when available); a note is kept when its
         fingerprint differs from the run's."""
-        from engine.models import load_model, resolve_device
-        from engine.models.fingerprint import model_fingerprint
+        from kneuron.engine.models import load_model, resolve_device
+        from kneuron.engine.models.fingerprint import model_fingerprint
 
         device = resolve_device(device)
         adapter = load_model(model or self.model_name, device=device,
@@ -142,7 +142,7 @@ class RunReader:
 
     def dataset(self, data_root: str | None = None, split: str | None = None) -> Any:
         """The run's COCO split (``identity.dataset`` / ``identity.split`` of its config), or the override."""
-        from engine.data.coco import CocoDataset
+        from kneuron.engine.data.coco import CocoDataset
 
         identity = self.config.get("identity", {})
         root = data_root or identity.get("dataset") or self.config.get("config", {}).get("coco_root")
@@ -153,7 +153,7 @@ class RunReader:
 
     def inpainter(self, device: str = "cpu") -> tuple[Any, float]:
         """The run's inpainter and dilation margin (px), rebuilt from its config."""
-        from engine.inpaint import get_inpainter
+        from kneuron.engine.inpaint import get_inpainter
 
         config = self.config.get("config", {})
         name = config.get("inpainter", "telea")
@@ -169,7 +169,7 @@ class RunReader:
         import numpy as np
         from PIL import Image
 
-        from engine.inpaint import removal_mask
+        from kneuron.engine.inpaint import removal_mask
 
         original = dataset.load_image(image_id)
         mask = removal_mask([dataset.concept_mask(image_id, concept)], (original.height, original.width), margin)

@@ -2,19 +2,19 @@
 
     result = select_sets(warehouse_path, SelectionConfig(stage1=ThresholdSpec.parse("auto"), ...))
 
-Runs `queries.selection.run_selection` (the SQL of ``queries/two_stage.sql``) on a read-only connection, then,
+Runs `kneuron.queries.selection.run_selection` (the SQL of ``queries/two_stage.sql``) on a read-only connection, then,
 as the single writer, stores the sets the warehouse does not hold yet and makes every selected set current
-(`engine.pipelines.sets.store_sets`): rerunning an earlier selection makes its sets current again.
+(`kneuron.engine.pipelines.sets.store_sets`): rerunning an earlier selection makes its sets current again.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-import queries
-from engine.pipelines.sets import store_sets
-from queries.selection import Selection, SelectionConfig, run_selection
-from warehouse import Warehouse
+from kneuron import queries
+from kneuron.engine.pipelines.sets import store_sets
+from kneuron.queries.selection import Selection, SelectionConfig, run_selection
+from kneuron.warehouse import Warehouse
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """Neuron sets in the warehouse: the one row builder, the reader, and which set is *current*.
 
 A stored set is the ``neuron_sets`` rows sharing a ``set_id`` (one row per neuron; built by
-`queries.selection.set_rows`):
+`kneuron.queries.selection.set_rows`):
 
     set_id, run_id, concept, method, params_json, layer, unit, score, created_at
 
-``set_id`` is deterministic (`queries.selection.set_id_of`: run, concept, method, params), so a selection that
+``set_id`` is deterministic (`kneuron.queries.selection.set_id_of`: run, concept, method, params), so a selection that
 is already stored is never written twice. The **current** set of a (run, concept, method) is the one most
 recently made current: `kneuron select` appends a ``set_choices`` row for every set it selects, stored before
 or not, so rerunning an earlier selection makes its sets current again; a set nobody chose (e.g. a baseline the
@@ -24,11 +24,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import queries
-from engine.baselines import ScoredNeuron
-from engine.errors import KneuronError
-from queries.selection import SelectionConfig, ThresholdSpec, query_params
-from warehouse import Warehouse
+from kneuron import queries
+from kneuron.engine.baselines import ScoredNeuron
+from kneuron.engine.errors import KneuronError
+from kneuron.queries.selection import SelectionConfig, ThresholdSpec, query_params
+from kneuron.warehouse import Warehouse
 
 
 @dataclass
@@ -111,7 +111,8 @@ def choice_rows(neuron_sets: pa.Table, set_ids: Sequence[str]) -> dict[str, list
 
 
 class StoredStageRanking:
-    """`engine.baselines.stage.StageRanking` over the stored signals of one run (the two-stage SQL, one stage off).
+    """`kneuron.engine.baselines.stage.StageRanking` over the stored signals of one run (the two-stage SQL, one stage
+    off).
 
     The selection parameters of a concept come from its two-stage reference set (``reference_params``:
     concept -> that set's params), so a stage-only set uses the same aggregation and reduction.

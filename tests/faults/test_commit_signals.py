@@ -1,6 +1,7 @@
 """SIGINT and kill -9 at every rename, unlink and fsync of every kind of commit: the warehouse is never broken.
 
-Each commit kind runs once with a counting hook (`warehouse.signals.set_hook`) to learn its N commit points; then,
+Each commit kind runs once with a counting hook (`kneuron.warehouse.signals.set_hook`) to learn its N commit points;
+then,
 for every point n and both signals, a forked child runs the same commit on a fresh copy of the warehouse and
 sends itself the signal at point n. Afterwards `verify` must be clean (for repair: clean once a second repair has
 run) and every table must equal its rows before or after the commit. SIGINT inside a commit is deferred until the
@@ -22,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 from tests.faults.test_repair_faults import build, eval_rows, files_of, flip, rows, select_rows
 from tests.helpers.warehouse_rows import RUN, neuron_rows, run_row, sample_rows
-from warehouse import Warehouse, compact_warehouse, repair, verify_warehouse
-from warehouse.layout import MANIFEST_DIR
-from warehouse.signals import points_passed, set_hook
+from kneuron.warehouse import Warehouse, compact_warehouse, repair, verify_warehouse
+from kneuron.warehouse.layout import MANIFEST_DIR
+from kneuron.warehouse.signals import points_passed, set_hook
 
 CREATED = dt.datetime(2025, 3, 3, tzinfo=dt.timezone.utc)
 

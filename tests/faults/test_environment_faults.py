@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cli.streams import EXIT_BAD_INPUT, EXIT_OUTPUT, EXIT_PIPE
+from kneuron.cli.streams import EXIT_BAD_INPUT, EXIT_OUTPUT, EXIT_PIPE
 from tests.helpers.cli_runner import run_cli
 from tests.helpers.warehouse_rows import run_row, sample_rows
-from warehouse import Warehouse
+from kneuron.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ def wh(tmp_path: Path) -> Path:
 
 def kneuron(args: list[str], **kwargs) -> subprocess.CompletedProcess:  # noqa: ANN003
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "kneuron.cli.main", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=120, **kwargs)
 
 
@@ -40,7 +40,7 @@ def kneuron(args: list[str], **kwargs) -> subprocess.CompletedProcess:  # noqa: 
 def test_stdout_on_a_full_device_is_one_line(wh, args) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     with open("/dev/full", "w") as full:
-        done = subprocess.run([sys.executable, "-m", "cli.main", *args, "--warehouse", str(wh)], cwd=REPO, env=env,
+        done = subprocess.run([sys.executable, "-m", "kneuron.cli.main", *args, "--warehouse", str(wh)], cwd=REPO, env=env,
                               stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert done.returncode == EXIT_OUTPUT != 1
     assert done.stderr == "kneuron: error: cannot write the output: No space left on device\n"
@@ -48,7 +48,7 @@ def test_stdout_on_a_full_device_is_one_line(wh, args) -> None:
 
 def test_closed_stdout_is_one_line(wh) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run(["bash", "-c", f'"{sys.executable}" -m cli.main ls runs --warehouse "{wh}" >&-'],
+    done = subprocess.run(["bash", "-c", f'"{sys.executable}" -m kneuron.cli.main ls runs --warehouse "{wh}" >&-'],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == EXIT_OUTPUT
     assert done.stderr == "kneuron: error: standard output is closed; nothing would be shown\n"
@@ -56,7 +56,7 @@ def test_closed_stdout_is_one_line(wh) -> None:
 
 def test_reader_gone_is_quiet(wh) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "sql", "--warehouse", str(wh), "SELECT * FROM samples"],
+    proc = subprocess.Popen([sys.executable, "-m", "kneuron.cli.main", "sql", "--warehouse", str(wh), "SELECT * FROM samples"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # the reader goes away before anything is written

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.edit import EDIT_FILE
+from kneuron.engine.interventions.edit import EDIT_FILE
 from tests.helpers.cli_runner import run_cli
-from warehouse import Warehouse
+from kneuron.warehouse import Warehouse
 
 
 def listing(path: Path) -> list[str]:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.data.coco import CocoDataset
-from engine.data.names import MAX_NAME_BYTES, check_concept_names, file_component, name_folder
-from engine.data.world import WorldConfig, generate_world
-from engine.document import slug
-from engine.errors import KneuronError
-from engine.eval.mentions import mentions, normalise
+from kneuron.engine.data.coco import CocoDataset
+from kneuron.engine.data.names import MAX_NAME_BYTES, check_concept_names, file_component, name_folder
+from kneuron.engine.data.world import WorldConfig, generate_world
+from kneuron.engine.reporting.document import slug
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.eval.mentions import mentions, normalise
 from tests.faults.test_ingest_faults import ingest_args, model_dir  # noqa: F401  (fixture)
 from tests.helpers.cli_runner import run_cli
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import KneuronError
+from kneuron.engine.errors import KneuronError
 from tests.faults.test_repair_faults import build, files_of
 from tests.helpers.cli_runner import run_cli
-from warehouse import Warehouse, connect
+from kneuron.warehouse import Warehouse, connect
 
 
 def change_one_value(path: Path, keep_mtime: bool = False) -> None:

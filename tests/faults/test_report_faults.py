@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.document import Section, Table, Text
-from engine.pipelines.report import ReportConfig, build_report
-from engine.render import render_markdown
-from warehouse.layout import LOCK_FILE
-from warehouse.lock import WriterLock, writer_pid
+from kneuron.engine.reporting.document import Section, Table, Text
+from kneuron.engine.pipelines.report.pipeline import ReportConfig, build_report
+from kneuron.engine.reporting.render import render_markdown
+from kneuron.warehouse.layout import LOCK_FILE
+from kneuron.warehouse.lock import WriterLock, writer_pid
 
 CONFIG = ReportConfig(heatmap_images=0, contrast_images=1, decode_top=2, k=5, max_concepts=1)
 

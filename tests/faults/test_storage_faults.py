@@ -19,13 +19,13 @@ import click
 import pyarrow.parquet as pq
 import pytest
 
-import queries
-from cli.main import COMMANDS
-from engine.errors import KneuronError
+from kneuron import queries
+from kneuron.cli.main import COMMANDS
+from kneuron.engine.errors import KneuronError
 from tests.helpers.cli_runner import run_cli
 from tests.helpers.warehouse_rows import RUN, neuron_rows, run_row, sample_rows
-from warehouse import TABLES, Warehouse, connect, table_paths
-from warehouse.layout import LOCK_FILE, MANIFEST_DIR
+from kneuron.warehouse import TABLES, Warehouse, connect, table_paths
+from kneuron.warehouse.layout import LOCK_FILE, MANIFEST_DIR
 
 
 @click.command("fault-write")
@@ -161,7 +161,7 @@ def test_disk_full_at_commit_leaves_nothing(root, capsys, monkeypatch) -> None:
     def full_record(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(root / MANIFEST_DIR / ".x.json.tmp"))
 
-    monkeypatch.setattr("warehouse.batch.write_record", full_record)
+    monkeypatch.setattr("kneuron.warehouse.batch.write_record", full_record)
     code, out, err = run_cli(["fault-write", "--warehouse", str(root)], capsys)
     assert (code, out) == (2, "")
     message = one_line_error(err)
@@ -186,6 +186,6 @@ def test_batch_after_a_failed_write_can_be_written_again(root, monkeypatch) -> N
 
 
 def verify_clean(root: Path) -> bool:
-    from warehouse import verify_warehouse
+    from kneuron.warehouse import verify_warehouse
 
     return verify_warehouse(root).ok

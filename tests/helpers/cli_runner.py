@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from cli.main import main
+from kneuron.cli.main import main
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:

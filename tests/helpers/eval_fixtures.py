@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.coco import CocoDataset, split_ident_eval
-from engine.data.world import WorldConfig, generate_world
-from warehouse import Warehouse
+from kneuron.engine.data.coco import CocoDataset, split_ident_eval
+from kneuron.engine.data.world import WorldConfig, generate_world
+from kneuron.warehouse import Warehouse
 
 RUN_ID = "tiny-run"
 CONCEPTS = ("circle", "square", "star")
@@ -89,7 +89,7 @@ def build_eval_world(tmp: Path, n_layers: int = 3, d_ff: int = 96, model_name: s
 
 
 def rows_of(summary, **where) -> list[dict]:  # noqa: ANN001
-    """The rows of a summary table (`engine.eval.summary.SUMMARY_SCHEMA`) whose columns equal ``where``."""
+    """The rows of a summary table (`kneuron.engine.eval.summary.SUMMARY_SCHEMA`) whose columns equal ``where``."""
     return [r for r in summary.to_pylist() if all(r[k] == v for k, v in where.items())]
 
 

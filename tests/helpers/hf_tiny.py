@@ -25,7 +25,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from engine.models.hf_adapters import (
+from kneuron.engine.models.hf_adapters import (
     ADAPTERS,
     BLIP2_TEMPLATE,
     INSTRUCTBLIP_TEMPLATE,
@@ -33,8 +33,8 @@ from engine.models.hf_adapters import (
     QFORMER_TOKENIZER_DIR,
     HFVLMAdapter,
 )
-from engine.models.prompts import DEFAULT_INSTRUCTION
-from engine.models.tokenizer import SPECIAL_TOKENS, build_word_tokenizer
+from kneuron.engine.models.prompts import DEFAULT_INSTRUCTION
+from kneuron.engine.models.tokenizer import SPECIAL_TOKENS, build_word_tokenizer
 from tests.helpers.hf_tiny_vlm import NEW_KINDS, WORD_ROLES, spread_weights, tiny_vlm_adapter
 from tests.helpers.tiny_models import WORDS, tiny_minigpt4
 from tests.helpers.word_tokenizer import word_level_tokenizer

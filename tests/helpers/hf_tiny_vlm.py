@@ -9,13 +9,18 @@ from typing import Any
 import torch
 import transformers as tf
 
-from engine.models.gemma3 import GEMMA3_TEMPLATE, Gemma3Adapter
-from engine.models.hf_adapters import LLAVA_TEMPLATE, HFVLMAdapter, LlavaAdapter
-from engine.models.idefics3 import IDEFICS3_TEMPLATE, SMOLVLM_TEMPLATE, Idefics3Adapter, SmolVLMAdapter
-from engine.models.llava_next import CHATML_TEMPLATE, MISTRAL_TEMPLATE, LlavaNextAdapter, LlavaOnevisionAdapter
-from engine.models.prompts import DEFAULT_INSTRUCTION
-from engine.models.qwen2_vl import QWEN_TEMPLATE, Qwen2VLAdapter, Qwen25VLAdapter
-from engine.models.tokenizer import SPECIAL_TOKENS
+from kneuron.engine.models.gemma3 import GEMMA3_TEMPLATE, Gemma3Adapter
+from kneuron.engine.models.hf_adapters import LLAVA_TEMPLATE, HFVLMAdapter, LlavaAdapter
+from kneuron.engine.models.idefics3 import IDEFICS3_TEMPLATE, SMOLVLM_TEMPLATE, Idefics3Adapter, SmolVLMAdapter
+from kneuron.engine.models.llava_next import (
+    CHATML_TEMPLATE,
+    MISTRAL_TEMPLATE,
+    LlavaNextAdapter,
+    LlavaOnevisionAdapter,
+)
+from kneuron.engine.models.prompts import DEFAULT_INSTRUCTION
+from kneuron.engine.models.qwen2_vl import QWEN_TEMPLATE, Qwen2VLAdapter, Qwen25VLAdapter
+from kneuron.engine.models.tokenizer import SPECIAL_TOKENS
 from tests.helpers.tiny_models import WORDS
 from tests.helpers.word_tokenizer import word_level_tokenizer
 

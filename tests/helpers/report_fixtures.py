@@ -11,9 +11,9 @@ import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from engine.data.coco import CocoDataset, split_ident_eval
-from engine.data.world import WorldConfig, generate_world
-from engine.models.minigpt4_adapter import save_minigpt4
+from kneuron.engine.data.coco import CocoDataset, split_ident_eval
+from kneuron.engine.data.world import WorldConfig, generate_world
+from kneuron.engine.models.minigpt4_adapter import save_minigpt4
 from tests.helpers.hf_tiny import tiny_adapter
 
 RUN = "tiny-run"
@@ -64,9 +64,9 @@ def set_rows(sets: dict[tuple[str, str], list], set_id: dict[tuple[str, str], st
 
 
 def build(root: Path, world: Path, model_dir: Path, with_scores: bool, with_random: bool = False) -> Path:
-    import warehouse
-    from engine.models import load_model
-    from engine.models.fingerprint import model_fingerprint
+    from kneuron import warehouse
+    from kneuron.engine.models import load_model
+    from kneuron.engine.models.fingerprint import model_fingerprint
 
     fingerprint = model_fingerprint(load_model(str(model_dir)))
     config = {"identity": {"dataset": str(world), "split": "test"},
@@ -133,9 +133,9 @@ def add_scores(batch, world: Path) -> None:  # noqa: ANN001
 
 def choose(root: Path, set_id: str) -> None:
     """Make the stored set ``set_id`` current (one ``set_choices`` row), as `kneuron select` does."""
-    import queries
-    import warehouse
-    from engine.pipelines.sets import store_sets
+    from kneuron import queries
+    from kneuron import warehouse
+    from kneuron.engine.pipelines.sets import store_sets
 
     con = queries.connect(root)
     try:

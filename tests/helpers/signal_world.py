@@ -39,7 +39,7 @@ def make_world(seed: int, n_images: int = 6, n_layers: int = 3, n_units: int = 4
 
 def build_warehouse(root, stats: pd.DataFrame, samples: pd.DataFrame) -> None:
     """A real warehouse at ``root`` holding ``stats`` (float16 on disk) and ``samples``; r1 is the latest run."""
-    from warehouse import Warehouse
+    from kneuron.warehouse import Warehouse
 
     with Warehouse.open(root, create=True) as wh, wh.batch() as batch:
         for run_id, day in (("r1", 2), ("r2", 1)):

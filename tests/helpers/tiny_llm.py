@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from engine.models.tokenizer import build_word_tokenizer
+from kneuron.engine.models.tokenizer import build_word_tokenizer
 from tests.helpers.word_tokenizer import word_level_tokenizer
 
 CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")

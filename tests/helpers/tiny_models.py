@@ -5,11 +5,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.models.minigpt4 import MiniGPT4
-from engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec
-from engine.models.prompts import DEFAULT_INSTRUCTION, TEMPLATES
-from engine.models.tiny import tiny_config
-from engine.models.tokenizer import build_word_tokenizer
+from kneuron.engine.models.minigpt4 import MiniGPT4
+from kneuron.engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec
+from kneuron.engine.models.prompts import DEFAULT_INSTRUCTION, TEMPLATES
+from kneuron.engine.models.tiny import tiny_config
+from kneuron.engine.models.tokenizer import build_word_tokenizer
 
 WORDS = "a red blue green circle square star on the striped plain background and above below".split()
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from engine.models.tokenizer import pre_tokenize
+from kneuron.engine.models.tokenizer import pre_tokenize
 
 
 def word_level_tokenizer(texts: Iterable[str], specials: tuple[str, ...], roles: dict[str, str], max_length: int,

@@ -1,0 +1,1 @@
+"""The ingest step: plan, record and commit a run's neuron signals."""

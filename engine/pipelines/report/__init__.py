@@ -1,0 +1,1 @@
+"""The report step: gather a warehouse's runs, sets and evaluations into a report."""

@@ -1,0 +1,1 @@
+"""The suppress step: caption with neuron sets suppressed and score the captions."""

@@ -1,0 +1,465 @@
+"""The suppress step: caption each concept's target and other images with a neuron set zeroed, score the
+captions, store everything in the warehouse and summarise it per method.
+
+    result = run_evaluation(load_config("eval.toml"), warehouse_path)
+
+For every concept ``k`` (with a two_stage reference set ``N_k`` in the run) and every method ``M``:
+
+- **reference set** (`kneuron.engine.pipelines.suppress.inputs.reference_sets`): the set given by id
+  (``config.sets``), a selection run now (``config.selection``), or the concept's current two_stage set; the
+  log names the set used per concept;
+- **images** (`kneuron.engine.eval.images.choose_images`, from the run's ``splits`` table): *target* = evaluation
+  images of ``k``; *other* = evaluation images of the run's other concepts without ``k``;
+- **neuron set**: ``two_stage`` = ``N_k`` itself; a baseline = `kneuron.engine.baselines` at the budget (``|N_k|`` by
+  default, ``budget = "same_as:two_stage"``; or a number). A baseline set already in ``neuron_sets`` (same run,
+  concept, method and params, hence the same ``set_id``) is reused; a new one (rows by
+  `kneuron.queries.selection.set_rows`) is stored with the results;
+- **budget evaluation** (``config.budgets``): every method at every budget n, labelled ``"<method>@<n>"``
+  (`kneuron.engine.eval.budget`) in ``captions``, ``scores`` and ``neuron_sets`` (so a budget set never becomes a
+  concept's current ``two_stage`` set); two_stage at n = the n best stage-2 candidates of C_k
+  (`kneuron.engine.pipelines.suppress.budget.BudgetRanking`); a set smaller than n (|C_k| < n) is logged and noted;
+- **fragility check** (``config.fragility_images``, optional): every unit of the evaluated sets zeroed alone on a
+  few identification images (`kneuron.engine.pipelines.suppress.fragility`); returned and printed, not stored;
+- **captions**: greedy, KV cache on, with the set's units replaced at every position and decoding step: zeroed
+  (``ablation = "zero"``, the paper), or their reference mean / a donor's activation (``mean`` / ``resample``,
+  `kneuron.engine.pipelines.suppress.ablation`; the means stored in ``ablation_means``). Every method still to run for
+  a concept is captioned in the same generates (`kneuron.engine.interventions.multiset.caption_under_sets`: rows = set x
+  image),
+  token for token what each set gives alone; the unmodified captions are made once per image and reused:
+  looked up first in memory, then in ``captions`` (condition ``unmodified``, same run, same generation
+  settings);
+- **scores** (`kneuron.engine.eval.scoring.ScoreCache` over `CaptionScorer`, 0-1): BLEU-4, ROUGE-L F1, BERTScore F1 of
+  the suppressed caption against (a) the unmodified caption and (b) the ground-truth captions. The unmodified
+  captions are scored against the same references, so every drop is ``before - after``; equal inputs get
+  equal values, so an empty set gives a drop of exactly 0.
+
+Warehouse writes (one atomic batch each): per concept the ``unmodified`` captions and scores (method
+``unmodified``, no set), then per (concept, method) the suppressed captions, their scores and any new baseline
+set; the ``evals`` row comes with the first batch. The ``eval_id`` is a hash of everything that determines the
+results, so rerunning the same evaluation resumes it: (concept, method) pairs already stored are skipped.
+The summary (`kneuron.engine.eval.summary`) is computed from the stored rows of the evaluation. Progress: a log line
+(`kneuron.engine.runtime.progress.Progress`) at most every 30 s while captioning.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from kneuron import queries
+from kneuron.engine.interventions.ablation import Ablation
+from kneuron.engine.baselines.base import BaselineContext, ReferenceSet, ScoredNeuron, get_baseline
+from kneuron.engine.interventions.caption import caption_images
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.eval.budget import budget_tables, split_label
+from kneuron.engine.eval.config import EDITED_METHOD, REFERENCE_METHOD, EvalConfig, jsonable
+from kneuron.engine.eval.evidence import SPECIFICITY_TITLE, Evidence, specificity_table
+from kneuron.engine.eval.images import EvalImages, choose_images
+from kneuron.engine.eval.metrics import METRICS, CaptionScorer
+from kneuron.engine.eval.scoring import ScoreCache
+from kneuron.engine.eval.summary import UNMODIFIED, paper_tables
+from kneuron.engine.models.base import VLMAdapter
+from kneuron.engine.interventions.multiset import caption_under_sets
+from kneuron.engine.signals.neurons import as_neuron_set
+from kneuron.engine.pipelines.run import load_evaluation
+from kneuron.engine.pipelines.sets import StoredSet, stored_sets
+from kneuron.engine.pipelines.suppress.ablation import means_rows, prepare_ablation
+from kneuron.engine.pipelines.suppress.budget import BudgetRanking, method_labels, short_note
+from kneuron.engine.pipelines.suppress.edited import EditedModel, open_edited
+from kneuron.engine.pipelines.suppress.evidence import summarize_and_store
+from kneuron.engine.pipelines.suppress.fragility import check_images, fragility_check
+from kneuron.engine.pipelines.suppress.inputs import (
+    budgets,
+    generation_settings,
+    hash_of,
+    metric_provenance,
+    one_run,
+    open_dataset,
+    open_model,
+    reference_sets,
+    resolve_concepts,
+    run_images,
+    stored_identity,
+)
+from kneuron.engine.runtime.progress import Progress
+from kneuron.engine.runtime.scoped import seeded_torch
+from kneuron.queries.selection import MASSIVE_K, set_id_of, set_rows
+from kneuron.warehouse import Warehouse
+
+Log = Callable[[str], None]
+#: random baselines drawn independently per budget in a budget evaluation (random_nonmassive is nested)
+PER_BUDGET_RANDOM = ("random", "random_layer_matched")
+Rows = Mapping[str, Sequence[Any]]
+
+
+@dataclass
+class EvalResult:
+    """What `run_evaluation` did and found."""
+
+    eval_id: str
+    run_id: str
+    concepts: list[str]
+    methods: list[str]
+    summary: pa.Table
+    jobs_run: int = 0
+    jobs_skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+    budgets: tuple[int, ...] = ()
+    fragility: pa.Table | None = None  # `kneuron.engine.pipelines.suppress.fragility.FRAGILITY_SCHEMA`, when checked
+    evidence: Evidence | None = None  # intervals and paired tests (`kneuron.engine.eval.evidence`), as stored
+
+    def tables(self) -> dict[str, pa.Table]:
+        """The paper-shaped tables (`kneuron.engine.eval.summary.paper_tables`) of the average over concepts; for a
+        budget
+        evaluation the budget curves and the specificity numbers (`kneuron.engine.eval.budget.budget_tables`)."""
+        if self.budgets:
+            tables = dict(budget_tables(self.summary, methods=list(dict.fromkeys(split_label(m)[0]
+                                                                                  for m in self.methods))))
+        else:
+            present = set(self.summary.column("measure").to_pylist())
+            tables = paper_tables(self.summary, metrics=[m for m in METRICS if m in present], methods=self.methods)
+        if self.evidence is not None:
+            tables[SPECIFICITY_TITLE] = specificity_table(self.evidence.gaps)
+        return tables
+
+
+class _Evaluation:
+    """State of one evaluation while it runs (model, caches, warehouse writer)."""
+
+    def __init__(self, config: EvalConfig, wh: Warehouse, run_id: str, eval_id: str,
+                 eval_row: Callable[[], dict[str, list[Any]]] | None, adapter: VLMAdapter, dataset: Any,
+                 scores: ScoreCache, unmodified: dict[int, str], sets: dict[str, StoredSet], ctx: BaselineContext,
+                 budgets: Mapping[str, int], images: EvalImages, log: Log, progress: Progress | None,
+                 edited: EditedModel | None = None, ablation: Ablation | None = None) -> None:
+        self.config, self.wh, self.run_id, self.eval_id = config, wh, run_id, eval_id
+        self.eval_row = eval_row
+        self.adapter, self.dataset, self.scores = adapter, dataset, scores
+        self.unmodified, self.sets, self.ctx, self.budgets, self.images = unmodified, sets, ctx, budgets, images
+        self.log, self.progress, self.edited = log, progress, edited
+        self.ablation = ablation or Ablation()
+        self.notes: list[str] = []  # sets smaller than their budget
+        self.generate_kwargs = {} if config.max_new_tokens is None else {"max_new_tokens": config.max_new_tokens}
+        self._pixels: tuple[str, dict[int, Any]] | None = None
+
+    # -------------------------------------------------------------- inputs
+    def pixels(self, concept: str) -> dict[int, Any]:
+        """The concept's target and other images (kept while the concept is evaluated)."""
+        if self._pixels is None or self._pixels[0] != concept:
+            ids = self.images.target[concept] + self.images.other[concept]
+            self._pixels = (concept, {i: self.dataset.load_image(i) for i in ids})
+        return self._pixels[1]
+
+    def rows(self, concept: str) -> list[tuple[str, int]]:
+        return ([("target", i) for i in self.images.target[concept]]
+                + [("other", i) for i in self.images.other[concept]])
+
+    def captions(self, image_ids: Sequence[int], pixels: Mapping[int, Any],
+                 neurons: Mapping[int, Sequence[int]] | None, adapter: VLMAdapter | None = None) -> list[str]:
+        """Captions of ``image_ids`` by ``adapter`` (default: the run's model), one `caption_images` call per batch
+        (the same batches as one call)."""
+        texts: list[str] = []
+        size = self.config.batch_size
+        with seeded_torch(self.config.seed):  # the caller's torch RNG streams are as they were afterwards
+            for start in range(0, len(image_ids), size):
+                chunk = image_ids[start:start + size]
+                texts += caption_images(adapter or self.adapter, [pixels[i] for i in chunk], neurons,
+                                        batch_size=size, **self.generate_kwargs).texts
+                if self.progress is not None:
+                    self.progress.advance(len(chunk))
+        return texts
+
+    # -------------------------------------------------------------- rows
+    def score_rows(self, concept: str, method: str, set_id: str | None, texts: Mapping[tuple[str, int], str]
+                   ) -> dict[str, list[Any]]:
+        """``scores`` rows of ``texts[(group, image)]`` against the unmodified captions and the ground truth."""
+        keys, pairs = [], []
+        for (group, image_id), text in texts.items():
+            keys.append((group, image_id, "unmodified"))
+            pairs.append((text, (self.unmodified[image_id],)))
+            truth = tuple(self.dataset.captions(image_id))
+            if truth:
+                keys.append((group, image_id, "ground_truth"))
+                pairs.append((text, truth))
+        values = self.scores.score(pairs)
+        out: dict[str, list[Any]] = {name: [] for name in ("group", "image_id", "metric", "reference", "value")}
+        for (group, image_id, reference), value in zip(keys, values):
+            for metric in self.scores.metrics:
+                out["group"].append(group)
+                out["image_id"].append(image_id)
+                out["metric"].append(metric)
+                out["reference"].append(reference)
+                out["value"].append(value[metric])
+        n = len(out["group"])
+        return {"eval_id": [self.eval_id] * n, "run_id": [self.run_id] * n, "set_id": [set_id] * n,
+                "method": [method] * n, "concept": [concept] * n, **out}
+
+    def caption_rows(self, concept: str, method: str, set_id: str | None, condition: str,
+                     texts: Mapping[tuple[str, int], str]) -> dict[str, list[Any]]:
+        n = len(texts)
+        return {"eval_id": [self.eval_id] * n, "run_id": [self.run_id] * n, "set_id": [set_id] * n,
+                "method": [method] * n, "concept": [concept] * n, "group": [g for g, _ in texts],
+                "image_id": [i for _, i in texts], "condition": [condition] * n, "text": list(texts.values())}
+
+    def write(self, tables: Mapping[str, Rows | pa.Table]) -> None:
+        with self.wh.batch() as batch:
+            if self.eval_row is not None:
+                batch.add("evals", self.eval_row())
+                if self.ablation.mode == "mean" and self.ablation.reference is not None:
+                    batch.add("ablation_means", means_rows(self.eval_id, self.run_id, self.ablation.reference))
+            for table, rows in tables.items():
+                batch.add(table, rows)
+        self.eval_row = None
+
+    # -------------------------------------------------------------- jobs
+    def run_unmodified(self, concept: str, write: bool) -> None:
+        """Make (or reuse) the unmodified captions of the concept's images; store them with their scores."""
+        pixels = self.pixels(concept)
+        missing = [i for _, i in self.rows(concept) if i not in self.unmodified]
+        if missing:
+            for image_id, text in zip(missing, self.captions(missing, pixels, None)):
+                self.unmodified[image_id] = text
+        if not write:
+            return
+        texts = {(group, i): self.unmodified[i] for group, i in self.rows(concept)}
+        self.write({"captions": self.caption_rows(concept, UNMODIFIED, None, "unmodified", texts),
+                    "scores": self.score_rows(concept, UNMODIFIED, None, texts)})
+
+    def neuron_set(self, concept: str, name: str) -> tuple[str, list[ScoredNeuron], pa.Table | None]:
+        """(set_id, neurons, ``neuron_sets`` rows to store or None) of method label ``name`` for ``concept``.
+
+        ``name``: a method, or ``"<method>@<n>"`` in a budget evaluation (stored under that label).
+        """
+        method, at = split_label(name)
+        if method == EDITED_METHOD and self.edited is not None:
+            set_id, edited = self.edited.neuron_set(self.run_id, self.sets)
+            return set_id or "", edited, None
+        if method == REFERENCE_METHOD and at is None:
+            reference = self.ctx.reference(concept)
+            return reference.set_id, list(self.sets[reference.set_id].neurons), None
+        budget = self.budgets[concept] if at is None else at
+        ranking: BudgetRanking = self.ctx.stage_ranking
+        if method == REFERENCE_METHOD:
+            params = {**ranking.two_stage_params(concept, budget, None),
+                      "budget_of": self.ctx.reference(concept).set_id}
+        else:
+            options = dict(self.config.baseline_options.get(method, {}))
+            if at is not None and method in PER_BUDGET_RANDOM:
+                options.setdefault("per_budget", True)  # independent draws per budget, not near-copies
+            baseline = get_baseline(method, **options)
+            params = baseline.params(self.ctx, concept, budget)
+        set_id = set_id_of(self.run_id, concept, name, params)
+        if set_id in self.sets:
+            return set_id, list(self.sets[set_id].neurons), None
+        self.log(f"{name}: selecting {budget} neuron(s) for {concept!r}")
+        if method == REFERENCE_METHOD:
+            neurons, pool_key = ranking.two_stage_top(concept, budget, None), (concept, budget, None)
+        else:
+            neurons = baseline.select(self.ctx, concept, budget)
+            pool_key = (concept, budget, getattr(baseline, "specific", None))
+        if len(neurons) != budget:
+            self.notes.append(short_note(method, concept, budget, len(neurons), ranking.pool_sizes.get(pool_key)))
+            self.log(self.notes[-1])
+        created_at = datetime.now(timezone.utc)
+        resolved = {"n_selected": len(neurons)}
+        self.sets[set_id] = StoredSet(set_id, concept, name, {**params, "resolved": resolved}, created_at,
+                                      list(neurons))
+        return set_id, list(neurons), set_rows(self.run_id, concept, name, set_id, params, neurons, created_at,
+                                               resolved)
+
+    def run_methods(self, concept: str, methods: Sequence[str]) -> None:
+        """Suppressed captions of the concept's images for each of ``methods``' sets, all in the same generates
+        (`caption_under_sets`), with scores; one warehouse batch per method."""
+        rows = self.rows(concept)
+        image_ids = [i for _, i in rows]
+        pixels = self.pixels(concept)
+        chosen = [(method, *self.neuron_set(concept, method)) for method in methods]
+        hooked = [c for c in chosen if not (c[0] == EDITED_METHOD and self.edited is not None)]
+        texts_of: dict[str, list[str]] = {}
+        if hooked:
+            sets = [as_neuron_set([(layer, unit) for layer, unit, _ in neurons]) for _, _, neurons, _ in hooked]
+            with seeded_torch(self.config.seed):  # the caller's torch RNG streams are as they were afterwards
+                out = caption_under_sets(self.adapter, [pixels[i] for i in image_ids], sets, self.ablation,
+                                         self.config.rows_per_generate or 4 * self.config.batch_size,
+                                         on_rows=self.progress.advance if self.progress is not None else None,
+                                         **self.generate_kwargs)
+            texts_of = {method: captions.texts for (method, *_), captions in zip(hooked, out)}
+        for method, set_id, _, new_set in chosen:
+            if method not in texts_of:  # the edited model: the edit is in the weights, no hook
+                texts_of[method] = self.captions(image_ids, pixels, None, self.edited.adapter)  # type: ignore[union-attr]
+            texts = dict(zip(rows, texts_of[method]))
+            tables: dict[str, Rows | pa.Table] = {}
+            if new_set is not None and new_set.num_rows:  # an empty set has no rows to store
+                tables["neuron_sets"] = new_set
+            tables["captions"] = self.caption_rows(concept, method, set_id or None, "suppressed", texts)
+            tables["scores"] = self.score_rows(concept, method, set_id or None, texts)
+            self.write(tables)
+
+
+def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | None = None,
+                   adapter: VLMAdapter | None = None, dataset: Any = None, scorer: CaptionScorer | None = None,
+                   progress: bool = True, log: Log | None = None) -> EvalResult:
+    """Run (or resume) one suppression evaluation and return its summary (see the module docstring).
+
+    adapter / dataset / scorer: use these instead of loading the run's model, its dataset and a new
+    `CaptionScorer` (tests, or a caller that already holds them). log: notes, the reference set of each concept
+    and (``progress``) a progress line at most every 30 s.
+    """
+    config.validate()
+    Warehouse.open(warehouse_path)  # a reader first: a missing warehouse is an error, not created empty
+    notes: list[str] = []
+    say: Log = log if log is not None else (lambda message: None)
+
+    def note(message: str) -> None:
+        notes.append(message)
+        say(message)
+
+    with Warehouse.open(warehouse_path, create=True) as wh:
+        con = queries.connect(wh)
+        try:
+            run = one_run(wh, con, config.run_id)
+            run_id = run["run_id"]
+            sets = stored_sets(con, run_id)
+            references, how = reference_sets(config, wh, con, run_id, sets, note)
+            concepts = resolve_concepts(config, references, run_id)
+            for concept in concepts:
+                say(f"concept {concept!r}: {REFERENCE_METHOD} set {references[concept].set_id} "
+                    f"({references[concept].size} neurons; {how})")
+            sizes = budgets(config, references, concepts)
+            adapter = adapter if adapter is not None else open_model(config, run, say if progress else None)
+            edited = open_edited(config.edited_model, adapter, say if progress else None) \
+                if config.edited_model else None
+            dataset = dataset if dataset is not None else open_dataset(config, run)
+            eval_images, ident_images = run_images(con, run_id)
+            ablation, ablation_identity = prepare_ablation(config, adapter, dataset, ident_images, concepts, say)
+            present: dict[int, tuple[str, ...]] = {}
+
+            def contains(image_id: int, concept: str) -> bool:
+                if image_id not in present:
+                    present[image_id] = tuple(dataset.concepts_in(image_id))
+                return concept in present[image_id]
+
+            images = choose_images(config, concepts, eval_images, contains)
+            for concept in concepts:
+                if not images.target[concept]:
+                    note(f"concept {concept!r} has no evaluation images in run {run_id!r}")
+            scorer = scorer if scorer is not None else CaptionScorer(config.metric_config)
+            generation = generation_settings(adapter, run, config)
+            generation_key = hash_of(generation, 16)
+            identity = {"run_id": run_id, "config": config.identity(), "concepts": concepts,
+                        "references": {c: references[c].set_id for c in concepts}, "budgets": sizes,
+                        "images": {c: [images.target[c], images.other[c]] for c in concepts},
+                        "generation_key": generation_key, "bertscore": scorer.model_id}
+            if edited is not None:
+                identity["edited"] = edited.identity()
+            if ablation_identity:  # zero ablation keeps the ids it always had
+                identity["ablation"] = ablation_identity
+            eval_id = config.eval_id or f"eval-{hash_of(identity)}"
+            existing = _check_stored(con, eval_id, run_id, identity)
+
+            def eval_row() -> dict[str, list[Any]]:  # made at the first write: metric signatures need a score
+                details = {**identity, "generation": generation, "methods": list(config.methods),
+                           "metrics": metric_provenance(scorer), "batch_size": config.batch_size}
+                return {"eval_id": [eval_id], "run_id": [run_id], "created_at": [datetime.now(timezone.utc)],
+                        "config_json": [json.dumps(details, sort_keys=True, default=jsonable)]}
+
+            done = set(_done_jobs(con, eval_id))
+            cached = queries.run(con, "suppress_cached_captions",
+                                 {"run_id": run_id, "generation_key": generation_key}).to_pydict()
+            unmodified = dict(zip((int(i) for i in cached["image_id"]), cached["text"]))
+            ranking = _stage_ranking(con, run_id, references)
+            ctx = BaselineContext(adapter=adapter, dataset=dataset, run_id=run_id, ident_images=ident_images,
+                                  reference_sets=references, seed=config.seed, batch_size=config.batch_size,
+                                  stage_ranking=ranking, massive_units=ranking.massive)
+            labels = method_labels(config)
+            jobs = [(c, m) for c in concepts if images.target[c] for m in (UNMODIFIED, *labels)]
+            skipped = sum(job in done for job in jobs)
+            total = _captions_to_make(jobs, done, labels, images, unmodified)
+            bar = Progress(total, "suppress: captions", say) if progress and total else None
+            evaluation = _Evaluation(config, wh, run_id, eval_id, None if existing else eval_row, adapter, dataset,
+                                     ScoreCache(scorer, config.metrics), unmodified, sets, ctx, sizes, images, say,
+                                     bar, edited, ablation)
+            for concept in dict.fromkeys(c for c, _ in jobs):
+                todo = [m for m in labels if (concept, m) not in done]
+                if todo or (concept, UNMODIFIED) not in done:  # every method needs the unmodified captions
+                    evaluation.run_unmodified(concept, write=(concept, UNMODIFIED) not in done)
+                if todo:
+                    evaluation.run_methods(concept, todo)
+            if bar is not None:
+                bar.close()
+            notes += evaluation.notes
+            fragility = None
+            if config.fragility_images:
+                used = {(c, m): [(a, b) for a, b, _ in evaluation.neuron_set(c, m)[1]]
+                        for c, m in jobs if m != UNMODIFIED}
+                fragility, more = fragility_check(
+                    adapter, dataset, check_images(ident_images, concepts, config.fragility_images, config.seed),
+                    used, ranking.massive(MASSIVE_K), MASSIVE_K, config.batch_size, say)
+                for message in more:
+                    note(message)
+        finally:
+            con.close()
+        summary, evidence = summarize_and_store(wh, eval_id, run_id, dataset, sets, config.metrics)
+    return EvalResult(eval_id=eval_id, run_id=run_id, concepts=concepts, methods=labels, summary=summary,
+                      evidence=evidence,
+                      jobs_run=len(jobs) - skipped, jobs_skipped=skipped, notes=notes,
+                      budgets=tuple(sorted(config.budgets)), fragility=fragility)
+
+
+def _stage_ranking(con: duckdb.DuckDBPyConnection, run_id: str, references: Mapping[str, ReferenceSet]
+                   ) -> BudgetRanking:
+    return BudgetRanking(con, run_id, {concept: ref.params for concept, ref in references.items()})
+
+
+def _check_stored(con: duckdb.DuckDBPyConnection, eval_id: str, run_id: str, identity: Mapping[str, Any]) -> bool:
+    """Whether evaluation ``eval_id`` is stored already; `KneuronError` if it is stored with other settings."""
+    existing = queries.run(con, "suppress_eval_row", {"eval_id": eval_id}).to_pylist()
+    if existing and existing[0]["run_id"] != run_id:
+        raise KneuronError(f"evaluation {eval_id!r} belongs to run {existing[0]['run_id']!r}, not {run_id!r}")
+    if existing and stored_identity(existing[0]) != json.loads(json.dumps(identity, default=jsonable)):
+        raise KneuronError(f"evaluation {eval_id!r} is stored with other settings; choose another eval_id "
+                           "or leave it out (derived from the settings)")
+    return bool(existing)
+
+
+def _captions_to_make(jobs: Sequence[tuple[str, str]], done: set[tuple[str, str]], methods: Sequence[str],
+                      images: EvalImages, unmodified: Mapping[int, str]) -> int:
+    """How many captions the jobs still to run will generate (the total of the progress lines)."""
+    have = set(unmodified)
+    total = 0
+    for concept, method in jobs:
+        ids = images.target[concept] + images.other[concept]
+        if method == UNMODIFIED:
+            if any((concept, m) not in done for m in (UNMODIFIED, *methods)):
+                total += sum(i not in have for i in ids)
+                have.update(ids)
+        elif (concept, method) not in done:
+            total += len(ids)
+    return total
+
+
+def _done_jobs(con: duckdb.DuckDBPyConnection, eval_id: str) -> list[tuple[str, str]]:
+    rows = queries.run(con, "suppress_eval_captions", {"eval_id": eval_id}).select(["concept", "method"]).to_pydict()
+    return sorted(set(zip(rows["concept"], rows["method"])))
+
+
+def summarize_evaluation(wh: Warehouse, eval_id: str, dataset: Any, sets: Mapping[str, StoredSet] | None = None,
+                         metrics: Sequence[str] = METRICS) -> pa.Table:
+    """The summary table of a stored evaluation (`kneuron.engine.eval.summary.summarize` over its rows).
+
+    dataset: gives the concepts annotated in each image (other-object retention); sets: set_id -> stored set
+    (its neuron count; missing sets count 0 neurons).
+    """
+    con = queries.connect(wh)
+    try:
+        return load_evaluation(con, eval_id, dataset, sets or {}, metrics).summary
+    finally:
+        con.close()
+
+
+__all__ = ["EvalResult", "run_evaluation", "summarize_evaluation"]

@@ -1,0 +1,1 @@
+"""How the report looks: documents, HTML/Markdown rendering, plots."""

@@ -1,0 +1,424 @@
+"""MiniGPT-4's first training stage with a frozen pretrained LLM: only ``llama_proj`` learns.
+
+The ViT (and Q-Former, if any) come from a kneuron MiniGPT-4 model (``vision_from``: a bundled name such as
+``tiny-shapes-patch`` or a model folder) and stay frozen; the LLM (`kneuron.engine.models.llm`: a Hugging Face
+LLaMA-family folder, a GGUF file, a hub id or the ``smollm2`` shortcut) stays frozen too — fine-tuning it
+would change the very neurons kneuron studies. Trained: ``llama_proj`` (``linear`` or ``mlp2x_gelu``) and,
+with ``train_queries``, the Q-Former's query tokens (as MiniGPT-4's Q-Former stage could).
+
+Objective: MiniGPT-4's — next-token cross-entropy on the answer tokens (a caption of the image, then the
+template's stop string) after ``[BOS + prompt before the image, image tokens, prompt after the image]``.
+Because the encoders are frozen, the features ``llama_proj`` reads are computed once for every training image
+(`cache_features`); with ``train_queries`` the ViT outputs are cached and the Q-Former runs every step. The
+LLM's logits are computed at the answer positions only. Initialisation: biases zero and the last layer scaled
+so that the image tokens' RMS is ``init_scale`` x the RMS of the LLM's token embeddings.
+
+Output: a kneuron model folder whose ``kneuron_model.json`` names the LLM in ``llm_path`` (no LLM weights are
+copied) and holds the template; ``model.safetensors`` holds the ViT, Q-Former and ``llama_proj`` weights;
+``train_log.json`` the configuration, the loss curve and the timings. Deterministic for a seed and thread count.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kneuron.engine.data.coco import CocoDataset
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.models.minigpt4 import PROJECTIONS, MiniGPT4, MiniGPT4Config
+from kneuron.engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec, save_minigpt4
+from kneuron.engine.models.preprocess import ImagePreprocessor
+from kneuron.engine.models.prompts import DEFAULT_INSTRUCTION, TEMPLATES, get_template, prompt_token_ids
+from kneuron.engine.runtime.scoped import seeded_torch
+from kneuron.engine.training.train import cosine_lr
+
+logger = logging.getLogger(__name__)
+
+#: weights taken from the vision source (everything but the LLM and ``llama_proj``)
+VISION_PREFIXES = ("vision_model.", "qformer.", "query_tokens")
+#: the template used when neither ``template`` nor an LLM shortcut names one (MiniGPT-4's stage-1 format)
+FALLBACK_TEMPLATE = "vicuna0_train"
+
+
+@dataclass
+class Stage1Config:
+    """Hyper-parameters of a stage-1 run. Defaults: MiniGPT-4's linear projection and the source's patch grouping;
+    the bundled SmolLM2 testbed's recipe is the command in its ``train_log.json`` (see README)."""
+
+    llm: str = "smollm2"
+    vision_from: str = "tiny-shapes-patch"
+    projection: str = "linear"
+    train_queries: bool = False
+    patches_per_token: int | None = None
+    template: str | None = None
+    instruction: str = DEFAULT_INSTRUCTION
+    answer_prefix: str = "a"
+    split: str = "train"
+    seed: int = 0
+    steps: int = 600
+    batch_size: int = 12
+    lr: float = 2e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    init_scale: float = 1.0
+    threads: int = 1
+    device: str = "cpu"
+    max_new_tokens: int = 32
+    log_every: int = 20
+    eval_every: int = 100
+    eval_images: int = 48
+    eval_split: str = "val"
+
+    def check(self) -> None:
+        """`KneuronError` for a bad value (before anything is loaded)."""
+        if self.projection not in PROJECTIONS:
+            raise KneuronError(f"unknown projection {self.projection!r}; use {' or '.join(PROJECTIONS)}")
+        if self.template is not None and self.template not in TEMPLATES:
+            raise KneuronError(f"unknown template {self.template!r}; built-in: {', '.join(TEMPLATES)}")
+        if self.patches_per_token is not None and self.patches_per_token < 1:
+            raise KneuronError(f"patches_per_token must be at least 1, got {self.patches_per_token}")
+        for name in ("steps", "batch_size", "threads"):
+            if getattr(self, name) < 1:
+                raise KneuronError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Stage1Log:
+    """What `train_stage1` reports and writes to ``train_log.json``."""
+
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    seconds_cache: float = 0.0
+    seconds_train: float = 0.0
+    seconds_per_step: float = 0.0
+
+
+# ---------------------------------------------------------------------- building the model
+def load_vision_source(ref: str) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    """The spec and the ViT / Q-Former weights of a kneuron MiniGPT-4 model (bundled name or folder)."""
+    from safetensors.torch import load_file
+
+    from kneuron.engine.models import resolve_model_path
+    from kneuron.engine.models.minigpt4_adapter import WEIGHTS_FILE, read_spec
+
+    folder = resolve_model_path(ref)
+    spec = read_spec(folder)
+    try:
+        state = load_file(str(folder / WEIGHTS_FILE))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+        raise KneuronError(f"cannot read the vision weights of {ref}: {str(exc).splitlines()[0]}") from None
+    return spec, {k: v for k, v in state.items() if k.startswith(VISION_PREFIXES)}
+
+
+def stage1_architecture(source: ModelSpec, projection: str, source_name: str,
+                        patches_per_token: int | None = None) -> MiniGPT4Config:
+    """``source``'s encoder architecture with a new ``projection`` and no LLM config (the LLM comes from
+    ``llm_path``). ``patches_per_token`` (patch models only) regroups the ViT patches into image tokens (default:
+    the source's grouping; 1: one image token per patch)."""
+    arch = source.architecture
+    if patches_per_token is not None and arch.variant != "patch":
+        raise KneuronError(f"--patches-per-token applies to patch models; {source_name} is a {arch.variant} model")
+    group = patches_per_token or arch.patches_per_token
+    if arch.n_patches % group:
+        raise KneuronError(f"the {arch.n_patches} patches of {source_name} do not group by {group}")
+    return MiniGPT4Config(variant=arch.variant, vision=arch.vision, qformer=arch.qformer,
+                          num_query_tokens=arch.num_query_tokens, llm=None, patches_per_token=group,
+                          ln_vision_eps=arch.ln_vision_eps, projection=projection)
+
+
+def build_stage1_model(config: MiniGPT4Config, vision_state: dict[str, torch.Tensor], llm: nn.Module,
+                       source_name: str) -> MiniGPT4:
+    """A `MiniGPT4` of ``config`` with the encoder weights ``vision_state``, the given LLM and a new projection."""
+    model = MiniGPT4(config, language_model=llm)  # type: ignore[arg-type]
+    expected = {k for k in model.state_dict() if k.startswith(VISION_PREFIXES)}
+    missing, unexpected = sorted(expected - set(vision_state)), sorted(set(vision_state) - expected)
+    if missing or unexpected:
+        raise KneuronError(f"vision weights of {source_name} do not fit its own architecture: "
+                           f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.load_state_dict(vision_state, strict=False)
+    return model
+
+
+@torch.no_grad()
+def init_projection(projection: nn.Module, features: torch.Tensor, embed_weight: torch.Tensor, scale: float) -> float:
+    """Zero the biases and rescale the last layer so ``projection(features)`` has ``scale`` x the RMS of the
+    token embeddings ``embed_weight [V, d_model]``; ``features [N, T, d_in]`` is a sample. Returns the target RMS."""
+    linears = [m for m in projection.modules() if isinstance(m, nn.Linear)]
+    for layer in linears:
+        if layer.bias is not None:
+            layer.bias.zero_()
+    target = float(embed_weight.float().pow(2).mean().sqrt()) * scale
+    current = float(projection(features).float().pow(2).mean().sqrt())
+    linears[-1].weight.mul_(target / max(current, 1e-12))
+    return target
+
+
+# ---------------------------------------------------------------------- data
+def load_images(data: CocoDataset, ids: list[int], size: int) -> torch.Tensor:
+    """uint8 ``[N, size, size, 3]`` images of ``ids`` (bicubic resize only where needed, as the preprocessor)."""
+    from PIL import Image
+
+    out = np.zeros((len(ids), size, size, 3), dtype=np.uint8)
+    for row, image_id in enumerate(ids):
+        image = data.load_image(image_id).convert("RGB")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.BICUBIC)
+        out[row] = np.asarray(image)
+    return torch.from_numpy(out)
+
+
+@torch.no_grad()
+def cache_features(model: MiniGPT4, raw: torch.Tensor, preprocess: ImagePreprocessor, vit_only: bool,
+                   batch_size: int = 256) -> torch.Tensor:
+    """Frozen-encoder outputs of uint8 images ``raw [N, H, W, 3]``: ``[N, n_image_tokens, d_in]`` (what
+    ``llama_proj`` reads) or, with ``vit_only``, the ViT output ``[N, 1 + n_patches, d_vision]``."""
+    mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
+    device = next(model.vision_model.parameters()).device
+    parts = []
+    for start in range(0, len(raw), batch_size):
+        pixels = ((raw[start:start + batch_size].permute(0, 3, 1, 2).float() / 255.0 - mean) / std).to(device)
+        vit = model.vision_model(pixel_values=pixels).last_hidden_state
+        parts.append((vit if vit_only else model.connect(vit)).cpu())
+    return torch.cat(parts)
+
+
+def encode_answers(tokenizer: Any, captions: list[list[str]], stop_ids: list[int]) -> list[list[list[int]]]:
+    """Token ids of every caption followed by the template's stop string (``stop_ids``)."""
+    return [[list(tokenizer(c, add_special_tokens=False)["input_ids"]) + stop_ids for c in caps] for caps in captions]
+
+
+def pad_batch(picks: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``[B, T]`` token ids and the ``[B, T]`` mask of real tokens."""
+    width = max(len(p) for p in picks)
+    ids = torch.full((len(picks), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(picks), width), dtype=torch.bool)
+    for row, p in enumerate(picks):
+        ids[row, :len(p)] = torch.tensor(p)
+        mask[row, :len(p)] = True
+    return ids, mask
+
+
+# ---------------------------------------------------------------------- the objective
+class Stage1Objective:
+    """Answer-token cross-entropy of a frozen LLM fed ``[prefix, projected image tokens, suffix, answer]``.
+
+    ``before``/``after``: the prompt's token ids around the image (BOS included by the template's rule).
+    Embeddings of the fixed prompt are computed once; logits only at the positions that predict answer tokens.
+    """
+
+    def __init__(self, model: MiniGPT4, before: list[int], after: list[int]) -> None:
+        self.model = model
+        llm: Any = model.language_model
+        self.embed = llm.get_input_embeddings()
+        device = self.embed.weight.device
+        with torch.no_grad():
+            self.before = self.embed(torch.tensor(before, dtype=torch.long, device=device))  # [n0, d_model]
+            self.after = self.embed(torch.tensor(after, dtype=torch.long, device=device))  # [n1, d_model]
+        self.prompt_length = len(before) + model.config.n_image_tokens + len(after)
+
+    def image_tokens(self, features: torch.Tensor, vit_features: bool) -> torch.Tensor:
+        """Cached features -> projected image tokens ``[B, n_image_tokens, d_model]``."""
+        if vit_features:
+            features = self.model.connect(features)
+        return self.model.llama_proj(features)
+
+    def loss(self, image: torch.Tensor, answers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of ``answers [B, T]`` (``mask`` marks real tokens) given image tokens ``image``."""
+        b = image.shape[0]
+        llm: Any = self.model.language_model
+        embeds = torch.cat([self.before.expand(b, -1, -1), image.to(self.before.dtype),
+                            self.after.expand(b, -1, -1), self.embed(answers)], dim=1)
+        hidden = llm.model(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
+                                                                           device=embeds.device)).last_hidden_state
+        t = answers.shape[1]
+        pred = hidden[:, self.prompt_length - 1: self.prompt_length - 1 + t][mask]  # position p predicts p + 1
+        return nn.functional.cross_entropy(llm.lm_head(pred).float(), answers[mask])
+
+
+# ---------------------------------------------------------------------- the run
+def trainable_parameters(model: MiniGPT4, train_queries: bool) -> list[nn.Parameter]:
+    """Freeze everything but ``llama_proj`` (and the Q-Former queries with ``train_queries``); return those."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = list(model.llama_proj.parameters())
+    if train_queries:
+        params.append(model.query_tokens)
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callable[[str], None] | None = None,
+                 command: str | None = None) -> tuple[MiniGPT4Adapter, Stage1Log]:
+    """Train ``llama_proj`` on ``world_dir``'s ``cfg.split`` and save the model folder ``out_dir``.
+
+    log: where the progress lines go (default: this module's logger at INFO). Torch's global RNG is seeded with
+    ``cfg.seed`` for the training only and restored afterwards.
+    """
+    with seeded_torch(cfg.seed):
+        return _train_stage1(world_dir, out_dir, cfg, log or logger.info, command)
+
+
+def _train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callable[[str], None],
+                  command: str | None) -> tuple[MiniGPT4Adapter, Stage1Log]:
+    from kneuron.engine.models.llm import load_llm, load_llm_tokenizer, resolve_llm
+
+    cfg.check()
+    source = resolve_llm(cfg.llm)
+    vision_spec, vision_state = load_vision_source(cfg.vision_from)
+    arch = stage1_architecture(vision_spec, cfg.projection, cfg.vision_from, cfg.patches_per_token)
+    if cfg.train_queries and vision_spec.architecture.variant != "qformer":
+        raise KneuronError(f"--train-queries needs a Q-Former model; {cfg.vision_from} is a "
+                           f"{vision_spec.architecture.variant} model")
+    data = CocoDataset(world_dir, cfg.split)
+    torch.set_num_threads(cfg.threads)
+    rng = np.random.default_rng(cfg.seed)
+
+    log(f"loading LLM {source.describe()}")
+    started = time.perf_counter()
+    tokenizer = load_llm_tokenizer(source)
+    llm = load_llm(source)
+    log(f"loaded LLM in {time.perf_counter() - started:.1f} s: {llm.config.num_hidden_layers} layers x "
+        f"{llm.config.intermediate_size} FFN units, width {llm.config.hidden_size}")
+    model = build_stage1_model(arch, vision_state, llm, cfg.vision_from).to(cfg.device)
+    model.eval()  # dropout off everywhere; only llama_proj (and queries) get gradients
+    params = trainable_parameters(model, cfg.train_queries)
+    template = get_template(cfg.template or source.template or FALLBACK_TEMPLATE)
+    before, after = prompt_token_ids(template, cfg.instruction, tokenizer)
+    stop_ids = list(tokenizer(template.stop_strings[0], add_special_tokens=False)["input_ids"])
+
+    started = time.perf_counter()
+    ids = data.image_ids()
+    preprocess = ImagePreprocessor(arch.image_size, vision_spec.image_mean, vision_spec.image_std)
+    features = cache_features(model, load_images(data, ids, arch.image_size), preprocess, cfg.train_queries
+                              ).to(cfg.device)  # once, so each step indexes on the device
+    answers = encode_answers(tokenizer, [data.captions(i) for i in ids], stop_ids)
+    eval_set = _eval_set(world_dir, cfg, model, preprocess, tokenizer, stop_ids)
+    run_log = Stage1Log(seconds_cache=round(time.perf_counter() - started, 1))
+    log(f"cached frozen-encoder features of {len(ids)} images {tuple(features.shape)} in {run_log.seconds_cache} s")
+
+    objective = Stage1Objective(model, before, after)
+    sample = features[torch.from_numpy(rng.choice(len(ids), min(256, len(ids)), replace=False)).to(cfg.device)]
+    with torch.no_grad():
+        probe = model.connect(sample) if cfg.train_queries else sample
+        target_rms = init_projection(model.llama_proj, probe, objective.embed.weight, cfg.init_scale)
+    log(f"llama_proj ({cfg.projection}, {sum(p.numel() for p in model.llama_proj.parameters())} parameters) "
+        f"initialised to image-token RMS {target_rms:.4f}")
+
+    optim = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    started, running = time.perf_counter(), 0.0
+    for step in range(cfg.steps):
+        rows = rng.integers(0, len(ids), cfg.batch_size)
+        picks = [answers[r][rng.integers(0, len(answers[r]))] for r in rows]
+        targets, mask = pad_batch(picks, int(pad_id))
+        for group in optim.param_groups:
+            group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup_steps)
+        image = objective.image_tokens(features[torch.from_numpy(rows).to(cfg.device)], cfg.train_queries)
+        loss = objective.loss(image, targets.to(cfg.device), mask.to(cfg.device))
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optim.step()
+        running = 0.95 * running + 0.05 * loss.item() if step else loss.item()
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            elapsed = time.perf_counter() - started
+            run_log.losses.append((step, round(running, 4)))
+            log(f"step {step:5d}  loss {running:.4f}  lr {optim.param_groups[0]['lr']:.2e}  {elapsed:7.1f}s  "
+                f"ETA {elapsed / (step + 1) * (cfg.steps - step - 1):6.0f}s")
+        if eval_set is not None and ((step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1):
+            value = _eval_loss(objective, eval_set, cfg)
+            run_log.eval_losses.append((step + 1, round(value, 4)))
+            log(f"step {step + 1:5d}  {cfg.eval_split} loss {value:.4f} ({len(eval_set[0])} images)")
+    run_log.seconds_train = round(time.perf_counter() - started, 1)
+    run_log.seconds_per_step = round(run_log.seconds_train / cfg.steps, 2)
+
+    model.eval().cpu()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    spec = ModelSpec(architecture=model.config, template=template.name, instruction=cfg.instruction,
+                     answer_prefix=cfg.answer_prefix,
+                     image_mean=vision_spec.image_mean, image_std=vision_spec.image_std,
+                     llm_path=_stored_llm_ref(cfg.llm, source.kind), max_new_tokens=cfg.max_new_tokens,
+                     extra={"trained_on": Path(world_dir).name, "stage1": asdict(cfg)})
+    save_minigpt4(model, None, spec, out_dir, include_llm=False)
+    (Path(out_dir) / "train_log.json").write_text(json.dumps(
+        {"command": command, "config": asdict(cfg), "final_loss": round(running, 4), **asdict(run_log)},
+        indent=2, sort_keys=True) + "\n")
+    log(f"trained {cfg.steps} steps in {run_log.seconds_train} s ({run_log.seconds_per_step} s/step)")
+    return MiniGPT4Adapter(model, tokenizer, spec, name=Path(out_dir).name), run_log
+
+
+def stage1_command(out_dir: Path, cfg: Stage1Config, world_dir: Path | None = None) -> str:
+    """The ``kneuron train`` command line that reproduces ``cfg`` (options that differ from the defaults, plus
+    ``--llm``, ``--vision-from``, ``--projection``, ``--steps`` and ``--threads`` always)."""
+    import shlex
+
+    defaults = Stage1Config()
+    flags = {"llm": "--llm", "vision_from": "--vision-from", "projection": "--projection",
+             "patches_per_token": "--patches-per-token", "steps": "--steps",
+             "threads": "--threads", "template": "--template", "batch_size": "--batch-size", "lr": "--lr",
+             "init_scale": "--init-scale", "seed": "--seed", "device": "--device"}
+    always = ("llm", "vision_from", "projection", "steps", "threads")
+    parts = ["kneuron", "train", str(out_dir)]
+    for key, flag in flags.items():
+        value = getattr(cfg, key)
+        if value is not None and (key in always or value != getattr(defaults, key)):
+            parts += [flag, str(value)]
+    if cfg.train_queries:
+        parts.append("--train-queries")
+    if world_dir is not None:
+        parts += ["--world", str(world_dir)]
+    return shlex.join(parts)
+
+
+def _stored_llm_ref(ref: str, kind: str) -> str:
+    """``llm_path`` to store: shortcuts and hub ids as given, paths absolute (a folder may move)."""
+    from kneuron.engine.models.llm import SHORTCUTS
+
+    return ref if ref in SHORTCUTS or kind == "hub" else str(Path(ref).expanduser().resolve())
+
+
+def _eval_set(world_dir: Path, cfg: Stage1Config, model: MiniGPT4, preprocess: ImagePreprocessor, tokenizer: Any,
+              stop_ids: list[int]) -> tuple[torch.Tensor, list[list[int]]] | None:
+    """Features and first captions of the first ``cfg.eval_images`` images of ``cfg.eval_split`` (None if absent)."""
+    if not cfg.eval_images or not cfg.eval_every:
+        return None
+    try:
+        data = CocoDataset(world_dir, cfg.eval_split)
+    except KneuronError:
+        return None
+    ids = data.image_ids()[:cfg.eval_images]
+    if not ids:
+        return None
+    features = cache_features(model, load_images(data, ids, model.config.image_size), preprocess,
+                              cfg.train_queries).to(cfg.device)
+    answers = encode_answers(tokenizer, [data.captions(i)[:1] for i in ids], stop_ids)
+    return features, [a[0] for a in answers]
+
+
+@torch.no_grad()
+def _eval_loss(objective: Stage1Objective, eval_set: tuple[torch.Tensor, list[list[int]]], cfg: Stage1Config
+               ) -> float:
+    """Token-weighted answer loss over the evaluation images (batches of ``cfg.batch_size``)."""
+    features, answers = eval_set
+    total, count = 0.0, 0
+    for start in range(0, len(answers), cfg.batch_size):
+        picks = answers[start:start + cfg.batch_size]
+        targets, mask = pad_batch(picks, 0)
+        image = objective.image_tokens(features[start:start + len(picks)], cfg.train_queries)
+        n = int(mask.sum())
+        total += float(objective.loss(image, targets.to(cfg.device), mask.to(cfg.device))) * n
+        count += n
+    return total / max(1, count)
