@@ -54,7 +54,7 @@ read mostly the object patches, so the activity of any set, random neurons inclu
 objects: the share of images brighter inside the mask is near 1 for every set. `object_lift` removes the map's
 own concentration (the heat a set firing equally at every token would have) and is 0 for such a set; judge a
 set's lift against a random set of the same size, paired on the same images (the report does;
-`kneuron.engine.heatmap_contrast`).
+`kneuron.engine.signals.heatmap_contrast`).
 """
 from __future__ import annotations
 

@@ -108,7 +108,7 @@ def heatmap_blocks(run: RunReader, adapter: Any, dataset: Any, inpainter: Any, m
 def contrast_blocks(adapter: Any, dataset: Any, sets: Sets, concepts: list[str], images: dict[str, list[int]],
                     config: ReportConfig, section: Section, summary: dict[str, Any]) -> None:
     from kneuron.engine.eval.rates import concept_intervals, paired_differences
-    from kneuron.engine.heatmap_contrast import contrast_share, object_contrasts
+    from kneuron.engine.signals.heatmap_contrast import contrast_share, object_contrasts
 
     methods = methods_of(sets, concepts, config.method)
     section.blocks.append(Text(

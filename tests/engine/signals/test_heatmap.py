@@ -21,7 +21,7 @@ from kneuron.engine.signals.heatmap import (
     token_activations,
     token_to_patch_map,
 )
-from kneuron.engine.heatmap_contrast import ImageContrast, heatmap_object_contrast, object_contrast, share_vs_others
+from kneuron.engine.signals.heatmap_contrast import ImageContrast, heatmap_object_contrast, object_contrast, share_vs_others
 from kneuron.engine.models.base import ImageRegions, grid_boxes
 from tests.helpers.hf_tiny import tiny_adapter, varied_images
 
@@ -309,7 +309,7 @@ def test_heatmap_object_contrast_share(monkeypatch) -> None:  # noqa: ANN001
     """A stand-in heatmap (image brightness): the square is brighter than the rest in images 1 and 2, the
     full-image mask of image 3 does not count, image 4's mask points at the background; against the other
     objects, image 1's square beats a dim circle and image 2's loses to a bright one."""
-    import kneuron.engine.heatmap_contrast as hm
+    import kneuron.engine.signals.heatmap_contrast as hm
 
     data = SquaresDataset({
         1: [("square", (4, 4, 12, 12), 230), ("circle", (20, 20, 26, 26), 120)],
@@ -351,7 +351,7 @@ def test_heatmap_imports_no_concrete_adapter() -> None:
     import ast
     import inspect
 
-    import kneuron.engine.heatmap_contrast as hm
+    import kneuron.engine.signals.heatmap_contrast as hm
 
     tree = ast.parse(inspect.getsource(hm))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
@@ -396,7 +396,7 @@ def test_lift_discriminates_where_the_brighter_inside_share_is_one_for_both_sets
     set firing equally at every token and a concept set firing more at the object's tokens are both brighter
     inside on every image (the old share: 1.00 for both); the lift is 0 for the random set and positive for the
     concept set."""
-    from kneuron.engine.heatmap_contrast import contrast_share, object_lift
+    from kneuron.engine.signals.heatmap_contrast import contrast_share, object_lift
 
     rng = np.random.default_rng(0)
     n_tokens, side = 6, 4
