@@ -109,8 +109,8 @@ def test_threads_option_reaches_duckdb_and_is_scoped_to_the_command(report_full:
 
 
 def test_a_command_raises_the_young_gc_threshold_unless_the_user_set_one() -> None:
-    script = ("import gc, sys; {pre}from kneuron.cli.main import main\ntry:\n    main(['ls', '--help'])\nexcept SystemExit:\n"
-              "    pass\nprint(gc.get_threshold())")
+    script = ("import gc, sys; {pre}from kneuron.cli.main import main\ntry:\n    main(['ls', '--help'])\n"
+              "except SystemExit:\n    pass\nprint(gc.get_threshold())")
     for pre, expected in (("", "(20000, 10, 10)"), ("gc.set_threshold(500, 5, 5); ", "(500, 5, 5)")):
         result = subprocess.run([sys.executable, "-c", script.format(pre=pre)], capture_output=True, text=True,
                                 cwd=ROOT, timeout=120)
@@ -120,7 +120,8 @@ def test_a_command_raises_the_young_gc_threshold_unless_the_user_set_one() -> No
 
 def test_waiting_policy_is_set_before_torch_loads() -> None:
     """A fresh `kneuron` process: the command's module sees the variables set (torch not imported before)."""
-    script = ("import os, sys; from kneuron.cli.main import main; sys.argv = ['kneuron', '--threads', '2', 'world', '--help'];"
+    script = ("import os, sys; from kneuron.cli.main import main; "
+              "sys.argv = ['kneuron', '--threads', '2', 'world', '--help'];"
               "\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
               "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('KMP_BLOCKTIME'), 'torch' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k not in WAIT_ENV and k != "OMP_NUM_THREADS"}

@@ -230,10 +230,10 @@ def test_bundled_testbed_loads_on_smollm2() -> None:
 
 
 def test_cli_without_llm_still_trains_the_tiny_recipe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import kneuron.engine.training.train
+    import kneuron.engine.training.train as train
 
     seen: list = []
-    monkeypatch.setattr(kneuron.engine.training.train, "train_tiny_minigpt4", lambda world, out, cfg, log: seen.append(cfg))
+    monkeypatch.setattr(train, "train_tiny_minigpt4", lambda world, out, cfg, log: seen.append(cfg))
     result = CliRunner().invoke(group, ["train", str(tmp_path / "t"), "--variant", "patch", "--world", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert seen[0] == kneuron.engine.training.train.TrainConfig.bundled("patch", threads=kneuron.engine.training.train.TrainConfig.threads)
+    assert seen[0] == train.TrainConfig.bundled("patch", threads=train.TrainConfig.threads)
