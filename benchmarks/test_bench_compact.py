@@ -25,9 +25,9 @@ import pyarrow as pa
 import pytest
 
 from kneuron import queries
-from tests.helpers.warehouse_rows import run_row
 from kneuron.warehouse import Warehouse, rollup_rows, verify_warehouse
 from kneuron.warehouse.compact import compact
+from tests.helpers.warehouse_rows import run_row
 
 N_BATCHES = int(os.environ.get("KNEURON_BENCH_COMPACT_BATCHES", 2000))
 N_LAYERS, D_FF, TOP_K, N_CONCEPTS = 4, 256, 4, 8

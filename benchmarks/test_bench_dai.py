@@ -36,8 +36,8 @@ from kneuron.engine.models.minigpt4 import MiniGPT4
 from kneuron.engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec
 from kneuron.engine.models.tiny import tiny_config
 from kneuron.engine.signals.record import Target, target_positions
-from tests.helpers.tiny_models import random_images, tiny_minigpt4, tiny_tokenizer
 from tests.engine.baselines.test_baselines import per_layer_ig_reference
+from tests.helpers.tiny_models import random_images, tiny_minigpt4, tiny_tokenizer
 
 STEPS = 20
 SEQUENCE_TOKENS = 100

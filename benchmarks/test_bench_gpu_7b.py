@@ -37,15 +37,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.data.coco import CocoDataset
 from kneuron.engine.data.world import WorldConfig, generate_world
-from kneuron.engine.runtime.memory import choose_batch_size
+from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.models.minigpt4 import MiniGPT4, MiniGPT4Config, Variant
 from kneuron.engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec
 from kneuron.engine.models.tiny import tiny_config
-from kneuron.engine.signals.neurons import as_neuron_set
 from kneuron.engine.pipelines.ingest.pipeline import IngestConfig, run_ingest
+from kneuron.engine.runtime.memory import choose_batch_size
+from kneuron.engine.signals.neurons import as_neuron_set
 from kneuron.engine.signals.record import RecordConfig, Target, record_pairs
 from tests.helpers.tiny_models import tiny_tokenizer
 

@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kneuron.engine.models.base import VLMAdapter
 from kneuron.engine.interventions.multiset import caption_under_sets
+from kneuron.engine.models.base import VLMAdapter
 from kneuron.engine.signals.neurons import NeuronSet
 
 ROWS = int(os.environ.get("KNEURON_BENCH_MULTISET_ROWS", 64))

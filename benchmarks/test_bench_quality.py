@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.data.coco import CocoDataset
 from kneuron.engine.data.world import WorldConfig, generate_world
+from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.models import BUNDLED, load_model
 from kneuron.engine.training.quality import check_quality
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from kneuron.engine.data.world import WorldConfig, generate_world
-from kneuron.engine.pipelines.ingest import pipeline as ingest, ray as ingest_ray
+from kneuron.engine.pipelines.ingest import pipeline as ingest
+from kneuron.engine.pipelines.ingest import ray as ingest_ray
 from kneuron.engine.pipelines.ingest.pipeline import IngestConfig, run_ingest
 from tests.engine.pipelines.ingest.test_ray import assert_same_tables
 

@@ -38,10 +38,10 @@ import pytest
 from kneuron import queries
 from kneuron.engine.pipelines.select import select_sets
 from kneuron.queries.selection import SelectionConfig, run_selection
-from tests.helpers.warehouse_rows import run_row
-from tests.warehouse.test_rollup import without_rollup
 from kneuron.warehouse import Warehouse, rollup_rows
 from kneuron.warehouse.compact import compact
+from tests.helpers.warehouse_rows import run_row
+from tests.warehouse.test_rollup import without_rollup
 
 N_CONCEPTS = int(os.environ.get("KNEURON_BENCH_ROLLUP_CONCEPTS", 80))
 N_IMAGES = int(os.environ.get("KNEURON_BENCH_ROLLUP_IMAGES", 100))

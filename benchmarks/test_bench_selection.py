@@ -145,7 +145,7 @@ def pandas_selection(directory: Path, concepts: list[str]) -> dict[str, set[tupl
 class PeakRSS:
     """Peak resident set size of this process while the block runs (sampled every 20 ms)."""
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self._process = psutil.Process()
         self.peak = self._process.memory_info().rss
         self._stop = threading.Event()

@@ -70,7 +70,7 @@ class _Zero:
         self.adapter, self.neurons = adapter, neurons
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def __enter__(self) -> "_Zero":
+    def __enter__(self) -> _Zero:
         for layer, units in self.neurons.items():
             index = torch.tensor(units, dtype=torch.long, device=self.adapter.device)
 

@@ -32,11 +32,11 @@ def command(images: tuple[str, ...], warehouse_path: str | None, run_id: str | N
     is captioned twice: as it is and with those FFN units replaced (--ablation: zero, mean or resample) at
     every position while generating.
     """
+    from kneuron.engine.errors import KneuronError
     from kneuron.engine.interventions.ablation import Ablation, record_reference
     from kneuron.engine.interventions.caption import caption_images
-    from kneuron.engine.errors import KneuronError
-    from kneuron.engine.models import load_model
     from kneuron.engine.interventions.multiset import caption_under_sets
+    from kneuron.engine.models import load_model
     from kneuron.engine.signals.neurons import as_neuron_set, parse_neuron
 
     if ablation != "zero" and not references:

@@ -27,8 +27,8 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
     import pyarrow as pa
 
     from kneuron.cli.render import render_table
-    from kneuron.engine.signals.decode import concept_words, decode_neurons, excluded_token_ids, neuron_hits
     from kneuron.engine.models import load_model
+    from kneuron.engine.signals.decode import concept_words, decode_neurons, excluded_token_ids, neuron_hits
     from kneuron.engine.signals.neurons import parse_neuron
 
     require_neuron_choice(neurons, set_id, concept)

@@ -41,8 +41,8 @@ def command(out: str, model: str | None, warehouse_path: str | None, run_id: str
     OUT/kneuron_edit.json records the edit. OUT loads with --model OUT (and, for Hugging Face folders, with
     plain transformers).
     """
-    from kneuron.engine.interventions.edit import check_out, check_scale, edit_model
     from kneuron.engine.errors import KneuronError
+    from kneuron.engine.interventions.edit import check_out, check_scale, edit_model
     from kneuron.engine.signals.neurons import parse_neuron
 
     scale = check_scale(scale_text)

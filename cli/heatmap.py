@@ -41,8 +41,8 @@ def command(warehouse_path: str | None, run_id: str | None, concept: str | None,
     engine/signals/heatmap.py).
     """
     from kneuron.engine.errors import KneuronError
-    from kneuron.engine.signals.heatmap import heatmaps, overlay, side_by_side
     from kneuron.engine.models import load_model, resolve_device
+    from kneuron.engine.signals.heatmap import heatmaps, overlay, side_by_side
     from kneuron.engine.signals.neurons import parse_neuron
 
     device = resolve_device(device)

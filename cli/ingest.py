@@ -84,8 +84,8 @@ def command(coco_root: str | None, split: str, concepts: tuple[str, ...], min_im
             warehouse_path: str | None, run_id: str | None, progress: bool, retry_skipped: bool, engine: str,
             ray_address: str | None, workers: int, gpus_per_worker: float | None,
             cpus_per_worker: float | None) -> str:
-    from kneuron.engine.errors import KneuronError
     from kneuron.api_steps import ingest
+    from kneuron.engine.errors import KneuronError
 
     if images_per_concept.strip().lower() == "all":
         per_concept = None

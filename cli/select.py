@@ -44,8 +44,8 @@ def command(warehouse_path: str | None, run_id: str | None, concepts: tuple[str,
     `abs:V`, `q:Q` (per-concept quantile) or `top:N`. Sets already in the warehouse (same run, concept,
     method and parameters) are not written again, but become the current sets again (printed).
     """
-    from kneuron.cli.render import render_table
     from kneuron.api_steps import select
+    from kneuron.cli.render import render_table
 
     result = select(warehouse_path, run=run_id, concepts=concepts, stage1=stage1, stage2=stage2, aggregate=aggregate,
                     min_share=min_share, reduce=reduce, stage2_pool=stage2_pool, baselines=with_baselines,

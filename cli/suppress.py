@@ -100,11 +100,11 @@ def command(warehouse_path: str | None, config_path: str | None, run_id: str | N
     import dataclasses
     from typing import Any
 
+    from kneuron.api_steps import suppress
     from kneuron.cli.render import render_csv
     from kneuron.engine.eval.budget import parse_budgets
     from kneuron.engine.eval.config import EDITED_METHOD, EvalConfig, load_config
     from kneuron.engine.eval.summary import markdown_report
-    from kneuron.api_steps import suppress
 
     config = load_config(config_path) if config_path else EvalConfig()
     overrides: dict[str, Any] = {

@@ -8,8 +8,8 @@ import click
 
 from kneuron.cli.options import DEVICE_HELP
 from kneuron.engine.errors import KneuronError
-from kneuron.engine.training.train import TrainConfig
 from kneuron.engine.training.stage1 import Stage1Config
+from kneuron.engine.training.train import TrainConfig
 
 STAGE1_ONLY = ("vision_from", "projection", "train_queries", "patches_per_token", "template", "batch_size", "lr",
                "init_scale")

@@ -39,10 +39,10 @@ __all__ = ["IngestRun", "KneuronError", "Report", "Selection", "Warehouse", "cap
            "open_warehouse", "report", "resolve_model", "select", "suppress"]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time `__getattr__` imports on first use
-    from kneuron.engine.errors import KneuronError
     from kneuron.api_model import caption, load_model, resolve_model
     from kneuron.api_steps import IngestRun, Report, Selection, ingest, report, select, suppress
     from kneuron.api_warehouse import Warehouse, open_warehouse
+    from kneuron.engine.errors import KneuronError
 
 
 def __getattr__(name: str) -> Any:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from kneuron.engine.errors import KneuronError
 from kneuron.api_warehouse import Location, Warehouse, location_of
+from kneuron.engine.errors import KneuronError
 
 if TYPE_CHECKING:
     from kneuron.engine.pipelines.ingest.start import IngestSummary

@@ -102,8 +102,7 @@ class Warehouse:
     def _checked(text: str, params: dict[str, Any], what: str) -> dict[str, Any]:
         """The parameters of ``text`` bound from ``params`` (NULL where not given), after checking that
         ``params`` names only parameters the SQL has and that every statement only reads."""
-        from kneuron import queries
-        from kneuron import warehouse
+        from kneuron import queries, warehouse
 
         wanted = queries.parameters(text)
         unknown = sorted(set(params) - set(wanted))

@@ -7,11 +7,11 @@ so one parameter dict can feed several queries.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -30,7 +30,7 @@ def names() -> list[str]:
     return sorted(path.stem for path in QUERY_DIR.glob("*.sql"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(name: str) -> str:
     """The text of ``queries/<name>.sql``; `KneuronError` when there is no such query."""
     path = QUERY_DIR / f"{name}.sql"

@@ -104,7 +104,7 @@ class ThresholdSpec:
                 raise KneuronError(f"budget threshold must be a whole number >= 0, got {value!r}")
 
     @classmethod
-    def parse(cls, text: str) -> "ThresholdSpec":
+    def parse(cls, text: str) -> ThresholdSpec:
         """Parse the CLI form: ``auto``, ``none``, ``abs:V``, ``q:Q`` or ``top:N``."""
         text = text.strip()
         if text in ("auto", "none"):
@@ -175,7 +175,7 @@ class SpecificSpec:
             raise KneuronError(f"specificity ratio must be a finite number >= 0, got {self.ratio!r}")
 
     @classmethod
-    def parse(cls, text: str) -> "SpecificSpec":
+    def parse(cls, text: str) -> SpecificSpec:
         """The CLI form: ``stage1``, ``ratio:R`` (on g_c), ``ratio2:R`` (the same) or ``ratio1:R`` (on Δ)."""
         text = str(text).strip()
         if text == "stage1":
@@ -197,7 +197,7 @@ class SpecificSpec:
         return {"kind": "ratio", "stage": self.stage, "ratio": float(self.ratio)}
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None) -> "SpecificSpec | None":
+    def from_params(cls, params: Mapping[str, Any] | None) -> SpecificSpec | None:
         """The spec a set's ``params["specific"]`` describes (None: no specificity filter)."""
         if not params:
             return None

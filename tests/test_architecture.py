@@ -70,7 +70,7 @@ def floor(module: str) -> str:
         return "compute"
     if module == "kneuron" or module.startswith("kneuron."):
         return "api"
-    return module.split(".")[0]  # warehouse, queries, cli
+    return module.split(".", maxsplit=1)[0]  # warehouse, queries, cli
 
 
 #: floor -> floors it may import

@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 from kneuron import warehouse
-from tests.helpers.cli_runner import run_cli
 from kneuron.warehouse.fresh import remove_if_unused
+from tests.helpers.cli_runner import run_cli
 
 
 def test_a_model_that_fails_to_load_leaves_no_warehouse(report_world: Path, tmp_path: Path, capsys) -> None:

@@ -13,8 +13,9 @@ are correct with or without hive partitioning. A file is first written as ``.par
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote
 
 import pyarrow as pa

@@ -73,7 +73,7 @@ class BatchRecord:
         return json.dumps(raw, separators=(",", ":"), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "BatchRecord":
+    def from_json(cls, text: str) -> BatchRecord:
         """Parse a stored record; `ValueError`/`KeyError`/`TypeError` when it is not one."""
         raw = json.loads(text)
         if raw.get("format") != RECORD_FORMAT:

@@ -20,8 +20,9 @@ empty; a file written before a column existed reads as null in it.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

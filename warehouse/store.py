@@ -30,9 +30,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -128,7 +129,7 @@ class Warehouse:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | os.PathLike[str] | None = None, *, create: bool = False) -> "Warehouse":
+    def open(cls, path: str | os.PathLike[str] | None = None, *, create: bool = False) -> Warehouse:
         """Open the warehouse at ``path`` (default `default_warehouse_path()`).
 
         create=False: a reader. The warehouse must exist; no lock is taken; `batch` is refused.
@@ -174,7 +175,7 @@ class Warehouse:
             raise
 
     @classmethod
-    def with_lock(cls, root: Path, lock: WriterLock) -> "Warehouse":
+    def with_lock(cls, root: Path, lock: WriterLock) -> Warehouse:
         """The writer of the existing warehouse at ``root`` (absolute) under ``lock``, which the caller took
         (`kneuron.warehouse.verify.repair` takes the lock first, to drop damaged commit records before reading them).
 
@@ -202,7 +203,7 @@ class Warehouse:
         if self._lock is not None:
             self._lock.release()
 
-    def __enter__(self) -> "Warehouse":
+    def __enter__(self) -> Warehouse:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -384,7 +385,7 @@ class Warehouse:
         return pairs
 
     # ------------------------------------------------------------------ writing
-    def batch(self, batch_id: str | None = None) -> "Batch":
+    def batch(self, batch_id: str | None = None) -> Batch:
         """A new atomic batch (use as a context manager). Only the writer may open one, one at a time."""
         if not self.writable:
             raise KneuronError(f"warehouse {self.root} is open read-only; open it with create=True to write")

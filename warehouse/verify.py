@@ -151,10 +151,7 @@ def verify_warehouse(root: str | os.PathLike[str] | Warehouse | None = None) -> 
     root: warehouse directory (default `default_warehouse_path()`) or an open `Warehouse`.
     Raises `KneuronError` only when ``root`` is not a warehouse of this schema version.
     """
-    if isinstance(root, Warehouse):
-        warehouse_root = root.root
-    else:
-        warehouse_root = _open_reader_root(root)
+    warehouse_root = root.root if isinstance(root, Warehouse) else _open_reader_root(root)
     damaged: dict[str, str] = {}
     records = read_records(warehouse_root, damaged=damaged)
     return _verify(warehouse_root, records, damaged)

@@ -20,7 +20,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -30,7 +30,7 @@ from kneuron.engine.models.base import VLMAdapter
 from kneuron.engine.signals.record import Target, choose_target
 
 #: one selected neuron: (layer, unit, score or None)
-ScoredNeuron = tuple[int, int, Optional[float]]
+ScoredNeuron = tuple[int, int, float | None]
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def concept_target(adapter: VLMAdapter, caption_ids: Sequence[int], concept: str
 
 def concept_rng(seed: int, concept: str, salt: str = "") -> np.random.Generator:
     """A generator that depends only on (seed, concept, salt)."""
-    digest = hashlib.sha256(f"{salt}:{concept}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{salt}:{concept}".encode()).digest()
     return np.random.default_rng([int(seed), int.from_bytes(digest[:8], "little")])
 
 

@@ -40,8 +40,8 @@ from PIL import Image
 from kneuron.engine.baselines.base import Baseline, BaselineContext, ScoredNeuron, check_budget, register, top_neurons
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.models.base import VLMAdapter
-from kneuron.engine.signals.record import Target, target_positions
 from kneuron.engine.runtime.threads import job
+from kneuron.engine.signals.record import Target, target_positions
 
 #: single-token rows per batch in the cached path (small batches keep the rows' KV copies in cache: 64 rows ran
 #: faster than 256 on the 30-layer benchmark); full-sequence rows are limited to about 8192 tokens a batch

@@ -125,7 +125,7 @@ class DiffusionInpainter(Inpainter):
                     self.model if hub is None else hub.repo, torch_dtype=getattr(torch, self.dtype),
                     local_files_only=offline, safety_checker=None, requires_safety_checker=False, **where,
                 )
-        except (OSError, ValueError, KeyError, EnvironmentError) as error:
+        except (OSError, ValueError, KeyError) as error:
             if hub is not None and offline:
                 raise KneuronError(f"inpainting pipeline {hub}: not in the Hugging Face cache {hub_cache()} and "
                                    f"HF_HUB_OFFLINE is set; fetch it first: {hub.fetch_hint()}") from None

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from kneuron.engine.models.base import VLMAdapter
 from kneuron.engine.interventions.multiset import Captions, caption_under_sets
+from kneuron.engine.models.base import VLMAdapter
 from kneuron.engine.signals.neurons import NeuronSet
 
 

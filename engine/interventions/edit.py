@@ -48,9 +48,9 @@ import torch
 
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.models.base import VLMAdapter
-from kneuron.engine.signals.neurons import NeuronSet, as_neuron_set, check_neurons, neuron_pairs
 from kneuron.engine.runtime.replace_guard import check_replaceable, json_format_is
 from kneuron.engine.runtime.version import kneuron_version
+from kneuron.engine.signals.neurons import NeuronSet, as_neuron_set, check_neurons, neuron_pairs
 
 Log = Callable[[str], None]
 

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from kneuron.engine.interventions.ablation import Ablation, donors
 from kneuron.engine.errors import KneuronError
+from kneuron.engine.interventions.ablation import Ablation, donors
 from kneuron.engine.models.base import PreparedBatch, VLMAdapter
-from kneuron.engine.signals.neurons import NeuronSet, check_neurons
 from kneuron.engine.runtime.threads import job
+from kneuron.engine.signals.neurons import NeuronSet, check_neurons
 
 
 @dataclass

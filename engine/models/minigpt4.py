@@ -108,7 +108,7 @@ class MiniGPT4Config:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MiniGPT4Config":
+    def from_dict(cls, data: dict[str, Any]) -> MiniGPT4Config:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 

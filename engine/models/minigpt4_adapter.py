@@ -48,7 +48,7 @@ class ModelSpec:
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         data = dict(data)
         data["architecture"] = MiniGPT4Config.from_dict(data["architecture"])
         for key in ("image_mean", "image_std"):

@@ -48,7 +48,7 @@ class PromptTemplate:
     def clean_answer(self, text: str) -> str:
         """Official post-processing: cut at the first stop string, drop an echoed answer marker, strip."""
         for stop in self.stop_strings:
-            text = text.split(stop)[0]
+            text = text.split(stop, maxsplit=1)[0]
         if self.answer_marker:
             text = text.split(self.answer_marker)[-1]
         return text.strip()
@@ -57,7 +57,7 @@ class PromptTemplate:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PromptTemplate":
+    def from_dict(cls, data: dict[str, Any]) -> PromptTemplate:
         return cls(name=data["name"], text=data["text"], stop_strings=tuple(data["stop_strings"]),
                    answer_marker=data.get("answer_marker", ""), bos=data.get("bos", "auto"))
 

@@ -28,8 +28,8 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from kneuron.engine.reporting.document import number
 from kneuron.engine.errors import KneuronError
+from kneuron.engine.reporting.document import number
 
 GROUP_COLOURS = {"target": "#d62728", "other": "#1f77b4"}
 DPI = 100

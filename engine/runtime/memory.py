@@ -75,7 +75,7 @@ def record_shape(adapter: VLMAdapter, answer_tokens: int = 32) -> RecordShape:
     """The `RecordShape` of an adapter's model: prompt length of one image plus ``answer_tokens``."""
     from PIL import Image
 
-    config: Any = getattr(adapter.language_model, "config")
+    config: Any = adapter.language_model.config
     prompt = adapter.prepare([Image.new("RGB", (32, 32))]).prompt_length
     return RecordShape(n_layers=adapter.n_layers, d_model=int(config.hidden_size), d_ff=adapter.d_ff,
                        vocab=int(config.vocab_size), tokens=int(prompt) + answer_tokens,

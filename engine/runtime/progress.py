@@ -84,7 +84,7 @@ class Progress:
             tail = "ETA unknown"
         return f"{self.label}: {self.done}/{self.total} ({format_rate(rate)}, {tail})"
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -41,7 +41,7 @@ import math
 import os
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,10 +241,8 @@ def parameter_count(model: Any) -> int | None:
     if isinstance(cached, int):
         return cached
     count = sum(p.numel() for p in model.parameters())
-    try:
+    with suppress(AttributeError, TypeError):
         model._kneuron_n_params = count
-    except (AttributeError, TypeError):
-        pass
     return count
 
 

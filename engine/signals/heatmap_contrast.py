@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from kneuron.engine.errors import KneuronError
-from kneuron.engine.signals.heatmap import Neurons, heatmaps, patch_heat, token_to_patch_map, upsample
 from kneuron.engine.models.base import VLMAdapter
+from kneuron.engine.signals.heatmap import Neurons, heatmaps, patch_heat, token_to_patch_map, upsample
 
 
 @dataclass(frozen=True)

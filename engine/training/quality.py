@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.data.coco import CocoDataset
 from kneuron.engine.eval.mentions import mentions
 from kneuron.engine.inpaint import dilate, get_inpainter
+from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.models.base import VLMAdapter
 
 

@@ -122,8 +122,8 @@ def test_cli_caption(report_full, report_model_dir, tmp_path, capsys) -> None:  
 
 def test_cli_caption_mean_ablation(report_model_dir, tmp_path, capsys) -> None:  # noqa: ANN001
     from kneuron.engine.interventions.ablation import Ablation, record_reference
-    from kneuron.engine.models import load_model
     from kneuron.engine.interventions.multiset import caption_under_sets
+    from kneuron.engine.models import load_model
 
     paths = []
     for seed in range(4):

@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 
 from kneuron.engine.errors import KneuronError
-from tests.faults.test_repair_faults import build, eval_rows, files_of, flip, rows, select_rows
-from tests.helpers.warehouse_rows import RUN, neuron_rows, run_row, sample_rows
 from kneuron.warehouse import Warehouse, compact_warehouse, repair, verify_warehouse
 from kneuron.warehouse.layout import MANIFEST_DIR
 from kneuron.warehouse.signals import points_passed, set_hook
+from tests.faults.test_repair_faults import build, eval_rows, files_of, flip, rows, select_rows
+from tests.helpers.warehouse_rows import RUN, neuron_rows, run_row, sample_rows
 
 CREATED = dt.datetime(2025, 3, 3, tzinfo=dt.timezone.utc)
 

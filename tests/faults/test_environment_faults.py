@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from kneuron.cli.streams import EXIT_BAD_INPUT, EXIT_OUTPUT, EXIT_PIPE
+from kneuron.warehouse import Warehouse
 from tests.helpers.cli_runner import run_cli
 from tests.helpers.warehouse_rows import run_row, sample_rows
-from kneuron.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parents[2]
 

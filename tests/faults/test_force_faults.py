@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from kneuron.engine.interventions.edit import EDIT_FILE
-from tests.helpers.cli_runner import run_cli
 from kneuron.warehouse import Warehouse
+from tests.helpers.cli_runner import run_cli
 
 
 def listing(path: Path) -> list[str]:

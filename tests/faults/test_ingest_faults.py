@@ -24,9 +24,9 @@ from kneuron import queries
 from kneuron.engine.data.world import WorldConfig, generate_world
 from kneuron.engine.models.minigpt4_adapter import save_minigpt4
 from kneuron.engine.pipelines.ingest.pipeline import IngestConfig, run_ingest
+from kneuron.warehouse import Warehouse, table_paths
 from tests.helpers.cli_runner import run_cli
 from tests.helpers.tiny_models import tiny_minigpt4
-from kneuron.warehouse import Warehouse, table_paths
 
 CONCEPTS = ("circle", "square", "star")
 KEYS = {"samples": ["concept", "image_id"], "neuron_stats": ["concept", "image_id", "layer", "unit"],

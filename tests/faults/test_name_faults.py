@@ -15,9 +15,9 @@ import pytest
 from kneuron.engine.data.coco import CocoDataset
 from kneuron.engine.data.names import MAX_NAME_BYTES, check_concept_names, file_component, name_folder
 from kneuron.engine.data.world import WorldConfig, generate_world
-from kneuron.engine.reporting.document import slug
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.eval.mentions import mentions, normalise
+from kneuron.engine.reporting.document import slug
 from tests.faults.test_ingest_faults import ingest_args, model_dir  # noqa: F401  (fixture)
 from tests.helpers.cli_runner import run_cli
 

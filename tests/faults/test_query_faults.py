@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from kneuron.warehouse import Warehouse
 from tests.faults.test_environment_faults import REPO
 from tests.helpers.cli_runner import run_cli
 from tests.helpers.warehouse_rows import run_row
-from kneuron.warehouse import Warehouse
 
 RUNAWAY = "SELECT count(*) FROM range(100000000) a, range(100000000) b"
 

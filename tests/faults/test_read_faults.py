@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from kneuron.engine.errors import KneuronError
+from kneuron.warehouse import Warehouse, connect
 from tests.faults.test_repair_faults import build, files_of
 from tests.helpers.cli_runner import run_cli
-from kneuron.warehouse import Warehouse, connect
 
 
 def change_one_value(path: Path, keep_mtime: bool = False) -> None:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli_runner import run_cli
-from tests.helpers.warehouse_rows import RUN, neuron_rows, run_row, sample_rows
 from kneuron.warehouse import TABLES, Warehouse, compact_warehouse, connect, repair, verify_warehouse
 from kneuron.warehouse.layout import MANIFEST_DIR
+from tests.helpers.cli_runner import run_cli
+from tests.helpers.warehouse_rows import RUN, neuron_rows, run_row, sample_rows
 
 UTC = dt.timezone.utc
 CREATED = dt.datetime(2025, 3, 2, tzinfo=UTC)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kneuron.engine.reporting.document import Section, Table, Text
 from kneuron.engine.pipelines.report.pipeline import ReportConfig, build_report
+from kneuron.engine.reporting.document import Section, Table, Text
 from kneuron.engine.reporting.render import render_markdown
 from kneuron.warehouse.layout import LOCK_FILE
 from kneuron.warehouse.lock import WriterLock, writer_pid

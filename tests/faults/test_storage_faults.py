@@ -22,10 +22,10 @@ import pytest
 from kneuron import queries
 from kneuron.cli.main import COMMANDS
 from kneuron.engine.errors import KneuronError
-from tests.helpers.cli_runner import run_cli
-from tests.helpers.warehouse_rows import RUN, neuron_rows, run_row, sample_rows
 from kneuron.warehouse import TABLES, Warehouse, connect, table_paths
 from kneuron.warehouse.layout import LOCK_FILE, MANIFEST_DIR
+from tests.helpers.cli_runner import run_cli
+from tests.helpers.warehouse_rows import RUN, neuron_rows, run_row, sample_rows
 
 
 @click.command("fault-write")

@@ -84,7 +84,7 @@ def _text(vocab: int, model_type: str = "llama") -> dict[str, Any]:
     if model_type in ("gemma2", "gemma3_text"):
         out.update(head_dim=16, query_pre_attn_scalar=16, sliding_window=512, final_logit_softcapping=None,
                    attn_logit_softcapping=None)
-    if model_type == "qwen2_vl_text" or model_type == "qwen2_5_vl_text":
+    if model_type in {"qwen2_vl_text", "qwen2_5_vl_text"}:
         out["rope_parameters"] = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
     return out
 

@@ -133,8 +133,7 @@ def add_scores(batch, world: Path) -> None:  # noqa: ANN001
 
 def choose(root: Path, set_id: str) -> None:
     """Make the stored set ``set_id`` current (one ``set_choices`` row), as `kneuron select` does."""
-    from kneuron import queries
-    from kneuron import warehouse
+    from kneuron import queries, warehouse
     from kneuron.engine.pipelines.sets import store_sets
 
     con = queries.connect(root)

@@ -16,14 +16,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kneuron import queries
 import kneuron.warehouse.manifest
+from kneuron import queries
 from kneuron.engine.errors import KneuronError
-from tests.helpers.cli_runner import run_cli
-from tests.helpers.warehouse_rows import RUN, neuron_rows, run_row, sample_rows
 from kneuron.warehouse import TABLES, Warehouse, rollup_rows, verify_warehouse
 from kneuron.warehouse.compact import compact
 from kneuron.warehouse.layout import MANIFEST_DIR
+from tests.helpers.cli_runner import run_cli
+from tests.helpers.warehouse_rows import RUN, neuron_rows, run_row, sample_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -198,8 +198,7 @@ def test_full_disk_while_merging_changes_nothing(root: Path, monkeypatch) -> Non
 
 def test_a_damaged_source_file_is_refused(root: Path) -> None:
     before = state(root)
-    victim = root / next(e.path for r in Warehouse.open(root).batches for e in r.files if e.table == "token_stats"
-                         or e.table == "neuron_stats")
+    victim = root / next(e.path for r in Warehouse.open(root).batches for e in r.files if e.table in {"token_stats", "neuron_stats"})
     os.chmod(victim, 0o644)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF

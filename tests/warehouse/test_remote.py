@@ -11,11 +11,11 @@ import pytest
 from kneuron import queries
 from kneuron.engine.errors import KneuronError
 from kneuron.queries.selection import SelectionConfig, run_selection
+from kneuron.warehouse import TABLES, Warehouse, connect
+from kneuron.warehouse.compact import compact
 from tests.helpers.cli_runner import run_cli
 from tests.helpers.signal_world import build_warehouse, make_world
 from tests.warehouse.test_compact import build
-from kneuron.warehouse import TABLES, Warehouse, connect
-from kneuron.warehouse.compact import compact
 
 VIEWS = [*TABLES, "neuron_rollup_summed", "neuron_rollup_parts", "neuron_stats_unrolled", "neuron_means",
          "current_sets"]

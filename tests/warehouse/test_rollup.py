@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from kneuron import queries
 from kneuron.queries.selection import SelectionConfig, ThresholdSpec, run_selection
-from tests.helpers.warehouse_rows import run_row
 from kneuron.warehouse import Warehouse, rollup_rows
 from kneuron.warehouse.compact import compact
+from tests.helpers.warehouse_rows import run_row
 
 RUN = "run-1"
 N_LAYERS, D_FF = 3, 7
@@ -180,7 +180,7 @@ def test_two_stage_selects_the_same_sets_from_the_rollup_as_from_the_image_rows(
 def test_the_numpy_path_of_rollup_rows_equals_the_group_by(n_images: int, shuffle: bool, drop: int, seed: int,
                                                             ) -> None:
     """Ingest's layout takes the reshape path; shuffled rows or missing neurons take the group-by; same sums."""
-    import kneuron.warehouse.rollup as rollup
+    from kneuron.warehouse import rollup
 
     rng = np.random.default_rng(seed)
     table = stats_rows("dog", list(rng.choice(50, n_images, replace=False)), rng)

@@ -15,6 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from kneuron.engine.errors import KneuronError
+from kneuron.warehouse import TABLES, Warehouse, conform, connect, default_warehouse_path, table_paths
+from kneuron.warehouse.layout import MANIFEST_DIR
+from kneuron.warehouse.schema import VIEW_EXTRA_COLUMNS
 from tests.helpers.warehouse_rows import (
     D_FF,
     N_LAYERS,
@@ -24,9 +27,6 @@ from tests.helpers.warehouse_rows import (
     run_row,
     sample_rows,
 )
-from kneuron.warehouse import TABLES, Warehouse, conform, connect, default_warehouse_path, table_paths
-from kneuron.warehouse.layout import MANIFEST_DIR
-from kneuron.warehouse.schema import VIEW_EXTRA_COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
 

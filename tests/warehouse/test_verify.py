@@ -10,10 +10,10 @@ import pytest
 
 from kneuron import warehouse
 from kneuron.engine.errors import KneuronError
-from tests.helpers.cli_runner import run_cli
-from tests.helpers.warehouse_rows import RUN, neuron_rows, run_row, sample_rows
 from kneuron.warehouse import TABLES, Warehouse, connect, repair, verify_warehouse
 from kneuron.warehouse.layout import MANIFEST_DIR
+from tests.helpers.cli_runner import run_cli
+from tests.helpers.warehouse_rows import RUN, neuron_rows, run_row, sample_rows
 
 RUN2 = "run-2"
 

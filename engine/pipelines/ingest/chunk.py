@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.data.coco import CocoDataset
 from kneuron.engine.data.names import name_folder
 from kneuron.engine.inpaint import Inpainter
+from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.models.base import VLMAdapter
 from kneuron.engine.pipelines.ingest.config import IngestConfig
 from kneuron.engine.pipelines.ingest.plan import PairInput, prepare_pair

@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from kneuron import warehouse
-from kneuron.engine.runtime import scoped
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.pipelines.ingest.chunk import ChunkResult, commit_chunk
 from kneuron.engine.pipelines.ingest.config import IngestConfig
 from kneuron.engine.pipelines.ingest.ray_workers import DatasetSource, PrepareTask, Recorder, probe_model
 from kneuron.engine.pipelines.ingest.start import IngestSummary, ModelHead, RunPlan, begin_run, plan_run
+from kneuron.engine.runtime import scoped
 from kneuron.engine.runtime.progress import Progress
 
 Log = Callable[[str], None]

@@ -22,7 +22,6 @@ from kneuron import warehouse
 from kneuron.engine.data.coco import CocoDataset
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.inpaint import Inpainter
-from kneuron.engine.runtime.memory import choose_batch_size
 from kneuron.engine.models.base import VLMAdapter
 from kneuron.engine.pipelines.ingest.config import IngestConfig
 from kneuron.engine.pipelines.ingest.identity import (
@@ -41,6 +40,7 @@ from kneuron.engine.pipelines.ingest.plan import (
     resolve_concepts,
     stored_splits,
 )
+from kneuron.engine.runtime.memory import choose_batch_size
 
 Log = Callable[[str], None]
 

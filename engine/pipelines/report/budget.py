@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from kneuron import queries
-from kneuron.engine.reporting.budget_plots import budget_curve_plot
-from kneuron.engine.reporting.document import Block, Figure, Section, Table, Text, fmt, slug
 from kneuron.engine.eval.budget import budget_curves, curve_scores, curve_table, split_label
 from kneuron.engine.pipelines.report.evidence import ci, load_evidence, value
 from kneuron.engine.pipelines.run import RunReader
+from kneuron.engine.reporting.budget_plots import budget_curve_plot
+from kneuron.engine.reporting.document import Block, Figure, Section, Table, Text, fmt, slug
 from kneuron.queries.selection import MASSIVE_K
 
 SECTION = ("budget", "Budget curves and specificity")

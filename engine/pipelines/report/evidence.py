@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kneuron.engine.reporting.document import Table, Text, fmt
 from kneuron.engine.eval.evidence import Evidence, evidence_tables
 from kneuron.engine.pipelines.run import RunReader, StoredEvaluation, stored_evidence
+from kneuron.engine.reporting.document import Table, Text, fmt
 
 #: measures shown with intervals in the suppression section: (measure, reference, label)
 SHOWN = (("mention", "", "mention drop"), ("retention", "", "other-object mention loss"),

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kneuron.engine.reporting.document import Figure, Section, Table, Text, fmt, slug
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.pipelines.run import RunReader
 from kneuron.engine.pipelines.sets import StoredSet
+from kneuron.engine.reporting.document import Figure, Section, Table, Text, fmt, slug
 
 if TYPE_CHECKING:
     from kneuron.engine.pipelines.report.pipeline import ReportConfig
@@ -169,8 +169,8 @@ def ci(row: dict[str, Any], prefix: str = "images") -> str:
 
 def decoding_blocks(adapter: Any, sets: Sets, concepts: list[str], config: ReportConfig, section: Section,
                     summary: dict[str, Any]) -> None:
-    from kneuron.engine.signals.decode import concept_words, decode_neurons, excluded_token_ids, neuron_hits
     from kneuron.engine.eval.rates import pooled_interval
+    from kneuron.engine.signals.decode import concept_words, decode_neurons, excluded_token_ids, neuron_hits
 
     methods = methods_of(sets, concepts, config.method)
     section.blocks.append(Text(

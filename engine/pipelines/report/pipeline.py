@@ -32,6 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kneuron.engine.errors import KneuronError
+from kneuron.engine.eval.budget import split_label
+from kneuron.engine.pipelines.report.budget import budget_section
+from kneuron.engine.pipelines.report.evidence import interval_blocks, load_evidence
+from kneuron.engine.pipelines.report.model import model_sections
+from kneuron.engine.pipelines.run import RunReader
+from kneuron.engine.pipelines.sets import StoredSet
 from kneuron.engine.reporting.document import (
     Code,
     Figure,
@@ -44,13 +51,6 @@ from kneuron.engine.reporting.document import (
     json_ready,
     number,
 )
-from kneuron.engine.errors import KneuronError
-from kneuron.engine.eval.budget import split_label
-from kneuron.engine.pipelines.report.budget import budget_section
-from kneuron.engine.pipelines.report.evidence import interval_blocks, load_evidence
-from kneuron.engine.pipelines.report.model import model_sections
-from kneuron.engine.pipelines.run import RunReader
-from kneuron.engine.pipelines.sets import StoredSet
 from kneuron.engine.reporting.render import render_html, render_markdown
 
 SECTIONS: tuple[tuple[str, str], ...] = (

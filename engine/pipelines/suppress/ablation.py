@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from kneuron.engine.interventions.ablation import POSITION_KINDS, Ablation, ActivationReference, record_reference
 from kneuron.engine.baselines.base import concept_rng
 from kneuron.engine.eval.config import EvalConfig
+from kneuron.engine.interventions.ablation import POSITION_KINDS, Ablation, ActivationReference, record_reference
 from kneuron.engine.models.base import VLMAdapter
 
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kneuron.engine.baselines import ScoredNeuron
-from kneuron.engine.interventions.edit import read_edit_record
 from kneuron.engine.errors import KneuronError
+from kneuron.engine.interventions.edit import read_edit_record
 from kneuron.engine.models import load_model
 from kneuron.engine.models.base import VLMAdapter
-from kneuron.engine.signals.neurons import parse_neuron
 from kneuron.engine.pipelines.sets import StoredSet
+from kneuron.engine.signals.neurons import parse_neuron
 
 
 @dataclass

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from kneuron.engine.baselines.base import concept_rng
 from kneuron.engine.eval.budget import split_label
+from kneuron.engine.models.base import VLMAdapter
 from kneuron.engine.signals.fragility import (
     FRAGILE_SHARE,
     activation_magnitude,
@@ -29,7 +30,6 @@ from kneuron.engine.signals.fragility import (
     fragile_units,
     massive_mask,
 )
-from kneuron.engine.models.base import VLMAdapter
 
 FRAGILITY_SCHEMA = pa.schema([
     ("method", pa.string()),

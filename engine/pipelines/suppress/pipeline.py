@@ -53,9 +53,7 @@ import duckdb
 import pyarrow as pa
 
 from kneuron import queries
-from kneuron.engine.interventions.ablation import Ablation
 from kneuron.engine.baselines.base import BaselineContext, ReferenceSet, ScoredNeuron, get_baseline
-from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.eval.budget import budget_tables, split_label
 from kneuron.engine.eval.config import EDITED_METHOD, REFERENCE_METHOD, EvalConfig, jsonable
@@ -64,9 +62,10 @@ from kneuron.engine.eval.images import EvalImages, choose_images
 from kneuron.engine.eval.metrics import METRICS, CaptionScorer
 from kneuron.engine.eval.scoring import ScoreCache
 from kneuron.engine.eval.summary import UNMODIFIED, paper_tables
-from kneuron.engine.models.base import VLMAdapter
+from kneuron.engine.interventions.ablation import Ablation
+from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.interventions.multiset import caption_under_sets
-from kneuron.engine.signals.neurons import as_neuron_set
+from kneuron.engine.models.base import VLMAdapter
 from kneuron.engine.pipelines.run import load_evaluation
 from kneuron.engine.pipelines.sets import StoredSet, stored_sets
 from kneuron.engine.pipelines.suppress.ablation import means_rows, prepare_ablation
@@ -89,6 +88,7 @@ from kneuron.engine.pipelines.suppress.inputs import (
 )
 from kneuron.engine.runtime.progress import Progress
 from kneuron.engine.runtime.scoped import seeded_torch
+from kneuron.engine.signals.neurons import as_neuron_set
 from kneuron.queries.selection import MASSIVE_K, set_id_of, set_rows
 from kneuron.warehouse import Warehouse
 

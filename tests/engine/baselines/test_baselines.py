@@ -267,7 +267,7 @@ def test_registry_and_errors(adapter, world):
     ctx = BaselineContext(adapter=adapter, dataset=world.dataset, run_id=RUN_ID)
     with pytest.raises(KneuronError, match="no identification images for concept 'circle'"):
         get_baseline("pan").select(ctx, "circle", 3)
-    assert CONCEPTS == tuple(sorted(world.two_stage))
+    assert tuple(sorted(world.two_stage)) == CONCEPTS
 
 
 # ---------------------------------------------------------------------------------------------- fragility / specificity
@@ -365,7 +365,7 @@ def per_layer_ig_reference(adapter, images, targets, steps: int = 20) -> torch.T
 
 @pytest.mark.parametrize("variant", ["qformer", "patch"])
 def test_dai_cached_and_full_paths_equal_the_per_layer_reference(variant, monkeypatch):  # noqa: ANN001
-    import kneuron.engine.baselines.dai as dai
+    from kneuron.engine.baselines import dai
     from tests.helpers.tiny_models import random_images
 
     model = tiny_minigpt4(variant, seed=2)
@@ -391,9 +391,9 @@ def test_dai_cached_and_full_paths_equal_the_per_layer_reference(variant, monkey
 
 
 def test_dai_selects_the_same_sets_as_the_per_layer_reference_on_the_bundled_model(tmp_path):  # noqa: ANN001
-    from kneuron.engine.interventions.caption import caption_images
     from kneuron.engine.data.coco import CocoDataset
     from kneuron.engine.data.world import WorldConfig, generate_world
+    from kneuron.engine.interventions.caption import caption_images
     from kneuron.engine.models import load_model
 
     model = load_model("tiny-shapes-qformer")

@@ -97,7 +97,7 @@ def test_pycocotools_reads_the_world(world: Path) -> None:
 def test_objects_are_distinct_and_annotated(world: Path) -> None:
     ann_ids = set()
     for split in SPLITS:
-        for image_id, anns in _objects_by_image(world, split).items():
+        for _image_id, anns in _objects_by_image(world, split).items():
             assert 1 <= len(anns) <= 3
             assert len({a["category_id"] for a in anns}) == len(anns)
             assert len({a["attributes"]["color"] for a in anns}) == len(anns)
@@ -110,7 +110,7 @@ def test_objects_are_distinct_and_annotated(world: Path) -> None:
 
 def test_masks_match_area_bbox_and_stay_mostly_visible(world: Path) -> None:
     for split in SPLITS:
-        for image_id, anns in _objects_by_image(world, split).items():
+        for _image_id, anns in _objects_by_image(world, split).items():
             union = np.zeros((64, 64), dtype=int)
             for ann in anns:
                 mask = mask_utils.decode(ann["segmentation"]).astype(bool)

@@ -145,7 +145,7 @@ def test_bertscore_keeps_sentence_embeddings_and_still_equals_bert_score(referen
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import bert_score.utils
 
-    import kneuron.engine.eval.metrics as metrics
+    from kneuron.engine.eval import metrics
 
     scorer = CaptionScorer()
     encoded: list[str] = []

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from kneuron.engine.errors import KneuronError
 from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.interventions.edit import EDIT_FILE, LLM_COPY, apply_edit, check_scale, edit_model, read_header
-from kneuron.engine.errors import KneuronError
 from kneuron.engine.models import load_model
 from kneuron.engine.models.fingerprint import model_fingerprint
 from kneuron.engine.models.minigpt4_adapter import SPEC_FILE, save_minigpt4

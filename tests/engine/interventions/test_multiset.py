@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kneuron.engine.interventions.ablation import Ablation, donors, record_reference
-from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.data.coco import CocoDataset
 from kneuron.engine.errors import KneuronError
-from kneuron.engine.models import load_model
+from kneuron.engine.interventions.ablation import Ablation, donors, record_reference
+from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.interventions.multiset import caption_under_sets
+from kneuron.engine.models import load_model
 from tests.helpers.hf_tiny import ALL_KINDS, tiny_adapter, varied_images
 
 KINDS = ("minigpt4-qformer", "minigpt4-patch", "llava")

@@ -5,10 +5,10 @@ from dataclasses import replace
 
 import pytest
 
-from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.data.coco import CocoDataset
 from kneuron.engine.data.world import WorldConfig, generate_world
 from kneuron.engine.eval.mentions import mentions
+from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.models import BUNDLED, load_model
 from kneuron.engine.training.train import TRAIN_WORLD, TrainConfig, train_tiny_minigpt4
 

@@ -100,7 +100,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_load_model_checks_the_device_before_reading_weights(monkeypatch: pytest.MonkeyPatch,
                                                              model_dir: Path) -> None:
-    import kneuron.engine.models.minigpt4_adapter as minigpt4_adapter
+    from kneuron.engine.models import minigpt4_adapter
 
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("weights read before the device check")
@@ -132,8 +132,7 @@ def test_load_model_logs_before_and_after(monkeypatch: pytest.MonkeyPatch, model
 
 def test_load_model_logs_bundled_names_and_folder(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bundled name is logged with the folder it resolves to (the loader itself is stubbed: no weights read)."""
-    import kneuron.engine.models.minigpt4_adapter as minigpt4_adapter
-    from kneuron.engine.models import BUNDLED_DIR
+    from kneuron.engine.models import BUNDLED_DIR, minigpt4_adapter
 
     calls: list[tuple[Path, str, object, str]] = []
     monkeypatch.setattr(minigpt4_adapter, "load_minigpt4",

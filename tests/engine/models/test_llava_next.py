@@ -7,7 +7,6 @@ import torch
 import transformers as tf
 
 from kneuron.engine.errors import KneuronError
-from kneuron.engine.signals.heatmap import heatmap, token_to_patch_map
 from kneuron.engine.models.llava_next import (
     CHATML_TEMPLATE,
     MISTRAL_TEMPLATE,
@@ -15,6 +14,7 @@ from kneuron.engine.models.llava_next import (
     LlavaOnevisionAdapter,
 )
 from kneuron.engine.models.prompts import DEFAULT_INSTRUCTION
+from kneuron.engine.signals.heatmap import heatmap, token_to_patch_map
 from tests.helpers.hf_tiny import varied_images
 from tests.helpers.hf_tiny_vlm import SIDE, tiny_image_processor, tiny_vlm_adapter, tiny_vlm_model
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from kneuron.engine.errors import KneuronError
-from kneuron.engine.signals.heatmap import heatmap, region_map, token_activations, token_to_patch_map
 from kneuron.engine.models import load_model
 from kneuron.engine.models.ffn_site import walk
+from kneuron.engine.signals.heatmap import heatmap, region_map, token_activations, token_to_patch_map
 from tests.helpers.hf_tiny import varied_images
 from tests.helpers.hf_tiny_vlm import D_FF, N_LAYERS, SIDE, VLM_KINDS, tiny_image_processor, tiny_vlm_adapter
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from kneuron.engine.reporting.budget_plots import budget_curve_plot
 from kneuron.engine.errors import KneuronError
+from kneuron.engine.reporting.budget_plots import budget_curve_plot
 
 ROWS = [{"method": m, "budget": n, "target_mention_drop": t, "other_mention_drop": o, "n_neurons": float(n)}
         for m, curve in (("two_stage", [(1, 0.0, 0.0), (4, 0.1, 0.02), (16, 0.3, 0.05)]),

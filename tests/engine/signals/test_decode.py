@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kneuron.engine.errors import KneuronError
 from kneuron.engine.signals.decode import (
     DecodedNeuron,
     concept_hit_rate,
@@ -13,7 +14,6 @@ from kneuron.engine.signals.decode import (
     neuron_hits,
     neuron_logits,
 )
-from kneuron.engine.errors import KneuronError
 from tests.helpers.hf_tiny import tiny_adapter
 
 NEURONS = [(2, 5), (0, 1), (1, 95), (0, 1)]  # unsorted, with a duplicate

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from kneuron.engine.errors import KneuronError
+from kneuron.engine.models.base import ImageRegions, grid_boxes
 from kneuron.engine.signals.heatmap import (
     grouping_map,
     heatmap,
@@ -21,8 +22,12 @@ from kneuron.engine.signals.heatmap import (
     token_activations,
     token_to_patch_map,
 )
-from kneuron.engine.signals.heatmap_contrast import ImageContrast, heatmap_object_contrast, object_contrast, share_vs_others
-from kneuron.engine.models.base import ImageRegions, grid_boxes
+from kneuron.engine.signals.heatmap_contrast import (
+    ImageContrast,
+    heatmap_object_contrast,
+    object_contrast,
+    share_vs_others,
+)
 from tests.helpers.hf_tiny import tiny_adapter, varied_images
 
 NEURONS = {0: [1, 7], 2: [5]}

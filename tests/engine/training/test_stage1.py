@@ -230,7 +230,7 @@ def test_bundled_testbed_loads_on_smollm2() -> None:
 
 
 def test_cli_without_llm_still_trains_the_tiny_recipe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import kneuron.engine.training.train as train
+    from kneuron.engine.training import train
 
     seen: list = []
     monkeypatch.setattr(train, "train_tiny_minigpt4", lambda world, out, cfg, log: seen.append(cfg))

@@ -26,9 +26,9 @@ from kneuron.engine.models.minigpt4_adapter import save_minigpt4
 from kneuron.engine.pipelines.ingest import ray as ingest_ray
 from kneuron.engine.pipelines.ingest.pipeline import IngestConfig
 from kneuron.engine.pipelines.ingest.ray import RayOptions, run_ingest_ray, worker_shape
+from kneuron.warehouse.rollup import merge_rollups
 from tests.helpers.cli_runner import run_cli
 from tests.helpers.tiny_models import tiny_minigpt4
-from kneuron.warehouse.rollup import merge_rollups
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from kneuron.cli.main import main
-from tests.helpers.cli_runner import run_cli
 from tests.engine.pipelines.ingest.test_ray import args, assert_same_tables, model_dir, tables, world  # noqa: F401  (fixtures)
+from tests.helpers.cli_runner import run_cli
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")

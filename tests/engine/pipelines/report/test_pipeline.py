@@ -19,11 +19,11 @@ import pytest
 from PIL import Image
 
 from kneuron import queries
-from kneuron.engine.signals.decode import decode_neurons
 from kneuron.engine.errors import KneuronError
-from kneuron.engine.pipelines.report.pipeline import SECTIONS, SELECTION_NOTES, ReportConfig, build_report
 from kneuron.engine.pipelines.report.model import chance_note
+from kneuron.engine.pipelines.report.pipeline import SECTIONS, SELECTION_NOTES, ReportConfig, build_report
 from kneuron.engine.pipelines.sets import StoredSet
+from kneuron.engine.signals.decode import decode_neurons
 from tests.helpers.report_fixtures import (
     CONCEPTS,
     OLD_SET_ID,

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from kneuron import warehouse
-from kneuron.engine.interventions.ablation import Ablation, record_reference
 from kneuron.engine.baselines.base import BaselineContext, ReferenceSet
 from kneuron.engine.baselines.random import RandomBaseline, RandomLayerMatchedBaseline
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.eval.config import EvalConfig, config_from_dict
+from kneuron.engine.interventions.ablation import Ablation, record_reference
 from kneuron.engine.interventions.multiset import caption_under_sets
-from kneuron.engine.signals.neurons import as_neuron_set
-from kneuron.engine.pipelines.suppress.pipeline import run_evaluation
 from kneuron.engine.pipelines.suppress.ablation import reference_image_ids
 from kneuron.engine.pipelines.suppress.inputs import run_images
+from kneuron.engine.pipelines.suppress.pipeline import run_evaluation
+from kneuron.engine.signals.neurons import as_neuron_set
 from tests.helpers.eval_fixtures import FAST, build_eval_world
 from tests.helpers.tiny_models import tiny_minigpt4
 

@@ -9,14 +9,13 @@ import json
 
 import pytest
 
-from kneuron import queries
-from kneuron import warehouse
+from kneuron import queries, warehouse
 from kneuron.engine.eval.budget import budget_curves
 from kneuron.engine.eval.config import EvalConfig
 from kneuron.engine.eval.evidence import SPECIFICITY_TITLE
 from kneuron.engine.models.minigpt4_adapter import save_minigpt4
-from kneuron.engine.pipelines.report.pipeline import ReportConfig, build_report
 from kneuron.engine.pipelines.report.budget import budget_section
+from kneuron.engine.pipelines.report.pipeline import ReportConfig, build_report
 from kneuron.engine.pipelines.run import RunReader
 from kneuron.engine.pipelines.suppress.pipeline import run_evaluation
 from kneuron.queries.selection import SelectionConfig, ThresholdSpec, run_selection
@@ -158,8 +157,8 @@ def test_cli_budgets(tmp_path, adapter, capsys):
 
 
 def test_fragility_check_counts_fragile_units_per_method(evaluated, adapter):
-    from kneuron.engine.signals.fragility import caption_change_rate
     from kneuron.engine.pipelines.suppress.fragility import check_images
+    from kneuron.engine.signals.fragility import caption_change_rate
 
     world, config, result = evaluated
     small = dataclasses.replace(config, methods=("two_stage", "random_nonmassive"), budgets=(1, 2),

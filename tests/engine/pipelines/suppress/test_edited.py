@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from kneuron import queries
-from kneuron.engine.interventions.edit import edit_model
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.eval.config import EvalConfig
+from kneuron.engine.interventions.edit import edit_model
 from kneuron.engine.models.minigpt4_adapter import save_minigpt4
 from kneuron.engine.pipelines.suppress.pipeline import run_evaluation
 from tests.helpers.cli_runner import run_cli

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kneuron import queries
-from kneuron import warehouse
+from kneuron import queries, warehouse
 from kneuron.engine.eval.config import EvalConfig
 from kneuron.engine.eval.evidence import SPECIFICITY_TITLE, evidence_tables
 from kneuron.engine.eval.mentions import mentions

@@ -16,18 +16,17 @@ import numpy as np
 import pytest
 
 import kneuron.engine.pipelines.suppress.pipeline as suppress_module
-from kneuron import queries
-from kneuron import warehouse
-from kneuron.engine.interventions.caption import caption_images
+from kneuron import queries, warehouse
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.eval.config import EvalConfig
 from kneuron.engine.eval.metrics import CaptionScorer, MetricConfig
 from kneuron.engine.eval.summary import ALL_CONCEPTS
-from kneuron.engine.models.minigpt4_adapter import save_minigpt4
+from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.interventions.multiset import caption_under_sets
-from kneuron.engine.signals.neurons import as_neuron_set
+from kneuron.engine.models.minigpt4_adapter import save_minigpt4
 from kneuron.engine.pipelines.sets import current_set_ids, store_sets
 from kneuron.engine.pipelines.suppress.pipeline import run_evaluation
+from kneuron.engine.signals.neurons import as_neuron_set
 from kneuron.queries.selection import set_rows
 from tests.helpers.cli_runner import run_cli
 from tests.helpers.eval_fixtures import FAST, RUN_ID, TWO_STAGE_PARAMS, build_eval_world, one, rows_of
