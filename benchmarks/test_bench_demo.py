@@ -78,9 +78,9 @@ def test_demo_wall_time_and_same_tables(benchmark, tmp_path: Path) -> None:  # n
     ours, before = tables(tmp_path / "kneuron" / "warehouse"), tables(tmp_path / "before" / "warehouse")
     assert ours["sets"] == before["sets"] and ours["captions"] == before["captions"]
     assert len(ours["scores"]) == len(before["scores"])
-    worst = max((abs(a[-1] - b[-1]) for a, b in zip(ours["scores"], before["scores"]) if a[:-1] == b[:-1]),
+    worst = max((abs(a[-1] - b[-1]) for a, b in zip(ours["scores"], before["scores"], strict=True) if a[:-1] == b[:-1]),
                 default=0.0)
-    assert all(a[:-1] == b[:-1] for a, b in zip(ours["scores"], before["scores"])) and worst <= TOLERANCE
+    assert all(a[:-1] == b[:-1] for a, b in zip(ours["scores"], before["scores"], strict=True)) and worst <= TOLERANCE
     info = {**{f"kneuron_{k}": v for k, v in results["kneuron"].items()},
             **{f"before_{k}": v for k, v in results["before"].items()},
             "ratio_kneuron_over_before": results["kneuron"]["seconds"] / results["before"]["seconds"],

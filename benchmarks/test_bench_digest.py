@@ -68,7 +68,7 @@ def test_bench_digest_check_against_selection(benchmark, tmp_path_factory, monke
         "bytes": sum(p.stat().st_size for p in files), "rounds": ROUNDS, "cpus": os.cpu_count(),
         **{f"{name}_s": value for name, value in medians.items()},
         **{f"{name}_range_s": [min(values), max(values)] for name, values in times.items()},
-        "first_read_over_selection_per_round": [f / s for f, s in zip(times["first_read_check"], times["selection"])],
+        "first_read_over_selection_per_round": [f / s for f, s in zip(times["first_read_check"], times["selection"], strict=True)],
         "first_read_over_selection": medians["first_read_check"] / medians["selection"],
         "later_read_over_selection": medians["later_read_check"] / medians["selection"],
     }

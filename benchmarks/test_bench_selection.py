@@ -99,7 +99,7 @@ def duckdb_selection(con: duckdb.DuckDBPyConnection, concepts: list[str]) -> dic
     """N_k per concept by `run_selection` (default config, no baselines)."""
     table = run_selection(con, SelectionConfig(run_id=RUN_ID, concepts=tuple(concepts), baselines=False)).neuron_sets
     out: dict[str, set[tuple[int, int]]] = {c: set() for c in concepts}
-    for concept, layer, unit in zip(*(table.column(n).to_pylist() for n in ("concept", "layer", "unit"))):
+    for concept, layer, unit in zip(*(table.column(n).to_pylist() for n in ("concept", "layer", "unit")), strict=True):
         out[concept].add((layer, unit))
     return out
 
@@ -138,7 +138,7 @@ def pandas_selection(directory: Path, concepts: list[str]) -> dict[str, set[tupl
         candidates = part[part["d"] > knee_threshold(part["d"].to_numpy())]
         candidates = candidates.sort_values(["g", "layer", "unit"], ascending=[False, True, True])
         chosen = candidates[candidates["g"] > knee_threshold(candidates["g"].to_numpy())]
-        out[str(concept)] = set(zip(chosen["layer"].astype(int), chosen["unit"].astype(int)))
+        out[str(concept)] = set(zip(chosen["layer"].astype(int), chosen["unit"].astype(int), strict=True))
     return out
 
 

@@ -129,7 +129,7 @@ def compare(ours: list[list[int]], reference: list[list[int]], tops: list, stops
     vocabulary have near-equal logits; float32 sums in another order can swap them). Anything else fails.
     """
     equal, gaps = 0, []
-    for mine, ref, top in zip(ours, reference, tops):
+    for mine, ref, top in zip(ours, reference, tops, strict=True):
         if mine == ref:
             equal += 1
             continue

@@ -62,7 +62,7 @@ def command(images: tuple[str, ...], warehouse_path: str | None, run_id: str | N
         adapter = load_model(model or DEFAULT_MODEL, device=device)
     plain = caption_images(adapter, pictures, batch_size=batch_size).texts
     if not suppress:
-        for path, caption in zip(images, plain):
+        for path, caption in zip(images, plain, strict=True):
             click.echo(f"{path}: {caption}")
         return
     reference = (record_reference(adapter, [open_image(path) for path in references], batch_size)
@@ -70,5 +70,5 @@ def command(images: tuple[str, ...], warehouse_path: str | None, run_id: str | N
     suppressed = caption_under_sets(adapter, pictures, [as_neuron_set(pairs)], Ablation(ablation, reference, seed),
                                     rows_per_generate=batch_size)[0].texts
     click.echo(f"suppressed: {what}" + ("" if ablation == "zero" else f" ({ablation} ablation)"))
-    for path, caption, changed in zip(images, plain, suppressed):
+    for path, caption, changed in zip(images, plain, suppressed, strict=True):
         click.echo(f"{path}\n  unmodified: {caption}\n  suppressed: {changed}")

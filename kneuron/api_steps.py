@@ -102,7 +102,7 @@ def layer_counts(neuron_sets: pa.Table, set_id: str) -> str:
 
     rows = neuron_sets.filter(pc.equal(neuron_sets.column("set_id"), set_id))
     counts = rows.group_by("layer").aggregate([("unit", "count")]).sort_by("layer").to_pydict()
-    return " ".join(f"{layer}:{n}" for layer, n in zip(counts["layer"], counts["unit_count"]))
+    return " ".join(f"{layer}:{n}" for layer, n in zip(counts["layer"], counts["unit_count"], strict=True))
 
 
 def summary_table(selection: StoredSelection) -> pa.Table:

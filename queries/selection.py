@@ -307,7 +307,7 @@ MASSIVE_K = 10.0
 def massive_units(con: duckdb.DuckDBPyConnection, run_id: str, k: float = MASSIVE_K) -> list[tuple[int, int]]:
     """The run's massive units ``(layer, unit)`` (``queries/massive_units.sql`` with ``$k``), sorted."""
     rows = queries.run(con, "massive_units", {"run_id": run_id, "k": float(k)}).to_pydict()
-    return sorted(zip((int(x) for x in rows["layer"]), (int(x) for x in rows["unit"])))
+    return sorted(zip((int(x) for x in rows["layer"]), (int(x) for x in rows["unit"]), strict=True))
 
 
 def run_selection(con: duckdb.DuckDBPyConnection, config: SelectionConfig = SelectionConfig()) -> Selection:
@@ -433,7 +433,7 @@ def _group_rows(run_id: str, concept: str, method: str, set_id: str, params: dic
     if method == SPECIFIC_METHOD:
         resolved["n_specific"] = group["n_specific"]
     return set_rows(run_id, concept, method, set_id, params,
-                    list(zip(group["layer"], group["unit"], group["score"])), created_at, resolved)
+                    list(zip(group["layer"], group["unit"], group["score"], strict=True)), created_at, resolved)
 
 
 def _summary_row(concept: str, method: str, set_id: str, group: dict[str, Any]) -> dict[str, Any]:

@@ -160,14 +160,14 @@ class Batch:
         if not spec.key:
             return set()
         if spec.key_per_row:
-            keys = list(zip(*(rows.column(name).to_pylist() for name in spec.key)))
+            keys = list(zip(*(rows.column(name).to_pylist() for name in spec.key), strict=True))
             if len(set(keys)) != len(keys):
                 duplicate = next(key for key, count in Counter(keys).items() if count > 1)
                 raise KneuronError(f"{spec.name}: duplicate rows for {_describe(spec, duplicate)}")
             taken = self.warehouse._keys[spec.name] | self._keys[spec.name]
         else:
             unique = rows.select(list(spec.key)).group_by(list(spec.key)).aggregate([])
-            keys = list(zip(*(unique.column(name).to_pylist() for name in spec.key)))
+            keys = list(zip(*(unique.column(name).to_pylist() for name in spec.key), strict=True))
             taken = self.warehouse._keys[spec.name]
         clash = sorted(key for key in set(keys) if key in taken)
         if clash and spec.supersedable is not None and not any(key in self._keys[spec.name] for key in clash):
@@ -359,7 +359,7 @@ def _check_unique(spec: TableSpec, values: dict[str, Any], rows: pa.Table) -> No
         same &= column[1:] == column[:-1]
     if same.any():
         k = int(np.argmax(same))
-        where = ", ".join(f"{name} {column[k]}" for name, column in zip(spec.sort_by, columns))
+        where = ", ".join(f"{name} {column[k]}" for name, column in zip(spec.sort_by, columns, strict=True))
         raise KneuronError(f"{spec.name}: two rows for {where} in {values}; its rows are one per neuron")
 
 
@@ -372,7 +372,7 @@ def _grouped(rows: list[dict[str, Any]], column: str) -> dict[Any, list[dict[str
 
 
 def _describe(spec: TableSpec, key: tuple[Any, ...]) -> str:
-    return ", ".join(f"{name} {value!r}" for name, value in zip(spec.key, key))
+    return ", ".join(f"{name} {value!r}" for name, value in zip(spec.key, key, strict=True))
 
 
 def _file_keys(spec: TableSpec, rows: pa.Table) -> list[list[Any]]:
@@ -380,7 +380,7 @@ def _file_keys(spec: TableSpec, rows: pa.Table) -> list[list[Any]]:
     if not spec.key:
         return []
     unique = rows.select(list(spec.key)).group_by(list(spec.key)).aggregate([])
-    return sorted([list(key) for key in zip(*(unique.column(name).to_pylist() for name in spec.key))])
+    return sorted([list(key) for key in zip(*(unique.column(name).to_pylist() for name in spec.key), strict=True)])
 
 
 def _split_partitions(spec: TableSpec, rows: pa.Table) -> Iterator[tuple[dict[str, Any], pa.Table]]:

@@ -123,7 +123,7 @@ def check_digests(root: Path, files: Iterable[tuple[str, Any]], threads: int | N
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         digests = list(pool.map(lambda item: _safe_sha(item[2]), todo))
     bad = None
-    for (batch_id, entry, path, stamp), digest in zip(todo, digests):
+    for (batch_id, entry, path, stamp), digest in zip(todo, digests, strict=True):
         if digest == entry.sha256:
             stamps[entry.path] = stamp
         elif bad is None:

@@ -457,7 +457,7 @@ def conform(table: str, data: pa.Table | pa.RecordBatch | Mapping[str, Any]) -> 
     if len(set(lengths.values())) > 1:
         raise KneuronError(f"{table}: columns have different lengths {lengths}")
     n_rows = next(iter(lengths.values()))
-    filled = [pa.nulls(n_rows, f.type) if a is None else a for a, f in zip(arrays, spec.schema)]
+    filled = [pa.nulls(n_rows, f.type) if a is None else a for a, f in zip(arrays, spec.schema, strict=True)]
     result = pa.Table.from_arrays(filled, schema=spec.schema)
 
     nulls = [f.name for f in spec.schema if not f.nullable and result.column(f.name).null_count]

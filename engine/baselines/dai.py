@@ -272,7 +272,7 @@ def _cached_batch(adapter: VLMAdapter, images: Sequence[Image.Image], targets: S
     and whether it can apply to this model at all (False when the model does not hand its language model plain
     ``inputs_embeds`` or the language model takes no cache: then no later batch tries it)."""
     rows = []
-    for image, target in zip(images, targets):
+    for image, target in zip(images, targets, strict=True):
         prepared = adapter.prepare([image], targets=[list(target.tokens)])
         at = int(target_positions(prepared.prompt_length, [target])[0])
         if at < 1:

@@ -285,7 +285,7 @@ def _try_objects(
     colors = [COLORS[i] for i in rng.choice(len(COLORS), size=n, replace=False)]
     placed: list[WorldObject] = []
     order = rng.permutation(cells * cells)[:n] if cells else [None] * n
-    for category, color, cell in zip(categories, colors, order):
+    for category, color, cell in zip(categories, colors, order, strict=True):
         size_class = SIZES[int(rng.integers(len(SIZES)))]
         if cells:
             low, high = (f * size / cells for f in SIZE_RANGE_OF_CELL[size_class])

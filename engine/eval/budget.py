@@ -158,7 +158,7 @@ def target_within_damage(budgets: Sequence[int], target: Sequence[float], other:
                          limit: float = DAMAGE_LIMIT) -> tuple[int | None, float | None]:
     """(largest n with other damage <= ``limit`` at every budget up to n, T at n); (None, None) if none."""
     best: tuple[int | None, float | None] = (None, None)
-    for n, t, o in zip(budgets, target, other):
+    for n, t, o in zip(budgets, target, other, strict=True):
         if math.isnan(o) or o > limit:
             break
         best = (int(n), float(t))
@@ -180,7 +180,7 @@ def curve_scores(curves: pa.Table, concept: str = ALL_CONCEPTS, methods: Sequenc
         other = [r["other_mention_drop"] for r in rows]
         at, value = target_within_damage(budgets, target, other)
         gaps = [r["gap"] for r in rows]
-        finite = [(g, b) for g, b in zip(gaps, budgets) if not math.isnan(g)]
+        finite = [(g, b) for g, b in zip(gaps, budgets, strict=True) if not math.isnan(g)]
         best = max(finite, key=lambda item: (item[0], -item[1])) if finite else (float("nan"), None)
         out.append({"method": method, "budgets": ",".join(str(b) for b in budgets),
                     "specificity_area": specificity_area(budgets, target, other), "budget_at_5": at,

@@ -293,7 +293,7 @@ def gap_table(matrix: ImageMatrix, n_boot: int = N_BOOT, n_perm: int = N_PERM, s
             keys.append((method, None, budget, "gap"))
         weights = area_weights([b for b, _ in points])
         outputs.append([(w, col((lb, "mention", "")), col((lb, "retention", ""))) for w, (_, lb) in
-                        zip(weights, points)])
+                        zip(weights, points, strict=True)])
         keys.append((method, None, None, "area"))
     rows = _emit(matrix, matrix.num, matrix.den, outputs, keys, None, n_boot, seed, level)
     # paired: method minus baseline, T and O columns differenced on the same images
@@ -319,7 +319,7 @@ def gap_table(matrix: ImageMatrix, n_boot: int = N_BOOT, n_perm: int = N_PERM, s
                 pair_outputs.append([(1.0, pair[0], pair[1])])
                 pair_keys.append((method, baseline, budget, "gap"))
             weights = area_weights([b for b, _, _ in terms])
-            pair_outputs.append([(w, t, o) for w, (_, t, o) in zip(weights, terms)])
+            pair_outputs.append([(w, t, o) for w, (_, t, o) in zip(weights, terms, strict=True)])
             pair_keys.append((method, baseline, None, "area"))
     if nums:
         num, den = np.stack(nums, axis=1), np.stack(dens, axis=1)
@@ -351,7 +351,7 @@ def _holm_in_place_by(rows: list[dict], family: tuple[str, ...]) -> None:
         if row["p_value"] == row["p_value"]:
             groups.setdefault(tuple(row[k] for k in family), []).append(row)
     for members in groups.values():
-        for row, adjusted in zip(members, holm(np.array([r["p_value"] for r in members]))):
+        for row, adjusted in zip(members, holm(np.array([r["p_value"] for r in members])), strict=True):
             row["p_holm"] = float(adjusted)
 
 

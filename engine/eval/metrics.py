@@ -86,7 +86,7 @@ def _normalise_refs(hyps: Sequence[str], refs: Sequence[Sequence[str] | str]) ->
     if len(hyps) != len(refs):
         raise KneuronError(f"{len(hyps)} hypotheses but {len(refs)} reference lists")
     out: list[list[str]] = []
-    for index, (hyp, group) in enumerate(zip(hyps, refs)):
+    for index, (hyp, group) in enumerate(zip(hyps, refs, strict=True)):
         if not isinstance(hyp, str):
             raise KneuronError(f"hypothesis {index} is {type(hyp).__name__}, expected str")
         group = [group] if isinstance(group, str) else list(group)
@@ -222,12 +222,12 @@ class CaptionScorer:
         out: dict[str, np.ndarray] = {}
         if "bleu4" in metrics:
             out["bleu4"] = np.array(
-                [self._sentence_bleu.sentence_score(h, g).score / 100.0 for h, g in zip(hyps, groups)],
+                [self._sentence_bleu.sentence_score(h, g).score / 100.0 for h, g in zip(hyps, groups, strict=True)],
                 dtype=np.float64,
             )
         if "rougeL" in metrics:
             out["rougeL"] = np.array(
-                [self._rouge.score_multi(g, h)["rougeL"].fmeasure for h, g in zip(hyps, groups)],
+                [self._rouge.score_multi(g, h)["rougeL"].fmeasure for h, g in zip(hyps, groups, strict=True)],
                 dtype=np.float64,
             )
         if "bertscore" in metrics:
@@ -239,7 +239,7 @@ class CaptionScorer:
         flat_hyps: list[str] = []
         flat_refs: list[str] = []
         owner: list[int] = []
-        for index, (hyp, group) in enumerate(zip(hyps, groups)):
+        for index, (hyp, group) in enumerate(zip(hyps, groups, strict=True)):
             if not hyp.strip():
                 continue
             for ref in group:
@@ -277,7 +277,7 @@ class CaptionScorer:
         device = next(model.parameters()).device
 
         def padded(sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            emb, idf = zip(*(cache[s] for s in sentences))
+            emb, idf = zip(*(cache[s] for s in sentences), strict=True)
             lens = torch.tensor([e.size(0) for e in emb], dtype=torch.long)
             mask = torch.arange(int(lens.max()), dtype=torch.long).expand(len(lens), -1) < lens.unsqueeze(1)
             return (pad_sequence([e.to(device) for e in emb], batch_first=True, padding_value=2.0), mask.to(device),

@@ -86,7 +86,7 @@ def paired_differences(columns: Mapping[str, Mapping[str, Sequence[float]]], bas
     for name, by_concept in columns.items():
         if name == baseline:
             continue
-        diffs[name] = {c: [a - b for a, b in zip(v, base.get(c, [])) if np.isfinite(a) and np.isfinite(b)]
+        diffs[name] = {c: [a - b for a, b in zip(v, base.get(c, []), strict=True) if np.isfinite(a) and np.isfinite(b)]
                        for c, v in by_concept.items()}
     out = concept_intervals(diffs, n_boot, seed, level)
     for name, by_concept in diffs.items():
@@ -97,7 +97,7 @@ def paired_differences(columns: Mapping[str, Mapping[str, Sequence[float]]], bas
                                        int(codes.max()) + 1, 1, _first, n_perm=n_boot, seed=seed)[0])
         out[name]["p_value"] = p
     adjusted = holm(np.array([out[n]["p_value"] for n in diffs]))
-    for name, p in zip(diffs, adjusted):
+    for name, p in zip(diffs, adjusted, strict=True):
         out[name]["p_holm"] = float(p)
     return out
 

@@ -176,12 +176,12 @@ def caption_under_sets(adapter: VLMAdapter, images: Sequence[Image.Image], sets:
                         else adapter.prepare([images[i] for i in picked]))
             new = _generate_rows(adapter, prepared, picked, [clean[k] for k, _ in chunk], ablation, donor_of,
                                  **generate_kwargs)
-            for (k, _), row in zip(chunk, new.tolist()):
+            for (k, _), row in zip(chunk, new.tolist(), strict=True):
                 ids[k].append(adapter.caption_ids(row))
                 texts[k].append(adapter.caption_text(row))
             if on_rows is not None:
                 on_rows(len(chunk))
-    return [Captions(texts=t, token_ids=i) for t, i in zip(texts, ids)]
+    return [Captions(texts=t, token_ids=i) for t, i in zip(texts, ids, strict=True)]
 
 
 __all__ = ["Captions", "caption_under_sets"]

@@ -35,8 +35,8 @@ def _bars(curve: list[Any], name: str, values: list[float]) -> list[list[float]]
         return None
     low = [_finite(r.get(f"{name}_low")) for r in curve]
     high = [_finite(r.get(f"{name}_high")) for r in curve]
-    below = [0.0 if math.isnan(v - lo) else max(v - lo, 0.0) for v, lo in zip(values, low)]
-    above = [0.0 if math.isnan(hi - v) else max(hi - v, 0.0) for v, hi in zip(values, high)]
+    below = [0.0 if math.isnan(v - lo) else max(v - lo, 0.0) for v, lo in zip(values, low, strict=True)]
+    above = [0.0 if math.isnan(hi - v) else max(hi - v, 0.0) for v, hi in zip(values, high, strict=True)]
     return [below, above]
 
 
@@ -62,7 +62,7 @@ def budget_curve_plot(data: Any, out: str | Path, methods: Sequence[str] | None 
         top = max([top] + [v for v in t + o if not math.isnan(v)])
         colour = palette(index % 10)
         trade.plot(o, t, marker="o", color=colour, label=method, linewidth=1.4, markersize=4)
-        for n, x, y in zip(budgets, o, t):
+        for n, x, y in zip(budgets, o, t, strict=True):
             if not (math.isnan(x) or math.isnan(y)):
                 trade.annotate(str(n), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7, color=colour)
         target.plot(budgets, t, marker="o", color=colour, label=method, linewidth=1.4, markersize=4)
@@ -71,7 +71,7 @@ def budget_curve_plot(data: Any, out: str | Path, methods: Sequence[str] | None 
             bars = _bars(curve, name, values)
             if bars is not None:
                 ax.errorbar(budgets, values, yerr=bars, fmt="none", ecolor=colour, elinewidth=0.9, capsize=2)
-                top = max([top] + [v + e for v, e in zip(values, bars[1]) if not math.isnan(v + e)])
+                top = max([top] + [v + e for v, e in zip(values, bars[1], strict=True) if not math.isnan(v + e)])
     limit = top * 1.08
     trade.plot([0, limit], [0, limit], color="grey", linestyle="--", linewidth=0.8, label="T = O (not specific)")
     trade.set_xlim(-0.01, limit)

@@ -82,7 +82,7 @@ def caption_change_rate(adapter: VLMAdapter, images: Sequence[Image.Image], unit
     for layer, unit in sorted(set((int(a), int(b)) for a, b in units)):
         after = caption_images(adapter, list(images), {layer: [unit]}, batch_size=batch_size,
                                **generate_kwargs).texts
-        out[(layer, unit)] = sum(a != b for a, b in zip(before, after)) / max(len(before), 1)
+        out[(layer, unit)] = sum(a != b for a, b in zip(before, after, strict=True)) / max(len(before), 1)
     return out
 
 

@@ -305,7 +305,7 @@ def heatmaps(adapter: VLMAdapter, images: Sequence[Image.Image], neurons: Neuron
     `token_to_patch_map` of ``images`` (it does not depend on the neurons).
     """
     grids = patch_heat(adapter, images, neurons, n_probes=n_probes, seed=seed, mapping=mapping, value=value)
-    raw = [upsample(grid, (image.height, image.width)) for grid, image in zip(grids, images)]
+    raw = [upsample(grid, (image.height, image.width)) for grid, image in zip(grids, images, strict=True)]
     if not joint:
         return [minmax(r) for r in raw]
     low, high = min(float(r.min()) for r in raw), max(float(r.max()) for r in raw)

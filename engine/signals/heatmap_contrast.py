@@ -75,7 +75,7 @@ def raw_heats(adapter: VLMAdapter, images: Sequence[Image.Image], neurons: Neuro
     grids = patch_heat(adapter, images, neurons, mapping=mapping, value=value)  # [B, rows, cols]
     mass = mapping.sum(dim=1).view(grids.shape)  # [B, rows, cols]
     return [(upsample(g, (im.height, im.width)), upsample(m, (im.height, im.width)))
-            for g, m, im in zip(grids, mass, images)]
+            for g, m, im in zip(grids, mass, images, strict=True)]
 
 
 def other_objects_mask(dataset, image_id: int, concept: str, mask: np.ndarray) -> np.ndarray:  # noqa: ANN001
@@ -127,12 +127,12 @@ def object_contrasts(adapter: VLMAdapter, dataset, image_ids: Sequence[int], con
         chunk = ids[start:start + batch_size]
         images = [dataset.load_image(i) for i in chunk]
         masks = [dataset.concept_mask(i, concept) for i in chunk]
-        others = [other_objects_mask(dataset, i, concept, m) for i, m in zip(chunk, masks)]
+        others = [other_objects_mask(dataset, i, concept, m) for i, m in zip(chunk, masks, strict=True)]
         mapping = token_to_patch_map(adapter, images, n_probes=n_probes, seed=seed)
         for name, neurons in neuron_sets.items():
             heats = heatmaps(adapter, images, neurons, n_probes=n_probes, seed=seed, mapping=mapping, value=value)
             raw = raw_heats(adapter, images, neurons, mapping, value=value)
-            for image_id, heat, (plain, mass), mask, other in zip(chunk, heats, raw, masks, others):
+            for image_id, heat, (plain, mass), mask, other in zip(chunk, heats, raw, masks, others, strict=True):
                 inside, outside = object_contrast(heat, mask)
                 on_others = float(heat[other].mean()) if other.any() else float("nan")
                 results[name].append(ImageContrast(image_id, inside, outside, on_others,

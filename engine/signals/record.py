@@ -184,7 +184,7 @@ def reduce_pairs(
 def _reduce(acts, grads, b, top_k, positions, target_logit, target_position) -> PairRecord:  # noqa: ANN001
     o_mean, i_mean, d_max, g_max, g_mean = [], [], [], [], []
     top_units, top_o, top_i, top_g = [], [], [], []
-    for act, grad in zip(acts, grads):
+    for act, grad in zip(acts, grads, strict=True):
         o, i = act[:b], act[b:]
         g = o * grad
         o_mean.append(o.mean(1))

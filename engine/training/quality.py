@@ -93,11 +93,11 @@ def check_quality(adapter: VLMAdapter, world: Path, split: str = "test", limit: 
     report = QualityReport(categories={n: CategoryQuality() for n in names}, n_images=len(ids))
     images = [data.load_image(i) for i in ids]
     captions = caption_images(adapter, images, batch_size=batch_size).texts
-    report.examples = list(zip(ids[:20], captions[:20]))
+    report.examples = list(zip(ids[:20], captions[:20], strict=True))
     fill = get_inpainter(inpainter)
     removal_images: list[Image.Image] = []
     removal_cases: list[tuple[str, list[str]]] = []
-    for image_id, image, caption in zip(ids, images, captions):
+    for image_id, image, caption in zip(ids, images, captions, strict=True):
         present = set(data.concepts_in(image_id))
         for name in names:
             said = mentions(caption, name)
@@ -112,7 +112,7 @@ def check_quality(adapter: VLMAdapter, world: Path, split: str = "test", limit: 
         if progress:
             progress(1)
     after = caption_images(adapter, removal_images, batch_size=batch_size).texts
-    for (name, others), caption in zip(removal_cases, after):
+    for (name, others), caption in zip(removal_cases, after, strict=True):
         stats = report.categories[name]
         stats.removal_cases += 1
         stats.removed += int(not mentions(caption, name))

@@ -97,14 +97,14 @@ def test_cli_caption(report_full, report_model_dir, tmp_path, capsys) -> None:  
     plain = caption_images(adapter, images).texts
     code, stdout, err = run_cli(["caption", *map(str, paths), "--model", str(report_model_dir)], capsys)
     assert (code, err) == (0, "")
-    assert stdout.splitlines() == [f"{p}: {c}" for p, c in zip(paths, plain)]
+    assert stdout.splitlines() == [f"{p}: {c}" for p, c in zip(paths, plain, strict=True)]
 
     suppressed = caption_images(adapter, images, as_neuron_set([(2, 5), (1, 7), (2, 11)])).texts
     code, stdout, err = run_cli(["caption", *map(str, paths), "--warehouse", str(report_full), "--concept", "circle"],
                                 capsys)
     assert code == 0, err
     assert stdout.splitlines() == ["suppressed: circle (two_stage, 3 neurons, set circle-two_stage)"] + [
-        line for p, c, s in zip(paths, plain, suppressed)
+        line for p, c, s in zip(paths, plain, suppressed, strict=True)
         for line in (str(p), f"  unmodified: {c}", f"  suppressed: {s}")]
 
     code, stdout, _ = run_cli(["caption", str(paths[0]), "--model", str(report_model_dir), "--neuron", "0:1"], capsys)

@@ -58,7 +58,7 @@ def set_rows(sets: dict[tuple[str, str], list], set_id: dict[tuple[str, str], st
         name = (set_id or {}).get((concept, method), f"{concept}-{method}")
         for layer, unit, score in members:
             for key, value in zip(rows, (name, RUN, concept, method, json.dumps(params), layer, unit, score,
-                                         created_at)):
+                                         created_at), strict=True):
                 rows[key].append(value)
     return rows
 
@@ -80,7 +80,7 @@ def build(root: Path, world: Path, model_dir: Path, with_scores: bool, with_rand
         rows: dict[str, list] = {k: [] for k in ("run_id", "concept", "image_id", "split")}
         for concept, (ident, evaluation) in splits_of(world).items():
             for image_id, split in [(i, "ident") for i in ident] + [(i, "eval") for i in evaluation]:
-                for key, value in zip(rows, (RUN, concept, image_id, split)):
+                for key, value in zip(rows, (RUN, concept, image_id, split), strict=True):
                     rows[key].append(value)
         batch.add("splits", rows)
         sets = set_rows({**SETS, **(RANDOM_SETS if with_random else {})})
@@ -113,17 +113,17 @@ def add_scores(batch, world: Path) -> None:  # noqa: ANN001
              "other": [("a red square above a star", "a red square above a circle"), ("a blue star", "a blue")]}
     for (eval_id, group), values in after.items():
         for image_id, value, (before_text, after_text) in zip(target if group == "target" else other, values,
-                                                              texts[group]):
+                                                              texts[group], strict=True):
             for method, set_id, condition, text, score in (
                     ("unmodified", None, "unmodified", before_text, 1.0),
                     ("two_stage", "circle-two_stage", "suppressed", after_text, value)):
                 row = (eval_id, RUN, set_id, method, "circle", group, image_id, condition,
                        text if eval_id == "new" else "circle")
-                for key, v in zip(captions, row):
+                for key, v in zip(captions, row, strict=True):
                     captions[key].append(v)
                 for metric in ("bleu4", "rougeL"):
                     for key, v in zip(scores, (eval_id, RUN, set_id, method, "circle", group, image_id, metric,
-                                               "unmodified", score)):
+                                               "unmodified", score), strict=True):
                         scores[key].append(v)
     batch.add("scores", scores)
     batch.add("captions", captions)

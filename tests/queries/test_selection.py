@@ -141,7 +141,7 @@ def reference_selection(stats: pd.DataFrame, samples: pd.DataFrame, run_id: str,
             "threshold_a": t_a,
             "threshold_g": t_g,
             "neurons": {(int(layer), int(u)): float(s)
-                        for layer, u, s in zip(layers[chosen], units[chosen], score[chosen])},
+                        for layer, u, s in zip(layers[chosen], units[chosen], score[chosen], strict=True)},
         }
     return out
 
@@ -336,7 +336,7 @@ def test_knee_on_large_pools_equals_the_full_sort(shape):
              "flat": np.full(n, 0.7)}[shape]
     layers, units = np.arange(n) // 1000, np.arange(n) % 1000
     rows = [("r1", "cat", 1, int(layer), int(unit), 0.0, 0.0, float(m), 1.0, 1.0, float(m))
-            for layer, unit, m in zip(layers, units, means)]
+            for layer, unit, m in zip(layers, units, means, strict=True)]
     stats = pd.DataFrame(rows, columns=["run_id", "concept", "image_id", "layer", "unit", "o_mean", "i_mean",
                                         "d_max", "g_max", "g_mean", "d_mean"])
     stats[["d_max", "d_mean"]] = stats[["d_max", "d_mean"]].astype(np.float32)
@@ -372,7 +372,7 @@ def test_select_neurons_rows_ids_and_baselines(world):
     ref = reference_selection(stats, samples, "r1", config, config.stage1, config.stage2)
     for concept in ("dog", "it's"):
         mine = rows[(rows.concept == concept) & (rows.method == "two_stage")]
-        assert set(zip(mine.layer, mine.unit)) == set(ref[concept]["neurons"])
+        assert set(zip(mine.layer, mine.unit, strict=True)) == set(ref[concept]["neurons"])
         n_k = len(mine)
         assert 0 < n_k < ref[concept]["n_candidates"] or n_k == ref[concept]["n_candidates"]
         for method in ("stage1_only", "stage2_only"):
@@ -391,7 +391,7 @@ def test_select_neurons_rows_ids_and_baselines(world):
     top = top.groupby(["layer", "unit"]).d_max.mean().sort_values(ascending=False)
     n_k = int((dog.method == "two_stage").sum())
     stage1 = dog[dog.method == "stage1_only"]
-    assert set(zip(stage1.layer, stage1.unit)) == set(top.index[:n_k])
+    assert set(zip(stage1.layer, stage1.unit, strict=True)) == set(top.index[:n_k])
     summary = selection.summary.to_pandas().set_index(["concept", "method"])
     assert summary.loc[("dog", "two_stage"), "n_selected"] == n_k
 

@@ -101,7 +101,7 @@ def test_one_concept_of_the_result_still_sees_the_others(world):
 def test_excluded_units_leave_the_pool_before_stage_1(world):
     stats, samples, con = world
     excluded = [(0, 1), (1, 5), (2, 39)]
-    keep = ~pd.Series(list(zip(stats.layer, stats.unit))).isin(excluded).to_numpy()
+    keep = ~pd.Series(list(zip(stats.layer, stats.unit, strict=True))).isin(excluded).to_numpy()
     ref = reference_selection(stats[keep], samples, "r1", SelectionConfig(), AUTO, AUTO)
     got = sql_sets(con, SelectionConfig(), AUTO, AUTO, excluded=excluded)
     for concept, entry in ref.items():

@@ -96,7 +96,7 @@ def test_neuron_stats_view_adds_d_mean_and_files_are_sorted(tmp_path: Path) -> N
         batch.add("neuron_stats", {name: np.asarray(values)[shuffle] for name, values in data.items()})
     (path,) = table_paths(tmp_path / "wh", "neuron_stats")
     stored = pq.ParquetFile(path).read()
-    keys = list(zip(*(stored.column(c).to_pylist() for c in ("image_id", "layer", "unit"))))
+    keys = list(zip(*(stored.column(c).to_pylist() for c in ("image_id", "layer", "unit")), strict=True))
     assert keys == sorted(keys)
 
     con = connect(tmp_path / "wh")

@@ -90,7 +90,7 @@ def record_prepared(inputs: ChunkInputs, concept: str, prepared: Sequence[PairIn
     targets = [choose_target(captions.token_ids[k], inputs.concept_ids[concept], inputs.prefix_ids) for k in range(b)]
     record = record_pairs(inputs.adapter, [p.original for p in pairs], [p.inpainted for p in pairs], targets,
                           RecordConfig(positions=inputs.config.positions, top_k=inputs.config.top_k))
-    for k, (pair, target) in enumerate(zip(pairs, targets)):
+    for k, (pair, target) in enumerate(zip(pairs, targets, strict=True)):
         rows.append(SampleRow(
             concept, pair.image_id, pair.file_name, mask_area=pair.mask_area, mask_fraction=pair.mask_fraction,
             caption_original=captions.texts[k], caption_inpainted=captions.texts[b + k],

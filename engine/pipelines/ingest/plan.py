@@ -122,7 +122,7 @@ def stored_splits(warehouse: Any, run_id: str, concepts: Sequence[str]) -> dict[
     """The ``splits`` rows of ``run_id`` as concept -> (ident, eval), for resuming."""
     rows = warehouse.read("splits", run_id=run_id).to_pydict()
     out: dict[str, tuple[list[int], list[int]]] = {concept: ([], []) for concept in concepts}
-    for concept, image_id, split in zip(rows["concept"], rows["image_id"], rows["split"]):
+    for concept, image_id, split in zip(rows["concept"], rows["image_id"], rows["split"], strict=True):
         if concept in out:
             out[concept][0 if split == "ident" else 1].append(int(image_id))
     missing = [concept for concept in concepts if not any(out[concept])]

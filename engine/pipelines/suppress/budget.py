@@ -92,7 +92,7 @@ class BudgetRanking(StoredStageRanking):
         out: list[ScoredNeuron] = []
         pool = 0
         for c, layer, unit, score, n_specific in zip(data["concept"], data["layer"], data["unit"], data["score"],
-                                                     data["n_specific"]):
+                                                     data["n_specific"], strict=True):
             if c != concept:
                 continue
             pool = int(n_specific or 0)

@@ -71,7 +71,7 @@ def fragility_check(adapter: VLMAdapter, dataset: Any, image_ids: Sequence[int],
         table.append({"method": method, "budget": budget, "n_sets": entry["n_sets"],
                       "fragile_per_set": entry["hits"] / entry["n_sets"], "sets_with_fragile": entry["with"]})
     exact = massive_mask(activation_magnitude(adapter, images, batch_size=batch_size), k)
-    by_model = sorted((int(a), int(b)) for a, b in zip(*np.nonzero(exact)))
+    by_model = sorted((int(a), int(b)) for a, b in zip(*np.nonzero(exact), strict=True))
     notes = [f"fragility: {len(fragile)} of {len(units)} unit(s) of the evaluated sets change >= "
              f"{FRAGILE_SHARE:.0%} of {len(images)} identification caption(s) when zeroed alone"
              + (f": {', '.join(f'{a}:{b}' for a, b in sorted(fragile))}" if fragile else ""),

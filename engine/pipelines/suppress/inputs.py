@@ -47,7 +47,7 @@ def run_images(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[dict[str, l
     table = queries.run(con, "suppress_images", {"run_id": run_id}).to_pydict()
     evaluation: dict[str, list[int]] = {}
     ident: dict[str, list[int]] = {}
-    for concept, image_id, role in zip(table["concept"], table["image_id"], table["role"]):
+    for concept, image_id, role in zip(table["concept"], table["image_id"], table["role"], strict=True):
         (evaluation if role == "eval" else ident).setdefault(concept, []).append(int(image_id))
     return evaluation, ident
 

@@ -188,7 +188,7 @@ class _Evaluation:
                 pairs.append((text, truth))
         values = self.scores.score(pairs)
         out: dict[str, list[Any]] = {name: [] for name in ("group", "image_id", "metric", "reference", "value")}
-        for (group, image_id, reference), value in zip(keys, values):
+        for (group, image_id, reference), value in zip(keys, values, strict=True):
             for metric in self.scores.metrics:
                 out["group"].append(group)
                 out["image_id"].append(image_id)
@@ -222,7 +222,7 @@ class _Evaluation:
         pixels = self.pixels(concept)
         missing = [i for _, i in self.rows(concept) if i not in self.unmodified]
         if missing:
-            for image_id, text in zip(missing, self.captions(missing, pixels, None)):
+            for image_id, text in zip(missing, self.captions(missing, pixels, None), strict=True):
                 self.unmodified[image_id] = text
         if not write:
             return
@@ -288,11 +288,11 @@ class _Evaluation:
                                          self.config.rows_per_generate or 4 * self.config.batch_size,
                                          on_rows=self.progress.advance if self.progress is not None else None,
                                          **self.generate_kwargs)
-            texts_of = {method: captions.texts for (method, *_), captions in zip(hooked, out)}
+            texts_of = {method: captions.texts for (method, *_), captions in zip(hooked, out, strict=True)}
         for method, set_id, _, new_set in chosen:
             if method not in texts_of:  # the edited model: the edit is in the weights, no hook
                 texts_of[method] = self.captions(image_ids, pixels, None, self.edited.adapter)  # type: ignore[union-attr]
-            texts = dict(zip(rows, texts_of[method]))
+            texts = dict(zip(rows, texts_of[method], strict=True))
             tables: dict[str, Rows | pa.Table] = {}
             if new_set is not None and new_set.num_rows:  # an empty set has no rows to store
                 tables["neuron_sets"] = new_set
@@ -371,7 +371,7 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
             done = set(_done_jobs(con, eval_id))
             cached = queries.run(con, "suppress_cached_captions",
                                  {"run_id": run_id, "generation_key": generation_key}).to_pydict()
-            unmodified = dict(zip((int(i) for i in cached["image_id"]), cached["text"]))
+            unmodified = dict(zip((int(i) for i in cached["image_id"]), cached["text"], strict=True))
             ranking = _stage_ranking(con, run_id, references)
             ctx = BaselineContext(adapter=adapter, dataset=dataset, run_id=run_id, ident_images=ident_images,
                                   reference_sets=references, seed=config.seed, batch_size=config.batch_size,
@@ -445,7 +445,7 @@ def _captions_to_make(jobs: Sequence[tuple[str, str]], done: set[tuple[str, str]
 
 def _done_jobs(con: duckdb.DuckDBPyConnection, eval_id: str) -> list[tuple[str, str]]:
     rows = queries.run(con, "suppress_eval_captions", {"eval_id": eval_id}).select(["concept", "method"]).to_pydict()
-    return sorted(set(zip(rows["concept"], rows["method"])))
+    return sorted(set(zip(rows["concept"], rows["method"], strict=True)))
 
 
 def summarize_evaluation(wh: Warehouse, eval_id: str, dataset: Any, sets: Mapping[str, StoredSet] | None = None,

@@ -84,7 +84,7 @@ def test_pan_scores_equal_plain_hook_reference(adapter, world):
     targets = two_targets(adapter)
     scores = pan_scores(adapter, images, targets, batch_size=2)
     assert scores.shape == (2, adapter.n_layers, adapter.d_ff)
-    for row, (image, target) in enumerate(zip(images, targets)):
+    for row, (image, target) in enumerate(zip(images, targets, strict=True)):
         acts = plain_hook_activations(adapter, image, target)
         w_u = adapter.language_model.lm_head.weight[target.token_id]
         for layer in range(adapter.n_layers):
@@ -280,7 +280,7 @@ def test_random_nonmassive_avoids_massive_units_and_two_stage_and_is_nested(adap
     blocked = set(massive) | set(world.two_stage["circle"][1])
     for n, chosen in sets.items():
         assert len(set(chosen)) == n and not set(chosen) & blocked
-    for small, large in zip((1, 2, 4, 8, 16), (2, 4, 8, 16, 32)):
+    for small, large in zip((1, 2, 4, 8, 16), (2, 4, 8, 16, 32), strict=True):
         assert set(sets[small]) <= set(sets[large])  # one permutation, its prefixes
     assert baseline.select(ctx, "circle", 8) == baseline.select(ctx, "circle", 8)
     other_seed = make_ctx(adapter, world, seed=5)
@@ -333,7 +333,7 @@ def per_layer_ig_reference(adapter, images, targets, steps: int = 20) -> torch.T
     from kneuron.engine.signals.record import target_positions
 
     out = []
-    for image, target in zip(images, targets):
+    for image, target in zip(images, targets, strict=True):
         prepared = adapter.prepare([image], targets=[list(target.tokens)])
         at = target_positions(prepared.prompt_length, [target])
         base = torch.stack(plain_hook_activations(adapter, image, target)).float()[None]  # [1, L, d_ff]

@@ -48,7 +48,7 @@ def scores(scorer: CaptionScorer) -> dict[str, np.ndarray]:
 
 
 def test_bleu4_equals_sacrebleu_sentence_bleu(scores: dict[str, np.ndarray]) -> None:
-    expected = [sacrebleu.sentence_bleu(h, r).score / 100 for h, r in zip(HYPS, REFS)]
+    expected = [sacrebleu.sentence_bleu(h, r).score / 100 for h, r in zip(HYPS, REFS, strict=True)]
     assert scores["bleu4"].shape == (len(HYPS),)
     np.testing.assert_allclose(scores["bleu4"], expected, rtol=0, atol=1e-12)
     assert 0 < scores["bleu4"][0] < 1 and scores["bleu4"][2] == pytest.approx(1.0)
@@ -56,7 +56,7 @@ def test_bleu4_equals_sacrebleu_sentence_bleu(scores: dict[str, np.ndarray]) -> 
 
 def test_rougeL_equals_rouge_score_max_over_references(scores: dict[str, np.ndarray]) -> None:
     rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    expected = [max(rouge.score(ref, hyp)["rougeL"].fmeasure for ref in refs) for hyp, refs in zip(HYPS, REFS)]
+    expected = [max(rouge.score(ref, hyp)["rougeL"].fmeasure for ref in refs) for hyp, refs in zip(HYPS, REFS, strict=True)]
     np.testing.assert_allclose(scores["rougeL"], expected, rtol=0, atol=1e-12)
     # the max rule: hypothesis 3 is scored by its better reference, not the first or the mean
     per_ref = [rouge.score(ref, HYPS[3])["rougeL"].fmeasure for ref in REFS[3]]
@@ -67,7 +67,7 @@ def test_bertscore_equals_bert_score_multi_reference(scores, reference_bertscore
     _, _, f1 = reference_bertscorer.score(HYPS, REFS)
     np.testing.assert_allclose(scores["bertscore"], f1.numpy(), rtol=0, atol=1e-6)
     # the max rule, from single-reference calls
-    for index, (hyp, refs) in enumerate(zip(HYPS, REFS)):
+    for index, (hyp, refs) in enumerate(zip(HYPS, REFS, strict=True)):
         _, _, single = reference_bertscorer.score([hyp] * len(refs), list(refs))
         assert scores["bertscore"][index] == pytest.approx(float(single.max()), abs=1e-6)
     assert scores["bertscore"][2] == pytest.approx(1.0, abs=1e-4)  # exact match is among the refs

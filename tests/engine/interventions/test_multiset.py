@@ -45,7 +45,7 @@ def test_many_sets_equal_one_set_at_a_time(kind: str, images) -> None:  # noqa: 
     adapter = tiny_adapter(kind)
     sets = [None, *some_sets(adapter), {}]
     together = caption_under_sets(adapter, images, sets, rows_per_generate=7)
-    for s, got in zip(sets, together):
+    for s, got in zip(sets, together, strict=True):
         alone = caption_images(adapter, images, s, batch_size=2)
         assert got.token_ids == alone.token_ids
         assert got.texts == alone.texts
@@ -65,14 +65,14 @@ def test_bundled_models_many_sets(name: str, tmp_path) -> None:  # noqa: ANN001
     model = load_model(name)
     sets = some_sets(model, n=3, size=24, seed=1)
     together = caption_under_sets(model, pictures, sets, rows_per_generate=16)
-    for s, got in zip(sets, together):
+    for s, got in zip(sets, together, strict=True):
         assert got.token_ids == caption_images(model, pictures, s, batch_size=4).token_ids
 
 
 def teacher_forced(adapter, images, captions):  # noqa: ANN001
     """Per image: ``[L, P + n, d_ff]`` activations of prompt + its caption tokens (one forward, plain hooks)."""
     out = []
-    for image, ids in zip(images, captions):
+    for image, ids in zip(images, captions, strict=True):
         prepared = adapter.prepare([image], targets=[ids] if ids else None)
         store: dict[int, torch.Tensor] = {}
 
@@ -100,7 +100,7 @@ def test_reference_means_per_position_kind(adapter, images) -> None:  # noqa: AN
     m_image = torch.stack([a[:, image_pos] for a, _ in acts]).mean(dim=(0, 2))
     m_prompt = torch.stack([a[:, other] for a, _ in acts]).mean(dim=(0, 2))
     fed = [min(len(ids), adapter.max_new_tokens - 1) for ids in plain]  # the last new token is never fed back
-    gen = [a[:, P:P + n] for (a, _), n in zip(acts, fed) if n]
+    gen = [a[:, P:P + n] for (a, _), n in zip(acts, fed, strict=True) if n]
     m_gen = torch.cat(gen, dim=1).mean(dim=1)
     means = ref.means()
     torch.testing.assert_close(means[:, 0], m_image, atol=1e-4, rtol=1e-4)
@@ -157,7 +157,7 @@ def test_mean_ablation_equals_plain_hooks(adapter, images) -> None:  # noqa: ANN
 
     got = caption_under_sets(adapter, eval_images, sets, Ablation("mean", ref))
     zero = caption_under_sets(adapter, eval_images, sets, Ablation("zero"))
-    for s, g in zip(sets, got):
+    for s, g in zip(sets, got, strict=True):
         assert g.token_ids == hooked_captions(adapter, eval_images, s, replacing_hook(values_at))
     assert [g.token_ids for g in got] != [z.token_ids for z in zero]
 
@@ -170,7 +170,7 @@ def test_resample_ablation_equals_plain_hooks(adapter, images) -> None:  # noqa:
     P = ref.prompt_length
     donor = donors(len(eval_images), len(ref_images), seed=5)
     fed = [min(len(ids), adapter.max_new_tokens - 1) for ids in plain]
-    gen_means = [a[:, P:P + n].mean(dim=1) if n else a[:, P - 1] for (a, _), n in zip(acts, fed)]
+    gen_means = [a[:, P:P + n].mean(dim=1) if n else a[:, P - 1] for (a, _), n in zip(acts, fed, strict=True)]
     sets = some_sets(adapter, n=2, size=30, seed=4)
 
     def values_at(layer, pos, batch):  # noqa: ANN001
@@ -181,7 +181,7 @@ def test_resample_ablation_equals_plain_hooks(adapter, images) -> None:  # noqa:
         return torch.stack(out)
 
     got = caption_under_sets(adapter, eval_images, sets, Ablation("resample", ref, seed=5), rows_per_generate=3)
-    for s, g in zip(sets, got):
+    for s, g in zip(sets, got, strict=True):
         assert g.token_ids == hooked_captions(adapter, eval_images, s, replacing_hook(values_at))
 
 

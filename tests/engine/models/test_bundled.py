@@ -26,14 +26,14 @@ def test_bundled_model_names_the_objects(name: str, test_images: CocoDataset) ->
     ids = test_images.image_ids()
     captions = caption_images(adapter, [test_images.load_image(i) for i in ids]).texts
     tp = fp = fn = 0
-    for image_id, caption in zip(ids, captions):
+    for image_id, caption in zip(ids, captions, strict=True):
         present = set(test_images.concepts_in(image_id))
         for concept in test_images.categories.values():
             said = mentions(caption, concept)
             tp += said and concept in present
             fp += said and concept not in present
             fn += (not said) and concept in present
-    assert tp / (tp + fp) >= 0.8 and tp / (tp + fn) >= 0.8, list(zip(ids, captions))
+    assert tp / (tp + fp) >= 0.8 and tp / (tp + fn) >= 0.8, list(zip(ids, captions, strict=True))
 
 
 def test_training_runs_and_the_folder_loads(tmp_path) -> None:

@@ -62,7 +62,7 @@ def test_massive_mask_flags_planted_units_not_the_tail():
     tail = magnitude > 10 * np.median(magnitude)
     assert tail.sum() > 100  # the old rule (k x the median alone) flags a whole tail
     got = massive_mask(magnitude, 10)
-    assert sorted(zip(*map(list, np.nonzero(got)))) == planted
+    assert sorted(zip(*map(list, np.nonzero(got)), strict=True)) == planted
 
 
 def test_caption_change_rate_equals_direct_captioning(images):
@@ -75,7 +75,7 @@ def test_caption_change_rate_equals_direct_captioning(images):
     assert sorted(rates) == [(0, 3), (1, 7)]
     for (layer, unit), rate in rates.items():
         after = caption_images(loud, images, {layer: [unit]}, max_new_tokens=6).texts
-        assert rate == sum(a != b for a, b in zip(before, after)) / len(images)
+        assert rate == sum(a != b for a, b in zip(before, after, strict=True)) / len(images)
     assert rates == {(0, 3): 1.0, (1, 7): 0.0}
     assert fragile_units(rates) == [(0, 3)]
     assert fragile_units({(0, 1): 0.5, (0, 2): 0.49, (1, 0): 1.0}) == [(0, 1), (1, 0)]

@@ -243,7 +243,7 @@ def test_joint_normalisation(patch) -> None:  # noqa: ANN001
     single = heatmaps(patch, images, NEURONS)
     assert max(h.max() for h in joint) == pytest.approx(1.0) and min(h.min() for h in joint) == 0.0
     assert all(h.max() == pytest.approx(1.0) for h in single)
-    assert not all(np.allclose(a, b) for a, b in zip(joint, single))
+    assert not all(np.allclose(a, b) for a, b in zip(joint, single, strict=True))
 
 
 def test_overlay_and_side_by_side() -> None:

@@ -39,7 +39,7 @@ def test_augmentation_is_deterministic_for_a_seed() -> None:
     images, labels = _labelled_images(8)
     first = augment_for_aux(images, labels, np.random.default_rng(5))
     second = augment_for_aux(images, labels, np.random.default_rng(5))
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 @pytest.mark.parametrize("variant", sorted(BUNDLED_RECIPES))

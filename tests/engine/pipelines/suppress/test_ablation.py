@@ -70,7 +70,7 @@ def test_mean_ablation_stores_means_and_captions_with_them(world, adapter) -> No
     images = [world.dataset.load_image(i) for i, _ in rows]
     direct = caption_under_sets(adapter, images, [as_neuron_set(world.two_stage["circle"][1])],
                                 Ablation("mean", reference))[0].texts
-    by_id = dict(zip([i for i, _ in rows], direct))
+    by_id = dict(zip([i for i, _ in rows], direct, strict=True))
     assert [text for _, text in rows] == [by_id[i] for i, _ in rows]
     # resume: everything stored, nothing run
     again = run_evaluation(mean, world.warehouse, adapter=adapter, dataset=world.dataset, progress=False)

@@ -72,7 +72,7 @@ def test_budget_sets_are_nested(evaluated):
     for concept in ("circle", "star"):
         for method in METHODS:
             chain = [sets.get((concept, f"{method}@{n}"), set()) for n in BUDGETS]
-            for small, large in zip(chain, chain[1:]):
+            for small, large in zip(chain, chain[1:], strict=False):
                 assert small <= large, (concept, method)
             assert [len(s) for s in chain[:3]] == [1, 2, 4] or method == "two_stage_specific"
 

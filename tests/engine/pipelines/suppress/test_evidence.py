@@ -43,7 +43,7 @@ def test_evidence_is_stored_once_and_equals_a_recomputation(tmp_path, adapter) -
         mine, theirs = getattr(evidence, name).to_pylist(), getattr(again, name).to_pylist()
         assert len(mine) == len(theirs) > 0
         key = lambda r: tuple(str(v) for v in r.values())  # noqa: E731
-        for a, b in zip(sorted(mine, key=key), sorted(theirs, key=key)):
+        for a, b in zip(sorted(mine, key=key), sorted(theirs, key=key), strict=True):
             assert a == pytest.approx(b, nan_ok=True)
     # the printed tables carry T - O with its intervals, n and the paired difference against random
     spec = result.tables()[SPECIFICITY_TITLE].to_pylist()
