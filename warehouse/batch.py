@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -36,8 +36,29 @@ from kneuron.warehouse.parents import PARENTS, encode_rows, references
 from kneuron.warehouse.schema import TABLES, TableSpec, conform, spec_of, valid_run_id
 from kneuron.warehouse.signals import deferred_signals, point
 
-if TYPE_CHECKING:
-    from kneuron.warehouse.store import Warehouse
+
+class BatchHost(Protocol):
+    """What a batch needs from the warehouse it writes to (`kneuron.warehouse.store.Warehouse` is one)."""
+
+    root: Path
+
+    def run_ids(self) -> set[str]:
+        """The committed runs."""
+
+    def committed_keys(self, table: str) -> set[tuple[Any, ...]]:
+        """The keys of ``table``'s committed rows."""
+
+    def supersedable_keys(self, spec: TableSpec, keys: Iterable[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+        """The committed ``keys`` whose rows a batch may supersede."""
+
+    def batch_closed(self, record: BatchRecord | None) -> None:
+        """The open batch ended: committed as ``record``, or aborted/failed (None)."""
+
+    def parent_copies(self, table: str, keys: Iterable[Any]) -> list[dict[str, Any]]:
+        """JSON copies of the committed parent rows of ``table`` with these keys (for a commit record)."""
+
+    def remember_parents(self, table: str, copies: Mapping[Any, list[dict[str, Any]]]) -> None:
+        """Note copies of a just-committed batch's own parent rows, for the records of later batches."""
 
 
 @dataclass
@@ -56,7 +77,7 @@ class Batch:
     Use ``with kneuron.warehouse.batch() as b: b.add(table, data)``: leaving the block commits, an exception aborts.
     """
 
-    def __init__(self, warehouse: Warehouse, batch_id: str) -> None:
+    def __init__(self, warehouse: BatchHost, batch_id: str) -> None:
         self.warehouse = warehouse
         self.batch_id = batch_id
         self.record: BatchRecord | None = None
@@ -135,9 +156,8 @@ class Batch:
     def _remember_own_parents(self) -> None:
         """After the commit: the writer knows this batch's parent rows, for the copies of its later batches."""
         for parent, rows in self._own_parents.items():
-            cache = self.warehouse._parent_cache[parent]
-            for key, group in _grouped(rows, PARENTS[parent]).items():
-                cache.setdefault(key, encode_rows(parent, group))
+            self.warehouse.remember_parents(parent, {key: encode_rows(parent, group)
+                                                     for key, group in _grouped(rows, PARENTS[parent]).items()})
 
     def _check_run_ids(self, spec: TableSpec, rows: pa.Table) -> None:
         run_ids = pc.unique(rows.column("run_id")).to_pylist()
@@ -164,16 +184,16 @@ class Batch:
             if len(set(keys)) != len(keys):
                 duplicate = next(key for key, count in Counter(keys).items() if count > 1)
                 raise KneuronError(f"{spec.name}: duplicate rows for {_describe(spec, duplicate)}")
-            taken = self.warehouse._keys[spec.name] | self._keys[spec.name]
+            taken = self.warehouse.committed_keys(spec.name) | self._keys[spec.name]
         else:
             unique = rows.select(list(spec.key)).group_by(list(spec.key)).aggregate([])
             keys = list(zip(*(unique.column(name).to_pylist() for name in spec.key), strict=True))
-            taken = self.warehouse._keys[spec.name]
+            taken = self.warehouse.committed_keys(spec.name)
         clash = sorted(key for key in set(keys) if key in taken)
         if clash and spec.supersedable is not None and not any(key in self._keys[spec.name] for key in clash):
             clash = sorted(set(clash) - self.warehouse.supersedable_keys(spec, clash))
         if clash:
-            where = "in the warehouse" if clash[0] in self.warehouse._keys[spec.name] else "in this batch"
+            where = "in the warehouse" if clash[0] in self.warehouse.committed_keys(spec.name) else "in this batch"
             raise KneuronError(f"{spec.name}: {_describe(spec, clash[0])} is already {where}")
         return set(keys)
 
@@ -248,6 +268,7 @@ class Batch:
             try:
                 if not self._pending:
                     self._state = "committed"
+                    self.warehouse.batch_closed(None)
                     return None
                 parents = self._parent_copies()
                 staged = [(pending.temp, pending.final) for pending in self._pending if pending.temp is not None]
@@ -268,16 +289,16 @@ class Batch:
                 if not published:
                     self._remove_files()
                     self._state = "aborted"
+                    self.warehouse.batch_closed(None)
                     raise write_error(self.warehouse.root, exc.filename or self.warehouse.root, exc) from None
             except BaseException:
                 if not published:
                     self._remove_files()
                     self._state = "aborted"
+                    self.warehouse.batch_closed(None)
                     raise
-            finally:
-                self.warehouse._open_batch = None
-            assert record is not None
-            self.warehouse._register(record)
+            assert record is not None  # published: whatever happened after, the record stands
+            self.warehouse.batch_closed(record)
             self._remember_own_parents()
             self.record = record
             self._state = "committed"
@@ -288,7 +309,7 @@ class Batch:
         if self._state == "open":
             self._remove_files()
             self._state = "aborted"
-            self.warehouse._open_batch = None
+            self.warehouse.batch_closed(None)
 
     def _remove_files(self) -> None:
         for pending in self._pending:

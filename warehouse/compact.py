@@ -39,6 +39,7 @@ from kneuron.engine.errors import KneuronError
 from kneuron.warehouse.errors import damaged_file_error, write_error
 from kneuron.warehouse.garbage import delete_unreferenced
 from kneuron.warehouse.manifest import BatchRecord, FileRecord, remove_records
+from kneuron.warehouse.opening import open_warehouse
 from kneuron.warehouse.parents import PARENTS, copies_in
 from kneuron.warehouse.rollup import complete_partitions, merge_rollups, partition_key, rollup_rows
 from kneuron.warehouse.schema import TABLES, spec_of
@@ -150,7 +151,7 @@ def compact(root: str | os.PathLike[str] | None = None, *, target_rows: int = DE
     """
     if target_rows < 1:
         raise KneuronError(f"--target-rows must be >= 1, got {target_rows}")
-    with Warehouse.open(root, create=True) as wh:
+    with open_warehouse(root, create=True) as wh:
         records = wh.batches
         plans = plan_compaction(records, target_rows)
         before = [entry for record in records for entry in record.files]

@@ -39,66 +39,17 @@ from kneuron.engine.errors import KneuronError
 from kneuron.warehouse.digests import check_digests
 from kneuron.warehouse.errors import first_line
 from kneuron.warehouse.manifest import FileRecord
+from kneuron.warehouse.opening import open_warehouse
 from kneuron.warehouse.rollup import ROLLUP_VIEWS, rollup_split
-from kneuron.warehouse.schema import TABLES, VIEW_EXTRA_COLUMNS, TableSpec, duckdb_type, spec_of
+from kneuron.warehouse.schema import TABLES, TableSpec, spec_of
 from kneuron.warehouse.store import Warehouse
-
-
-def _identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def view_sql(spec: TableSpec, files: list[str], name: str | None = None, relation: str | None = None) -> str:
-    """``CREATE VIEW`` of ``spec`` over ``files`` (absolute paths), or over no rows when there are none.
-
-    The files are read with hive partitioning (so DuckDB prunes files by run/concept) without type guessing
-    (partition values stay VARCHAR); the stored columns hold the same values, so the view is exact either way.
-    A table with ``spec.supersedable`` shows one row per key (see `TableSpec`); ``files`` are in commit order,
-    and within a file (a compacted one holds the rows of many batches, `kneuron.warehouse.compact`) later rows are
-    later. name: the view's name (default: the table's). relation: read this relation (a registered Arrow
-    dataset, `kneuron.warehouse.remote`; a supersedable table's carries ``_kneuron_file`` and ``file_row_number``)
-    instead of ``files``.
-    """
-    columns = ", ".join(_identifier(name) for name in spec.columns)
-    extras = "".join(
-        f", CAST({expression} AS {type_}) AS {_identifier(name)}"
-        for name, (expression, type_) in VIEW_EXTRA_COLUMNS.get(spec.name, {}).items()
-    )
-    if relation is not None:
-        source = _identifier(relation)
-        if spec.supersedable is not None:
-            column, value = spec.supersedable
-            source = (f"(SELECT * FROM {source} QUALIFY row_number() OVER (PARTITION BY "
-                      f"{', '.join(_identifier(k) for k in spec.key)} ORDER BY ({_identifier(column)} = "
-                      f"{_literal(value)}), _kneuron_file DESC, file_row_number DESC) = 1)")
-    elif files:
-        file_list = "[" + ", ".join(_literal(path) for path in files) + "]"
-        if spec.supersedable is not None:  # one row per key: a non-superseded one, else the latest file's
-            column, value = spec.supersedable
-            source = (
-                f"(SELECT * FROM read_parquet({file_list}, hive_partitioning = true, hive_types_autocast = false, "
-                f"filename = '_kneuron_file', file_row_number = true) QUALIFY row_number() OVER (PARTITION BY "
-                f"{', '.join(_identifier(k) for k in spec.key)} ORDER BY ({_identifier(column)} = {_literal(value)}), "
-                f"list_position({file_list}, _kneuron_file) DESC, file_row_number DESC) = 1)"
-            )
-        else:
-            source = f"read_parquet({file_list}, hive_partitioning = true, hive_types_autocast = false)"
-    else:
-        typed_nulls = ", ".join(
-            f"CAST(NULL AS {duckdb_type(f.type)}) AS {_identifier(f.name)}" for f in spec.schema
-        )
-        source = f"(SELECT {typed_nulls} WHERE false)"
-    return f"CREATE OR REPLACE VIEW {_identifier(name or spec.name)} AS SELECT {columns}{extras} FROM {source}"
+from kneuron.warehouse.views import view_sql
 
 
 def table_paths(root: str | os.PathLike[str] | Warehouse, table: str) -> list[str]:
     """Absolute paths of the committed Parquet files of ``table`` (in commit order), for raw access."""
     spec_of(table)
-    warehouse = root if isinstance(root, Warehouse) else Warehouse.open(root)
+    warehouse = root if isinstance(root, Warehouse) else open_warehouse(root)
     return [str(path) for path in warehouse.paths(table)]
 
 
@@ -111,7 +62,7 @@ def connect(root: str | os.PathLike[str] | Warehouse | None = None,
     Raises `KneuronError` if ``root`` is not a warehouse of this schema version, or names the first committed
     file that is missing, not of its recorded size, or (first read of its current bytes) not of its sha256.
     """
-    warehouse = root if isinstance(root, Warehouse) else Warehouse.open(root)
+    warehouse = root if isinstance(root, Warehouse) else open_warehouse(root)
     warehouse.check_files()
     if warehouse.filesystem is None:  # each file's bytes against its record, once (`kneuron.warehouse.digests`)
         check_digests(warehouse.root, [(r.batch_id, e) for r in warehouse.batches for e in r.files])

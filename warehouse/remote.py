@@ -2,9 +2,9 @@
 ``s3://bucket/wh``, ``gs://bucket/wh``, ``hdfs://...`` (`pyarrow.fs.FileSystem.from_uri`).
 
     con = kneuron.warehouse.connect("s3://bucket/kneuron-warehouse")    # DuckDB views, as over a local directory
-    Warehouse.open("gs://bucket/wh").read("samples")
+    open_warehouse("gs://bucket/wh").read("samples")
 
-What works: everything that reads — `Warehouse.open` (reader), `read`, `finished_pairs`, `connect` and so
+What works: everything that reads — `open_warehouse` (reader), `read`, `finished_pairs`, `connect` and so
 ``kneuron sql``, ``ls``, ``report`` and the reading half of ``select``. The DuckDB views scan the committed files
 as Arrow datasets through the same file system (projection and filter pushdown, so a query of one run reads its
 row groups only); the commit records are read first, so only committed files are ever seen.
@@ -35,6 +35,7 @@ from kneuron.warehouse.layout import MANIFEST_DIR, MARKER_FILE
 from kneuron.warehouse.manifest import RELIST_TRIES, BatchRecord, FileRecord, live_records
 from kneuron.warehouse.schema import TABLES, TableSpec
 from kneuron.warehouse.store import Warehouse, check_marker
+from kneuron.warehouse.views import view_sql
 
 
 def open_uri(uri: str, *, create: bool) -> Warehouse:
@@ -146,8 +147,6 @@ def register_views(con: duckdb.DuckDBPyConnection, wh: RemoteWarehouse,
                    views: list[tuple[str, TableSpec, list[FileRecord]]]) -> None:
     """Create each view ``(name, spec, files)`` on ``con`` over the files as a pyarrow dataset of ``wh``'s file
     system (``samples``, whose view keeps the latest row per key, is read into memory with its file order)."""
-    from kneuron.warehouse.connect import view_sql
-
     for name, spec, files in views:
         if not files:
             con.execute(view_sql(spec, [], name))

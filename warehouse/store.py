@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -141,10 +141,8 @@ class Warehouse:
         EACCES on the lock file or a write) or a full disk.
         """
         location = os.fspath(path) if path is not None else os.environ.get(ENV_VAR) or DEFAULT_PATH
-        if is_uri(location):  # file://, s3://, gs://, ...: read through pyarrow's file systems
-            from kneuron.warehouse.remote import open_uri
-
-            return open_uri(location, create=create)
+        if is_uri(location):  # file://, s3://, gs://, ...: `kneuron.warehouse.opening` dispatches those
+            raise KneuronError(f"warehouse {location} is a URI: open it with kneuron.warehouse.open_warehouse")
         root = Path(location).expanduser().absolute()
         if not create:
             if not root.exists():
@@ -232,6 +230,22 @@ class Warehouse:
         dropped = [batch_id for batch_id in record.replaces if self._records.pop(batch_id, None) is not None]
         if dropped:  # every replaced batch goes (any() would stop at the first one it drops)
             self._keys = _keys_of(self._records.values())
+
+    def committed_keys(self, table: str) -> set[tuple[Any, ...]]:
+        """The keys of ``table``'s committed rows (as of the last `refresh`; the writer's are always current)."""
+        return self._keys[table]
+
+    def remember_parents(self, table: str, copies: Mapping[Any, list[dict[str, Any]]]) -> None:
+        """Copies of a just-committed batch's own parent rows (`Batch` after its commit), kept for later records."""
+        cache = self._parent_cache[table]
+        for key, rows in copies.items():
+            cache.setdefault(key, rows)
+
+    def batch_closed(self, record: BatchRecord | None) -> None:
+        """The open batch ended (`Batch.commit` / `Batch.abort`): no batch is open; a committed one counts."""
+        self._open_batch = None
+        if record is not None:
+            self._register(record)
 
     @property
     def batches(self) -> list[BatchRecord]:

@@ -53,6 +53,7 @@ from kneuron.warehouse.manifest import (
 )
 from kneuron.warehouse.parents import PARENTS, copies_in, decode_rows
 from kneuron.warehouse.repair_plan import RepairPlan, plan_repair
+from kneuron.warehouse.opening import open_warehouse
 from kneuron.warehouse.schema import TABLES
 from kneuron.warehouse.signals import deferred_signals
 from kneuron.warehouse.store import Warehouse, check_marker, default_warehouse_path
@@ -162,7 +163,7 @@ def _open_reader_root(root: str | os.PathLike[str] | None) -> Path:
     its commit records are not read here, so damaged ones can be reported."""
     path = Path(root if root is not None else default_warehouse_path()).expanduser().absolute()
     if not (path / MARKER_FILE).is_file():
-        Warehouse.open(path)  # raises the one-line error for a missing path, a file, a foreign directory
+        open_warehouse(path)  # raises the one-line error for a missing path, a file, a foreign directory
     check_marker(path)
     return path
 

@@ -6,7 +6,6 @@ massive units), ``stage1_only`` / ``stage2_only`` (single-stage ablations from t
 2024 contribution score) and ``dai`` (Dai et al. 2022 integrated gradients). All implement `Baseline`;
 ``get_baseline(name, **options)`` gives one.
 """
-from kneuron.engine.baselines import dai, nonmassive, pan, random, specific, stage  # noqa: F401  (register them)
 from kneuron.engine.baselines.base import (
     BASELINES,
     Baseline,
@@ -14,9 +13,9 @@ from kneuron.engine.baselines.base import (
     ReferenceSet,
     ScoredNeuron,
     concept_target,
-    get_baseline,
     register,
 )
+from kneuron.engine.baselines.registry import get_baseline
 
 __all__ = ["BASELINES", "Baseline", "BaselineContext", "ReferenceSet", "ScoredNeuron", "concept_target",
            "get_baseline", "register"]

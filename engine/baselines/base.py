@@ -191,15 +191,3 @@ def register(cls: type[Baseline]) -> type[Baseline]:
         raise ValueError(f"baseline name {cls.name!r} registered twice")
     BASELINES[cls.name] = cls
     return cls
-
-
-def get_baseline(name: str, **options: Any) -> Baseline:
-    """An instance of the registered baseline ``name`` with ``options`` (one-line error for unknown names)."""
-    import kneuron.engine.baselines  # noqa: F401  (registers the bundled baselines)
-
-    if name not in BASELINES:
-        raise KneuronError(f"unknown baseline {name!r}; known: {', '.join(sorted(BASELINES))}")
-    try:
-        return BASELINES[name](**options)
-    except TypeError as exc:
-        raise KneuronError(f"bad options for baseline {name!r}: {exc}") from None

@@ -103,8 +103,7 @@ class EvalConfig:
 
     def validate(self) -> None:
         """Raise `KneuronError` naming the first impossible value."""
-        import kneuron.engine.baselines  # noqa: F401  (registers the baselines)
-        from kneuron.engine.baselines.base import BASELINES
+        from kneuron.engine.baselines.registry import BASELINES  # every bundled baseline registered
 
         known = [REFERENCE_METHOD, *sorted(BASELINES), *([EDITED_METHOD] if self.edited_model else [])]
         if (EDITED_METHOD in self.methods) != bool(self.edited_model):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from kneuron import queries
 from kneuron.engine.pipelines.sets import store_sets
 from kneuron.queries.selection import Selection, SelectionConfig, run_selection
-from kneuron.warehouse import Warehouse
+from kneuron.warehouse import open_warehouse
 
 
 @dataclass
@@ -39,6 +39,6 @@ def select_sets(warehouse_path: str | os.PathLike[str] | None, config: Selection
     finally:
         con.close()
     stored_ids = sorted(set(selection.neuron_sets.column("set_id").to_pylist()))
-    with Warehouse.open(warehouse_path, create=True) as wh:
+    with open_warehouse(warehouse_path, create=True) as wh:
         written, present = store_sets(wh, selection.neuron_sets, make_current=stored_ids)
     return SelectResult(selection, written, present, stored_ids)

@@ -11,7 +11,7 @@ import pytest
 from kneuron import queries
 from kneuron.engine.errors import KneuronError
 from kneuron.queries.selection import SelectionConfig, run_selection
-from kneuron.warehouse import TABLES, Warehouse, connect
+from kneuron.warehouse import TABLES, Warehouse, connect, open_warehouse
 from kneuron.warehouse.compact import compact
 from tests.helpers.cli_runner import run_cli
 from tests.helpers.signal_world import build_warehouse, make_world
@@ -47,7 +47,7 @@ def test_every_view_reads_the_same_through_the_uri(root: Path) -> None:
 
 
 def test_reader_methods_through_the_uri(root: Path) -> None:
-    local, remote = Warehouse.open(root), Warehouse.open(uri(root))
+    local, remote = Warehouse.open(root), open_warehouse(uri(root))
     assert repr(remote).startswith("Warehouse('file://") and not remote.writable
     assert remote.finished_pairs("run-1") == local.finished_pairs("run-1")
     for table in TABLES:
@@ -57,14 +57,14 @@ def test_reader_methods_through_the_uri(root: Path) -> None:
     lost = root / local.batches[1].files[0].path
     lost.rename(lost.with_suffix(".aside"))
     with pytest.raises(KneuronError, match="is missing; run `kneuron verify --repair`"):
-        Warehouse.open(uri(root)).check_files()
+        open_warehouse(uri(root)).check_files()
     with pytest.raises(KneuronError, match="no kneuron warehouse at file://"):
-        Warehouse.open(uri(root.parent / "nowhere"))
+        open_warehouse(uri(root.parent / "nowhere"))
 
 
 def test_writers_on_object_storage_are_refused_and_file_uris_write_locally(tmp_path: Path, capsys) -> None:
     with pytest.raises(KneuronError, match="on object storage, which kneuron reads but does not write"):
-        Warehouse.open("s3://some-bucket/wh", create=True)
+        open_warehouse("s3://some-bucket/wh", create=True)
     stats, samples = make_world(seed=2, n_images=4, n_layers=2, n_units=12)
     path = tmp_path / "wh"
     build_warehouse(path, stats, samples)
@@ -80,3 +80,9 @@ def test_writers_on_object_storage_are_refused_and_file_uris_write_locally(tmp_p
     assert code == 0 and "r1" in out and "r2" in out
     code, _, err = run_cli(["sql", "--warehouse", "s3x://bucket/wh", "SELECT 1"], capsys)
     assert code == 2 and err.count("\n") == 1
+
+
+def test_warehouse_open_takes_directories_only(tmp_path: Path) -> None:
+    """URIs go through `open_warehouse` (the one dispatch), so `Warehouse.open` never needs the remote reader."""
+    with pytest.raises(KneuronError, match=r"^warehouse file:///x is a URI: open it with kneuron.warehouse.open_warehouse$"):
+        Warehouse.open("file:///x")

@@ -69,7 +69,7 @@ def run_ingest(config: IngestConfig, adapter: VLMAdapter | None = None, log: Log
     if adapter is None:
         resolve_model_path(config.model)  # a model that is not there fails before the warehouse folder is made
     with new_folder_removed_on_failure(config.warehouse), \
-            warehouse.Warehouse.open(config.warehouse, create=True) as wh:  # a second writer fails here, at once
+            warehouse.open_warehouse(config.warehouse, create=True) as wh:  # a second writer fails here, at once
         if adapter is None:
             adapter = load_model(config.model, device=device, dtype=None if config.dtype == "auto" else config.dtype,
                                  log=log if config.progress else None)

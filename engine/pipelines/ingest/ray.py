@@ -127,7 +127,7 @@ def run_ingest_ray(config: IngestConfig, options: RayOptions = RayOptions(), log
     remote_config = worker_config(config)
     if options.address not in (None, "auto") and not ray.is_initialized():
         check_reachable(str(options.address))  # before anything is written
-    with warehouse.Warehouse.open(config.warehouse, create=True) as wh:  # a second writer fails here, at once
+    with warehouse.open_warehouse(config.warehouse, create=True) as wh:  # a second writer fails here, at once
         # Ray Data's bars and log lines off for the run only (the run logs its own progress)
         with scoped.environ(RAY_DATA_DISABLE_PROGRESS_BARS="1"), scoped.logger_level("ray.data", logging.ERROR), \
                 ray_session(ray, options.address):

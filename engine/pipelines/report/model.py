@@ -8,15 +8,13 @@ hit-rate tables is the run's stored ``random`` baseline set of each concept; wit
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kneuron.engine.errors import KneuronError
+from kneuron.engine.pipelines.report.config import ReportConfig
 from kneuron.engine.pipelines.run import RunReader
 from kneuron.engine.pipelines.sets import StoredSet
 from kneuron.engine.reporting.document import Figure, Section, Table, Text, fmt, slug
-
-if TYPE_CHECKING:
-    from kneuron.engine.pipelines.report.pipeline import ReportConfig
 
 RANDOM_METHOD = "random"
 Sets = dict[tuple[str, str], StoredSet]

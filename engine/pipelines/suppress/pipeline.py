@@ -53,7 +53,8 @@ import duckdb
 import pyarrow as pa
 
 from kneuron import queries
-from kneuron.engine.baselines.base import BaselineContext, ReferenceSet, ScoredNeuron, get_baseline
+from kneuron.engine.baselines.base import BaselineContext, ReferenceSet, ScoredNeuron
+from kneuron.engine.baselines.registry import get_baseline
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.eval.budget import budget_tables, split_label
 from kneuron.engine.eval.config import EDITED_METHOD, REFERENCE_METHOD, EvalConfig, jsonable
@@ -90,7 +91,7 @@ from kneuron.engine.runtime.progress import Progress
 from kneuron.engine.runtime.scoped import seeded_torch
 from kneuron.engine.signals.neurons import as_neuron_set
 from kneuron.queries.selection import MASSIVE_K, set_id_of, set_rows
-from kneuron.warehouse import Warehouse
+from kneuron.warehouse import Warehouse, open_warehouse
 
 Log = Callable[[str], None]
 #: random baselines drawn independently per budget in a budget evaluation (random_nonmassive is nested)
@@ -311,7 +312,7 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
     and (``progress``) a progress line at most every 30 s.
     """
     config.validate()
-    Warehouse.open(warehouse_path)  # a reader first: a missing warehouse is an error, not created empty
+    open_warehouse(warehouse_path)  # a reader first: a missing warehouse is an error, not created empty
     notes: list[str] = []
     say: Log = log if log is not None else (lambda message: None)
 
@@ -319,7 +320,7 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
         notes.append(message)
         say(message)
 
-    with Warehouse.open(warehouse_path, create=True) as wh:
+    with open_warehouse(warehouse_path, create=True) as wh:
         con = queries.connect(wh)
         try:
             run = one_run(wh, con, config.run_id)

@@ -121,7 +121,7 @@ def test_every_shipped_config_loads_and_builds_its_baselines(path):
     """The configs README's numbers came from stay valid: they parse, and every baseline they name builds with its
     options (an unknown option is an error)."""
     import kneuron.engine.baselines  # noqa: F401  (registers the baselines)
-    from kneuron.engine.baselines.base import BASELINES
+    from kneuron.engine.baselines.registry import BASELINES
 
     config = load_config(path)
     assert config.methods
