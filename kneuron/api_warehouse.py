@@ -73,7 +73,7 @@ class Warehouse:
     def _store(self) -> Any:
         from kneuron import warehouse
 
-        return warehouse.Warehouse.open(self.location)
+        return warehouse.open_warehouse(self.location)
 
     def _connection(self) -> tuple[Any, duckdb.DuckDBPyConnection]:
         """(the opened reader, a new read-only connection over its committed files). Each query gets its own
