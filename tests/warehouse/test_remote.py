@@ -84,5 +84,6 @@ def test_writers_on_object_storage_are_refused_and_file_uris_write_locally(tmp_p
 
 def test_warehouse_open_takes_directories_only(tmp_path: Path) -> None:
     """URIs go through `open_warehouse` (the one dispatch), so `Warehouse.open` never needs the remote reader."""
-    with pytest.raises(KneuronError, match=r"^warehouse file:///x is a URI: open it with kneuron.warehouse.open_warehouse$"):
+    expected = r"^warehouse file:///x is a URI: open it with kneuron.warehouse.open_warehouse$"
+    with pytest.raises(KneuronError, match=expected):
         Warehouse.open("file:///x")
