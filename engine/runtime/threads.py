@@ -4,12 +4,12 @@ OpenMP workers wait.
 Why. On a machine that other CPU work shares, a torch job with one busy-waiting OpenMP worker per core slows
 down far more than its share of the CPU: every parallel region ends at a barrier that waits for its slowest
 worker, a worker the scheduler has parked stalls all the others, and the others spin meanwhile, taking CPU from
-the very processes they wait for. Measured on 2 cores next to two CPU-burning processes: the demo's suppress
-step ran 28x slower than alone, where an equal split of the CPU would make it 2x (README, "Benchmarks").
+the very processes they wait for: a step can run many times slower than its fair share of the CPU would make
+it (the measurements: benchmarks/RESULTS.md, "Benchmarks", and ``benchmarks/test_bench_contention.py``).
 Small models (the bundled tiny MiniGPT-4) and token-by-token generation loops gain little from more threads:
-their matrix products are too small to split well. Measured on 2 cores: the demo took 38 s with 2 spinning
-threads and 45 s with one when the machine was idle, but 475 s against 59 s next to other jobs; one thread is
-the default for them, and ``--threads 2`` (with ``OMP_WAIT_POLICY=ACTIVE``) gives the idle-machine speed back.
+their matrix products are too small to split well, and spinning workers cost far more next to other jobs than
+they save on an idle machine. One thread is the default for them, and ``--threads 2`` (with
+``OMP_WAIT_POLICY=ACTIVE``) gives the idle-machine speed back.
 
 The policy (`choose`, applied once per command by ``cli/main.py`` through `applied`):
 

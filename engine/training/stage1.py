@@ -51,7 +51,7 @@ FALLBACK_TEMPLATE = "vicuna0_train"
 @dataclass
 class Stage1Config:
     """Hyper-parameters of a stage-1 run. Defaults: MiniGPT-4's linear projection and the source's patch grouping;
-    the bundled SmolLM2 testbed's recipe is the command in its ``train_log.json`` (see README)."""
+    the bundled SmolLM2 testbed's recipe is the command in its ``train_log.json`` (see engine/models/README.md)."""
 
     llm: str = "smollm2"
     vision_from: str = "tiny-shapes-patch"
