@@ -29,7 +29,7 @@ from kneuron.warehouse import Warehouse, rollup_rows, verify_warehouse
 from kneuron.warehouse.compact import compact
 from tests.helpers.warehouse_rows import run_row
 
-N_BATCHES = int(os.environ.get("KNEURON_BENCH_COMPACT_BATCHES", 2000))
+N_BATCHES = int(os.environ.get("KNEURON_BENCH_COMPACT_BATCHES") or 2000)
 N_LAYERS, D_FF, TOP_K, N_CONCEPTS = 4, 256, 4, 8
 RUN = "bench-compact"
 QUERIES = [

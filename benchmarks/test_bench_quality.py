@@ -25,7 +25,7 @@ from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.models import BUNDLED, load_model
 from kneuron.engine.training.quality import check_quality
 
-N_IMAGES = int(os.environ.get("KNEURON_BENCH_QUALITY_IMAGES", 300))
+N_IMAGES = int(os.environ.get("KNEURON_BENCH_QUALITY_IMAGES") or 300)
 BARS = {"precision": 0.9, "recall": 0.9, "removal_rate": 0.8, "retention_rate": 0.85}
 
 

@@ -25,7 +25,7 @@ from tests.engine.pipelines.ingest.test_ray import assert_same_tables
 
 ray = pytest.importorskip("ray")
 
-IMAGES = int(os.environ.get("KNEURON_BENCH_RAY_IMAGES", 16))
+IMAGES = int(os.environ.get("KNEURON_BENCH_RAY_IMAGES") or 16)
 CONCEPTS = ("circle", "square", "star")
 BATCH = 4
 

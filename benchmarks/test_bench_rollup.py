@@ -43,15 +43,15 @@ from kneuron.warehouse.compact import compact
 from tests.helpers.warehouse_rows import run_row
 from tests.warehouse.test_rollup import without_rollup
 
-N_CONCEPTS = int(os.environ.get("KNEURON_BENCH_ROLLUP_CONCEPTS", 80))
-N_IMAGES = int(os.environ.get("KNEURON_BENCH_ROLLUP_IMAGES", 100))
-N_LAYERS = int(os.environ.get("KNEURON_BENCH_ROLLUP_LAYERS", 32))
-N_UNITS = int(os.environ.get("KNEURON_BENCH_ROLLUP_UNITS", 11008))
+N_CONCEPTS = int(os.environ.get("KNEURON_BENCH_ROLLUP_CONCEPTS") or 80)
+N_IMAGES = int(os.environ.get("KNEURON_BENCH_ROLLUP_IMAGES") or 100)
+N_LAYERS = int(os.environ.get("KNEURON_BENCH_ROLLUP_LAYERS") or 32)
+N_UNITS = int(os.environ.get("KNEURON_BENCH_ROLLUP_UNITS") or 11008)
 BATCH = 8
 RUN = "bench-rollup"
 GOAL_S = 5.0
 #: rounds of the compacted selections (medians reported): one is noisy on a shared 2-core machine
-ROUNDS = int(os.environ.get("KNEURON_BENCH_ROLLUP_ROUNDS", 5))
+ROUNDS = int(os.environ.get("KNEURON_BENCH_ROLLUP_ROUNDS") or 5)
 
 
 def concept(c: int) -> str:
@@ -79,8 +79,9 @@ def build(root: Path) -> None:
                 n = len(ids) * neurons
 
                 def noise(shift: np.ndarray | float = 0.0) -> np.ndarray:
-                    values = rng.standard_normal(n, dtype=np.float32) * 0.3
-                    return (values + np.tile(shift, len(ids)) if isinstance(shift, np.ndarray) else values
+                    values = rng.standard_normal(n, dtype=np.float32) * 0.3  # noqa: B023 (called in this iteration)
+                    return (values + np.tile(shift, len(ids))  # noqa: B023 (called in this iteration)
+                            if isinstance(shift, np.ndarray) else values
                             ).astype(np.float16)
 
                 stats = pa.table({

@@ -34,11 +34,11 @@ import pytest
 
 from kneuron.queries.selection import SelectionConfig, run_selection
 
-ROWS = int(os.environ.get("KNEURON_BENCH_SELECTION_ROWS", 10**8))
+ROWS = int(os.environ.get("KNEURON_BENCH_SELECTION_ROWS") or 10**8)
 N_CONCEPTS, N_IMAGES, N_LAYERS = 10, 28, 32
 N_UNITS = max(1, round(ROWS / (N_CONCEPTS * N_IMAGES * N_LAYERS)))
 ROWS_PER_CONCEPT = N_IMAGES * N_LAYERS * N_UNITS
-PANDAS_ROWS = int(os.environ.get("KNEURON_BENCH_SELECTION_PANDAS_ROWS", N_CONCEPTS * ROWS_PER_CONCEPT))
+PANDAS_ROWS = int(os.environ.get("KNEURON_BENCH_SELECTION_PANDAS_ROWS") or N_CONCEPTS * ROWS_PER_CONCEPT)
 RUN_ID = "bench"
 MEMORY_LIMIT = "3GB"
 PEAK_RSS_LIMIT = 4 * 1024**3

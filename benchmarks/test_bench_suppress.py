@@ -34,10 +34,10 @@ from tests.helpers.tiny_models import random_images, tiny_minigpt4
 
 DEVICE = os.environ.get("KNEURON_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 MODEL = os.environ.get("KNEURON_BENCH_SUPPRESS_MODEL", "tiny")
-N_IMAGES = int(os.environ.get("KNEURON_BENCH_SUPPRESS_IMAGES", 16))
-BATCH = int(os.environ.get("KNEURON_BENCH_SUPPRESS_BATCH", 16))
-NEW_TOKENS = int(os.environ.get("KNEURON_BENCH_SUPPRESS_TOKENS", 24))
-ROUNDS = int(os.environ.get("KNEURON_BENCH_ROUNDS", 3))
+N_IMAGES = int(os.environ.get("KNEURON_BENCH_SUPPRESS_IMAGES") or 16)
+BATCH = int(os.environ.get("KNEURON_BENCH_SUPPRESS_BATCH") or 16)
+NEW_TOKENS = int(os.environ.get("KNEURON_BENCH_SUPPRESS_TOKENS") or 24)
+ROUNDS = int(os.environ.get("KNEURON_BENCH_ROUNDS") or 3)
 FRACTION = 0.05
 TIE = 1e-3  # largest logit gap accepted as a numerical tie (see `compare`)
 

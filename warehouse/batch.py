@@ -437,7 +437,6 @@ def _sorted(spec: TableSpec, rows: pa.Table) -> pa.Table:
     if not spec.sort_by:
         return rows
     columns = [rows.column(name) for name in spec.sort_by]
-    if all(pa.types.is_integer(column.type) for column in columns):
-        if _is_sorted([column.to_numpy() for column in columns]):
-            return rows
+    if all(pa.types.is_integer(column.type) for column in columns) and _is_sorted([c.to_numpy() for c in columns]):
+        return rows
     return rows.sort_by([(name, "ascending") for name in spec.sort_by])

@@ -110,7 +110,7 @@ def plan_compaction(records: list[BatchRecord], target_rows: int = DEFAULT_TARGE
                 (record.batch_id, entry))
     complete = complete_partitions(records)
     stats_files = {partition_key(plan.partition): plan.keep for plan in groups.values() if plan.table == "neuron_stats"}
-    for key, plan in groups.items():
+    for plan in groups.values():
         files, plan.keep = plan.keep, []
         part = partition_key(plan.partition)
         if plan.table == "neuron_rollup" and part in stats_files:

@@ -147,5 +147,6 @@ class StoredStageRanking:
         params = query_params(config, self.run_id, [concept], stage1, stage2, excluded=self._excluded(config))
         data = queries.run(self.con, "two_stage", params).to_pydict()
         return [(int(layer), int(unit), None if score is None else float(score))
-                for c, layer, unit, score in zip(data["concept"], data["layer"], data["unit"], data["score"], strict=True)
+                for c, layer, unit, score in zip(data["concept"], data["layer"], data["unit"], data["score"],
+                                                 strict=True)
                 if c == concept and layer is not None]

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Headline:
     facts: list[tuple[str, str]] = field(default_factory=list)
 
 
-Block = Union[Text, Table, Figure, Code, Headline]
+Block = Text | Table | Figure | Code | Headline
 
 
 @dataclass

@@ -37,6 +37,7 @@ count, as with any torch program.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -222,10 +223,8 @@ def set_torch_threads(policy: ThreadPolicy) -> None:
 
     torch.set_num_threads(policy.threads)
     if torch.get_num_interop_threads() != policy.interop:
-        try:
+        with contextlib.suppress(RuntimeError):  # inter-op work has started in this process: the count is fixed
             torch.set_num_interop_threads(policy.interop)
-        except RuntimeError:  # inter-op work has started in this process: the count is fixed now
-            pass
 
 
 def current() -> ThreadPolicy:

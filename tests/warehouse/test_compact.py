@@ -198,7 +198,8 @@ def test_full_disk_while_merging_changes_nothing(root: Path, monkeypatch) -> Non
 
 def test_a_damaged_source_file_is_refused(root: Path) -> None:
     before = state(root)
-    victim = root / next(e.path for r in Warehouse.open(root).batches for e in r.files if e.table in {"token_stats", "neuron_stats"})
+    victim = root / next(e.path for r in Warehouse.open(root).batches for e in r.files
+                         if e.table in {"token_stats", "neuron_stats"})
     os.chmod(victim, 0o644)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF

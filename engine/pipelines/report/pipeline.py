@@ -335,9 +335,11 @@ def plots_section(out_dir: Path, method: str, layers: Any, overlap: Any, suppres
 
 
 # ---------------------------------------------------------------------------------------------- entry point
-def build_report(warehouse_root: str | Path | None, out_dir: str | Path, config: ReportConfig = ReportConfig()
+def build_report(warehouse_root: str | Path | None, out_dir: str | Path, config: ReportConfig | None = None
                  ) -> ReportResult:
-    """Write ``report.html``, ``report.md``, ``summary.json`` and ``figures/*.png`` into ``out_dir``."""
+    """Write ``report.html``, ``report.md``, ``summary.json`` and ``figures/*.png`` into ``out_dir``
+    (``config``: `ReportConfig`, default ``ReportConfig()``)."""
+    config = config if config is not None else ReportConfig()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise KneuronError(f"report output path is a file: {out_dir}")

@@ -347,7 +347,7 @@ def per_layer_ig_reference(adapter, images, targets, steps: int = 20) -> torch.T
 
             def hook(module, args, scaled=scaled):  # noqa: ANN001
                 x = args[0].clone()
-                x[rows, at_rep] = scaled.to(x.dtype)
+                x[rows, at_rep] = scaled.to(x.dtype)  # noqa: B023 (the hook lives for this iteration only)
                 return (x,)
 
             handle = adapter.neuron_module(adapter.model, layer).register_forward_pre_hook(hook)

@@ -56,7 +56,8 @@ def test_bleu4_equals_sacrebleu_sentence_bleu(scores: dict[str, np.ndarray]) -> 
 
 def test_rougeL_equals_rouge_score_max_over_references(scores: dict[str, np.ndarray]) -> None:
     rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    expected = [max(rouge.score(ref, hyp)["rougeL"].fmeasure for ref in refs) for hyp, refs in zip(HYPS, REFS, strict=True)]
+    expected = [max(rouge.score(ref, hyp)["rougeL"].fmeasure for ref in refs)
+                for hyp, refs in zip(HYPS, REFS, strict=True)]
     np.testing.assert_allclose(scores["rougeL"], expected, rtol=0, atol=1e-12)
     # the max rule: hypothesis 3 is scored by its better reference, not the first or the mean
     per_ref = [rouge.score(ref, HYPS[3])["rougeL"].fmeasure for ref in REFS[3]]

@@ -18,7 +18,8 @@ class CountingScorer:
         import sacrebleu
 
         self.asked.extend(zip(hyps, (tuple(r) for r in refs), strict=True))
-        return {"bleu4": np.array([sacrebleu.sentence_bleu(h, list(r)).score / 100 for h, r in zip(hyps, refs, strict=True)])}
+        return {"bleu4": np.array([sacrebleu.sentence_bleu(h, list(r)).score / 100
+                                   for h, r in zip(hyps, refs, strict=True)])}
 
 
 def test_score_cache_scores_each_pair_once():
