@@ -105,7 +105,17 @@ class EvalConfig:
         """Raise `KneuronError` naming the first impossible value."""
         from kneuron.engine.baselines.registry import BASELINES  # every bundled baseline registered
 
-        known = [REFERENCE_METHOD, *sorted(BASELINES), *([EDITED_METHOD] if self.edited_model else [])]
+        self._check_methods(sorted(BASELINES))
+        self._check_metrics_and_budgets()
+        self._check_counts()
+        if self.sets and self.selection is not None:
+            raise KneuronError("give either sets or selection, not both")
+        for method in self.baseline_options:
+            if method not in BASELINES:
+                raise KneuronError(f"options for unknown baseline {method!r}; known: {', '.join(sorted(BASELINES))}")
+
+    def _check_methods(self, baselines: list[str]) -> None:
+        known = [REFERENCE_METHOD, *baselines, *([EDITED_METHOD] if self.edited_model else [])]
         if (EDITED_METHOD in self.methods) != bool(self.edited_model):
             raise KneuronError(f"method {EDITED_METHOD!r} and edited_model (--edited-model) go together: the "
                                "edited folder's captions are that method")
@@ -118,6 +128,8 @@ class EvalConfig:
             raise KneuronError("no methods to evaluate")
         if len(set(self.methods)) != len(self.methods):
             raise KneuronError(f"methods listed twice: {list(self.methods)}")
+
+    def _check_metrics_and_budgets(self) -> None:
         for metric in self.metrics:
             if metric not in METRICS:
                 raise KneuronError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
@@ -135,6 +147,8 @@ class EvalConfig:
             check_budgets(self.budgets)
             if self.budget_per_concept or self.budget != SAME_AS_REFERENCE:
                 raise KneuronError("give budgets or budget / budget_per_concept, not both")
+
+    def _check_counts(self) -> None:
         if isinstance(self.n_other, str):
             if self.n_other != "match":
                 raise KneuronError(f"n_other must be 'match' or a whole number >= 0, got {self.n_other!r}")
@@ -158,11 +172,6 @@ class EvalConfig:
             raise KneuronError("an edited model has its units zeroed in the weights: ablation must be 'zero'")
         if not _whole(self.seed):
             raise KneuronError(f"seed must be a whole number >= 0, got {self.seed!r}")
-        if self.sets and self.selection is not None:
-            raise KneuronError("give either sets or selection, not both")
-        for method in self.baseline_options:
-            if method not in BASELINES:
-                raise KneuronError(f"options for unknown baseline {method!r}; known: {', '.join(sorted(BASELINES))}")
 
     def identity(self) -> dict[str, Any]:
         """The settings that change results, less those resolved elsewhere (run, concepts) and those that do not
@@ -230,8 +239,8 @@ def load_config(path: str | Path) -> EvalConfig:
     return config_from_dict(data, source=str(path))
 
 
-def config_from_dict(data: Mapping[str, Any], source: str = "config") -> EvalConfig:
-    """An `EvalConfig` from the TOML structure (see `load_config`); unknown keys and wrong types are errors."""
+def _top_level_kwargs(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """EvalConfig keyword arguments of the top-level keys (tables are checked to be tables, read elsewhere)."""
     known = sorted([*_SCALAR_KEYS, *_LIST_KEYS, *_TABLE_KEYS, *_NUMBER_LIST_KEYS])
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
@@ -265,20 +274,32 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> EvalCon
                 "reference_images", "rows_per_generate"):
         if key in kwargs and isinstance(kwargs[key], (float, bool)):
             raise KneuronError(f"{source}: {key} must be a whole number, got {kwargs[key]!r}")
+    return kwargs
+
+
+def _metrics_kwargs(metrics: dict[str, Any], source: str) -> dict[str, Any]:
+    """EvalConfig keyword arguments of the ``[metrics]`` table: ``metrics`` (names) and ``metric_config``."""
+    kwargs: dict[str, Any] = {}
+    unknown = [k for k in metrics if k not in _METRIC_KEYS]
+    if unknown:
+        raise KneuronError(f"{source}: unknown key {unknown[0]!r} in [metrics] (known: {', '.join(_METRIC_KEYS)})")
+    names = metrics.pop("names", None)
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(v, str) for v in names):
+            raise KneuronError(f"{source}: metrics.names must be a list of strings, got {names!r}")
+        kwargs["metrics"] = tuple(names)
+    try:
+        kwargs["metric_config"] = MetricConfig(**metrics)
+    except TypeError as exc:
+        raise KneuronError(f"{source}: bad [metrics]: {exc}") from None
+    return kwargs
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "config") -> EvalConfig:
+    """An `EvalConfig` from the TOML structure (see `load_config`); unknown keys and wrong types are errors."""
+    kwargs = _top_level_kwargs(data, source)
     if "metrics" in data:
-        metrics = dict(data["metrics"])
-        unknown = [k for k in metrics if k not in _METRIC_KEYS]
-        if unknown:
-            raise KneuronError(f"{source}: unknown key {unknown[0]!r} in [metrics] (known: {', '.join(_METRIC_KEYS)})")
-        names = metrics.pop("names", None)
-        if names is not None:
-            if not isinstance(names, list) or not all(isinstance(v, str) for v in names):
-                raise KneuronError(f"{source}: metrics.names must be a list of strings, got {names!r}")
-            kwargs["metrics"] = tuple(names)
-        try:
-            kwargs["metric_config"] = MetricConfig(**metrics)
-        except TypeError as exc:
-            raise KneuronError(f"{source}: bad [metrics]: {exc}") from None
+        kwargs.update(_metrics_kwargs(dict(data["metrics"]), source))
     if "selection" in data:
         unknown = [k for k in data["selection"] if k not in _SELECTION_KEYS]
         if unknown:
