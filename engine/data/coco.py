@@ -26,6 +26,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -306,43 +307,53 @@ def segmentation_problem(segmentation: object, height: int, width: int) -> str |
     non-negative run lengths (a list of integers, or a compressed string) summing to ``height * width``.
     """
     if isinstance(segmentation, list):
-        if not segmentation:
-            return "empty polygon list"
-        for index, polygon in enumerate(segmentation):
-            if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
-                return f"polygon {index} is not a list of numbers"
-            if len(polygon) < 6 or len(polygon) % 2:
-                return (f"polygon {index} has {len(polygon)} coordinates "
-                        "(needs an even number, at least 6: x,y of three points or more)")
-            if not all(math.isfinite(v) for v in polygon):
-                return f"polygon {index} has a non-finite coordinate"
-            xs, ys = polygon[0::2], polygon[1::2]
-            if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
-                return f"polygon {index} reaches far outside the {width}x{height} image"
-        return None
+        return _polygons_problem(segmentation, height, width)
     if isinstance(segmentation, dict):
-        size, counts = segmentation.get("size"), segmentation.get("counts")
-        if not (isinstance(size, list) and len(size) == 2 and all(_is_number(v) for v in size)):
-            return f"RLE without a [height, width] size: {size!r}"
-        if [int(size[0]), int(size[1])] != [height, width]:
-            return f"RLE size {size} is not the image's [height, width] [{height}, {width}]"
-        if isinstance(counts, list):
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
-                return "RLE counts are not all integers"
-            runs: list[int] = counts
-        elif isinstance(counts, (str, bytes)):
-            decoded = rle_string_counts(counts)
-            if decoded is None:
-                return "RLE counts string is not valid compressed RLE"
-            runs = decoded
-        else:
-            return f"RLE counts are neither a list nor a string: {type(counts).__name__}"
-        if any(v < 0 for v in runs):
-            return "RLE has a negative run length"
-        if sum(runs) != height * width:
-            return f"RLE run lengths cover {sum(runs)} pixels, not the image's {height * width}"
-        return None
+        return _rle_problem(segmentation, height, width)
     return f"segmentation is neither polygons nor RLE: {type(segmentation).__name__}"
+
+
+def _polygons_problem(segmentation: list[Any], height: int, width: int) -> str | None:
+    """`segmentation_problem` of a polygon list."""
+    if not segmentation:
+        return "empty polygon list"
+    for index, polygon in enumerate(segmentation):
+        if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
+            return f"polygon {index} is not a list of numbers"
+        if len(polygon) < 6 or len(polygon) % 2:
+            return (f"polygon {index} has {len(polygon)} coordinates "
+                    "(needs an even number, at least 6: x,y of three points or more)")
+        if not all(math.isfinite(v) for v in polygon):
+            return f"polygon {index} has a non-finite coordinate"
+        xs, ys = polygon[0::2], polygon[1::2]
+        if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
+            return f"polygon {index} reaches far outside the {width}x{height} image"
+    return None
+
+
+def _rle_problem(segmentation: dict[str, Any], height: int, width: int) -> str | None:
+    """`segmentation_problem` of an RLE dict."""
+    size, counts = segmentation.get("size"), segmentation.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_number(v) for v in size)):
+        return f"RLE without a [height, width] size: {size!r}"
+    if [int(size[0]), int(size[1])] != [height, width]:
+        return f"RLE size {size} is not the image's [height, width] [{height}, {width}]"
+    if isinstance(counts, list):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+            return "RLE counts are not all integers"
+        runs: list[int] = counts
+    elif isinstance(counts, (str, bytes)):
+        decoded = rle_string_counts(counts)
+        if decoded is None:
+            return "RLE counts string is not valid compressed RLE"
+        runs = decoded
+    else:
+        return f"RLE counts are neither a list nor a string: {type(counts).__name__}"
+    if any(v < 0 for v in runs):
+        return "RLE has a negative run length"
+    if sum(runs) != height * width:
+        return f"RLE run lengths cover {sum(runs)} pixels, not the image's {height * width}"
+    return None
 
 
 def split_ident_eval(
