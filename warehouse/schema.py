@@ -419,6 +419,14 @@ def conform(table: str, data: pa.Table | pa.RecordBatch | Mapping[str, Any]) -> 
     match ``status``. Float columns are rounded to float16/float32 (values beyond float16 range become ±inf).
     """
     spec = spec_of(table)
+    result = _cast_columns(table, spec, _given_columns(table, spec, data))
+    _check_values(table, spec, result)
+    return result
+
+
+def _given_columns(table: str, spec: TableSpec, data: pa.Table | pa.RecordBatch | Mapping[str, Any]
+                   ) -> dict[str, Any]:
+    """`conform`'s input as column name -> values; unknown, missing or duplicate columns are errors."""
     if isinstance(data, pa.RecordBatch):
         data = pa.Table.from_batches([data])
     if isinstance(data, pa.Table):
@@ -440,7 +448,11 @@ def conform(table: str, data: pa.Table | pa.RecordBatch | Mapping[str, Any]) -> 
         if missing:
             parts.append(f"missing columns {missing}")
         raise KneuronError(f"{table}: {'; '.join(parts)} (expected {spec.columns})")
+    return given
 
+
+def _cast_columns(table: str, spec: TableSpec, given: dict[str, Any]) -> pa.Table:
+    """The given columns cast to ``spec``'s types, in schema order, left-out nullable columns as nulls."""
     arrays: list[pa.Array | pa.ChunkedArray | None] = []
     lengths: dict[str, int] = {}
     for f in spec.schema:
@@ -458,8 +470,11 @@ def conform(table: str, data: pa.Table | pa.RecordBatch | Mapping[str, Any]) -> 
         raise KneuronError(f"{table}: columns have different lengths {lengths}")
     n_rows = next(iter(lengths.values()))
     filled = [pa.nulls(n_rows, f.type) if a is None else a for a, f in zip(arrays, spec.schema, strict=True)]
-    result = pa.Table.from_arrays(filled, schema=spec.schema)
+    return pa.Table.from_arrays(filled, schema=spec.schema)
 
+
+def _check_values(table: str, spec: TableSpec, result: pa.Table) -> None:
+    """Nulls in non-nullable columns, values outside an enum, and (samples) status vs skip_reason."""
     nulls = [f.name for f in spec.schema if not f.nullable and result.column(f.name).null_count]
     if nulls:
         raise KneuronError(f"{table}: nulls in non-nullable columns {nulls}")
@@ -475,4 +490,3 @@ def conform(table: str, data: pa.Table | pa.RecordBatch | Mapping[str, Any]) -> 
         has_reason = pc.is_valid(result.column("skip_reason"))
         if pc.any(pc.equal(ok, has_reason)).as_py():
             raise KneuronError("samples: skip_reason must be null when status is 'ok' and set when 'skipped'")
-    return result
