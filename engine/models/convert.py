@@ -345,7 +345,7 @@ def stop_token_ids(tokenizer: Any, stop_strings: Iterable[str]) -> list[int]:
 
 
 # ---------------------------------------------------------------------- conversion
-def convert_official(eva_vit: Path, qformer: Path | None, minigpt4: Path, llm: Path, out: Path,
+def convert_official(eva_vit: Path, qformer: Path | None, minigpt4: Path, llm: Path, out: Path,  # noqa: C901, PLR0912, PLR0915 (a linear sequence of steps, not split yet)
                      variant: str = "auto", copy_llm: bool = False, dtype: str = "float16",
                      vision_heads: int | None = None, qformer_heads: int | None = None,
                      log: Log | None = None) -> Path:

@@ -270,7 +270,7 @@ def train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callabl
         return _train_stage1(world_dir, out_dir, cfg, log or logger.info, command)
 
 
-def _train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callable[[str], None],
+def _train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callable[[str], None],  # noqa: PLR0915 (a linear sequence of steps)
                   command: str | None) -> tuple[MiniGPT4Adapter, Stage1Log]:
     from kneuron.engine.models.llm import load_llm, load_llm_tokenizer, resolve_llm
 

@@ -302,7 +302,7 @@ class _Evaluation:
             self.write(tables)
 
 
-def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | None = None,
+def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | None = None,  # noqa: C901, PLR0915 (a linear sequence of steps, not split yet)
                    adapter: VLMAdapter | None = None, dataset: Any = None, scorer: CaptionScorer | None = None,
                    progress: bool = True, log: Log | None = None) -> EvalResult:
     """Run (or resume) one suppression evaluation and return its summary (see the module docstring).
