@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -32,6 +32,23 @@ def strongest_first(neurons: list[ScoredNeuron]) -> list[ScoredNeuron]:
     """``neurons`` by score descending (no score last), then layer, then unit."""
     return sorted(neurons, key=lambda n: (n[2] is None, -(n[2] or 0.0), n[0], n[1]))
 
+
+
+class ChosenStoredSet(NamedTuple):
+    """A stored set picked by id, or as a concept's current set (`RunReader.chosen_stored_set`)."""
+
+    set_id: str
+    stored: StoredSet  # neurons strongest first
+    concept: str | None  # the concept asked for, else the set's own
+    description: str  # one line for the user
+
+
+class ChosenSet(NamedTuple):
+    """The neurons of a picked set (`RunReader.chosen_set`): the same fields, the set's members only."""
+
+    concept: str | None
+    neurons: list[ScoredNeuron]  # strongest first
+    description: str
 
 @dataclass(frozen=True)
 class StoredEvaluation:
@@ -204,23 +221,22 @@ class RunReader:
         found = self.sets(sorted(set(ids.values())))
         return {key: found[set_id] for key, set_id in ids.items()}
 
-    def chosen_set(self, concept: str | None, method: str, set_id: str | None
-                   ) -> tuple[str | None, list[ScoredNeuron], str]:
+    def chosen_set(self, concept: str | None, method: str, set_id: str | None) -> ChosenSet:
         """(concept, neurons strongest first, description) of the set ``set_id``, else of ``concept``'s current
         ``method`` set. The concept is the set's own unless ``concept`` names another one."""
-        _, stored, label, what = self.chosen_stored_set(concept, method, set_id)
-        return label, stored.neurons, what
+        chosen = self.chosen_stored_set(concept, method, set_id)
+        return ChosenSet(chosen.concept, chosen.stored.neurons, chosen.description)
 
-    def chosen_stored_set(self, concept: str | None, method: str, set_id: str | None
-                          ) -> tuple[str, StoredSet, str | None, str]:
+    def chosen_stored_set(self, concept: str | None, method: str, set_id: str | None) -> ChosenStoredSet:
         """(set id, `StoredSet` with neurons strongest first, concept, description) of the set `chosen_set`
         picks: ``set_id``, else ``concept``'s current ``method`` set."""
         if set_id:
             chosen = self.sets([set_id])[set_id]
-            return (set_id, chosen, concept or chosen.concept,
-                    f"set {set_id} ({chosen.concept}, {chosen.method}, {len(chosen.neurons)} neurons)")
+            return ChosenStoredSet(set_id, chosen, concept or chosen.concept,
+                                   f"set {set_id} ({chosen.concept}, {chosen.method}, {len(chosen.neurons)} neurons)")
         current = self.current_set_ids(method).get((concept, method)) if concept else None
         if current is None:
             raise KneuronError(f"no {method} neuron set for concept {concept!r} in run {self.run_id}")
         chosen = self.sets([current])[current]
-        return current, chosen, concept, f"{concept} ({method}, {len(chosen.neurons)} neurons, set {current})"
+        return ChosenStoredSet(current, chosen, concept,
+                               f"{concept} ({method}, {len(chosen.neurons)} neurons, set {current})")
