@@ -38,7 +38,7 @@ from kneuron.engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec, s
 from kneuron.engine.models.preprocess import ImagePreprocessor
 from kneuron.engine.models.prompts import DEFAULT_INSTRUCTION, TEMPLATES, get_template, prompt_token_ids
 from kneuron.engine.runtime.scoped import seeded_torch
-from kneuron.engine.training.train import cosine_lr
+from kneuron.engine.training.optim import adamw, cosine_lr
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ def _train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callab
     log(f"llama_proj ({cfg.projection}, {sum(p.numel() for p in model.llama_proj.parameters())} parameters) "
         f"initialised to image-token RMS {target_rms:.4f}")
 
-    optim = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    optim = adamw(params, cfg.lr, cfg.weight_decay)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     started, running = time.perf_counter(), 0.0
     for step in range(cfg.steps):

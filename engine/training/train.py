@@ -39,6 +39,7 @@ from kneuron.engine.models.prompts import DEFAULT_INSTRUCTION, get_template
 from kneuron.engine.models.tiny import tiny_config
 from kneuron.engine.models.tokenizer import build_word_tokenizer
 from kneuron.engine.runtime.scoped import seeded_torch
+from kneuron.engine.training.optim import adamw, cosine_lr
 
 logger = logging.getLogger(__name__)
 
@@ -104,14 +105,6 @@ BUNDLED_RECIPES: dict[str, dict[str, object]] = {
 }
 
 
-def cosine_lr(step: int, total: int, lr: float, min_lr: float, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay from ``lr`` to ``min_lr`` at ``total`` (held there)."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def lr_at(step: int, cfg: TrainConfig, total_steps: int | None = None) -> float:
     """`cosine_lr` with ``cfg``'s rates and warm-up, reaching ``min_lr`` at ``total_steps`` (default ``cfg.steps``)."""
     return cosine_lr(step, cfg.steps if total_steps is None else total_steps, cfg.lr, cfg.min_lr, cfg.warmup_steps)
@@ -154,7 +147,7 @@ def pretrain_vision(vision: torch.nn.Module, head: torch.nn.Linear, normalise: C
     ``normalise``: uint8 batch -> normalised pixels ``[B, 3, H, W]``.
     """
     params = list(vision.parameters()) + list(head.parameters())
-    optim = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    optim = adamw(params, cfg.lr, cfg.weight_decay)
     started, running = time.time(), 0.0
     for step in range(cfg.vision_pretrain_steps):
         index = torch.from_numpy(rng.integers(0, len(raw), cfg.batch_size)).to(raw.device)
@@ -266,7 +259,7 @@ def _train_tiny(world_dir: Path, out_dir: Path, cfg: TrainConfig, log: Callable[
         pretrain_vision(model.vision_model, aux_head, normalise, raw, labels, cfg, rng, log)
     if cfg.vision_lr_scale == 0:
         model.vision_model.requires_grad_(False)
-    optim = torch.optim.AdamW(_param_groups(model, aux_head, cfg), lr=cfg.lr, betas=(0.9, 0.98))
+    optim = adamw(_param_groups(model, aux_head, cfg), cfg.lr)
     for step in range(cfg.steps):
         rows = rng.integers(0, len(image_ids), cfg.batch_size)
         picks = [encoded[r][rng.integers(0, len(encoded[r]))] for r in rows]
