@@ -8,6 +8,7 @@ which editable installs honour); these tests keep it equal to the tree, check th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -107,7 +108,14 @@ def test_outside_the_repo_only_kneuron_is_importable(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_wheel_holds_only_kneuron(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+    src = tmp_path / "src"  # a copy: an in-tree build would write build/ and *.egg-info into the checkout
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("kneuron", *FOLDERS):
+        shutil.copytree(ROOT / name, src / name, symlinks=True, ignore=ignore)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
                              "-w", str(tmp_path), "-q"], capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         pytest.skip(f"pip wheel did not run here: {result.stderr.strip().splitlines()[-1:]}")
