@@ -55,7 +55,8 @@ class LlavaNextAdapter(PinnedResolutionAdapter):
                  instruction: str | None = None, template: str | None = None, max_new_tokens: int = 40,
                  image_side: int | None = None) -> None:
         if not template:  # the chat format of the text model (llava-v1.6-mistral, OneVision's Qwen2, Vicuna)
-            text_type = getattr(model.config.get_text_config(), "model_type", "")
+            config: Any = model.config
+            text_type = getattr(config.get_text_config(), "model_type", "")
             template = TEMPLATE_BY_TEXT_MODEL.get(text_type, self.default_template)
         super().__init__(model, tokenizer, name, image_processor, instruction, template, max_new_tokens, image_side)
 
