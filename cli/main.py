@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -46,7 +46,7 @@ class LazyGroup(click.Group):
         from kneuron.engine.runtime.threads import prepare_process
 
         prepare_process()  # before a command module imports torch: OpenMP waiting, collector start-up settings
-        return importlib.import_module(COMMANDS[name][0]).command
+        return cast("click.Command | None", importlib.import_module(COMMANDS[name][0]).command)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]

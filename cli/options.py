@@ -55,7 +55,7 @@ def require_neuron_choice(neurons: tuple[str, ...], set_id: str | None, concept:
         raise KneuronError("say which neurons: --neuron L:U, --set SET_ID or --concept C [--method M]")
 
 
-def open_image(path: str):  # noqa: ANN201
+def open_image(path: str) -> Any:
     """An RGB PIL image from ``path``; `KneuronError` when it is missing or unreadable."""
     from PIL import Image
 

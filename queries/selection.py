@@ -269,7 +269,7 @@ def latest_run(con: duckdb.DuckDBPyConnection) -> str:
     table = queries.run(con, "latest_run", {})
     if table.num_rows == 0:
         raise KneuronError("the warehouse has no runs: ingest one first (kneuron ingest)")
-    return table.column("run_id")[0].as_py()
+    return cast("str", table.column("run_id")[0].as_py())
 
 
 def query_params(config: SelectionConfig, run_id: str, concepts: list[str] | tuple[str, ...],

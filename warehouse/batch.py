@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import pyarrow as pa
@@ -200,7 +200,7 @@ class Batch:
     def _write(self, spec: TableSpec, values: dict[str, Any], rows: pa.Table) -> str:
         def write(target: _HashingWriter) -> int:
             pq.write_table(rows, target, row_group_size=ROW_GROUP_ROWS, **parquet_options(spec))
-            return rows.num_rows
+            return cast("int", rows.num_rows)
 
         return self._stage(spec, values, _file_keys(spec, rows), write)
 

@@ -23,6 +23,7 @@ holds its per-neuron totals: readers take them as they are, without a GROUP BY (
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -82,7 +83,7 @@ def _image_blocks(rows: pa.Table) -> pa.Table | None:
         return None
 
     def values(column: str) -> np.ndarray:
-        return rows.column(column).to_numpy().astype(np.float32).reshape(m, k)
+        return cast("np.ndarray", rows.column(column).to_numpy().astype(np.float32).reshape(m, k))
 
     sums = {"d_max": values("d_max"), "d_mean": values("o_mean") - values("i_mean"), "g_max": values("g_max"),
             "g_mean": values("g_mean")}

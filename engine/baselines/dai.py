@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -143,7 +143,7 @@ def _lm_inputs(adapter: VLMAdapter, prepared: Any) -> torch.Tensor | None:
     extra = {k for k, v in kwargs.items() if v is not None} - {"inputs_embeds", "attention_mask"}
     if extra or (mask is not None and not bool((mask == 1).all())):
         return None
-    return kwargs["inputs_embeds"]
+    return cast("torch.Tensor | None", kwargs["inputs_embeds"])
 
 
 def _ig_cached(adapter: VLMAdapter, embeds: torch.Tensor, at: int, token: int, steps: int,

@@ -26,7 +26,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -219,7 +219,7 @@ class CocoDataset:
             raise bad(_one_line(exc)) from None
         if decoded.shape != (height, width):
             raise bad(f"decodes to {decoded.shape[1]}x{decoded.shape[0]} pixels, not the image's {width}x{height}")
-        return decoded.astype(bool)
+        return cast("np.ndarray", decoded.astype(bool))
 
     # ------------------------------------------------------------------------------------------ images
 
@@ -227,7 +227,7 @@ class CocoDataset:
         info = self._coco.imgs.get(image_id)
         if info is None:
             raise KneuronError(f"image id {image_id} is not in {self.instances_path}")
-        return info
+        return cast("dict", info)
 
     def _image_size(self, info: dict) -> tuple[int, int]:
         """``(height, width)`` of an image entry; missing or non-positive -> KneuronError."""
@@ -240,7 +240,7 @@ class CocoDataset:
         return height, width
 
     def image_path(self, image_id: int) -> Path:
-        return self.image_dir / self._image_info(image_id)["file_name"]
+        return cast("Path", self.image_dir / self._image_info(image_id)["file_name"])
 
     def load_image(self, image_id: int) -> Image.Image:
         """The image as RGB (any PIL mode converted). Missing, corrupt or wrongly sized -> KneuronError."""

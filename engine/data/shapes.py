@@ -8,6 +8,7 @@ at ``supersample`` times the resolution and box-averaging. Deterministic (PIL + 
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import cv2
 import numpy as np
@@ -47,7 +48,7 @@ def _heart() -> np.ndarray:
     y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
     points = np.stack([x, y], axis=1)
     lo, hi = points.min(axis=0), points.max(axis=0)
-    return (points - (lo + hi) / 2) / ((hi - lo).max() / 2)
+    return cast("np.ndarray", (points - (lo + hi) / 2) / ((hi - lo).max() / 2))
 
 
 def _cross(arm: float = 0.32) -> np.ndarray:
@@ -75,7 +76,7 @@ def shape_polygon(category: str, center: tuple[float, float], diameter: float, r
     """Vertices ``[n, 2]`` (x, y in pixels) of ``category`` scaled to ``diameter`` px across, rotated, moved."""
     theta = math.radians(rotation_deg)
     rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
-    return UNIT_POLYGONS[category] @ rot.T * (diameter / 2.0) + np.asarray(center, dtype=float)
+    return cast("np.ndarray", UNIT_POLYGONS[category] @ rot.T * (diameter / 2.0) + np.asarray(center, dtype=float))
 
 
 def render_coverage(

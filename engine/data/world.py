@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -220,7 +220,7 @@ def _background(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
         angle = rng.uniform(0.0, 2.0 * math.pi)
         t = (xs - size / 2) * math.cos(angle) + (ys - size / 2) * math.sin(angle)
         t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-        return start * (1.0 - t[:, :, None]) + end * t[:, :, None]
+        return cast("np.ndarray", start * (1.0 - t[:, :, None]) + end * t[:, :, None])
     if kind == "striped":
         first = _muted_color(rng)
         second = _muted_color(rng)

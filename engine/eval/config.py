@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import tomllib
 
@@ -184,7 +184,7 @@ class EvalConfig:
                 and not (f.name in _ABLATION_FIELDS and self.ablation == "zero")}
         data["metric_config"] = {"bertscore_model": self.metric_config.bertscore_model,
                                  "bertscore_layers": self.metric_config.bertscore_layers}
-        return json.loads(json.dumps(data, sort_keys=True, default=jsonable))
+        return cast("dict[str, Any]", json.loads(json.dumps(data, sort_keys=True, default=jsonable)))
 
 
 #: fields added after eval ids were first stored: hashed only when set, so older evaluations keep their ids

@@ -31,7 +31,7 @@ import os
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -150,7 +150,7 @@ class CaptionScorer:
         """bert-score's settings hash with the model path replaced by ``model_id``."""
         from bert_score.utils import get_hash
 
-        return get_hash(self.model_id, self._layers, False, False, False, False)
+        return cast("str", get_hash(self.model_id, self._layers, False, False, False, False))
 
     def config_dict(self) -> dict[str, Any]:
         """Provenance of every metric (no absolute paths)."""
@@ -174,7 +174,7 @@ class CaptionScorer:
         from bert_score.utils import model2layers
 
         if self._model_path_or_name in model2layers:
-            return model2layers[self._model_path_or_name]
+            return cast("int", model2layers[self._model_path_or_name])
         raise KneuronError(
             f"bertscore_layers is required for BERTScore model {self._model_path_or_name!r} "
             "(bert-score knows layers only for hub names such as roberta-large)"

@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.inpaint.base import Inpainter
@@ -28,7 +28,7 @@ def get_inpainter(name: str = DEFAULT_INPAINTER, **options: Any) -> Inpainter:
     else:
         raise KneuronError(f"unknown inpainter {name!r}; known: {list(INPAINTERS)}")
     try:
-        return factory(**options)
+        return cast("Inpainter", factory(**options))
     except TypeError as error:
         raise KneuronError(f"bad options for inpainter {name!r}: {error}") from error
 

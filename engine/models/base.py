@@ -258,7 +258,7 @@ class VLMAdapter(ABC):
 
     def down_proj_weight(self, layer: int) -> torch.Tensor:
         """``W_down^l`` ``[d_model, d_ff]``: column ``i`` is neuron ``(l, i)``'s output vector."""
-        return self.neuron_module(self.model, layer).weight
+        return cast("torch.Tensor", self.neuron_module(self.model, layer).weight)
 
     def describe(self) -> dict[str, Any]:
         """Provenance for the warehouse ``runs`` table."""

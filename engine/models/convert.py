@@ -306,7 +306,7 @@ def detect_variant(proj_in: int, vision_width: int, n_patches: int) -> tuple[Var
 
 
 # ---------------------------------------------------------------------- tokenizer / LLM
-def _load_llm_side(llm: Path):
+def _load_llm_side(llm: Path) -> Any:
     from transformers import AutoConfig, AutoTokenizer, LlamaConfig
 
     if not llm.is_dir():

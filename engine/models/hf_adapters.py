@@ -133,7 +133,7 @@ class HFVLMAdapter(VLMAdapter):
         return find_ffn_site(model, split_path(cls.text_model_path))
 
     def decoder_layers(self, root: Any) -> Sequence[Any]:
-        return self.ffn_site.layers(root)
+        return cast("Sequence[Any]", self.ffn_site.layers(root))
 
     def neuron_module(self, root: Any, layer: int) -> Any:
         return self.ffn_site.down_proj(root, layer)
@@ -145,14 +145,14 @@ class HFVLMAdapter(VLMAdapter):
     @property
     def text_model(self) -> nn.Module:
         """The text decoder stack (``.layers``, ``.norm``, ``.embed_tokens``)."""
-        return walk(self.model, split_path(self.text_model_path))
+        return cast("nn.Module", walk(self.model, split_path(self.text_model_path)))
 
     @property
     def language_model(self) -> nn.Module:
         return self._lm_view
 
     def unembedding(self) -> torch.Tensor:
-        return walk(self.model, split_path(self.lm_head_path)).weight
+        return cast("torch.Tensor", walk(self.model, split_path(self.lm_head_path)).weight)
 
     def final_norm(self) -> nn.Module:
         return cast(nn.Module, self.text_model.norm)
@@ -204,7 +204,7 @@ class HFVLMAdapter(VLMAdapter):
             return images
         rgb = [image.convert("RGB") for image in images]
         if self.image_processor is not None:
-            return self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+            return cast("torch.Tensor", self.image_processor(images=rgb, return_tensors="pt")["pixel_values"])
         if self.fallback_preprocessor is None:
             raise KneuronError(f"model {self.name!r} has no image processor (preprocessor_config.json)")
         return self.fallback_preprocessor(rgb)
@@ -259,7 +259,7 @@ class HFVLMAdapter(VLMAdapter):
         raise NotImplementedError
 
     def logits(self, output: Any) -> torch.Tensor:
-        return output.logits
+        return cast("torch.Tensor", output.logits)
 
     # ------------------------------------------------------------------ captioning
     def generate_call(self, prepared: PreparedBatch, **overrides: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -273,7 +273,7 @@ class HFVLMAdapter(VLMAdapter):
         return generated[:, prepared.prompt_length:]  # HF generate returns prompt + new tokens here
 
     def caption_text(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(self.caption_ids(token_ids), skip_special_tokens=True).strip()
+        return cast("str", self.tokenizer.decode(self.caption_ids(token_ids), skip_special_tokens=True).strip())
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "family": self.family, "template": self.template}
@@ -288,7 +288,7 @@ class LlavaAdapter(HFVLMAdapter):
 
     @property
     def vision_tower(self) -> nn.Module:
-        return self.model.model.vision_tower
+        return cast("nn.Module", self.model.model.vision_tower)
 
     @property
     def _patch_side(self) -> int:
@@ -326,11 +326,11 @@ class Blip2Adapter(HFVLMAdapter):
 
     @property
     def language_model(self) -> nn.Module:
-        return self.model.language_model
+        return cast("nn.Module", self.model.language_model)
 
     @property
     def vision_tower(self) -> nn.Module:
-        return self.model.vision_model
+        return cast("nn.Module", self.model.vision_model)
 
     @property
     def n_image_tokens(self) -> int:
@@ -342,7 +342,7 @@ class Blip2Adapter(HFVLMAdapter):
 
         def tokens(pixels: torch.Tensor, rows: int) -> torch.Tensor:
             extra = {k: v.to(self.device) for k, v in self.extra_inputs(rows, self.instruction).items()}
-            return model.get_image_features(pixels, **extra).pooler_output
+            return cast("torch.Tensor", model.get_image_features(pixels, **extra).pooler_output)
 
         return ImageConnector(self.vision_tower, tokens)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -59,7 +59,7 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
                            "each with a gated-MLP text model)")
     if model_type in ("blip-2", "instructblip") and config.get("image_token_index") is None:
         raise KneuronError(f"{path} has no image_token_index (needed to place the image tokens in the prompt)")
-    return config
+    return cast("dict[str, Any]", config)
 
 
 def _load_tokenizer(path: Path, what: str) -> Any:

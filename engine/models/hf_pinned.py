@@ -21,7 +21,7 @@ Gemma 3's ``[B, 3, S, S]``); their first dimension concatenates batches.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from PIL import Image
@@ -73,7 +73,7 @@ class PinnedResolutionAdapter(HFVLMAdapter):
     # ------------------------------------------------------------------ images
     @property
     def vision_tower(self) -> nn.Module:
-        return walk(self.model, split_path(self.vision_tower_path))
+        return cast("nn.Module", walk(self.model, split_path(self.vision_tower_path)))
 
     def resize(self, images: Sequence[Image.Image]) -> list[Image.Image]:
         """RGB images resized (bicubic) to ``image_side`` x ``image_side``."""
@@ -93,7 +93,7 @@ class PinnedResolutionAdapter(HFVLMAdapter):
         """The processor's pixels of the images resized to the pinned side; tensors pass through."""
         if isinstance(images, torch.Tensor):
             return images
-        return self.process(self.resize(list(images)))["pixel_values"]
+        return cast("torch.Tensor", self.process(self.resize(list(images)))["pixel_values"])
 
     # ------------------------------------------------------------------ prompt
     def prompt_ids(self, instruction: str | None = None) -> list[int]:

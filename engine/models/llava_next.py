@@ -23,7 +23,7 @@ the image's token count as ``LlavaNextProcessor`` does.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -98,7 +98,7 @@ class LlavaNextAdapter(PinnedResolutionAdapter):
         return self.side_features ** 2 + rows * (cols + 1)
 
     def image_tokens_text(self) -> str:
-        return self.tokenizer.convert_ids_to_tokens(self.image_token_id) * self.n_image_tokens
+        return cast("str", self.tokenizer.convert_ids_to_tokens(self.image_token_id) * self.n_image_tokens)
 
     def sequence_inputs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """``image_sizes`` ``[B, 2]``: (height, width) of every (pinned) image."""

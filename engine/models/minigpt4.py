@@ -151,11 +151,12 @@ class MiniGPT4(nn.Module):
         if self.config.variant == "qformer":
             queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
             mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-            return self.qformer(
+            out: torch.Tensor = self.qformer(
                 query_embeds=queries.to(self.qformer.layernorm.weight.dtype),
                 encoder_hidden_states=image_embeds.to(self.qformer.layernorm.weight.dtype),
                 encoder_attention_mask=mask,
             ).last_hidden_state  # [B, Q, d_q]
+            return out
         patches = image_embeds[:, 1:, :]  # drop CLS: [B, N, d_v]
         b, n, d = patches.shape
         k = self.config.patches_per_token
@@ -165,7 +166,7 @@ class MiniGPT4(nn.Module):
     def encode_img(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``pixel_values [B, 3, H, W]`` -> image token embeddings ``[B, n_image_tokens, d_model]``."""
         tokens = self.image_features(pixel_values)
-        return self.llama_proj(tokens.to(projection_dtype(self.llama_proj)))
+        return cast("torch.Tensor", self.llama_proj(tokens.to(projection_dtype(self.llama_proj))))
 
     def embed(
         self,
@@ -185,7 +186,7 @@ class MiniGPT4(nn.Module):
 
         def rows(ids: torch.Tensor) -> torch.Tensor:
             ids = ids.to(image.device)
-            return embed_tokens(ids if ids.dim() == 2 else ids.unsqueeze(0).expand(b, -1))
+            return cast("torch.Tensor", embed_tokens(ids if ids.dim() == 2 else ids.unsqueeze(0).expand(b, -1)))
 
         parts = [rows(ids_before), image.to(cast(torch.Tensor, embed_tokens.weight).dtype), rows(ids_after)]
         if target_ids is not None and target_ids.shape[-1] > 0:
@@ -199,7 +200,7 @@ class MiniGPT4(nn.Module):
         ids_after: torch.Tensor,
         target_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-    ):
+    ) -> Any:
         """Teacher-forced forward; returns the LLM's ``CausalLMOutputWithPast`` (``logits [B, T, V]``)."""
         embeds = self.embed(pixel_values, ids_before, ids_after, target_ids)
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
@@ -212,4 +213,5 @@ class MiniGPT4(nn.Module):
         """Caption: returns the **new** tokens only, ``[B, T_new]`` (HF generate with ``inputs_embeds``)."""
         embeds = self.embed(pixel_values, ids_before, ids_after)
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-        return self.language_model.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)
+        out = self.language_model.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)
+        return cast("torch.Tensor", out)

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -74,7 +74,7 @@ class MiniGPT4Adapter(VLMAdapter):
 
     # ------------------------------------------------------------------ structure
     def decoder_layers(self, root: Any) -> Sequence[Any]:
-        return root.language_model.model.layers
+        return cast("Sequence[Any]", root.language_model.model.layers)
 
     @property
     def language_model(self) -> nn.Module:
@@ -164,7 +164,7 @@ class MiniGPT4Adapter(VLMAdapter):
                              target_ids=target_ids, target_lengths=lengths)
 
     def logits(self, output: Any) -> torch.Tensor:
-        return output.logits
+        return cast("torch.Tensor", output.logits)
 
     # ------------------------------------------------------------------ captioning
     def generate_call(self, prepared: PreparedBatch, **overrides: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -77,8 +77,8 @@ class Qwen2VLAdapter(PinnedResolutionAdapter):
         return self.grid[0] * self.grid[1] * self.grid[2]
 
     def image_tokens_text(self) -> str:
-        return "<|vision_start|>" + self.tokenizer.convert_ids_to_tokens(self.image_token_id) * self.n_image_tokens \
-            + "<|vision_end|>"
+        token: str = self.tokenizer.convert_ids_to_tokens(self.image_token_id)
+        return "<|vision_start|>" + token * self.n_image_tokens + "<|vision_end|>"
 
     def batch_size_of(self, pixel_values: torch.Tensor) -> int:
         """Qwen's pixels are ``[B * patches_per_image, C * T * p * p]``."""

@@ -44,7 +44,7 @@ import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from kneuron.engine.errors import KneuronError
 
@@ -242,7 +242,7 @@ def parameter_count(model: Any) -> int | None:
     count = sum(p.numel() for p in model.parameters())
     with suppress(AttributeError, TypeError):
         model._kneuron_n_params = count
-    return count
+    return cast("int | None", count)
 
 
 @contextmanager

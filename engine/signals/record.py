@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import nnsight
 import torch
@@ -181,7 +182,8 @@ def reduce_pairs(
         return _reduce(acts, grads, b, top_k, positions, target_logit, target_position)
 
 
-def _reduce(acts, grads, b, top_k, positions, target_logit, target_position) -> PairRecord:  # noqa: ANN001
+def _reduce(acts: Any, grads: Any, b: int, top_k: int, positions: Any, target_logit: Any,
+            target_position: Any) -> PairRecord:
     o_mean, i_mean, d_max, g_max, g_mean = [], [], [], [], []
     top_units, top_o, top_i, top_g = [], [], [], []
     for act, grad in zip(acts, grads, strict=True):

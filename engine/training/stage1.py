@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -231,7 +231,7 @@ class Stage1Objective:
         """Cached features -> projected image tokens ``[B, n_image_tokens, d_model]``."""
         if vit_features:
             features = self.model.connect(features)
-        return self.model.llama_proj(features)
+        return cast("torch.Tensor", self.model.llama_proj(features))
 
     def loss(self, image: torch.Tensor, answers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of ``answers [B, T]`` (``mask`` marks real tokens) given image tokens ``image``."""

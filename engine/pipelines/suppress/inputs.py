@@ -15,7 +15,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 
@@ -39,7 +39,7 @@ def one_run(wh: Warehouse, con: duckdb.DuckDBPyConnection, run_id: str | None) -
     rows = wh.read("runs", run_id=run_id).to_pylist()
     if not rows:
         raise KneuronError(f"run {run_id!r} is not in warehouse {wh.root}")
-    return rows[0]
+    return cast("dict[str, Any]", rows[0])
 
 
 def run_images(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
