@@ -20,7 +20,7 @@ from kneuron.engine.models.base import ImageConnector, PreparedBatch, VLMAdapter
 from kneuron.engine.models.devices import resolve_device
 from kneuron.engine.models.families import BUNDLED, BUNDLED_TESTBEDS
 
-BUNDLED_DIR = Path(__file__).parent / "bundled"
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"  # the real folder, however the package was reached
 DEFAULT_MODEL = "tiny-shapes-qformer"
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
