@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import click
 
+from kneuron.cli.options import warehouse_option
+
 
 @click.command("compact", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
-              help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
+@warehouse_option
 @click.option("--target-rows", type=click.IntRange(min=1), default=None, metavar="N",
               help="Rows per merged file; files this large are kept as they are [default: 2^25].")
 @click.option("--dry-run", is_flag=True, help="Say what would be merged; write nothing.")

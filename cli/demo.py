@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kneuron.cli.options import DEVICE_HELP
+from kneuron.cli.options import DEVICE_HELP, warehouse_option
 from kneuron.engine.models.families import model_help
 
 
@@ -16,8 +16,7 @@ from kneuron.engine.models.families import model_help
 @click.option("--world", "world_dir", type=click.Path(file_okay=False), default=None,
               help="Embedded world folder [default: $KNEURON_WORLD or ./kneuron-world; its test split generated if "
                    "missing].")
-@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False), default=None,
-              help="Warehouse [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
+@warehouse_option
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default="kneuron-report", show_default=True,
               help="Folder the report goes into (not a file).")
 @click.option("--images-per-concept", default=24, show_default=True, help="Identification images per concept.")

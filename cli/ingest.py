@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from kneuron.cli.options import DEVICE_HELP, deprecated_alias
+from kneuron.cli.options import DEVICE_HELP, deprecated_alias, warehouse_option
 from kneuron.engine.models.families import model_help
 
 HELP = """Record, for every (concept, image) pair, the FFN activations of the original image and of the image
@@ -56,8 +56,7 @@ command resumes the run (finished pairs are skipped); a changed option makes a n
 @click.option("--sd-steps", type=click.IntRange(min=1), default=25, show_default=True, help="Denoising steps (sd).")
 @click.option("--save-inpainted", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Also save the inpainted images as DIR/<concept>/<image_id>.png.")
-@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False), default=None,
-              help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
+@warehouse_option
 @click.option("--run", "run_id", default=None, metavar="RUN_ID",
               help="Run id [default: derived from the options, so reruns resume].")
 @deprecated_alias("--run-id", "run_id", "--run")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from kneuron.cli.options import warehouse_option
+
 #: what -> (bundled query, what one row is)
 LISTINGS: dict[str, tuple[str, str]] = {
     "runs": ("list_runs", "run_id, created_at, model_name, concepts, pairs_ok, pairs_skipped"),
@@ -13,8 +15,7 @@ LISTINGS: dict[str, tuple[str, str]] = {
 
 @click.command("ls", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("what", type=click.Choice(list(LISTINGS)))
-@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
-              help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
+@warehouse_option
 @click.option("--run", "run_id", metavar="RUN_ID", help="Only this run [default: every run].")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
               help="table (DuckDB's box drawing, every row), csv, or json (JSON Lines).")

@@ -1,4 +1,5 @@
-"""Click options and input checks shared by the commands that pick a neuron set (`decode`, `heatmap`, `caption`)."""
+"""Click options shared by the commands: ``--warehouse`` (every command that reads or writes one), and the options
+and input checks of the commands that pick a neuron set (`decode`, `heatmap`, `caption`)."""
 from __future__ import annotations
 
 import functools
@@ -7,6 +8,10 @@ from typing import Any
 
 import click
 
+#: ``--warehouse``, the same for every command (a directory, or a URI for the commands that read)
+warehouse_option = click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False), default=None,
+                                help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
+
 
 def neuron_set_options(concept_help: str, set_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--warehouse --run --concept --method --set --neuron``: where the neurons come from.
@@ -14,8 +19,7 @@ def neuron_set_options(concept_help: str, set_help: str) -> Callable[[Callable[.
     The command receives ``set_id`` (from ``--set SET_ID``, or its hidden old spelling ``--set-id``).
     """
     options = [
-        click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
-                     help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse]."),
+        warehouse_option,
         click.option("--run", "run_id", metavar="RUN_ID", help="Run [default: the latest run]."),
         click.option("--concept", metavar="C", help=concept_help),
         click.option("--method", default="two_stage", show_default=True,

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import click
 
-from kneuron.cli.options import DEVICE_HELP, deprecated_alias
+from kneuron.cli.options import DEVICE_HELP, deprecated_alias, warehouse_option
 from kneuron.engine.models.families import model_help
 
 
 @click.command("report", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
-              help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
+@warehouse_option
 @click.option("--run", "run_id", metavar="RUN_ID", help="Run [default: the latest run].")
 @click.option("-o", "--out", "out_dir", default="kneuron-report", show_default=True, type=click.Path(file_okay=False),
               help="Output folder (report.html, report.md, summary.json, figures/).")

@@ -5,10 +5,11 @@ from typing import Any
 
 import click
 
+from kneuron.cli.options import warehouse_option
+
 
 @click.command("select", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
-              help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
+@warehouse_option
 @click.option("--run", "run_id", metavar="RUN_ID", help="Run to select from [default: the latest run].")
 @click.option("--concept", "concepts", multiple=True, metavar="C", help="Concept (repeatable) [default: all].")
 @click.option("--stage1", default="auto", show_default=True, metavar="auto|abs:V|q:Q|top:N",

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from kneuron.cli.options import deprecated_alias
+from kneuron.cli.options import deprecated_alias, warehouse_option
 from kneuron.cli.render import render_csv, render_json, render_table
 from kneuron.engine.errors import KneuronError
 
@@ -64,8 +64,7 @@ def check_output_outside(output: str | None, root: Path) -> None:
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
               help="Bind $NAME (repeatable); VALUE is bound as a number when it reads as one, else as text. "
                    "Parameters not given are NULL (the bundled analyses read NULL as 'all').")
-@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
-              help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
+@warehouse_option
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="table (DuckDB's box drawing), csv, json (JSON Lines) or parquet (needs --out).")
 @click.option("-o", "--out", "output", type=click.Path(dir_okay=False),

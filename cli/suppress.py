@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from kneuron.cli.options import DEVICE_HELP, deprecated_alias
+from kneuron.cli.options import DEVICE_HELP, deprecated_alias, warehouse_option
 
 
 def _budget(value: str | None) -> str | int | None:
@@ -34,8 +34,7 @@ def _write(path: str, text: str) -> None:
 
 
 @click.command("suppress", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
-              help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
+@warehouse_option
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML file: run, concepts, methods, budget, n_other, max_images, seed, [selection] thresholds, "
                    "[metrics], [baselines.<name>] options. Command-line options override it.")

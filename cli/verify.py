@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from kneuron.cli.options import warehouse_option
 from kneuron.cli.render import render_table
 
 EXIT_CLEAN, EXIT_PROBLEMS = 0, 1
@@ -42,8 +43,7 @@ def status_line(report: Any) -> str:
 
 
 @click.command("verify", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--warehouse", "warehouse_path", type=click.Path(file_okay=False),
-              help="Warehouse directory [default: $KNEURON_WAREHOUSE or ./kneuron-warehouse].")
+@warehouse_option
 @click.option("--repair", is_flag=True,
               help="Remove the batches that fail (commit record first, then files), as the single writer; the "
                    "next `kneuron ingest` of their run records their (concept, image) pairs again.")
