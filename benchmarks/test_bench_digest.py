@@ -28,7 +28,7 @@ from benchmarks.test_bench_selection import (
 from kneuron.warehouse.digests import check_digests, sha256_of
 from kneuron.warehouse.manifest import FileRecord
 
-ROUNDS = int(os.environ.get("KNEURON_BENCH_DIGEST_ROUNDS", 3))
+ROUNDS = int(os.environ.get("KNEURON_BENCH_DIGEST_ROUNDS", "3"))
 
 
 @pytest.mark.slow
@@ -64,11 +64,12 @@ def test_bench_digest_check_against_selection(benchmark, tmp_path_factory, monke
     benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
     medians = {name: statistics.median(values) for name, values in times.items()}
     info = {
-        "rows": int(os.environ.get("KNEURON_BENCH_SELECTION_ROWS", 10**8)), "files": len(files),
+        "rows": int(os.environ.get("KNEURON_BENCH_SELECTION_ROWS", str(10**8))), "files": len(files),
         "bytes": sum(p.stat().st_size for p in files), "rounds": ROUNDS, "cpus": os.cpu_count(),
         **{f"{name}_s": value for name, value in medians.items()},
         **{f"{name}_range_s": [min(values), max(values)] for name, values in times.items()},
-        "first_read_over_selection_per_round": [f / s for f, s in zip(times["first_read_check"], times["selection"], strict=True)],
+        "first_read_over_selection_per_round": [f / s for f, s in zip(times["first_read_check"], times["selection"],
+                                                                      strict=True)],
         "first_read_over_selection": medians["first_read_check"] / medians["selection"],
         "later_read_over_selection": medians["later_read_check"] / medians["selection"],
     }

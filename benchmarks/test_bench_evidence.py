@@ -17,8 +17,8 @@ import time
 from kneuron.engine.eval.evidence import evidence_tables
 from kneuron.engine.eval.summary import ImageOutcome, summarize
 
-IMAGES = int(os.environ.get("KNEURON_BENCH_EVIDENCE_IMAGES", 38))
-ROUNDS = int(os.environ.get("KNEURON_BENCH_ROUNDS", 3))
+IMAGES = int(os.environ.get("KNEURON_BENCH_EVIDENCE_IMAGES", "38"))
+ROUNDS = int(os.environ.get("KNEURON_BENCH_ROUNDS", "3"))
 CONCEPTS = ("circle", "cross", "diamond", "heart", "hexagon", "square", "star", "triangle")
 METHODS = ("two_stage", "stage1_only", "stage2_only", "random", "random_layer_matched", "pan", "dai")
 METRICS = ("bleu4", "rougeL")

@@ -35,8 +35,8 @@ from kneuron.engine.interventions.multiset import caption_under_sets
 from kneuron.engine.models.base import VLMAdapter
 from kneuron.engine.signals.neurons import NeuronSet
 
-ROWS = int(os.environ.get("KNEURON_BENCH_MULTISET_ROWS", 64))
-ROUNDS = int(os.environ.get("KNEURON_BENCH_ROUNDS", 3))
+ROWS = int(os.environ.get("KNEURON_BENCH_MULTISET_ROWS", "64"))
+ROUNDS = int(os.environ.get("KNEURON_BENCH_ROUNDS", "3"))
 WORKLOADS = {"tiny": ("tiny-shapes-qformer", 36, (1, 2, 4, 8, 16, 32), 16),
              "smollm2": ("smollm2-shapes-patch", 16, (1, 4, 16, 64), 8)}
 
@@ -94,7 +94,7 @@ def test_multiset_captions_per_second(workload: str, benchmark, tmp_path) -> Non
     from kneuron.engine.models import load_model
 
     torch.set_num_threads(1)
-    n_images = int(os.environ.get("KNEURON_BENCH_MULTISET_IMAGES", n_images))
+    n_images = int(os.environ.get("KNEURON_BENCH_MULTISET_IMAGES", str(n_images)))
     adapter = load_model(name)
     images = world_images(n_images, tmp_path)
     sets = budget_sets(adapter, n_sets, budgets)

@@ -13,7 +13,7 @@ import gc
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from kneuron.engine.errors import KneuronError
 
@@ -51,7 +51,7 @@ def run_interruptible(con: Any, work: Callable[[], T], timeout: float | None = N
         gc.collect()  # frees an interrupted result that would keep the connection busy
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["value"]
+    return cast(T, outcome["value"])
 
 
 def close_when_idle(con: Any, tries: int = 40) -> None:

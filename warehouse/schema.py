@@ -287,14 +287,14 @@ NEURON_ROLLUP = TableSpec(
 # The evidence of one suppression evaluation, written once by `kneuron suppress` when all its captions are in:
 # whether each caption names each object of its image (the concept and the other annotated objects), and the
 # intervals and paired tests of `kneuron.engine.eval.evidence` (``budget``: the n of a ``method@n`` label, else null).
-_EVAL = _f("eval_id", pa.string())
-_BUDGET = _f("budget", pa.int64(), nullable=True)
-_CI = [_f(n, pa.float64(), nullable=True) for n in ("images_low", "images_high", "concepts_low", "concepts_high")]
+_EVAL = _col("eval_id", pa.string())
+_BUDGET = _col("budget", pa.int64(), nullable=True)
+_CI = [_col(n, pa.float64(), nullable=True) for n in ("images_low", "images_high", "concepts_low", "concepts_high")]
 MENTIONS = TableSpec(
     name="mentions",
-    schema=pa.schema([_EVAL, _RUN, _f("set_id", pa.string(), nullable=True), _f("method", pa.string()), _BUDGET,
-                      _CONCEPT, _f("group", pa.string()), _IMAGE, _f("condition", pa.string()),
-                      _f("object", pa.string()), _f("is_concept", pa.bool_()), _f("mentioned", pa.bool_())]),
+    schema=pa.schema([_EVAL, _RUN, _col("set_id", pa.string(), nullable=True), _col("method", pa.string()), _BUDGET,
+                      _CONCEPT, _col("group", pa.string()), _IMAGE, _col("condition", pa.string()),
+                      _col("object", pa.string()), _col("is_concept", pa.bool_()), _col("mentioned", pa.bool_())]),
     partition_by=("run_id", "concept"),
     sort_by=("eval_id", "image_id", "method", "object"),
     enums={"group": ("target", "other"), "condition": ("unmodified", "suppressed")},
@@ -302,32 +302,33 @@ MENTIONS = TableSpec(
 )
 EVIDENCE_INTERVALS = TableSpec(
     name="evidence_intervals",
-    schema=pa.schema([_EVAL, _RUN, _f("method", pa.string()), _BUDGET, _f("group", pa.string()),
-                      _f("measure", pa.string()), _f("reference", pa.string()),
-                      _f("estimate", pa.float64(), nullable=True), *_CI, _f("n_images", pa.int64()),
-                      _f("n_concepts", pa.int64()), _f("n_boot", pa.int64()), _f("seed", pa.int64())]),
+    schema=pa.schema([_EVAL, _RUN, _col("method", pa.string()), _BUDGET, _col("group", pa.string()),
+                      _col("measure", pa.string()), _col("reference", pa.string()),
+                      _col("estimate", pa.float64(), nullable=True), *_CI, _col("n_images", pa.int64()),
+                      _col("n_concepts", pa.int64()), _col("n_boot", pa.int64()), _col("seed", pa.int64())]),
     partition_by=("run_id",),
     sort_by=("eval_id", "method", "budget", "group", "measure"),
     key=("eval_id",),
 )
 EVIDENCE_PAIRED = TableSpec(
     name="evidence_paired",
-    schema=pa.schema([_EVAL, _RUN, _f("method", pa.string()), _f("baseline", pa.string()), _BUDGET,
-                      _f("group", pa.string()), _f("measure", pa.string()), _f("reference", pa.string()),
-                      _f("difference", pa.float64(), nullable=True), *_CI, _f("p_value", pa.float64(), nullable=True),
-                      _f("p_holm", pa.float64(), nullable=True), _f("n_images", pa.int64()),
-                      _f("n_concepts", pa.int64()), _f("n_perm", pa.int64()), _f("seed", pa.int64())]),
+    schema=pa.schema([_EVAL, _RUN, _col("method", pa.string()), _col("baseline", pa.string()), _BUDGET,
+                      _col("group", pa.string()), _col("measure", pa.string()), _col("reference", pa.string()),
+                      _col("difference", pa.float64(), nullable=True), *_CI,
+                      _col("p_value", pa.float64(), nullable=True),
+                      _col("p_holm", pa.float64(), nullable=True), _col("n_images", pa.int64()),
+                      _col("n_concepts", pa.int64()), _col("n_perm", pa.int64()), _col("seed", pa.int64())]),
     partition_by=("run_id",),
     sort_by=("eval_id", "method", "baseline", "budget", "group", "measure"),
     key=("eval_id",),
 )
 EVIDENCE_GAPS = TableSpec(
     name="evidence_gaps",
-    schema=pa.schema([_EVAL, _RUN, _f("method", pa.string()), _f("baseline", pa.string(), nullable=True), _BUDGET,
-                      _f("quantity", pa.string()), _f("estimate", pa.float64(), nullable=True), *_CI,
-                      _f("p_value", pa.float64(), nullable=True), _f("p_holm", pa.float64(), nullable=True),
-                      _f("n_target_images", pa.int64()), _f("n_other_pairs", pa.int64()),
-                      _f("n_concepts", pa.int64()), _f("n_boot", pa.int64()), _f("seed", pa.int64())]),
+    schema=pa.schema([_EVAL, _RUN, _col("method", pa.string()), _col("baseline", pa.string(), nullable=True), _BUDGET,
+                      _col("quantity", pa.string()), _col("estimate", pa.float64(), nullable=True), *_CI,
+                      _col("p_value", pa.float64(), nullable=True), _col("p_holm", pa.float64(), nullable=True),
+                      _col("n_target_images", pa.int64()), _col("n_other_pairs", pa.int64()),
+                      _col("n_concepts", pa.int64()), _col("n_boot", pa.int64()), _col("seed", pa.int64())]),
     partition_by=("run_id",),
     sort_by=("eval_id", "method", "baseline", "quantity", "budget"),
     enums={"quantity": ("gap", "area")},
@@ -338,12 +339,12 @@ EVIDENCE_GAPS = TableSpec(
 ABLATION_MEANS = TableSpec(
     name="ablation_means",
     schema=pa.schema([
-        _f("eval_id", pa.string()),
+        _col("eval_id", pa.string()),
         _RUN,
         _LAYER,
         _UNIT,
-        _f("kind", pa.string()),
-        _f("value", pa.float32()),
+        _col("kind", pa.string()),
+        _col("value", pa.float32()),
     ]),
     partition_by=("run_id",),
     sort_by=("eval_id", "layer", "unit", "kind"),

@@ -51,9 +51,9 @@ from kneuron.warehouse.manifest import (
     remove_record,
     remove_records,
 )
+from kneuron.warehouse.opening import open_warehouse
 from kneuron.warehouse.parents import PARENTS, copies_in, decode_rows
 from kneuron.warehouse.repair_plan import RepairPlan, plan_repair
-from kneuron.warehouse.opening import open_warehouse
 from kneuron.warehouse.schema import TABLES
 from kneuron.warehouse.signals import deferred_signals
 from kneuron.warehouse.store import Warehouse, check_marker, default_warehouse_path
@@ -186,7 +186,7 @@ def _verify(root: Path, records: dict[str, BatchRecord], damaged: dict[str, str]
                         tables=_summaries(records, problems), problems=problems)
 
 
-def _check_file(root: Path, batch_id: str, entry: FileRecord) -> tuple[Problem | None, set[str]]:
+def _check_file(root: Path, batch_id: str, entry: FileRecord) -> tuple[Problem | None, set[str]]:  # noqa: PLR0911 (one return per check, in order)
     """The first problem of one committed file (or None) and the run ids its rows name (empty if unread)."""
     path = root / entry.path
 

@@ -10,6 +10,7 @@ differ.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ class Answer:
 
 
 def number(value: float | None) -> str:
-    return "—" if value is None or value != value else f"{value:+.3f}"
+    return "—" if value is None or math.isnan(value) else f"{value:+.3f}"
 
 
 def interval(row: Mapping[str, Any], prefix: str = "images") -> str:

@@ -10,6 +10,7 @@ one of `kneuron.engine.interventions.multiset.caption_under_sets` (a forward pre
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -19,7 +20,7 @@ from kneuron.engine.signals.neurons import NeuronSet
 
 
 def caption_images(adapter: VLMAdapter, images: Sequence[Image.Image], neurons: NeuronSet | None = None,
-                   batch_size: int = 16, **generate_kwargs) -> Captions:
+                   batch_size: int = 16, **generate_kwargs: Any) -> Captions:
     """Caption ``images`` in batches, with ``neurons`` suppressed; deterministic (greedy). Runs on the torch
     threads `kneuron.engine.runtime.threads.job` gives this model (one for small models unless the user chose a count).
 

@@ -60,7 +60,8 @@ EDIT_FILE = "kneuron_edit.json"
 EDIT_FORMAT = 1
 #: where an LLM folder outside a MiniGPT-4 folder is copied to (inside OUT)
 LLM_COPY = "language_model"
-SPEC_FILE = "kneuron_model.json"  # kneuron.engine.models.minigpt4_adapter.SPEC_FILE (not imported: no model code needed)
+#: kneuron.engine.models.minigpt4_adapter.SPEC_FILE (not imported: no model code needed)
+SPEC_FILE = "kneuron_model.json"
 
 #: safetensors dtype names -> torch dtypes the edit can scale
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,

@@ -105,7 +105,8 @@ def neuron_hits(decoded: Sequence[DecodedNeuron], concept_words: Iterable[str],
     if not words:
         raise KneuronError("concept_hit_rate needs at least one non-empty concept word")
     skip = frozenset(int(i) for i in excluded)
-    return [any(i not in skip and normalise_token(t) in words for i, t in zip(neuron.token_ids, neuron.tokens, strict=True))
+    return [any(i not in skip and normalise_token(t) in words
+                for i, t in zip(neuron.token_ids, neuron.tokens, strict=True))
             for neuron in decoded]
 
 

@@ -68,7 +68,8 @@ def massive_mask(magnitude: np.ndarray, k: float = 10.0) -> np.ndarray:
         return np.zeros(magnitude.shape, dtype=bool)
     q1, q3 = np.quantile(np.log(positive), [0.25, 0.75])
     with np.errstate(divide="ignore"):
-        return above & (np.log(magnitude) > q3 + 3.0 * (q3 - q1))
+        far_out: np.ndarray = above & (np.log(magnitude) > q3 + 3.0 * (q3 - q1))
+    return far_out
 
 
 def caption_change_rate(adapter: VLMAdapter, images: Sequence[Image.Image], units: Iterable[tuple[int, int]],

@@ -59,6 +59,7 @@ set's lift against a random set of the same size, paired on the same images (the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import nnsight
 import numpy as np
@@ -204,7 +205,7 @@ def qformer_patch_map(adapter: VLMAdapter, images: Sequence[Image.Image] | torch
     pixels = adapter.pixel_values(images).to(adapter.device)
     captured: dict[str, torch.Tensor] = {}
 
-    def capture(module, args, output):  # noqa: ANN001
+    def capture(module: Any, args: Any, output: Any) -> None:
         captured["features"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
     handle = connector.vision.register_forward_hook(capture)
@@ -217,7 +218,7 @@ def qformer_patch_map(adapter: VLMAdapter, images: Sequence[Image.Image] | torch
     one_image = pixels[:1].to(_vision_dtype(connector))
 
     def tokens_of(rows: torch.Tensor) -> torch.Tensor:
-        def replace(module, args, output):  # noqa: ANN001
+        def replace(module: Any, args: Any, output: Any) -> Any:
             if hasattr(output, "last_hidden_state"):
                 output.last_hidden_state = rows
                 return output

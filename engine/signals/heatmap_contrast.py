@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,16 +79,17 @@ def raw_heats(adapter: VLMAdapter, images: Sequence[Image.Image], neurons: Neuro
             for g, m, im in zip(grids, mass, images, strict=True)]
 
 
-def other_objects_mask(dataset, image_id: int, concept: str, mask: np.ndarray) -> np.ndarray:  # noqa: ANN001
+def other_objects_mask(dataset: Any, image_id: int, concept: str, mask: np.ndarray) -> np.ndarray:
     """``bool [H, W]``: pixels of the image's other concepts' instances that are not the concept's."""
     out = np.zeros_like(mask, dtype=bool)
     for other in dataset.concepts_in(image_id):
         if other != concept:
             out |= dataset.concept_mask(image_id, other)
-    return out & ~mask
+    others: np.ndarray = out & ~mask
+    return others
 
 
-def heatmap_object_contrast(adapter: VLMAdapter, dataset, image_ids: Sequence[int], concept: str,  # noqa: ANN001
+def heatmap_object_contrast(adapter: VLMAdapter, dataset: Any, image_ids: Sequence[int], concept: str,
                             neurons: Neurons, batch_size: int = 16, n_probes: int = 16, seed: int = 0,
                             value: str = "magnitude") -> tuple[float, list[ImageContrast]]:
     """Is the set's heatmap brighter on the concept's object than elsewhere?
@@ -116,7 +118,7 @@ def share_vs_others(per_image: Sequence[ImageContrast]) -> float:
     return sum(r.brighter_than_others for r in counted) / len(counted) if counted else float("nan")
 
 
-def object_contrasts(adapter: VLMAdapter, dataset, image_ids: Sequence[int], concept: str,  # noqa: ANN001
+def object_contrasts(adapter: VLMAdapter, dataset: Any, image_ids: Sequence[int], concept: str,
                      neuron_sets: Mapping[str, Neurons], batch_size: int = 16, n_probes: int = 16, seed: int = 0,
                      value: str = "magnitude") -> dict[str, tuple[float, list[ImageContrast]]]:
     """`heatmap_object_contrast` of several neuron sets (name -> neurons) on the same images; images, masks

@@ -74,9 +74,9 @@ KINDS: dict[str, tuple[Callable[[Path], None], Callable[[Path], None]]] = {
     "ingest": (built, write([("samples", sample_rows("dog", [7])), ("neuron_stats", neuron_rows("dog", 7, 7))])),
     "select": (built, write(select_parts)),
     "suppress": (built, write(suppress_parts)),
-    "compact": (built, lambda root: compact_warehouse(root)),
-    "repair": (damaged_first, lambda root: repair(root)),
-    "repair-compacted": (damaged_compacted, lambda root: repair(root)),
+    "compact": (built, compact_warehouse),
+    "repair": (damaged_first, repair),
+    "repair-compacted": (damaged_compacted, repair),
 }
 
 

@@ -40,7 +40,8 @@ def kneuron(args: list[str], **kwargs) -> subprocess.CompletedProcess:  # noqa: 
 def test_stdout_on_a_full_device_is_one_line(wh, args) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     with open("/dev/full", "w") as full:
-        done = subprocess.run([sys.executable, "-m", "kneuron.cli.main", *args, "--warehouse", str(wh)], cwd=REPO, env=env,
+        done = subprocess.run([sys.executable, "-m", "kneuron.cli.main", *args, "--warehouse", str(wh)], cwd=REPO,
+                              env=env,
                               stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert done.returncode == EXIT_OUTPUT != 1
     assert done.stderr == "kneuron: error: cannot write the output: No space left on device\n"
@@ -56,7 +57,8 @@ def test_closed_stdout_is_one_line(wh) -> None:
 
 def test_reader_gone_is_quiet(wh) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "kneuron.cli.main", "sql", "--warehouse", str(wh), "SELECT * FROM samples"],
+    proc = subprocess.Popen([sys.executable, "-m", "kneuron.cli.main", "sql", "--warehouse", str(wh),
+                             "SELECT * FROM samples"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # the reader goes away before anything is written

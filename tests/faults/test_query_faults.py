@@ -40,7 +40,8 @@ def test_timeout_stops_a_runaway_query(wh, capsys) -> None:
 
 def test_ctrl_c_stops_a_running_query(wh) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "kneuron.cli.main", "sql", "--warehouse", str(wh), RUNAWAY], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "kneuron.cli.main", "sql", "--warehouse", str(wh), RUNAWAY],
+                            cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(8)  # start-up, then the query runs (it would take hours)
     assert proc.poll() is None

@@ -127,22 +127,23 @@ def run_ingest_ray(config: IngestConfig, options: RayOptions = RayOptions(), log
     remote_config = worker_config(config)
     if options.address not in (None, "auto") and not ray.is_initialized():
         check_reachable(str(options.address))  # before anything is written
-    with warehouse.open_warehouse(config.warehouse, create=True) as wh:  # a second writer fails here, at once
-        # Ray Data's bars and log lines off for the run only (the run logs its own progress)
-        with scoped.environ(RAY_DATA_DISABLE_PROGRESS_BARS="1"), scoped.logger_level("ray.data", logging.ERROR), \
-                ray_session(ray, options.address):
-            resources = ray.cluster_resources()
-            shape = worker_shape(float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), options,
-                                 config.device)
-            head = probe(ray, remote_config, source, start.concepts, start.automatic, shape)
-            plan = plan_run(wh, head, dataset, config, start.note)
-            progress = Progress(plan.pending_pairs, f"{plan.label()} on Ray, {shape.describe()}",
-                                log if (log and config.progress) else (lambda _: None))
-            try:
-                for result in stream(ray, plan, remote_config, source, head, shape):
-                    commit_chunk(wh, plan, result, progress.advance)
-            finally:
-                progress.close()
+    # a second writer fails at the open, at once; Ray Data's bars and log lines are off for the run only (the run
+    # logs its own progress)
+    with warehouse.open_warehouse(config.warehouse, create=True) as wh, \
+            scoped.environ(RAY_DATA_DISABLE_PROGRESS_BARS="1"), scoped.logger_level("ray.data", logging.ERROR), \
+            ray_session(ray, options.address):
+        resources = ray.cluster_resources()
+        shape = worker_shape(float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), options,
+                             config.device)
+        head = probe(ray, remote_config, source, start.concepts, start.automatic, shape)
+        plan = plan_run(wh, head, dataset, config, start.note)
+        progress = Progress(plan.pending_pairs, f"{plan.label()} on Ray, {shape.describe()}",
+                            log if (log and config.progress) else (lambda _: None))
+        try:
+            for result in stream(ray, plan, remote_config, source, head, shape):
+                commit_chunk(wh, plan, result, progress.advance)
+        finally:
+            progress.close()
     return start.finish(plan.summary)
 
 

@@ -6,6 +6,7 @@ Part of `kneuron.engine.pipelines.report.pipeline` (suppression and budget secti
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from kneuron.engine.eval.evidence import Evidence, evidence_tables
@@ -30,7 +31,7 @@ def load_evidence(run: RunReader, eval_id: str, evaluation: StoredEvaluation) ->
 
 def ci(row: dict[str, Any], prefix: str = "images") -> str:
     low, high = row.get(f"{prefix}_low"), row.get(f"{prefix}_high")
-    if low is None or high is None or low != low or high != high:
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
         return "—"
     return f"[{fmt(low)}, {fmt(high)}]"
 

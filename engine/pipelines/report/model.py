@@ -7,6 +7,7 @@ hit-rate tables is the run's stored ``random`` baseline set of each concept; wit
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,8 @@ def contrast_blocks(adapter: Any, dataset: Any, sets: Sets, concepts: list[str],
 
     methods = methods_of(sets, concepts, config.method)
     section.blocks.append(Text(
-        f"Heatmap lift (`kneuron.engine.signals.heatmap.object_lift`, heat = {config.heat_value} of the activations) over up to "
+        f"Heatmap lift (`kneuron.engine.signals.heatmap.object_lift`, heat = {config.heat_value} of the activations) "
+        "over up to "
         f"{config.contrast_images} evaluation images per concept: the relative contrast (mean inside the concept's "
         "mask minus mean outside, over the image mean) of the set's raw heat, minus that of the token -> patch "
         "map's own mass. 0 = the set's heat sits on the object no more than any set firing equally at every "
@@ -160,7 +162,7 @@ def contrast_blocks(adapter: Any, dataset: Any, sets: Sets, concepts: list[str],
 
 def ci(row: dict[str, Any], prefix: str = "images") -> str:
     low, high = row.get(f"{prefix}_low"), row.get(f"{prefix}_high")
-    if low is None or high is None or low != low or high != high:
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
         return "[—]"
     return f"[{fmt(low)}, {fmt(high)}]"
 

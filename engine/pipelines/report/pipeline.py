@@ -35,8 +35,8 @@ from typing import Any
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.eval.budget import split_label
 from kneuron.engine.pipelines.report.budget import budget_section
-from kneuron.engine.pipelines.report.evidence import interval_blocks, load_evidence
 from kneuron.engine.pipelines.report.config import ReportConfig
+from kneuron.engine.pipelines.report.evidence import interval_blocks, load_evidence
 from kneuron.engine.pipelines.report.model import model_sections
 from kneuron.engine.pipelines.run import RunReader
 from kneuron.engine.pipelines.sets import StoredSet

@@ -14,9 +14,11 @@ def test_pooled_interval_equals_a_loop_reference() -> None:
     assert got["estimate"] == pytest.approx(5 / 12) and (got["n"], got["n_concepts"]) == (12, 3)
     flat = [x for v in hits.values() for x in v]
     codes = [i for i, v in enumerate(hits.values()) for _ in v]
-    items = [sum(w * x for w, x in zip(row, flat, strict=True)) / sum(row) for row in image_draws(np.array(codes), 300, 4)]
+    items = [sum(w * x for w, x in zip(row, flat, strict=True)) / sum(row)
+             for row in image_draws(np.array(codes), 300, 4)]
     groups = list(hits.values())
-    concepts = [sum(k * sum(g) for k, g in zip(row, groups, strict=True)) / sum(k * len(g) for k, g in zip(row, groups, strict=True))
+    concepts = [sum(k * sum(g) for k, g in zip(row, groups, strict=True))
+                / sum(k * len(g) for k, g in zip(row, groups, strict=True))
                 for row in concept_draws(3, 300, 4)]
     assert got["images_low"] == pytest.approx(np.quantile(items, 0.025))
     assert got["concepts_high"] == pytest.approx(np.quantile(concepts, 0.975))

@@ -76,7 +76,7 @@ def teacher_forced(adapter, images, captions):  # noqa: ANN001
         prepared = adapter.prepare([image], targets=[ids] if ids else None)
         store: dict[int, torch.Tensor] = {}
 
-        def grab(layer: int):  # noqa: ANN202
+        def grab(layer: int, store: dict[int, torch.Tensor] = store):  # noqa: ANN202
             def hook(module, args):  # noqa: ANN001
                 store[layer] = args[0][0].detach().float()
             return hook
