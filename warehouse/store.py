@@ -1,4 +1,5 @@
-"""The warehouse on disk: open or create it, write atomic batches as the single writer, read what is committed.
+"""The warehouse on disk (one job: the directory handle: open or create it, write atomic batches as the single
+writer, read what is committed).
 
     with Warehouse.open(path, create=True) as wh:          # writer: takes the lock, collects garbage
         with wh.batch() as b:                              # one unit of work

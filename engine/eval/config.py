@@ -20,12 +20,11 @@ import tomllib
 
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.eval.metrics import METRICS, MetricConfig
+from kneuron.engine.interventions import ABLATIONS
 
 logger = logging.getLogger(__name__)
 
 REFERENCE_METHOD = "two_stage"
-#: ablation modes (`kneuron.engine.interventions.ablation`): what a suppressed unit's activation is replaced with
-ABLATIONS: tuple[str, ...] = ("zero", "mean", "resample")
 DEFAULT_METHODS: tuple[str, ...] = ("two_stage", "stage1_only", "stage2_only", "random", "random_layer_matched",
                                     "pan", "dai")
 SAME_AS_REFERENCE = "same_as:two_stage"

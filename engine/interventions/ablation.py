@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from kneuron.engine.errors import KneuronError
-from kneuron.engine.eval.config import ABLATIONS
+from kneuron.engine.interventions import ABLATIONS
 from kneuron.engine.models.base import VLMAdapter
 
 #: position kinds of the mean ablation, in the order of `ActivationReference.means`' second axis

@@ -1,4 +1,5 @@
-"""Permanent edits of a neuron set: erase (``W_down[:, i] = 0``) or scale (``W_down[:, i] *= s``) the output
+"""Permanent edits of a neuron set (one job: a model folder with the set edited, for every folder kind): erase
+(``W_down[:, i] = 0``) or scale (``W_down[:, i] *= s``) the output
 columns of FFN units ``(layer, i)`` in ``mlp.down_proj`` and write the result as a new model folder.
 
     result = edit_model("tiny-shapes-qformer", "erased", [(1, 7), (2, 5)], scale=0.0)
