@@ -80,12 +80,24 @@ def _write(path: str, text: str) -> None:
               help="Write the results tables as Markdown.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress lines on stderr (at most one every 30 s while captioning).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: caption in this process; ray: an actor pool of captioners on a Ray cluster (the "
+                   "plan, scores and writes stay here; the same tables).")
+@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
+              help="Ray cluster to join (--engine ray) [default: start a local Ray instance].")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Captioner actors (--engine ray); each loads the model once.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
+              help="GPUs per captioner (--engine ray) [default: 1 when the cluster has GPUs].")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="CPUs per captioner (--engine ray) [default: the cluster's CPUs / --workers, at most 1].")
 def command(warehouse_path: str | None, config_path: str | None, run_id: str | None, concepts: tuple[str, ...],
             methods: tuple[str, ...], set_ids: tuple[str, ...], budget: str | None, budgets: str | None,
             max_images: int | None, fragility_images: int | None,
             batch_size: int | None, ablation: str | None, reference_images: int | None,
             rows_per_generate: int | None, edited_model: str | None, device: str | None, eval_id: str | None,
-            csv_path: str | None, markdown_path: str | None, progress: bool) -> None:
+            csv_path: str | None, markdown_path: str | None, progress: bool, engine: str, ray_address: str | None,
+            workers: int, gpus_per_worker: float | None, cpus_per_worker: float | None) -> None:
     """Caption evaluation images with each neuron set suppressed and compare methods.
 
     For every concept k with a two_stage set N_k (its current set, or the one given by --set; the log names
@@ -116,7 +128,8 @@ def command(warehouse_path: str | None, config_path: str | None, run_id: str | N
     if edited_model and not methods and "methods" not in _config_keys(config_path):
         overrides["methods"] = (EDITED_METHOD,)
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    result = suppress(warehouse_path, config=config, progress=progress)
+    result = suppress(warehouse_path, config=config, progress=progress, engine=engine, ray_address=ray_address,
+                      workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
     ablation_note = "" if config.ablation == "zero" else f"; {config.ablation} ablation"
     title = (f"Suppression evaluation {result.eval_id} (run {result.run_id}; {len(result.concepts)} concept(s)"
              f"{ablation_note}; mean over concepts)")

@@ -169,6 +169,8 @@ def suppress(wh: Where = None, *, run: str | None = None, methods: Sequence[str]
              budgets: Sequence[int] | str | None = None, concepts: Sequence[str] | None = None,
              sets: Sequence[str] | None = None, images_per_concept: int | None = None,
              config: str | os.PathLike[str] | Any = None, progress: bool = True, adapter: Any = None,
+             engine: str = "local", ray_address: str | None = None, workers: int = 1,
+             gpus_per_worker: float | None = None, cpus_per_worker: float | None = None,
              **options: Any) -> EvalResult:
     """Suppression evaluation of the run's current two-stage sets (or ``sets``) against baselines
     (`kneuron suppress`); the result has ``eval_id``, ``summary`` (every measure) and ``tables()``.
@@ -176,7 +178,10 @@ def suppress(wh: Where = None, *, run: str | None = None, methods: Sequence[str]
     methods: two_stage, stage1_only, stage2_only, random, ... (default: the config's). budgets: budget curves
     (a list, or text ``"1,2,4"``). images_per_concept: at most this many target images per concept. config: a
     TOML file or an `kneuron.engine.eval.config.EvalConfig`; ``options`` and the named arguments override it (any
-    `EvalConfig` field: ``budget``, ``metrics``, ``device``, ``seed``, ``eval_id``, ``edited_model``, ...).
+    `EvalConfig` field: ``budget``, ``metrics``, ``device``, ``seed``, ``eval_id``, ``edited_model``,
+    ``ablation``, ...). engine: ``local``, or ``ray`` (captions made by ``workers`` captioner actors on the Ray
+    cluster at ``ray_address``, with ``gpus_per_worker``/``cpus_per_worker``; the same tables). adapter: an
+    already loaded model (local engine) instead of the run's.
     """
     from kneuron.engine.eval.budget import parse_budgets
     from kneuron.engine.eval.config import EvalConfig, load_config
@@ -202,8 +207,21 @@ def suppress(wh: Where = None, *, run: str | None = None, methods: Sequence[str]
         "budgets": None if budgets is None else tuple(budgets), "max_images": images_per_concept, **options}
     merged = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     merged.validate()
-    return run_evaluation(merged, handle.location, adapter=adapter, progress=progress,
-                          log=_logger("kneuron.engine.pipelines.suppress.pipeline"))
+    log = _logger("kneuron.engine.pipelines.suppress.pipeline")
+    if engine == "ray":
+        from kneuron.engine.pipelines.ray_cluster import RayOptions
+        from kneuron.engine.pipelines.suppress.ray import run_evaluation_ray
+
+        if adapter is not None:
+            raise KneuronError("suppress: adapter= needs engine='local' (each Ray captioner loads the model)")
+        ray = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
+                         cpus_per_worker=cpus_per_worker)
+        return run_evaluation_ray(merged, handle.location, ray, progress=progress, log=log)
+    if engine != "local":
+        raise KneuronError(f"suppress: engine must be 'local' or 'ray', got {engine!r}")
+    if ray_address is not None or workers != 1 or gpus_per_worker is not None or cpus_per_worker is not None:
+        raise KneuronError("--ray-address, --workers, --gpus-per-worker and --cpus-per-worker need --engine ray")
+    return run_evaluation(merged, handle.location, adapter=adapter, progress=progress, log=log)
 
 
 # ---------------------------------------------------------------------------------------------------- report

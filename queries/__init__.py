@@ -145,12 +145,12 @@ def connect(root: Any = None, read_only: bool = True) -> duckdb.DuckDBPyConnecti
 #: connection without the signal tables gets current_sets alone)
 VIEW_NEEDS = {"current_sets": ("neuron_sets", "set_choices"), "neuron_means": ("neuron_stats", "samples", "splits")}
 
-#: storage views `neuron_means` reads (`kneuron.warehouse.connect` makes them); a connection built by hand over a
-#: neuron_stats view gets these stand-ins: no rollup, every image row
+#: storage views `neuron_means` and ``massive_units.sql`` read (`kneuron.warehouse.connect` makes them); a connection
+#: built by hand over a neuron_stats view gets these stand-ins: no rollup, every image row
 _NO_ROLLUP = ("SELECT CAST(NULL AS VARCHAR) AS run_id, CAST(NULL AS VARCHAR) AS concept, CAST(NULL AS SMALLINT) AS "
               "layer, CAST(NULL AS SMALLINT) AS unit, CAST(NULL AS INTEGER) AS n_images, CAST(NULL AS DOUBLE) AS "
               "sum_d_max, CAST(NULL AS DOUBLE) AS sum_d_mean, CAST(NULL AS DOUBLE) AS sum_g_max, "
-              "CAST(NULL AS DOUBLE) AS sum_g_mean WHERE false")
+              "CAST(NULL AS DOUBLE) AS sum_g_mean, CAST(NULL AS DOUBLE) AS sum_abs_o_mean WHERE false")
 ROLLUP_STAND_INS = {"neuron_rollup_summed": _NO_ROLLUP, "neuron_rollup_parts": _NO_ROLLUP,
                     "neuron_stats_unrolled": "SELECT * FROM neuron_stats"}
 

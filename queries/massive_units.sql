@@ -14,6 +14,11 @@
 --   tail of a skewed distribution (2% of a tiny model's units at k = 10); (2) is scale-free and keeps only
 --   units far outside the bulk, a handful or none. k = 10 (an order of magnitude above the typical unit) was
 --   fixed before any evaluation; both read only identification images.
+-- Read like the selection reads its means: a (run, concept) whose rollup is complete and carries the |o_mean|
+--   sums (neuron_rollup.sum_abs_o_mean: written by ingest and compaction) is summed from the rollup, every other
+--   one (no rollup yet; a rollup file from before that column, where it is null) from its image rows. The rollup
+--   sums every neuron_stats row of its batch, which ingest writes only for ok identification images, so both
+--   give the same sums (exact: float16 values), hence the same rows as averaging the image rows.
 -- Columns: run_id, model_name, layer, unit, magnitude, median_magnitude, ratio (magnitude / median),
 --   n_pairs; ordered by run, ratio descending, layer, unit.
 WITH ident AS (
@@ -24,12 +29,41 @@ WITH ident AS (
                       WHERE e.run_id = samples.run_id AND e.split = 'eval'
                         AND e.concept = samples.concept AND e.image_id = samples.image_id)
 ),
-magnitude AS (
-    SELECT s.run_id, s.layer, s.unit, avg(abs(CAST(s.o_mean AS DOUBLE))) AS magnitude, count(*) AS n_pairs
+rolled AS (
+    SELECT run_id, concept, layer, unit, CAST(n_images AS BIGINT) AS n, sum_abs_o_mean AS s
+    FROM neuron_rollup_summed WHERE $run_id IS NULL OR run_id = $run_id
+    UNION ALL
+    SELECT run_id, concept, layer, unit, CAST(n_images AS BIGINT) AS n, sum_abs_o_mean AS s
+    FROM neuron_rollup_parts WHERE $run_id IS NULL OR run_id = $run_id
+),
+without_sums AS (  -- complete rollups written before sum_abs_o_mean existed: read their image rows
+    SELECT DISTINCT run_id, concept FROM rolled WHERE s IS NULL
+),
+from_rollup AS (
+    SELECT r.run_id, r.layer, r.unit, sum(r.s) AS s, sum(r.n) AS n
+    FROM rolled AS r
+    ANTI JOIN without_sums AS w ON w.run_id = r.run_id AND w.concept = r.concept
+    GROUP BY r.run_id, r.layer, r.unit
+),
+image_rows AS (
+    SELECT run_id, concept, image_id, layer, unit, o_mean
+    FROM neuron_stats_unrolled WHERE $run_id IS NULL OR run_id = $run_id
+    UNION ALL
+    SELECT s.run_id, s.concept, s.image_id, s.layer, s.unit, s.o_mean
     FROM neuron_stats AS s
-    SEMI JOIN ident AS i ON i.run_id = s.run_id AND i.concept = s.concept AND i.image_id = s.image_id
+    SEMI JOIN without_sums AS w ON w.run_id = s.run_id AND w.concept = s.concept
     WHERE $run_id IS NULL OR s.run_id = $run_id
+),
+from_rows AS (
+    SELECT s.run_id, s.layer, s.unit, sum(abs(CAST(s.o_mean AS DOUBLE))) AS s, count(*) AS n
+    FROM image_rows AS s
+    SEMI JOIN ident AS i ON i.run_id = s.run_id AND i.concept = s.concept AND i.image_id = s.image_id
     GROUP BY s.run_id, s.layer, s.unit
+),
+magnitude AS (
+    SELECT run_id, layer, unit, sum(s) / sum(n) AS magnitude, CAST(sum(n) AS BIGINT) AS n_pairs
+    FROM (SELECT * FROM from_rollup UNION ALL SELECT * FROM from_rows)
+    GROUP BY run_id, layer, unit
 ),
 typical AS (
     SELECT run_id, median(magnitude) AS median_magnitude,

@@ -274,11 +274,13 @@ def latest_run(con: duckdb.DuckDBPyConnection) -> str:
 
 def query_params(config: SelectionConfig, run_id: str, concepts: list[str] | tuple[str, ...],
                  stage1: ThresholdSpec, stage2: ThresholdSpec, specific: SpecificSpec | None = None,
-                 scope: str = "final", excluded: Sequence[tuple[int, int]] = ()) -> dict[str, Any]:
+                 scope: str = "final", excluded: Sequence[tuple[int, int]] = (),
+                 keep_all: bool = False) -> dict[str, Any]:
     """The bound parameters of ``two_stage.sql``.
 
     specific / scope: the specificity filter S_k and where it applies (``final``: N_k ∩ S_k; ``pool``: the
     stage-2 pool is C_k ∩ S_k); None = off. excluded: ``(layer, unit)`` pairs taken out of every pool.
+    keep_all (scope ``final``): return all of N_k, the rows outside S_k with ``specific`` FALSE (one pass for both).
     """
     if scope not in SPECIFIC_SCOPES:
         raise KneuronError(f"unknown specificity scope {scope!r}; expected one of {', '.join(SPECIFIC_SCOPES)}")
@@ -295,6 +297,7 @@ def query_params(config: SelectionConfig, run_id: str, concepts: list[str] | tup
         "s_stage": "g" if specific is None else specific.stage,
         "s_ratio": 1.0 if specific is None else float(specific.ratio),
         "s_scope": scope,
+        "s_keep_all": bool(keep_all),
         "x_layers": [int(layer) for layer, _ in excluded],
         "x_units": [int(unit) for _, unit in excluded],
     }
@@ -319,17 +322,21 @@ def run_selection(con: duckdb.DuckDBPyConnection, config: SelectionConfig = Sele
     run_id = config.run_id if config.run_id is not None else latest_run(con)
     created_at = dt.datetime.now(dt.timezone.utc)
     excluded = massive_units(con, run_id, config.exclude_massive) if config.exclude_massive is not None else []
+    # with --specific, one pass gives N_k and N_k ∩ S_k (the stages of a concept do not depend on the others)
     rows = queries.run(con, "two_stage", query_params(config, run_id, config.concepts, config.stage1, config.stage2,
-                                                      excluded=excluded))
+                                                      config.specific, "final", excluded,
+                                                      keep_all=config.specific is not None))
     _check_concepts(run_id, config.concepts, rows)
     if rows.num_rows == 0:
         raise KneuronError(f"no neuron_stats of ok images in run {run_id!r}")
+    groups = _by_concept(rows)
 
     tables: list[pa.Table] = []
     summaries: list[dict[str, Any]] = []
     two_stage_ids: dict[str, str] = {}
     sizes: dict[str, int] = {}
-    for concept, group in _by_concept(rows):
+    for concept, both in groups:
+        group = _all_of_n(both) if config.specific is not None else both
         params = {**config.common_params(), "stage1": config.stage1.describe(concept),
                   "stage2": config.stage2.describe(concept), "stage2_pool": config.stage2_pool}
         set_id = set_id_of(run_id, concept, "two_stage", params)
@@ -339,9 +346,8 @@ def run_selection(con: duckdb.DuckDBPyConnection, config: SelectionConfig = Sele
         summaries.append(_summary_row(concept, "two_stage", set_id, group))
 
     if config.specific is not None:
-        specific = queries.run(con, "two_stage", query_params(config, run_id, config.concepts, config.stage1,
-                                                              config.stage2, config.specific, "final", excluded))
-        for concept, group in _by_concept(specific):
+        for concept, both in groups:
+            group = _specific_of(both)
             params = {**config.common_params(), "stage1": config.stage1.describe(concept),
                       "stage2": config.stage2.describe(concept), "stage2_pool": config.stage2_pool,
                       "specific": config.specific.describe()}
@@ -393,12 +399,24 @@ def _by_concept(rows: pa.Table) -> list[tuple[str, dict[str, Any]]]:
         if group is None:
             group = {key: data[key][i] for key in ("n_images", "n_neurons", "n_candidates", "n_selected",
                                                    "n_specific", "threshold_a", "threshold_g")}
-            group.update(layer=[], unit=[], score=[])
+            group.update(layer=[], unit=[], score=[], specific=[])
             out[concept] = group
         if data["layer"][i] is not None:
-            for key in ("layer", "unit", "score"):
+            for key in ("layer", "unit", "score", "specific"):
                 group[key].append(data[key][i])
     return sorted(out.items())
+
+
+def _all_of_n(group: dict[str, Any]) -> dict[str, Any]:
+    """The plain two-stage N_k of a one-pass group (``keep_all``): every row, counted, no specificity."""
+    return {**group, "n_selected": len(group["layer"]), "n_specific": group["n_candidates"]}
+
+
+def _specific_of(group: dict[str, Any]) -> dict[str, Any]:
+    """N_k ∩ S_k of a one-pass group (``keep_all``): the rows flagged specific."""
+    keep = [i for i, flag in enumerate(group["specific"]) if flag]
+    return {**group, **{key: [group[key][i] for i in keep] for key in ("layer", "unit", "score", "specific")},
+            "n_selected": len(keep)}
 
 
 def set_rows(run_id: str, concept: str, method: str, set_id: str, params: Mapping[str, Any],

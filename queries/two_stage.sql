@@ -8,7 +8,9 @@
 -- rollup written at ingest, summed; exact float64 sums), so no image row is scanned; 'share' reads the rows.
 -- Returns one row per selected neuron, plus one row with layer/unit NULL for a concept whose set is empty:
 --   concept, n_images, n_neurons, threshold_a, threshold_g, n_candidates, n_selected, n_specific,
---   layer, unit, score, score_a, score_g
+--   layer, unit, score, score_a, score_g, specific
+-- ($s_keep_all with $s_scope = 'final': also the neurons of N_k outside S_k, with specific = FALSE, so one pass
+-- gives N_k and N_k ∩ S_k; n_selected stays |N_k ∩ S_k|. Otherwise every row has specific = TRUE.)
 -- (score = score_g, or score_a when stage 2 is 'none'; thresholds are the values actually applied).
 --
 -- Definitions, for concept k of run $run_id and neuron (l, i):
@@ -424,9 +426,10 @@ g_passed AS (
 ),
 final_set AS (
     SELECT concept, layer, unit, score_a, score_g,
-           CASE WHEN $g_kind = 'none' THEN score_a ELSE score_g END AS score
+           CASE WHEN $g_kind = 'none' THEN score_a ELSE score_g END AS score,
+           (in_s OR $s_scope <> 'final') AS specific
     FROM g_passed
-    WHERE in_c AND in_n AND (in_s OR $s_scope <> 'final')
+    WHERE in_c AND in_n AND (in_s OR $s_scope <> 'final' OR $s_keep_all)
 ),
 -- |C_k| and |C_k ∩ S_k|: every neuron when stage 1 is off and S_k too; else g_pool holds every candidate unless
 -- S_k restricts the pool, and counting there (a table of the candidates, or of every neuron with $g_pool = 'all')
@@ -444,7 +447,7 @@ counts AS (
 summary AS (
     SELECT c.concept, i.name, c.n_images, c.n_neurons, ta.t AS threshold_a, tg.t AS threshold_g,
            COALESCE(k.n_candidates, 0) AS n_candidates,
-           (SELECT count(*) FROM final_set AS f WHERE f.concept = c.concept) AS n_selected,
+           (SELECT count(*) FROM final_set AS f WHERE f.concept = c.concept AND f.specific) AS n_selected,
            COALESCE(k.n_specific, 0) AS n_specific
     FROM concepts AS c
     LEFT JOIN counts AS k ON k.concept = c.concept
@@ -454,7 +457,7 @@ summary AS (
     WHERE len(CAST($concepts AS VARCHAR[])) = 0 OR i.name IN (SELECT concept FROM selected_concepts)
 )
 SELECT s.name AS concept, s.n_images, s.n_neurons, s.threshold_a, s.threshold_g, s.n_candidates, s.n_selected,
-       s.n_specific, f.layer, f.unit, f.score, f.score_a, f.score_g
+       s.n_specific, f.layer, f.unit, f.score, f.score_a, f.score_g, f.specific
 FROM summary AS s
 LEFT JOIN final_set AS f ON f.concept = s.concept
 ORDER BY s.name, f.layer, f.unit

@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("engine", "cli", "queries", "warehouse")  # repo folders, installed as kneuron.<name>
-SHARED_PIPELINES = {"sets", "run"}
+SHARED_PIPELINES = {"sets", "run", "ray_cluster"}
 STEPS = ("ingest", "select", "suppress", "report")
 PIPELINES = "kneuron.engine.pipelines"
 

@@ -10,6 +10,9 @@ as the ``neuron_stats`` view computes it, every value widened to float64. Every 
 float32 difference of two of them, is an integer multiple of 2^-24 below 2^17 in magnitude, so these float64
 sums are exact (whatever the order of addition) for up to 4096 images per (run, concept); a mean taken from
 them is the one DuckDB computes from the image rows, to the last bit.
+``sum_abs_o_mean`` (the sum of |o_mean|, which ``queries/massive_units.sql`` averages over every concept of a
+run) is exact in the same way while the run's total stays below 2^29. Rollup files written before that column
+existed read it as null; merging them gives null, and readers then take |o_mean| from the image rows.
 
 A (run, concept) partition's rollup is *complete* when every committed batch that holds ``neuron_stats`` rows
 of it also holds its ``neuron_rollup`` rows (ingest writes both in one batch; `kneuron.warehouse.compact` keeps or
@@ -33,7 +36,7 @@ from kneuron.warehouse.manifest import BatchRecord, FileRecord
 from kneuron.warehouse.schema import conform
 
 KEY = ["run_id", "concept", "layer", "unit"]
-VALUES = ("d_max", "d_mean", "g_max", "g_mean")
+VALUES = ("d_max", "d_mean", "g_max", "g_mean", "abs_o_mean")
 
 
 def rollup_rows(stats: pa.Table | pa.RecordBatch) -> pa.Table:
@@ -54,6 +57,7 @@ def rollup_rows(stats: pa.Table | pa.RecordBatch) -> pa.Table:
     columns["d_mean"] = pc.subtract(widened("o_mean"), widened("i_mean")).cast(pa.float64())
     columns["g_max"] = widened("g_max").cast(pa.float64())
     columns["g_mean"] = widened("g_mean").cast(pa.float64())
+    columns["abs_o_mean"] = pc.abs(widened("o_mean")).cast(pa.float64())
     summed = pa.table(columns).group_by(KEY).aggregate(
         [(name, "sum") for name in VALUES] + [("d_max", "count", pc.CountOptions(mode="all"))])
     return _finish(summed, "d_max_count", {f"{name}_sum": f"sum_{name}" for name in VALUES})
@@ -86,7 +90,7 @@ def _image_blocks(rows: pa.Table) -> pa.Table | None:
         return cast("np.ndarray", rows.column(column).to_numpy().astype(np.float32).reshape(m, k))
 
     sums = {"d_max": values("d_max"), "d_mean": values("o_mean") - values("i_mean"), "g_max": values("g_max"),
-            "g_mean": values("g_mean")}
+            "g_mean": values("g_mean"), "abs_o_mean": np.abs(values("o_mean"))}
     data: dict[str, object] = {
         "run_id": pa.repeat(heads["run_id"], k), "concept": pa.repeat(heads["concept"], k),
         "layer": first_l, "unit": first_u, "n_images": np.full(k, m, dtype=np.int32)}
@@ -100,8 +104,9 @@ def merge_rollups(parts: Iterable[pa.Table]) -> pa.Table:
     if not tables:
         return conform("neuron_rollup", {name: [] for name in ("run_id", "concept", "layer", "unit", "n_images",
                                                                 *(f"sum_{v}" for v in VALUES))})
+    strict = pc.ScalarAggregateOptions(skip_nulls=False)  # a part without a sum (an older file): no sum
     summed = pa.concat_tables(tables).group_by(KEY).aggregate(
-        [("n_images", "sum")] + [(f"sum_{name}", "sum") for name in VALUES])
+        [("n_images", "sum")] + [(f"sum_{name}", "sum", strict) for name in VALUES])
     return _finish(summed, "n_images_sum", {f"sum_{name}_sum": f"sum_{name}" for name in VALUES})
 
 

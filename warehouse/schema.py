@@ -262,8 +262,9 @@ SET_CHOICES = TableSpec(
 )
 
 # Per batch, per (run, concept, layer, unit): the number of images of the batch's neuron_stats rows and the sums
-# of their (float16-stored) d_max, d_mean, g_max, g_mean, added up in float64 — exact for up to 4096 images per
-# concept, since every float16 value (and every FLOAT d_mean of two of them) is a multiple of 2^-24 below 2^17.
+# of their (float16-stored) d_max, d_mean, g_max, g_mean (and |o_mean|), added up in float64 — exact for up to
+# 4096 images per concept, since every float16 value (and every FLOAT d_mean of two of them) is a multiple of
+# 2^-24 below 2^17.
 # Written in the same batch as the neuron_stats rows it sums; summing it over batches gives the per-neuron means
 # without reading the per-image rows (`kneuron.warehouse.rollup`).
 NEURON_ROLLUP = TableSpec(
@@ -278,6 +279,7 @@ NEURON_ROLLUP = TableSpec(
         _col("sum_d_mean", pa.float64()),
         _col("sum_g_max", pa.float64()),
         _col("sum_g_mean", pa.float64()),
+        _col("sum_abs_o_mean", pa.float64(), nullable=True),  # sum of |o_mean| (massive units); null: older file
     ]),
     partition_by=("run_id", "concept"),
     sort_by=("layer", "unit"),
@@ -350,6 +352,10 @@ ABLATION_MEANS = TableSpec(
     sort_by=("eval_id", "layer", "unit", "kind"),
     enums={"kind": ("image", "prompt", "generated")},
 )
+
+# Nullable columns appended to a table after warehouses were written with it: files written before lack them,
+# and every reader (DuckDB views, `conform`, compaction) sees null there.
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"neuron_rollup": ("sum_abs_o_mean",)}
 
 TABLES: dict[str, TableSpec] = {
     spec.name: spec

@@ -4,7 +4,7 @@ Shared by `kneuron.warehouse.connect` (local files) and `kneuron.warehouse.remot
 """
 from __future__ import annotations
 
-from kneuron.warehouse.schema import VIEW_EXTRA_COLUMNS, TableSpec, duckdb_type
+from kneuron.warehouse.schema import ADDED_COLUMNS, VIEW_EXTRA_COLUMNS, TableSpec, duckdb_type
 
 
 def identifier(name: str) -> str:
@@ -48,6 +48,11 @@ def view_sql(spec: TableSpec, files: list[str], name: str | None = None, relatio
                 f"{', '.join(identifier(k) for k in spec.key)} ORDER BY ({identifier(column)} = {literal(value)}), "
                 f"list_position({file_list}, _kneuron_file) DESC, file_row_number DESC) = 1)"
             )
+        elif ADDED_COLUMNS.get(spec.name):  # files from before a column was added lack it: null there
+            typed_nulls = ", ".join(
+                f"CAST(NULL AS {duckdb_type(f.type)}) AS {identifier(f.name)}" for f in spec.schema)
+            source = (f"(SELECT {typed_nulls} WHERE false UNION ALL BY NAME SELECT * FROM read_parquet({file_list}, "
+                      "hive_partitioning = true, hive_types_autocast = false, union_by_name = true))")
         else:
             source = f"read_parquet({file_list}, hive_partitioning = true, hive_types_autocast = false)"
     else:

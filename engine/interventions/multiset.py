@@ -148,12 +148,16 @@ def _generate_rows(adapter: VLMAdapter, prepared: PreparedBatch, row_images: lis
 
 def caption_under_sets(adapter: VLMAdapter, images: Sequence[Image.Image], sets: Sequence[NeuronSet | None],
                        ablation: Ablation | None = None, rows_per_generate: int = 64,
-                       on_rows: Callable[[int], None] | None = None, **generate_kwargs: Any) -> list[Captions]:
+                       on_rows: Callable[[int], None] | None = None, first_image: int = 0,
+                       **generate_kwargs: Any) -> list[Captions]:
     """Captions of ``images`` under each of ``sets`` (None or empty: the plain model), one `Captions` per set.
 
     Rows are (set, image) in set-major order, captioned ``rows_per_generate`` at a time; greedy and
     deterministic; token for token what each set gives alone. ``on_rows(n)`` is called after each generate
-    with its number of rows (progress). `KneuronError` for a neuron outside the model, before any captioning.
+    with its number of rows (progress). ``first_image``: the index of ``images[0]`` in a longer list that is
+    captioned piece by piece (resample draws each image's donor from its index, so a piece starting at
+    ``first_image`` gets the donors the whole list gives it). `KneuronError` for a neuron outside the model,
+    before any captioning.
     """
     ablation = ablation or Ablation()
     if rows_per_generate < 1:
@@ -162,7 +166,9 @@ def caption_under_sets(adapter: VLMAdapter, images: Sequence[Image.Image], sets:
     for s in sets:
         check_neurons(adapter, s or {})
         clean.append({layer: list(units) for layer, units in (s or {}).items() if len(units)})
-    donor_of = (donors(len(images), int(ablation.reference.prompt.shape[0]), ablation.seed)
+    if first_image < 0:
+        raise KneuronError(f"first_image must be >= 0, got {first_image}")
+    donor_of = (donors(first_image + len(images), int(ablation.reference.prompt.shape[0]), ablation.seed)[first_image:]
                 if ablation.mode == "resample" and ablation.reference is not None else None)
     rows = [(k, i) for k in range(len(clean)) for i in range(len(images))]
     everything = _Gathered.of(adapter, images) if len(clean) > 1 else None

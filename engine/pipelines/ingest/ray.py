@@ -22,11 +22,9 @@ leave the tasks none and the pipeline would stall.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import pickle
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,40 +36,12 @@ from kneuron.engine.pipelines.ingest.chunk import ChunkResult, commit_chunk
 from kneuron.engine.pipelines.ingest.config import IngestConfig
 from kneuron.engine.pipelines.ingest.ray_workers import DatasetSource, PrepareTask, Recorder, probe_model
 from kneuron.engine.pipelines.ingest.start import IngestSummary, ModelHead, RunPlan, begin_run, plan_run
+from kneuron.engine.pipelines.ray_cluster import RayOptions, check_reachable, import_ray, ray_session, worker_message
 from kneuron.engine.runtime import scoped
 from kneuron.engine.runtime.progress import Progress
 
 Log = Callable[[str], None]
 
-INSTALL_HINT = "pip install 'kneuron[ray]'"
-#: seconds to wait for a TCP connection to a cluster's address before calling it unreachable
-CONNECT_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """Where and how wide to run.
-
-    address: None = start a local Ray instance (or use the one this process already joined; ``RAY_ADDRESS``
-        is honoured by Ray), ``auto`` = the running cluster of this machine, ``HOST:PORT`` = that cluster.
-    workers: recorder actors (each loads the model once).
-    gpus_per_worker: GPUs each recorder reserves (None: 1 when the cluster has GPUs and the device is not cpu).
-    cpus_per_worker: CPUs each recorder reserves (None: `worker_shape` picks what leaves the CPU tasks room).
-    """
-
-    address: str | None = None
-    workers: int = 1
-    gpus_per_worker: float | None = None
-    cpus_per_worker: float | None = None
-
-    def validate(self) -> None:
-        """Raise `KneuronError` naming the first impossible option."""
-        if self.workers < 1:
-            raise KneuronError(f"--workers must be >= 1, got {self.workers}")
-        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
-            raise KneuronError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
-        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
-            raise KneuronError(f"--cpus-per-worker must be > 0, got {self.cpus_per_worker}")
 
 
 @dataclass(frozen=True)
@@ -117,8 +87,10 @@ def worker_shape(total_cpus: float, total_gpus: float, options: RayOptions, devi
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def run_ingest_ray(config: IngestConfig, options: RayOptions = RayOptions(), log: Log | None = None) -> IngestSummary:
-    """Ingest ``config`` on Ray (see the module docstring); the same run and rows as `run_ingest`."""
+def run_ingest_ray(config: IngestConfig, options: RayOptions | None = None, log: Log | None = None) -> IngestSummary:
+    """Ingest ``config`` on Ray (see the module docstring); the same run and rows as `run_ingest`. options: the
+    cluster and the recorders' shape (default `RayOptions()`: a local instance, one recorder)."""
+    options = options or RayOptions()
     ray = import_ray()
     options.validate()
     start = begin_run(config, log)
@@ -147,16 +119,6 @@ def run_ingest_ray(config: IngestConfig, options: RayOptions = RayOptions(), log
     return start.finish(plan.summary)
 
 
-def import_ray() -> Any:
-    """The ``ray`` module with Ray Data, or a one-line `KneuronError` saying how to install it."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise KneuronError(f"--engine ray needs Ray (with Ray Data), which is not installed: {INSTALL_HINT}") from None
-    return ray
-
-
 def worker_config(config: IngestConfig) -> IngestConfig:
     """``config`` with the paths workers read made absolute (their working directory is not the driver's).
     Only workers see it: the ``runs`` row keeps the options as given, as the local engine stores them."""
@@ -166,37 +128,6 @@ def worker_config(config: IngestConfig) -> IngestConfig:
     return replace(config, model=absolute(config.model) or config.model, sd_model=absolute(config.sd_model),
                    save_inpainted=str(Path(config.save_inpainted).resolve()) if config.save_inpainted else None,
                    coco_root=absolute(config.coco_root))
-
-
-@contextlib.contextmanager
-def ray_session(ray: Any, address: str | None) -> Iterator[None]:
-    """Join Ray for the run: reuse this process's connection, or start / attach (and leave afterwards)."""
-    if ray.is_initialized():
-        yield
-        return
-    try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = f"at {address}" if address else "on this machine"
-        raise KneuronError(f"cannot start or reach the Ray cluster {where}: {_first_line(exc)}") from None
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def check_reachable(address: str) -> None:
-    """Raise `KneuronError` unless a TCP connection to ``HOST:PORT`` opens within `CONNECT_TIMEOUT_S` (Ray
-    itself would retry for minutes)."""
-    bare = address.removeprefix("ray://")
-    host, _, port = bare.rpartition(":")
-    if not host or not port.isdigit():
-        raise KneuronError(f"--ray-address must be auto or HOST:PORT, got {address!r}")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        raise KneuronError(f"the Ray cluster at {address} is unreachable: {exc.strerror or exc}") from None
 
 
 def probe(ray: Any, config: IngestConfig, source: DatasetSource, concepts: list[str], automatic: bool,
@@ -256,24 +187,3 @@ def quiet_ray_data(ray: Any) -> None:
     context.max_consecutive_actor_init_deaths = 1  # a recorder that cannot load the model fails the run fast
 
 
-def worker_message(exc: BaseException) -> str:
-    """The first line of the innermost cause of a Ray error (a worker's `KneuronError` as it was raised)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    last = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        last = current
-        nxt = getattr(current, "cause", None)
-        current = nxt if isinstance(nxt, BaseException) else (current.__cause__ or current.__context__)
-    if isinstance(last, KneuronError):
-        return str(last)
-    return _first_line(last)
-
-
-def _first_line(exc: BaseException) -> str:
-    for line in str(exc).splitlines():
-        text = line.strip()
-        if text and not text.startswith(("Traceback", "ray::", "File ")):
-            return text
-    return type(exc).__name__

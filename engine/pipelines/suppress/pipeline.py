@@ -42,27 +42,24 @@ The summary (`kneuron.engine.eval.summary`) is computed from the stored rows of 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 
 from kneuron import queries
-from kneuron.engine.baselines.base import BaselineContext, ReferenceSet, ScoredNeuron
+from kneuron.engine.baselines.base import BaselineContext, ScoredNeuron
 from kneuron.engine.baselines.registry import get_baseline
-from kneuron.engine.errors import KneuronError
-from kneuron.engine.eval.budget import budget_tables, split_label
+from kneuron.engine.eval.budget import split_label
 from kneuron.engine.eval.config import EDITED_METHOD, REFERENCE_METHOD, EvalConfig, jsonable
-from kneuron.engine.eval.evidence import SPECIFICITY_TITLE, Evidence, specificity_table
 from kneuron.engine.eval.images import EvalImages, choose_images
 from kneuron.engine.eval.metrics import METRICS, CaptionScorer
 from kneuron.engine.eval.scoring import ScoreCache
-from kneuron.engine.eval.summary import UNMODIFIED, paper_tables
+from kneuron.engine.eval.summary import UNMODIFIED
 from kneuron.engine.interventions.ablation import Ablation
 from kneuron.engine.interventions.caption import caption_images
 from kneuron.engine.interventions.multiset import caption_under_sets
@@ -71,6 +68,12 @@ from kneuron.engine.pipelines.run import load_evaluation
 from kneuron.engine.pipelines.sets import StoredSet, stored_sets
 from kneuron.engine.pipelines.suppress.ablation import means_rows, prepare_ablation
 from kneuron.engine.pipelines.suppress.budget import BudgetRanking, method_labels, short_note
+from kneuron.engine.pipelines.suppress.captioner import (
+    CaptionEngine,
+    PlannedCaptions,
+    plan_captions,
+    rows_per_generate,
+)
 from kneuron.engine.pipelines.suppress.edited import EditedModel, open_edited
 from kneuron.engine.pipelines.suppress.evidence import summarize_and_store
 from kneuron.engine.pipelines.suppress.fragility import check_images, fragility_check
@@ -85,11 +88,12 @@ from kneuron.engine.pipelines.suppress.inputs import (
     reference_sets,
     resolve_concepts,
     run_images,
-    stored_identity,
 )
+from kneuron.engine.pipelines.suppress.result import EvalResult
+from kneuron.engine.pipelines.suppress.resume import captions_to_make, check_stored, done_jobs
 from kneuron.engine.runtime.progress import Progress
 from kneuron.engine.runtime.scoped import seeded_torch
-from kneuron.engine.signals.neurons import as_neuron_set
+from kneuron.engine.signals.neurons import NeuronSet, as_neuron_set
 from kneuron.queries.selection import MASSIVE_K, set_id_of, set_rows
 from kneuron.warehouse import Warehouse, open_warehouse
 
@@ -97,37 +101,10 @@ Log = Callable[[str], None]
 #: random baselines drawn independently per budget in a budget evaluation (random_nonmassive is nested)
 PER_BUDGET_RANDOM = ("random", "random_layer_matched")
 Rows = Mapping[str, Sequence[Any]]
-
-
-@dataclass
-class EvalResult:
-    """What `run_evaluation` did and found."""
-
-    eval_id: str
-    run_id: str
-    concepts: list[str]
-    methods: list[str]
-    summary: pa.Table
-    jobs_run: int = 0
-    jobs_skipped: int = 0
-    notes: list[str] = field(default_factory=list)
-    budgets: tuple[int, ...] = ()
-    fragility: pa.Table | None = None  # `kneuron.engine.pipelines.suppress.fragility.FRAGILITY_SCHEMA`, when checked
-    evidence: Evidence | None = None  # intervals and paired tests (`kneuron.engine.eval.evidence`), as stored
-
-    def tables(self) -> dict[str, pa.Table]:
-        """The paper-shaped tables (`kneuron.engine.eval.summary.paper_tables`) of the average over concepts; for a
-        budget
-        evaluation the budget curves and the specificity numbers (`kneuron.engine.eval.budget.budget_tables`)."""
-        if self.budgets:
-            tables = dict(budget_tables(self.summary, methods=list(dict.fromkeys(split_label(m)[0]
-                                                                                  for m in self.methods))))
-        else:
-            present = set(self.summary.column("measure").to_pylist())
-            tables = paper_tables(self.summary, metrics=[m for m in METRICS if m in present], methods=self.methods)
-        if self.evidence is not None:
-            tables[SPECIFICITY_TITLE] = specificity_table(self.evidence.gaps)
-        return tables
+#: where captions are made when not in this process: (config, run row, the evaluation's ablation) -> a context
+#: giving a `CaptionEngine`
+RemoteCaptions = Callable[[EvalConfig, Mapping[str, Any], Ablation],
+                          contextlib.AbstractContextManager[CaptionEngine]]
 
 
 class _Evaluation:
@@ -147,6 +124,8 @@ class _Evaluation:
         self.notes: list[str] = []  # sets smaller than their budget
         self.generate_kwargs = {} if config.max_new_tokens is None else {"max_new_tokens": config.max_new_tokens}
         self._pixels: tuple[str, dict[int, Any]] | None = None
+        self.planned: PlannedCaptions | None = None  # captions made elsewhere (`plan_captions`), in job order
+        self._chosen: dict[tuple[str, str], tuple[str, list[ScoredNeuron], pa.Table | None]] = {}
 
     # -------------------------------------------------------------- inputs
     def pixels(self, concept: str) -> dict[int, Any]:
@@ -163,7 +142,12 @@ class _Evaluation:
     def captions(self, image_ids: Sequence[int], pixels: Mapping[int, Any],
                  neurons: Mapping[int, Sequence[int]] | None, adapter: VLMAdapter | None = None) -> list[str]:
         """Captions of ``image_ids`` by ``adapter`` (default: the run's model), one `caption_images` call per batch
-        (the same batches as one call)."""
+        (the same batches as one call); planned captions (`plan_captions`) are read back instead of made here."""
+        planned = None if self.planned is None or adapter is not None else self.planned.texts(image_ids, neurons)
+        if planned is not None:
+            if self.progress is not None:
+                self.progress.advance(len(image_ids))
+            return planned
         texts: list[str] = []
         size = self.config.batch_size
         with seeded_torch(self.config.seed):  # the caller's torch RNG streams are as they were afterwards
@@ -174,6 +158,23 @@ class _Evaluation:
                 if self.progress is not None:
                     self.progress.advance(len(chunk))
         return texts
+
+    def under_sets(self, image_ids: Sequence[int], pixels: Mapping[int, Any], sets: Sequence[NeuronSet]
+                   ) -> list[list[str]]:
+        """Captions ``[len(sets)][len(image_ids)]`` of ``image_ids`` under each of ``sets`` with the evaluation's
+        ablation, all in the same generates (`caption_under_sets`); planned captions are read back instead."""
+        if self.planned is not None:
+            planned = [self.planned.texts(image_ids, neurons) for neurons in sets]
+            if all(texts is not None for texts in planned):
+                if self.progress is not None:
+                    self.progress.advance(len(image_ids) * len(sets))
+                return [texts for texts in planned if texts is not None]
+        with seeded_torch(self.config.seed):  # the caller's torch RNG streams are as they were afterwards
+            out = caption_under_sets(self.adapter, [pixels[i] for i in image_ids], sets, self.ablation,
+                                     rows_per_generate(self.config),
+                                     on_rows=self.progress.advance if self.progress is not None else None,
+                                     **self.generate_kwargs)
+        return [captions.texts for captions in out]
 
     # -------------------------------------------------------------- rows
     def score_rows(self, concept: str, method: str, set_id: str | None, texts: Mapping[tuple[str, int], str]
@@ -279,17 +280,14 @@ class _Evaluation:
         rows = self.rows(concept)
         image_ids = [i for _, i in rows]
         pixels = self.pixels(concept)
-        chosen = [(method, *self.neuron_set(concept, method)) for method in methods]
+        chosen = [(method, *(self._chosen.pop((concept, method), None) or self.neuron_set(concept, method)))
+                  for method in methods]
         hooked = [c for c in chosen if not (c[0] == EDITED_METHOD and self.edited is not None)]
         texts_of: dict[str, list[str]] = {}
         if hooked:
             sets = [as_neuron_set([(layer, unit) for layer, unit, _ in neurons]) for _, _, neurons, _ in hooked]
-            with seeded_torch(self.config.seed):  # the caller's torch RNG streams are as they were afterwards
-                out = caption_under_sets(self.adapter, [pixels[i] for i in image_ids], sets, self.ablation,
-                                         self.config.rows_per_generate or 4 * self.config.batch_size,
-                                         on_rows=self.progress.advance if self.progress is not None else None,
-                                         **self.generate_kwargs)
-            texts_of = {method: captions.texts for (method, *_), captions in zip(hooked, out, strict=True)}
+            out = self.under_sets(image_ids, pixels, sets)
+            texts_of = {method: texts for (method, *_), texts in zip(hooked, out, strict=True)}
         for method, set_id, _, new_set in chosen:
             if method not in texts_of:  # the edited model: the edit is in the weights, no hook
                 texts_of[method] = self.captions(image_ids, pixels, None, self.edited.adapter)  # type: ignore[union-attr]
@@ -304,12 +302,13 @@ class _Evaluation:
 
 def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | None = None,  # noqa: C901, PLR0915 (a linear sequence of steps, not split yet)
                    adapter: VLMAdapter | None = None, dataset: Any = None, scorer: CaptionScorer | None = None,
-                   progress: bool = True, log: Log | None = None) -> EvalResult:
+                   progress: bool = True, log: Log | None = None, remote: RemoteCaptions | None = None) -> EvalResult:
     """Run (or resume) one suppression evaluation and return its summary (see the module docstring).
 
     adapter / dataset / scorer: use these instead of loading the run's model, its dataset and a new
     `CaptionScorer` (tests, or a caller that already holds them). log: notes, the reference set of each concept
-    and (``progress``) a progress line at most every 30 s.
+    and (``progress``) a progress line at most every 30 s. remote: where the captions are made (e.g. a Ray actor
+    pool, `kneuron.engine.pipelines.suppress.ray`); the plan, the scores and every write stay here, in job order.
     """
     config.validate()
     open_warehouse(warehouse_path)  # a reader first: a missing warehouse is an error, not created empty
@@ -322,6 +321,7 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
 
     with open_warehouse(warehouse_path, create=True) as wh:
         con = queries.connect(wh)
+        outside = contextlib.ExitStack()
         try:
             run = one_run(wh, con, config.run_id)
             run_id = run["run_id"]
@@ -361,7 +361,7 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
             if ablation_identity:  # zero ablation keeps the ids it always had
                 identity["ablation"] = ablation_identity
             eval_id = config.eval_id or f"eval-{hash_of(identity)}"
-            existing = _check_stored(con, eval_id, run_id, identity)
+            existing = check_stored(con, eval_id, run_id, identity)
 
             def eval_row() -> dict[str, list[Any]]:  # made at the first write: metric signatures need a score
                 details = {**identity, "generation": generation, "methods": list(config.methods),
@@ -369,22 +369,24 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
                 return {"eval_id": [eval_id], "run_id": [run_id], "created_at": [datetime.now(timezone.utc)],
                         "config_json": [json.dumps(details, sort_keys=True, default=jsonable)]}
 
-            done = set(_done_jobs(con, eval_id))
+            done = set(done_jobs(con, eval_id))
             cached = queries.run(con, "suppress_cached_captions",
                                  {"run_id": run_id, "generation_key": generation_key}).to_pydict()
             unmodified = dict(zip((int(i) for i in cached["image_id"]), cached["text"], strict=True))
-            ranking = _stage_ranking(con, run_id, references)
+            ranking = BudgetRanking(con, run_id, {concept: ref.params for concept, ref in references.items()})
             ctx = BaselineContext(adapter=adapter, dataset=dataset, run_id=run_id, ident_images=ident_images,
                                   reference_sets=references, seed=config.seed, batch_size=config.batch_size,
                                   stage_ranking=ranking, massive_units=ranking.massive)
             labels = method_labels(config)
             jobs = [(c, m) for c in concepts if images.target[c] for m in (UNMODIFIED, *labels)]
             skipped = sum(job in done for job in jobs)
-            total = _captions_to_make(jobs, done, labels, images, unmodified)
+            total = captions_to_make(jobs, done, labels, images, unmodified)
             bar = Progress(total, "suppress: captions", say) if progress and total else None
             evaluation = _Evaluation(config, wh, run_id, eval_id, None if existing else eval_row, adapter, dataset,
                                      ScoreCache(scorer, config.metrics), unmodified, sets, ctx, sizes, images, say,
                                      bar, edited, ablation)
+            if remote is not None and total:
+                plan_captions(evaluation, outside.enter_context(remote(config, run, ablation)), jobs, done, labels)
             for concept in dict.fromkeys(c for c, _ in jobs):
                 todo = [m for m in labels if (concept, m) not in done]
                 if todo or (concept, UNMODIFIED) not in done:  # every method needs the unmodified captions
@@ -393,6 +395,7 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
                     evaluation.run_methods(concept, todo)
             if bar is not None:
                 bar.close()
+            outside.close()
             notes += evaluation.notes
             fragility = None
             if config.fragility_images:
@@ -404,49 +407,12 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
                 for message in more:
                     note(message)
         finally:
+            outside.close()
             con.close()
         summary, evidence = summarize_and_store(wh, eval_id, run_id, dataset, sets, config.metrics)
     return EvalResult(eval_id=eval_id, run_id=run_id, concepts=concepts, methods=labels, summary=summary,
-                      evidence=evidence,
-                      jobs_run=len(jobs) - skipped, jobs_skipped=skipped, notes=notes,
+                      evidence=evidence, jobs_run=len(jobs) - skipped, jobs_skipped=skipped, notes=notes,
                       budgets=tuple(sorted(config.budgets)), fragility=fragility)
-
-
-def _stage_ranking(con: duckdb.DuckDBPyConnection, run_id: str, references: Mapping[str, ReferenceSet]
-                   ) -> BudgetRanking:
-    return BudgetRanking(con, run_id, {concept: ref.params for concept, ref in references.items()})
-
-
-def _check_stored(con: duckdb.DuckDBPyConnection, eval_id: str, run_id: str, identity: Mapping[str, Any]) -> bool:
-    """Whether evaluation ``eval_id`` is stored already; `KneuronError` if it is stored with other settings."""
-    existing = queries.run(con, "suppress_eval_row", {"eval_id": eval_id}).to_pylist()
-    if existing and existing[0]["run_id"] != run_id:
-        raise KneuronError(f"evaluation {eval_id!r} belongs to run {existing[0]['run_id']!r}, not {run_id!r}")
-    if existing and stored_identity(existing[0]) != json.loads(json.dumps(identity, default=jsonable)):
-        raise KneuronError(f"evaluation {eval_id!r} is stored with other settings; choose another eval_id "
-                           "or leave it out (derived from the settings)")
-    return bool(existing)
-
-
-def _captions_to_make(jobs: Sequence[tuple[str, str]], done: set[tuple[str, str]], methods: Sequence[str],
-                      images: EvalImages, unmodified: Mapping[int, str]) -> int:
-    """How many captions the jobs still to run will generate (the total of the progress lines)."""
-    have = set(unmodified)
-    total = 0
-    for concept, method in jobs:
-        ids = images.target[concept] + images.other[concept]
-        if method == UNMODIFIED:
-            if any((concept, m) not in done for m in (UNMODIFIED, *methods)):
-                total += sum(i not in have for i in ids)
-                have.update(ids)
-        elif (concept, method) not in done:
-            total += len(ids)
-    return total
-
-
-def _done_jobs(con: duckdb.DuckDBPyConnection, eval_id: str) -> list[tuple[str, str]]:
-    rows = queries.run(con, "suppress_eval_captions", {"eval_id": eval_id}).select(["concept", "method"]).to_pydict()
-    return sorted(set(zip(rows["concept"], rows["method"], strict=True)))
 
 
 def summarize_evaluation(wh: Warehouse, eval_id: str, dataset: Any, sets: Mapping[str, StoredSet] | None = None,
