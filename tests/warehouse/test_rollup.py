@@ -195,4 +195,5 @@ def test_the_numpy_path_of_rollup_rows_equals_the_group_by(n_images: int, shuffl
         slow = rollup_rows(table)
     finally:
         rollup._image_blocks = real
-    assert fast.equals(slow)
+    # NaN where a float16 inf meets inf (d_mean = o_mean - i_mean) on both paths: compare NaN-aware
+    assert fast.schema == slow.schema and fast.to_pandas().equals(slow.to_pandas())
