@@ -2,7 +2,7 @@
 `Captioner` in this process call by call (`call_ranges`), read back in a local run's order. The tables equal a
 local run's for zero, mean and resample ablation (resample needs each call's ``first_image``), a set planned
 twice is captioned once and read twice, and `caption_under_sets` on a piece of the images with ``first_image``
-gives the whole list's captions of that piece."""
+gives the whole list's captions of that piece; `kneuron.suppress` checks its engine options before it runs."""
 from __future__ import annotations
 
 import contextlib
@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 from kneuron import warehouse
+from kneuron.engine.errors import KneuronError
 from kneuron.engine.eval.config import EvalConfig
 from kneuron.engine.interventions.ablation import Ablation, record_reference
 from kneuron.engine.interventions.multiset import caption_under_sets
@@ -160,3 +161,18 @@ def test_call_ranges() -> None:
 def test_rows_per_generate_default() -> None:
     assert rows_per_generate(dataclasses.replace(EvalConfig(), rows_per_generate=None, batch_size=3)) == 12
     assert rows_per_generate(dataclasses.replace(EvalConfig(), rows_per_generate=5, batch_size=3)) == 5
+
+
+def test_api_engine_options_are_checked_before_anything_runs(pristine, tmp_path) -> None:  # noqa: ANN001
+    import kneuron
+
+    root = copy(pristine, tmp_path, "api")
+    with pytest.raises(KneuronError, match="^suppress: engine must be 'local' or 'ray', got 'dask'$"):
+        kneuron.suppress(root, engine="dask")
+    with pytest.raises(KneuronError, match="^--ray-address, --workers, --gpus-per-worker and --cpus-per-worker "
+                                           "need --engine ray$"):
+        kneuron.suppress(root, workers=2)
+    with pytest.raises(KneuronError, match=r"^suppress: adapter= needs engine='local' \(each Ray captioner loads "
+                                           r"the model\)$"):
+        kneuron.suppress(root, engine="ray", adapter=object())
+    assert warehouse.Warehouse.open(root).read("captions").num_rows == 0
