@@ -60,20 +60,10 @@ def require_neuron_choice(neurons: tuple[str, ...], set_id: str | None, concept:
 
 
 def open_image(path: str) -> Any:
-    """An RGB PIL image from ``path``; `KneuronError` when it is missing or unreadable."""
-    from PIL import Image
+    """An RGB PIL image from ``path``; `KneuronError` when it is missing or unreadable (`kneuron.api_model`)."""
+    from kneuron.api_model import open_image as load
 
-    from kneuron.engine.data.coco import to_rgb
-    from kneuron.engine.errors import KneuronError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
-    except FileNotFoundError:
-        raise KneuronError(f"image file not found: {path}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise KneuronError(f"corrupt or unreadable image {path}: {' '.join(str(exc).split())}") from None
+    return load(path)
 
 
 def deprecated_alias(old: str, target: str, new: str,

@@ -40,7 +40,8 @@ def load_model(name: str = "tiny-shapes-qformer", *, device: str = "auto", dtype
     return load(name, device=device, dtype=dtype, log=logging.getLogger("kneuron.engine.models").info)
 
 
-def _image(item: Any) -> Image.Image:
+def open_image(item: Any) -> Image.Image:
+    """An RGB PIL image from a PIL image or a file path; `KneuronError` (one line) when it is missing or unreadable."""
     from PIL import Image
 
     from kneuron.engine.data.coco import to_rgb
@@ -71,7 +72,7 @@ def caption(model: VLMAdapter, images: Sequence[Any],
     from kneuron.engine.interventions.caption import caption_images
     from kneuron.engine.signals.neurons import as_neuron_set
 
-    pictures = [_image(item) for item in images]
+    pictures = [open_image(item) for item in images]
     neurons = None
     if suppress is not None:
         pairs = ([(layer, unit) for layer, units in suppress.items() for unit in units]
