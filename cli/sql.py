@@ -80,9 +80,9 @@ def command(sql: str | None, file: str | None, query: str | None, list_queries: 
     """Run read-only SQL over the warehouse views.
 
     Views: runs, splits, samples, neuron_stats, token_stats, neuron_sets, captions, scores, evals,
-    set_choices, mentions, evidence_intervals, evidence_paired, evidence_gaps, current_sets. Only reading
-    statements run: SELECT (WITH, VALUES, DESCRIBE, SHOW, SUMMARIZE), EXPLAIN and read-only PRAGMAs; anything
-    else (COPY, CREATE, DROP, INSERT, ATTACH, SET, ...) is refused before any statement runs. Only the result
+    set_choices, mentions, evidence_intervals, evidence_paired, evidence_gaps, current_sets, current_members.
+    Only reading statements run: SELECT (WITH, VALUES, DESCRIBE, SHOW, SUMMARIZE), EXPLAIN and read-only PRAGMAs;
+    anything else (COPY, CREATE, DROP, INSERT, ATTACH, SET, ...) is refused before any statement runs. Only the result
     of the last statement is printed. Any SQL error is one line and exit code 2.
 
     \b

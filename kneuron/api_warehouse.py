@@ -4,10 +4,10 @@
     wh.sql("SELECT concept, count(*) AS n FROM samples GROUP BY ALL").df()
     wh.query("layer_distribution", method="two_stage").arrow()
 
-``sql`` and ``query`` see the views `kneuron sql` sees (the tables plus ``current_sets`` and ``neuron_means``),
-refuse any statement that writes, and bind ``$name`` parameters by name: a parameter the SQL uses and the call
-does not give is NULL (the bundled analyses read NULL as "all"); a given parameter the SQL does not use is an
-error. Opening a handle creates nothing: the folder appears when `kneuron.ingest` first stores into it.
+``sql`` and ``query`` see the views `kneuron sql` sees (the tables plus ``current_sets``, ``current_members`` and
+``neuron_means``), refuse any statement that writes, and bind ``$name`` parameters by name: a parameter the SQL
+uses and the call does not give is NULL (the bundled analyses read NULL as "all"); a given parameter the SQL does
+not use is an error. Opening a handle creates nothing: the folder appears when `kneuron.ingest` first stores into it.
 """
 from __future__ import annotations
 

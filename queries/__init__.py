@@ -17,6 +17,7 @@ import duckdb
 import pyarrow as pa
 
 from kneuron.engine.errors import KneuronError
+from kneuron.queries import template
 
 QUERY_DIR = Path(__file__).resolve().parent
 
@@ -32,11 +33,12 @@ def names() -> list[str]:
 
 @cache
 def load(name: str) -> str:
-    """The text of ``queries/<name>.sql``; `KneuronError` when there is no such query."""
+    """The text of ``queries/<name>.sql``, its include lines expanded (`template.render`); `KneuronError` when there
+    is no such query."""
     path = QUERY_DIR / f"{name}.sql"
     if not path.is_file():
         raise KneuronError(f"unknown query {name!r} (no file {path}); known: {', '.join(names())}")
-    return path.read_text(encoding="utf-8")
+    return template.render(path.read_text(encoding="utf-8"))
 
 
 def parameters(sql: str) -> list[str]:
@@ -82,7 +84,8 @@ def run(con: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, Any] | N
     (`VIEWS`) that the query names and the connection lacks is created first (`install_views`). A query whose text
     has the line `BUILD_AS_WRITTEN` runs with DuckDB's build-side swap off (`joins_as_written`)."""
     sql = load(name)
-    wanted = [view for view in VIEWS if re.search(rf"\b{view}\b", sql)]
+    named = {view for view in VIEWS if re.search(rf"\b{view}\b", sql)}
+    wanted = [view for view in VIEWS if view in named or any(view in VIEW_USES.get(n, ()) for n in named)]
     if wanted and not set(wanted) <= relations(con):
         install_views(con, wanted)
     if BUILD_AS_WRITTEN not in sql.splitlines():
@@ -125,12 +128,16 @@ def first_line(exc: BaseException) -> str:
 
 
 #: derived views every connection gets (``queries/views/<name>.sql``), in creation order
-VIEWS = ("current_sets", "neuron_means")
+VIEWS = ("current_sets", "current_members", "neuron_means")
+
+#: the derived views a derived view reads (created before it: `VIEWS` is in creation order)
+VIEW_USES = {"current_members": ("current_sets",)}
 
 
 def connect(root: Any = None, read_only: bool = True) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection over the warehouse at ``root`` (`kneuron.warehouse.connect`) plus the derived views of this
-    package (`VIEWS`: ``current_sets``, the one definition of which neuron set is current)."""
+    package (`VIEWS`: ``current_sets``, the one definition of which neuron set is current, and ``current_members``,
+    their neurons)."""
     from kneuron import warehouse
 
     con = warehouse.connect(root, read_only=read_only)
@@ -143,7 +150,8 @@ def connect(root: Any = None, read_only: bool = True) -> duckdb.DuckDBPyConnecti
 
 #: what a derived view reads: a view is made only on connections that have these relations (a hand-built
 #: connection without the signal tables gets current_sets alone)
-VIEW_NEEDS = {"current_sets": ("neuron_sets", "set_choices"), "neuron_means": ("neuron_stats", "samples", "splits")}
+VIEW_NEEDS = {"current_sets": ("neuron_sets", "set_choices"), "current_members": ("neuron_sets", "set_choices"),
+              "neuron_means": ("neuron_stats", "samples", "splits")}
 
 #: storage views `neuron_means` and ``massive_units.sql`` read (`kneuron.warehouse.connect` makes them); a connection
 #: built by hand over a neuron_stats view gets these stand-ins: no rollup, every image row

@@ -2,19 +2,14 @@
 --
 -- Parameters (NULL = no filter): $run_id VARCHAR, $method VARCHAR (use one method, e.g. 'two_stage', to
 -- compare like with like; with NULL every method is paired within itself).
--- The current sets are the view current_sets (queries/views/current_sets.sql).
+-- The neurons of the current sets are the view current_members (queries/views/current_members.sql).
 -- Columns: run_id, method, concept_a, concept_b (concept_a < concept_b), n_a = |A|, n_b = |B|,
 --   n_shared = |A ∩ B| (same (layer, unit)), jaccard = |A ∩ B| / |A ∪ B|. Every pair of non-empty sets appears,
 --   also with n_shared = 0.
-WITH current_ids AS (
-    SELECT set_id
-    FROM current_sets
-    WHERE ($run_id IS NULL OR run_id = $run_id) AND ($method IS NULL OR method = $method)
-),
-members AS (
+WITH members AS (
     SELECT DISTINCT run_id, method, concept, layer, unit
-    FROM neuron_sets
-    WHERE set_id IN (SELECT set_id FROM current_ids)
+    FROM current_members
+    WHERE ($run_id IS NULL OR run_id = $run_id) AND ($method IS NULL OR method = $method)
 ),
 sizes AS (
     SELECT run_id, method, concept, count(*) AS n FROM members GROUP BY run_id, method, concept

@@ -4,18 +4,13 @@
 -- Parameters (NULL = default): $run_id VARCHAR, $method VARCHAR (NULL: every method, each on its own),
 --   $min_concepts INTEGER (keep neurons in at least this many concepts; NULL: 2), $top INTEGER (rows per
 --   run and method; NULL: 50).
--- The current sets are the view current_sets (queries/views/current_sets.sql).
+-- The neurons of the current sets are the view current_members (queries/views/current_members.sql).
 -- Columns: run_id, method, layer, unit, n_concepts, share_of_concepts (n_concepts / concepts with a
 --   non-empty set), concepts (sorted list); ordered by n_concepts desc, then layer, unit.
-WITH current_ids AS (
-    SELECT set_id
-    FROM current_sets
-    WHERE ($run_id IS NULL OR run_id = $run_id) AND ($method IS NULL OR method = $method)
-),
-members AS (
+WITH members AS (
     SELECT DISTINCT run_id, method, concept, layer, unit
-    FROM neuron_sets
-    WHERE set_id IN (SELECT set_id FROM current_ids)
+    FROM current_members
+    WHERE ($run_id IS NULL OR run_id = $run_id) AND ($method IS NULL OR method = $method)
 ),
 per_neuron AS (
     SELECT run_id, method, layer, unit, count(*) AS n_concepts, list_sort(list(concept)) AS concepts
