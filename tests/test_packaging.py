@@ -125,5 +125,6 @@ def test_the_wheel_holds_only_kneuron(tmp_path: Path) -> None:
                                                  + ".dist-info"}
     for expected in ("kneuron/py.typed", "kneuron/cli/main.py", "kneuron/engine/signals/record.py",
                      "kneuron/queries/two_stage.sql", "kneuron/queries/views/current_sets.sql",
+                     "kneuron/queries/fragments/threshold.sql", "kneuron/queries/views/current_members.sql",
                      "kneuron/engine/models/bundled/tiny-shapes-patch/model.safetensors"):
         assert expected in names, expected
