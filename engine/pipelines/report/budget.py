@@ -82,11 +82,11 @@ def evaluation_blocks(run: RunReader, dataset: Any, out_dir: Path, found: dict[s
     which = "the latest of this run" if latest else "an earlier one"
     blocks: list[Block] = [Text(
         f"Budget evaluation {eval_id} ({fmt(found['created_at'])}; {found['n_concepts']} concepts, "
-        f"{found['n_labels']} method@budget sets; {which}, {total} in all, latest first): every method's set at "
-        "each budget n, suppressed while captioning the concept's evaluation images (target) and images without it "
-        "(other). T(n) = drop of the concept's mention rate on target images; O(n) = share of the other images' "
-        "object mentions lost; both vs the unmodified captions, averaged over concepts. A specific set has T well "
-        "above O. " + note)]
+        f"{found['n_labels']} method@budget sets; {found['ablation']} ablation; {which}, {total} in all, latest "
+        "first): every method's set at each budget n, suppressed while captioning the concept's evaluation images "
+        "(target) and images without it (other). T(n) = drop of the concept's mention rate on target images; O(n) = "
+        "share of the other images' object mentions lost; both vs the unmodified captions, averaged over concepts. "
+        "A specific set has T well above O. " + note)]
     if dataset is None:
         blocks.append(Text("Note: the run's dataset is not available, so O(n) (which needs the objects of each "
                            "image) is not computed."))

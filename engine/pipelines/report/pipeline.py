@@ -225,10 +225,11 @@ def suppression_section(run: RunReader, dataset: Any) -> tuple[Section, list[dic
     methods = list(dict.fromkeys(o.method for o in evaluation.outcomes))
     out.blocks.append(Text(
         f"Evaluation {eval_id} ({evals[0]['n_concepts']} concepts, {evals[0]['n_methods']} methods; "
-        f"{len(evals)} evaluation(s) of this run, the latest is shown): captions with each method's neuron set "
-        "suppressed, scored against the unmodified model's captions and the ground truth, on images of the "
-        "set's concept (target: a low score and a large mention drop mean strong suppression) and on other "
-        "images (other: a high score and retention mean the rest is kept). Averages over concepts."))
+        f"{evals[0]['ablation']} ablation; {len(evals)} evaluation(s) of this run, the latest is shown): captions "
+        "with each method's neuron set suppressed, scored against the unmodified model's captions and the ground "
+        "truth, on images of the set's concept (target: a low score and a large mention drop mean strong "
+        "suppression) and on other images (other: a high score and retention mean the rest is kept). Averages over "
+        "concepts."))
     writer = being_written(run)
     if writer is not None:
         out.blocks.append(Text(f"Note: evaluation {eval_id} may still be being written: kneuron process {writer} "
@@ -257,8 +258,9 @@ def suppression_section(run: RunReader, dataset: Any) -> tuple[Section, list[dic
                  if r["measure"] in metrics and r["reference"] == "unmodified" and r["group"] in ("target", "other")]
     mention_rows = [{"method": r["method"], "group": r["group"], "before": r["before"], "after": r["after"]}
                     for r in rows if r["measure"] == "mention" and r["group"] in ("target", "other")]
-    return out, plot_rows, mention_rows, {"eval_id": eval_id, "summary": rows, "being_written": writer is not None,
-                                           "budgets": budgets, "gaps": evidence.gaps.to_pylist()}
+    return out, plot_rows, mention_rows, {"eval_id": eval_id, "ablation": evals[0]["ablation"], "summary": rows,
+                                           "being_written": writer is not None, "budgets": budgets,
+                                           "gaps": evidence.gaps.to_pylist()}
 
 
 def being_written(run: RunReader) -> int | None:
@@ -299,7 +301,8 @@ def answer_section(run: RunReader, method: str, sets: dict[tuple[str, str], Stor
         return out, {**info, "answer": None}
     found = answer(evaluation["gaps"], evaluation.get("budgets") or ())
     facts += found.facts
-    facts.append(("evaluation", f"{evaluation.get('eval_id')} (the latest of this run)"))
+    facts.append(("evaluation", f"{evaluation.get('eval_id')} ({evaluation.get('ablation')} ablation; the latest of "
+                                "this run)"))
     out.blocks.append(Headline(found.sentence, facts))
     areas = [r for r in evaluation["gaps"] if r["quantity"] == "area" and r["baseline"] is None]
     info.update({"answer": found.best, "sentence": found.sentence, "differs_from_random": found.differs_from_control,

@@ -68,7 +68,7 @@ def test_report_sections_hold_the_data(report, report_world) -> None:  # noqa: A
     selection = section_html(text, "selection")
     assert "circle" in selection and "stage1_only" in selection and "1:1 2:2" in selection  # circle: layers
     suppression = section_html(text, "suppression")
-    assert "Evaluation new (1 concepts, 1 methods; 2 evaluation(s)" in suppression
+    assert "Evaluation new (1 concepts, 1 methods; zero ablation; 2 evaluation(s)" in suppression
     # latest evaluation only, as kneuron.engine.eval.summary.paper_tables lays it out: target BLEU-4 (0.2 + 0.4) / 2,
     # ROUGE-L the same, other (0.8 + 1.0) / 2; mention of "circle" on target 1 -> 0.5; drops 0.7 / 0.1
     assert ("<td>two_stage</td>" + num("3") + num("0.300") + num("0.300") + num("0.900") + num("0.900")
