@@ -11,8 +11,8 @@ from contextlib import contextmanager
 
 import click
 
-#: the loggers of kneuron's packages (module loggers are their children)
-LOGGERS = ("engine", "queries", "warehouse", "kneuron", "cli")
+#: the logger of kneuron's packages (every module logger, ``kneuron.engine...``, ``kneuron.cli...``, is its child)
+LOGGERS = ("kneuron",)
 
 
 class EchoHandler(logging.Handler):

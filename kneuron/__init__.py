@@ -10,7 +10,7 @@
     wh.sql("SELECT concept, count(*) AS n FROM samples GROUP BY ALL").df()
 
 Names are imported on first use (module ``__getattr__``), so ``import kneuron`` loads neither torch nor DuckDB.
-Every step logs through `logging` (loggers under ``engine``, ``queries``, ``warehouse`` and ``kneuron``) and
+Every step logs through `logging` (module loggers under ``kneuron``) and
 returns an object with the ids it made and its tables (pyarrow); nothing is printed.
 """
 from __future__ import annotations
