@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
 
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.interventions.ablation import Ablation, donors
+from kneuron.engine.interventions.greedy import decode_rows, plain_greedy
 from kneuron.engine.models.base import PreparedBatch, VLMAdapter
 from kneuron.engine.runtime.threads import job
 from kneuron.engine.signals.neurons import NeuronSet, check_neurons
@@ -37,21 +38,32 @@ class Captions:
 
 
 class _RowHook:
-    """Forward pre-hook of one layer for one generate: ``x [R, T, d_ff]`` -> x with ``mask [R, d_ff]`` units
-    replaced. ``values(start, T)`` gives the replacement ``[R, T, d_ff]`` (None: zeros)."""
+    """Forward pre-hook of one layer for one generate: ``x [R', T, d_ff]`` -> x with ``mask [R, d_ff]`` units
+    replaced, R' the rows the forward computes (all R, or those `follow` names). ``values(start, T)`` gives the
+    replacement ``[R, T, d_ff]`` (None: zeros)."""
 
     def __init__(self, mask: torch.Tensor, values: Any) -> None:
         self.mask, self.values, self.seen = mask, values, 0
+        self.rows: torch.Tensor | None = None  # [R'] on the CPU; None: all rows
+        self._mask_now: torch.Tensor | None = None  # [R', 1, d_ff] on the activations' device
+
+    def follow(self, rows: torch.Tensor) -> None:
+        """The next forwards compute ``rows [R']`` of the R rows (a decode loop that drops finished rows)."""
+        self.rows, self._mask_now = rows.cpu(), None
 
     def __call__(self, module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x = args[0]
         start = self.seen if x.shape[1] == 1 else 0  # a multi-token call is the (re)fed prompt and more
         self.seen = start + x.shape[1]
-        mask = self.mask.to(x.device)[:, None, :]
+        if self._mask_now is None or self._mask_now.device != x.device:
+            picked = self.mask if self.rows is None else self.mask[self.rows]
+            self._mask_now = picked.to(x.device)[:, None, :]
         if self.values is None:
-            out = x.masked_fill(mask, 0)
+            out = x.masked_fill(self._mask_now, 0)
         else:
-            out = torch.where(mask, self.values(start, x.shape[1]).to(device=x.device, dtype=x.dtype), x)
+            values = self.values(start, x.shape[1])
+            values = values if self.rows is None else values[self.rows]
+            out = torch.where(self._mask_now, values.to(device=x.device, dtype=x.dtype), x)
         return (out, *args[1:])
 
 
@@ -126,12 +138,9 @@ class _Gathered:
                                    kwargs={k: pick(k, v) for k, v in p.kwargs.items()}, batch_size=len(rows))
 
 
-def _generate_rows(adapter: VLMAdapter, prepared: PreparedBatch, row_images: list[int],
-                   row_sets: list[NeuronSet], ablation: Ablation, donor_of: list[int] | None,
-                   **generate_kwargs: Any) -> torch.Tensor:
-    """New tokens ``[R, T_new]`` of one chunk of rows (row r: image ``row_images[r]`` under ``row_sets[r]``);
-    ``prepared``: the chunk's inputs, one row per row."""
-    args, kwargs = adapter.generate_call(prepared, **generate_kwargs)
+def _row_hooks(adapter: VLMAdapter, row_images: list[int], row_sets: list[NeuronSet], ablation: Ablation,
+               donor_of: list[int] | None, prompt_length: int) -> dict[int, _RowHook]:
+    """One `_RowHook` per layer some row's set touches (row r: image ``row_images[r]`` under ``row_sets[r]``)."""
     layers = sorted({layer for s in row_sets for layer, units in s.items() if len(units)})
     hooks = {}
     for layer in layers:
@@ -140,10 +149,71 @@ def _generate_rows(adapter: VLMAdapter, prepared: PreparedBatch, row_images: lis
             units = list(s.get(layer, ()))
             if units:
                 mask[r, torch.as_tensor(units, dtype=torch.long)] = True
-        hooks[layer] = _RowHook(mask, _replacement(ablation, layer, row_images, donor_of, prepared.prompt_length))
+        hooks[layer] = _RowHook(mask, _replacement(ablation, layer, row_images, donor_of, prompt_length))
+    return hooks
+
+
+def _generate_rows(adapter: VLMAdapter, prepared: PreparedBatch, row_images: list[int],
+                   row_sets: list[NeuronSet], ablation: Ablation, donor_of: list[int] | None,
+                   **generate_kwargs: Any) -> list[list[int]]:
+    """New tokens of one chunk of rows by the model's own generate (row r: image ``row_images[r]`` under
+    ``row_sets[r]``); ``prepared``: the chunk's inputs, one row per row."""
+    args, kwargs = adapter.generate_call(prepared, **generate_kwargs)
+    hooks = _row_hooks(adapter, row_images, row_sets, ablation, donor_of, prepared.prompt_length)
     with adapter.neuron_hooks(hooks), torch.no_grad():
         out = getattr(adapter.model, adapter.generate_method)(*args, **kwargs)
-    return adapter.new_tokens(prepared, out)
+    return cast("list[list[int]]", adapter.new_tokens(prepared, out).tolist())
+
+
+def _own_decoding(adapter: VLMAdapter, images: Sequence[Image.Image],
+                  generate_kwargs: dict[str, Any]) -> tuple[int, list[int]] | None:
+    """``(max_new_tokens, stop ids)`` when captions may be decoded by `kneuron.engine.interventions.greedy` (the
+    adapter hands out its language model's inputs, whose generate is plain greedy with these settings); None
+    when the model's own generate must run."""
+    if (not images or type(adapter).generation_embeds is VLMAdapter.generation_embeds
+            or not plain_greedy(adapter.language_model)):
+        return None
+    _, kwargs = adapter.generate_call(adapter.prepare(list(images[:1])), **generate_kwargs)
+    if set(kwargs) - _GREEDY_KWARGS or kwargs.get("do_sample") or kwargs.get("num_beams", 1) != 1:
+        return None
+    stops = kwargs.get("eos_token_id")
+    stop_ids = [stops] if isinstance(stops, int) else list(stops or [])
+    return int(kwargs.get("max_new_tokens", adapter.max_new_tokens)), stop_ids
+
+
+#: generate keyword arguments the own decoding loop reproduces
+_GREEDY_KWARGS = frozenset({"max_new_tokens", "do_sample", "num_beams", "eos_token_id", "pad_token_id"})
+
+
+def _decode_image_major(adapter: VLMAdapter, images: Sequence[Image.Image], sets: list[NeuronSet],
+                        ablation: Ablation, donor_of: list[int] | None, rows_per_generate: int,
+                        max_new_tokens: int, stop_ids: list[int],
+                        on_rows: Callable[[int], None] | None) -> list[list[list[int]]]:
+    """Token ids ``[set][image]`` by the own decoding loop: rows = (image, set) in image-major order, each chunk's
+    images embedded once (`VLMAdapter.generation_embeds`), finished rows dropped from the batch."""
+    rows = [(k, i) for i in range(len(images)) for k in range(len(sets))]
+    out: list[list[list[int]]] = [[[] for _ in images] for _ in sets]
+    for start in range(0, len(rows), rows_per_generate):
+        chunk = rows[start:start + rows_per_generate]
+        picked = [i for _, i in chunk]
+        distinct = sorted(set(picked))
+        prepared = adapter.prepare([images[i] for i in distinct])
+        embeds = adapter.generation_embeds(prepared)
+        assert embeds is not None
+        where = {image: n for n, image in enumerate(distinct)}
+        row_embeds = embeds[torch.as_tensor([where[i] for i in picked], device=embeds.device)]
+        hooks = _row_hooks(adapter, picked, [sets[k] for k, _ in chunk], ablation, donor_of, prepared.prompt_length)
+
+        def follow(active: torch.Tensor, hooks: dict[int, _RowHook] = hooks) -> None:
+            for hook in hooks.values():
+                hook.follow(active)
+        with adapter.neuron_hooks(hooks):
+            made = decode_rows(adapter.language_model, row_embeds, stop_ids, max_new_tokens, follow)
+        for (k, i), tokens in zip(chunk, made, strict=True):
+            out[k][i] = tokens
+        if on_rows is not None:
+            on_rows(len(chunk))
+    return out
 
 
 def caption_under_sets(adapter: VLMAdapter, images: Sequence[Image.Image], sets: Sequence[NeuronSet | None],
@@ -170,24 +240,38 @@ def caption_under_sets(adapter: VLMAdapter, images: Sequence[Image.Image], sets:
         raise KneuronError(f"first_image must be >= 0, got {first_image}")
     donor_of = (donors(first_image + len(images), int(ablation.reference.prompt.shape[0]), ablation.seed)[first_image:]
                 if ablation.mode == "resample" and ablation.reference is not None else None)
-    rows = [(k, i) for k in range(len(clean)) for i in range(len(images))]
-    everything = _Gathered.of(adapter, images) if len(clean) > 1 else None
-    texts: list[list[str]] = [[] for _ in clean]
-    ids: list[list[list[int]]] = [[] for _ in clean]
+    own = _own_decoding(adapter, images, generate_kwargs)
     with job(adapter.model):  # the thread policy's count for generation on this model (kneuron.engine.runtime.threads)
-        for start in range(0, len(rows), rows_per_generate):
-            chunk = rows[start:start + rows_per_generate]
-            picked = [i for _, i in chunk]
-            prepared = (everything.rows(picked) if everything is not None
-                        else adapter.prepare([images[i] for i in picked]))
-            new = _generate_rows(adapter, prepared, picked, [clean[k] for k, _ in chunk], ablation, donor_of,
-                                 **generate_kwargs)
-            for (k, _), row in zip(chunk, new.tolist(), strict=True):
-                ids[k].append(adapter.caption_ids(row))
-                texts[k].append(adapter.caption_text(row))
-            if on_rows is not None:
-                on_rows(len(chunk))
-    return [Captions(texts=t, token_ids=i) for t, i in zip(texts, ids, strict=True)]
+        if own is not None:
+            made = _decode_image_major(adapter, images, clean, ablation, donor_of, rows_per_generate, *own, on_rows)
+        else:
+            made = _generate_set_major(adapter, images, clean, ablation, donor_of, rows_per_generate, on_rows,
+                                       generate_kwargs)
+    return [Captions(texts=[adapter.caption_text(row) for row in rows],
+                     token_ids=[adapter.caption_ids(row) for row in rows]) for rows in made]
+
+
+def _generate_set_major(adapter: VLMAdapter, images: Sequence[Image.Image], sets: list[NeuronSet],
+                        ablation: Ablation, donor_of: list[int] | None, rows_per_generate: int,
+                        on_rows: Callable[[int], None] | None,
+                        generate_kwargs: dict[str, Any]) -> list[list[list[int]]]:
+    """Token ids ``[set][image]`` by the model's own generate: rows = (set, image) in set-major order, each image
+    preprocessed once where the adapter's inputs allow (`_Gathered`)."""
+    rows = [(k, i) for k in range(len(sets)) for i in range(len(images))]
+    everything = _Gathered.of(adapter, images) if len(sets) > 1 else None
+    out: list[list[list[int]]] = [[] for _ in sets]
+    for start in range(0, len(rows), rows_per_generate):
+        chunk = rows[start:start + rows_per_generate]
+        picked = [i for _, i in chunk]
+        prepared = (everything.rows(picked) if everything is not None
+                    else adapter.prepare([images[i] for i in picked]))
+        new = _generate_rows(adapter, prepared, picked, [sets[k] for k, _ in chunk], ablation, donor_of,
+                             **generate_kwargs)
+        for (k, _), row in zip(chunk, new, strict=True):
+            out[k].append(row)
+        if on_rows is not None:
+            on_rows(len(chunk))
+    return out
 
 
 __all__ = ["Captions", "caption_under_sets"]

@@ -133,6 +133,12 @@ class VLMAdapter(ABC):
         """The ``LlamaForCausalLM``-like module (has ``lm_head`` and ``model.norm``)."""
         raise NotImplementedError
 
+    def generation_embeds(self, prepared: PreparedBatch) -> torch.Tensor | None:
+        """``inputs_embeds [B, P, d_model]`` of ``prepared`` when the adapter's ``generate`` is exactly
+        ``language_model.generate(inputs_embeds=..., attention_mask=ones)`` on them (captioning may then decode
+        the language model itself, `kneuron.engine.interventions.greedy`); None (the default) otherwise."""
+        return None
+
     @property
     def n_layers(self) -> int:
         return len(self.decoder_layers(self.model))

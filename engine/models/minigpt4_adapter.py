@@ -70,6 +70,7 @@ class MiniGPT4Adapter(VLMAdapter):
         self.template: PromptTemplate = get_template(spec.template)
         self.preprocessor = ImagePreprocessor(spec.architecture.image_size, spec.image_mean, spec.image_std)
         self.max_new_tokens = spec.max_new_tokens
+        self._stop_ids: tuple[tuple[int, tuple[str, ...]], list[int]] | None = None
         self._segments: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ structure
@@ -113,12 +114,15 @@ class MiniGPT4Adapter(VLMAdapter):
     def stop_token_ids(self) -> list[int]:
         if self.spec.stop_token_ids is not None:
             return list(self.spec.stop_token_ids)
-        ids = [int(self.tokenizer.eos_token_id)]
-        for stop in self.template.stop_strings:
-            pieces = self.encode(stop)
-            if len(pieces) == 1 and pieces[0] not in ids:
-                ids.append(pieces[0])
-        return ids
+        key = (id(self.tokenizer), self.template.stop_strings)  # the template's stop strings, tokenized once
+        if self._stop_ids is None or self._stop_ids[0] != key:
+            ids = [int(self.tokenizer.eos_token_id)]
+            for stop in self.template.stop_strings:
+                pieces = self.encode(stop)
+                if len(pieces) == 1 and pieces[0] not in ids:
+                    ids.append(pieces[0])
+            self._stop_ids = (key, ids)
+        return list(self._stop_ids[1])
 
     @property
     def answer_prefix(self) -> str:
@@ -175,6 +179,10 @@ class MiniGPT4Adapter(VLMAdapter):
 
     def new_tokens(self, prepared: PreparedBatch, generated: torch.Tensor) -> torch.Tensor:
         return generated  # MiniGPT4.generate passes inputs_embeds only: HF returns new tokens only
+
+    def generation_embeds(self, prepared: PreparedBatch) -> torch.Tensor | None:
+        with torch.no_grad():  # MiniGPT4.generate: the language model's generate on these, an all-ones mask
+            return cast("torch.Tensor", self.model.embed(*prepared.args[:3]))
 
     def caption_text(self, token_ids: Sequence[int]) -> str:
         text = self.tokenizer.decode(self.caption_ids(token_ids), skip_special_tokens=True)
