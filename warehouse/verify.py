@@ -33,7 +33,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -186,40 +186,65 @@ def _verify(root: Path, records: dict[str, BatchRecord], damaged: dict[str, str]
                         tables=_summaries(records, problems), problems=problems)
 
 
-def _check_file(root: Path, batch_id: str, entry: FileRecord) -> tuple[Problem | None, set[str]]:  # noqa: PLR0911 (one return per check, in order)
-    """The first problem of one committed file (or None) and the run ids its rows name (empty if unread)."""
+class _Finding(NamedTuple):
+    """A failed check of one file: its `PROBLEM_KINDS` kind and the one-line detail."""
+
+    kind: str
+    detail: str
+
+
+def _check_file(root: Path, batch_id: str, entry: FileRecord) -> tuple[Problem | None, set[str]]:
+    """The first problem of one committed file (or None) and the run ids its rows name (empty if unread).
+
+    The checks run in the module docstring's order: the bytes (`_check_bytes`), then the Parquet content
+    (`_check_content`), which is read only when the bytes pass.
+    """
     path = root / entry.path
+    finding = _check_bytes(path, entry)
+    values: dict[str, set[Any]] = {}
+    if finding is None:
+        finding, values = _check_content(path, entry)
+    if finding is not None:
+        return Problem(batch_id, entry.table, entry.path, finding.kind, finding.detail), set()
+    return None, values.get("run_id", set())
 
-    def problem(kind: str, detail: str) -> tuple[Problem, set[str]]:
-        return Problem(batch_id, entry.table, entry.path, kind, detail), set()
 
+def _check_bytes(path: Path, entry: FileRecord) -> _Finding | None:
+    """The first of ``missing``, ``size``, ``checksum`` (or ``unreadable`` while hashing) that ``path`` fails."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        return problem("missing", "the file does not exist")
+        return _Finding("missing", "the file does not exist")
     except OSError as exc:
-        return problem("missing", f"cannot stat the file: {exc.strerror or exc}")
+        return _Finding("missing", f"cannot stat the file: {exc.strerror or exc}")
     if size != entry.bytes:
-        return problem("size", f"{size} bytes, the commit record says {entry.bytes}")
-    if entry.sha256 is not None:
-        try:
-            digest = _sha256(path)
-        except OSError as exc:
-            return problem("unreadable", f"cannot read the file: {exc.strerror or exc}")
-        if digest != entry.sha256:
-            return problem("checksum", f"sha256 {digest[:12]}..., the commit record says {entry.sha256[:12]}...")
+        return _Finding("size", f"{size} bytes, the commit record says {entry.bytes}")
+    if entry.sha256 is None:
+        return None
+    try:
+        digest = _sha256(path)
+    except OSError as exc:
+        return _Finding("unreadable", f"cannot read the file: {exc.strerror or exc}")
+    if digest != entry.sha256:
+        return _Finding("checksum", f"sha256 {digest[:12]}..., the commit record says {entry.sha256[:12]}...")
+    return None
+
+
+def _check_content(path: Path, entry: FileRecord) -> tuple[_Finding | None, dict[str, set[Any]]]:
+    """The first of ``unreadable``, ``rows``, ``partition`` that ``path`` fails (or None), and the distinct values
+    of its ``run_id`` and partition columns (empty when it cannot be read)."""
     try:
         rows, values = _read_parquet(path, full=entry.sha256 is None, columns=sorted({"run_id", *entry.partition}))
     except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        return problem("unreadable", f"not readable as Parquet: {first}")
+        return _Finding("unreadable", f"not readable as Parquet: {first}"), {}
     if rows != entry.rows:
-        return problem("rows", f"{rows} rows, the commit record says {entry.rows}")
+        return _Finding("rows", f"{rows} rows, the commit record says {entry.rows}"), values
     for column, value in sorted(entry.partition.items()):
         stray = sorted(str(v) for v in values.get(column, set()) if v != value)
         if stray:
-            return problem("partition", f"rows have {column} {stray[0]!r}, its partition is {value!r}")
-    return None, values.get("run_id", set())
+            return _Finding("partition", f"rows have {column} {stray[0]!r}, its partition is {value!r}"), values
+    return None, values
 
 
 def _sha256(path: Path) -> str:

@@ -35,7 +35,7 @@ import shutil
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -345,7 +345,17 @@ def stop_token_ids(tokenizer: Any, stop_strings: Iterable[str]) -> list[int]:
 
 
 # ---------------------------------------------------------------------- conversion
-def convert_official(eva_vit: Path, qformer: Path | None, minigpt4: Path, llm: Path, out: Path,  # noqa: C901, PLR0912, PLR0915 (a linear sequence of steps, not split yet)
+class _Sources(NamedTuple):
+    """The converter's inputs: the three official checkpoints (``qformer`` None for the patch variant) and the
+    LLM folder (absolute)."""
+
+    eva_vit: Path
+    qformer: Path | None
+    minigpt4: Path
+    llm: Path
+
+
+def convert_official(eva_vit: Path, qformer: Path | None, minigpt4: Path, llm: Path, out: Path,
                      variant: str = "auto", copy_llm: bool = False, dtype: str = "float16",
                      vision_heads: int | None = None, qformer_heads: int | None = None,
                      log: Log | None = None) -> Path:
@@ -363,27 +373,53 @@ def convert_official(eva_vit: Path, qformer: Path | None, minigpt4: Path, llm: P
     when that fails: they are trusted official releases. Raises `KneuronError` (one line) on a wrong path, a
     file that is not a checkpoint dict, or any missing / unexpected / mis-shaped key.
     """
-    from safetensors.torch import save_file
-
     log = log or logger.info
+    sources = _Sources(Path(eva_vit), Path(qformer) if qformer is not None else None, Path(minigpt4),
+                       Path(llm).resolve())
+    out = Path(out)
+    torch_dtype = _check_arguments(sources, out, variant, dtype)
+    llm_config, tokenizer = _load_llm_side(sources.llm)
+    proj = _load_projection(sources.minigpt4, log)
+    # ViT (+ Q-Former checkpoint on top, as the official strict=False loading order does)
+    state = _load_vit(sources.eva_vit, log)
+    vision = infer_vision_config(state, vision_heads)
+    chosen, patches_per_token = _choose_variant(variant, proj, vision, log)
+    if chosen == "qformer":
+        qformer_config, n_queries = _add_qformer(state, sources, qformer_heads, log)
+    else:
+        qformer_config, n_queries = None, 32
+        _add_default_ln_vision(state, sources.qformer, vision["hidden_size"], log)
+    state.update(proj)
 
+    config = MiniGPT4Config(variant=chosen, vision=vision, qformer=qformer_config, num_query_tokens=n_queries,
+                            llm=None, patches_per_token=patches_per_token, ln_vision_eps=LN_VISION_EPS)
+    _check_keys(config, llm_config, state, f"{sources.eva_vit} + {sources.qformer or '-'} + {sources.minigpt4}")
+    log(_describe(config))
+    _write_folder(out, state, config, sources, llm_config, tokenizer, torch_dtype, copy_llm, log)
+    return out
+
+
+def _check_arguments(sources: _Sources, out: Path, variant: str, dtype: str) -> torch.dtype:
+    """The ``torch.dtype`` of ``dtype`` once ``variant``, ``dtype``, the checkpoint files and ``out`` are valid
+    (`KneuronError` otherwise); the LLM folder is checked when it is loaded."""
     from kneuron.engine.models import resolve_dtype
 
-    eva_vit, minigpt4, llm, out = Path(eva_vit), Path(minigpt4), Path(llm).resolve(), Path(out)
-    qformer = Path(qformer) if qformer is not None else None
     if variant not in VARIANTS:
         raise KneuronError(f"unknown variant {variant!r}; use one of {', '.join(VARIANTS)}")
     torch_dtype = resolve_dtype(dtype)
     if torch_dtype is None:
         raise KneuronError(f"unknown dtype {dtype!r}; use float16, float32 or bfloat16")
-    for path, what in ((eva_vit, "EVA ViT"), (minigpt4, "MiniGPT-4")) + (((qformer, "Q-Former"),) if qformer else ()):
+    checkpoints = ((sources.eva_vit, "EVA ViT"), (sources.minigpt4, "MiniGPT-4"))
+    for path, what in checkpoints + (((sources.qformer, "Q-Former"),) if sources.qformer else ()):
         if not path.is_file():
             raise KneuronError(f"{what} checkpoint not found: {path}")
     if out.exists() and not out.is_dir():
         raise KneuronError(f"output path exists and is not a folder: {out}")
-    llm_config, tokenizer = _load_llm_side(llm)
+    return torch_dtype
 
-    # llama_proj from the MiniGPT-4 checkpoint
+
+def _load_projection(minigpt4: Path, log: Log) -> dict[str, torch.Tensor]:
+    """The ``llama_proj.*`` tensors of the MiniGPT-4 checkpoint (its other keys are logged and dropped)."""
     mg4_state = tensors_only(model_entry(load_checkpoint(minigpt4, "MiniGPT-4", log), minigpt4, "MiniGPT-4"),
                              minigpt4, log)
     proj = {k: v for k, v in mg4_state.items() if k.startswith("llama_proj.")}
@@ -393,9 +429,11 @@ def convert_official(eva_vit: Path, qformer: Path | None, minigpt4: Path, llm: P
     if "llama_proj.weight" not in proj:
         raise KneuronError(f"MiniGPT-4 checkpoint {minigpt4} has no llama_proj.weight "
                            f"(keys: {_show(mg4_state) or 'none'})")
-    del mg4_state
+    return proj
 
-    # ViT (+ Q-Former checkpoint on top, as the official strict=False loading order does)
+
+def _load_vit(eva_vit: Path, log: Log) -> dict[str, torch.Tensor]:
+    """The EVA ViT checkpoint renamed to ``vision_model.*`` (`rename_vit`; unused keys are logged and dropped)."""
     raw_vit = load_checkpoint(eva_vit, "EVA ViT", log)
     if isinstance(raw_vit.get("model"), dict):
         raw_vit = raw_vit["model"]
@@ -405,7 +443,12 @@ def convert_official(eva_vit: Path, qformer: Path | None, minigpt4: Path, llm: P
     del raw_vit
     if unused:
         log(f"{eva_vit.name}: ignoring {len(unused)} keys the official ViT-g does not use: {_show(unused)}")
-    vision = infer_vision_config(state, vision_heads)
+    return state
+
+
+def _choose_variant(variant: str, proj: dict[str, torch.Tensor], vision: dict[str, Any], log: Log
+                    ) -> tuple[Variant, int]:
+    """``(variant, patches_per_token)``: ``variant`` as asked, or detected from ``llama_proj`` when ``"auto"``."""
     n_patches = (vision["image_size"] // vision["patch_size"]) ** 2
     proj_in = int(proj["llama_proj.weight"].shape[1])
     detected, patches_per_token = detect_variant(proj_in, vision["hidden_size"], n_patches)
@@ -414,52 +457,57 @@ def convert_official(eva_vit: Path, qformer: Path | None, minigpt4: Path, llm: P
         log(f"variant: {chosen} (llama_proj input width {proj_in}, ViT width {vision['hidden_size']})")
     elif variant == "patch" and detected != "patch":
         patches_per_token = 4  # official grouping; the strict check reports llama_proj's shape
-    variant = chosen
+    return chosen, patches_per_token
 
-    qformer_config, n_queries = None, 32
-    if chosen == "qformer":
-        if qformer is None:
-            raise KneuronError("the Q-Former (Vicuna-v0) variant needs the BLIP-2 Q-Former checkpoint "
-                               "blip2_pretrained_flant5xxl.pth (--qformer)")
-        blip2 = tensors_only(model_entry(load_checkpoint(qformer, "Q-Former", log), qformer, "Q-Former"),
-                             qformer, log)
-        renamed, dropped = rename_blip2(blip2)
-        del blip2
-        log(f"{qformer.name}: using {len(renamed)} keys; dropping {len(dropped)} "
-            f"(text side, buffers, T5 projection): {_show(dropped, 3)}")
-        overrides = sorted(k for k in renamed if k.startswith("vision_model.") and "post_layernorm" not in k)
-        if overrides:
-            log(f"{qformer.name}: {len(overrides)} ViT keys override {eva_vit.name} (official loading order)")
-        state.update(renamed)
-        qformer_config, n_queries = infer_qformer_config(state, qformer_heads)
-    else:
-        if qformer is not None:
-            log(f"patch variant: ignoring {qformer} (the official LLaMA-2 model loads no Q-Former checkpoint)")
-        state["vision_model.post_layernorm.weight"] = torch.ones(vision["hidden_size"])
-        state["vision_model.post_layernorm.bias"] = torch.zeros(vision["hidden_size"])
-    state.update(proj)
 
-    config = MiniGPT4Config(variant=chosen, vision=vision, qformer=qformer_config, num_query_tokens=n_queries,
-                            llm=None, patches_per_token=patches_per_token, ln_vision_eps=LN_VISION_EPS)
-    _check_keys(config, llm_config, state, f"{eva_vit} + {qformer or '-'} + {minigpt4}")
-    log(f"vision: {vision['num_hidden_layers']} layers, width {vision['hidden_size']}, "
-        f"{vision['num_attention_heads']} heads, {vision['image_size']} px / {vision['patch_size']} px patches; "
-        + (f"Q-Former: {qformer_config['num_hidden_layers']} layers, width {qformer_config['hidden_size']}, "
-           f"{n_queries} queries" if qformer_config else f"patch grouping: {patches_per_token}")
-        + f"; {config.n_image_tokens} image tokens")
+def _add_qformer(state: dict[str, torch.Tensor], sources: _Sources, heads: int | None, log: Log
+                 ) -> tuple[dict[str, Any], int]:
+    """Add the BLIP-2 checkpoint's renamed keys to ``state`` (its ViT keys override, as officially); return the
+    Q-Former config kwargs and the number of query tokens (`infer_qformer_config`)."""
+    qformer = sources.qformer
+    if qformer is None:
+        raise KneuronError("the Q-Former (Vicuna-v0) variant needs the BLIP-2 Q-Former checkpoint "
+                           "blip2_pretrained_flant5xxl.pth (--qformer)")
+    blip2 = tensors_only(model_entry(load_checkpoint(qformer, "Q-Former", log), qformer, "Q-Former"), qformer, log)
+    renamed, dropped = rename_blip2(blip2)
+    del blip2
+    log(f"{qformer.name}: using {len(renamed)} keys; dropping {len(dropped)} "
+        f"(text side, buffers, T5 projection): {_show(dropped, 3)}")
+    overrides = sorted(k for k in renamed if k.startswith("vision_model.") and "post_layernorm" not in k)
+    if overrides:
+        log(f"{qformer.name}: {len(overrides)} ViT keys override {sources.eva_vit.name} (official loading order)")
+    state.update(renamed)
+    return infer_qformer_config(state, heads)
 
-    # write the folder
+
+def _add_default_ln_vision(state: dict[str, torch.Tensor], qformer: Path | None, width: int, log: Log) -> None:
+    """Patch variant: ``ln_vision`` at its default init (weight 1, bias 0), as no Q-Former checkpoint is loaded."""
+    if qformer is not None:
+        log(f"patch variant: ignoring {qformer} (the official LLaMA-2 model loads no Q-Former checkpoint)")
+    state["vision_model.post_layernorm.weight"] = torch.ones(width)
+    state["vision_model.post_layernorm.bias"] = torch.zeros(width)
+
+
+def _describe(config: MiniGPT4Config) -> str:
+    """One log line of the converted architecture's sizes."""
+    vision, qformer = config.vision, config.qformer
+    return (f"vision: {vision['num_hidden_layers']} layers, width {vision['hidden_size']}, "
+            f"{vision['num_attention_heads']} heads, {vision['image_size']} px / {vision['patch_size']} px patches; "
+            + (f"Q-Former: {qformer['num_hidden_layers']} layers, width {qformer['hidden_size']}, "
+               f"{config.num_query_tokens} queries" if qformer else f"patch grouping: {config.patches_per_token}")
+            + f"; {config.n_image_tokens} image tokens")
+
+
+def _write_folder(out: Path, state: dict[str, torch.Tensor], config: MiniGPT4Config, sources: _Sources,
+                  llm_config: Any, tokenizer: Any, torch_dtype: torch.dtype, copy_llm: bool, log: Log) -> None:
+    """Write ``model.safetensors`` (emptying ``state``), the LLM copy if ``copy_llm``, then ``kneuron_model.json``."""
     out.mkdir(parents=True, exist_ok=True)
-    weights: dict[str, torch.Tensor] = {}
-    for key in sorted(state):  # pop as we go: at most one extra tensor alive at full size
-        value = state.pop(key)
-        weights[key] = (value.to(torch_dtype) if value.is_floating_point() else value).contiguous().clone()
-    save_file(weights, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
-    llm_path = str(llm)
+    n_weights = _save_weights(out / WEIGHTS_FILE, state, torch_dtype)
+    llm_path = str(sources.llm)
     if copy_llm:
         llm_path = LLM_FOLDER
-        _copy_llm(llm, out / LLM_FOLDER, torch_dtype)
-    template = "vicuna0" if variant == "qformer" else "llama2"
+        _copy_llm(sources.llm, out / LLM_FOLDER, torch_dtype)
+    template = "vicuna0" if config.variant == "qformer" else "llama2"
     config_eos = getattr(llm_config, "eos_token_id", None)
     if config_eos not in (None, tokenizer.eos_token_id):
         log(f"LLM config eos_token_id={config_eos} differs from the tokenizer's {tokenizer.eos_token_id}; "
@@ -467,13 +515,25 @@ def convert_official(eva_vit: Path, qformer: Path | None, minigpt4: Path, llm: P
     spec = ModelSpec(architecture=config, template=template,
                      stop_token_ids=stop_token_ids(tokenizer, get_template(template).stop_strings),
                      llm_path=llm_path,
-                     extra={"converted_from": {"eva_vit": str(eva_vit.resolve()),
-                                               "qformer": str(qformer.resolve()) if qformer else None,
-                                               "minigpt4": str(minigpt4.resolve()), "llm": str(llm)},
+                     extra={"converted_from": {"eva_vit": str(sources.eva_vit.resolve()),
+                                               "qformer": str(sources.qformer.resolve()) if sources.qformer else None,
+                                               "minigpt4": str(sources.minigpt4.resolve()), "llm": str(sources.llm)},
                             "weights_dtype": str(torch_dtype).removeprefix("torch.")})
     (out / SPEC_FILE).write_text(spec.to_json() + "\n")
-    log(f"wrote {out / WEIGHTS_FILE} ({len(weights)} tensors) and {out / SPEC_FILE} (llm_path {llm_path})")
-    return out
+    log(f"wrote {out / WEIGHTS_FILE} ({n_weights} tensors) and {out / SPEC_FILE} (llm_path {llm_path})")
+
+
+def _save_weights(path: Path, state: dict[str, torch.Tensor], torch_dtype: torch.dtype) -> int:
+    """Save ``state`` (floating tensors cast to ``torch_dtype``) as safetensors, popping it as it goes (at most one
+    extra tensor alive at full size); returns the number of tensors written."""
+    from safetensors.torch import save_file
+
+    weights: dict[str, torch.Tensor] = {}
+    for key in sorted(state):
+        value = state.pop(key)
+        weights[key] = (value.to(torch_dtype) if value.is_floating_point() else value).contiguous().clone()
+    save_file(weights, str(path), metadata={"format": "pt"})
+    return len(weights)
 
 
 def _check_keys(config: MiniGPT4Config, llm_config: Any, state: dict[str, torch.Tensor], source: str) -> None:

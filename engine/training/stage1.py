@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -36,9 +36,18 @@ from kneuron.engine.errors import KneuronError
 from kneuron.engine.models.minigpt4 import PROJECTIONS, MiniGPT4, MiniGPT4Config
 from kneuron.engine.models.minigpt4_adapter import MiniGPT4Adapter, ModelSpec, save_minigpt4
 from kneuron.engine.models.preprocess import ImagePreprocessor
-from kneuron.engine.models.prompts import DEFAULT_INSTRUCTION, TEMPLATES, get_template, prompt_token_ids
+from kneuron.engine.models.prompts import (
+    DEFAULT_INSTRUCTION,
+    TEMPLATES,
+    PromptTemplate,
+    get_template,
+    prompt_token_ids,
+)
 from kneuron.engine.runtime.scoped import seeded_torch
 from kneuron.engine.training.optim import adamw, cosine_lr
+
+if TYPE_CHECKING:
+    from kneuron.engine.models.llm import LLMSource
 
 logger = logging.getLogger(__name__)
 
@@ -270,9 +279,37 @@ def train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callabl
         return _train_stage1(world_dir, out_dir, cfg, log or logger.info, command)
 
 
-def _train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callable[[str], None],  # noqa: PLR0915 (a linear sequence of steps)
+@dataclass
+class _Stage1Parts:
+    """What a stage-1 run trains with: the LLM ``source``, the encoder ``source_spec``, the assembled ``model``, its
+    trainable ``params`` (`trainable_parameters`), the LLM's ``tokenizer``, the prompt ``template``, the prompt's
+    token ids ``before``/``after`` the image and the ids of the template's stop string."""
+
+    source: LLMSource
+    source_spec: ModelSpec
+    model: MiniGPT4
+    params: list[nn.Parameter]
+    tokenizer: Any
+    template: PromptTemplate
+    before: list[int]
+    after: list[int]
+    stop_ids: list[int]
+
+
+class _TrainingSet(NamedTuple):
+    """The cached frozen-encoder ``features [N, T, d]`` of the N training images, the token ids of every caption
+    of each (`encode_answers`), the evaluation set (`_eval_set`, or None) and the seconds caching took."""
+
+    features: torch.Tensor
+    answers: list[list[list[int]]]
+    eval_set: tuple[torch.Tensor, list[list[int]]] | None
+    seconds: float
+
+
+def _train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callable[[str], None],
                   command: str | None) -> tuple[MiniGPT4Adapter, Stage1Log]:
-    from kneuron.engine.models.llm import load_llm, load_llm_tokenizer, resolve_llm
+    """`train_stage1` under its seeded torch RNG: check, load, cache, initialise, train, save."""
+    from kneuron.engine.models.llm import resolve_llm
 
     cfg.check()
     source = resolve_llm(cfg.llm)
@@ -284,6 +321,23 @@ def _train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callab
     data = CocoDataset(world_dir, cfg.split)
     torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
+
+    parts = _load_parts(source, vision_spec, arch, vision_state, cfg, log)
+    training = _cache_training_set(world_dir, data, parts, cfg, log)
+    run_log = Stage1Log(seconds_cache=training.seconds)
+    objective = _init_objective(parts, training.features, rng, cfg, log)
+    final_loss = _train(objective, parts, training, rng, cfg, run_log, log)
+    spec = _save_stage1(out_dir, world_dir, parts, cfg, command, final_loss, run_log)
+    log(f"trained {cfg.steps} steps in {run_log.seconds_train} s ({run_log.seconds_per_step} s/step)")
+    return MiniGPT4Adapter(parts.model, parts.tokenizer, spec, name=Path(out_dir).name), run_log
+
+
+def _load_parts(source: LLMSource, vision_spec: ModelSpec, arch: MiniGPT4Config,
+                vision_state: dict[str, torch.Tensor], cfg: Stage1Config, log: Callable[[str], None]
+                ) -> _Stage1Parts:
+    """Load the LLM, assemble the model on ``cfg.device`` with only ``llama_proj`` (and queries) trainable, and
+    tokenise the prompt and the stop string."""
+    from kneuron.engine.models.llm import load_llm, load_llm_tokenizer
 
     log(f"loading LLM {source.describe()}")
     started = time.perf_counter()
@@ -297,39 +351,61 @@ def _train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callab
     template = get_template(cfg.template or source.template or FALLBACK_TEMPLATE)
     before, after = prompt_token_ids(template, cfg.instruction, tokenizer)
     stop_ids = list(tokenizer(template.stop_strings[0], add_special_tokens=False)["input_ids"])
+    return _Stage1Parts(source, vision_spec, model, params, tokenizer, template, before, after, stop_ids)
 
+
+def _cache_training_set(world_dir: Path, data: CocoDataset, parts: _Stage1Parts, cfg: Stage1Config,
+                        log: Callable[[str], None]) -> _TrainingSet:
+    """Frozen-encoder features (on ``cfg.device``, so each step indexes there) and answer token ids of every
+    training image, plus the evaluation set; computed once."""
     started = time.perf_counter()
     ids = data.image_ids()
-    preprocess = ImagePreprocessor(arch.image_size, vision_spec.image_mean, vision_spec.image_std)
-    features = cache_features(model, load_images(data, ids, arch.image_size), preprocess, cfg.train_queries
-                              ).to(cfg.device)  # once, so each step indexes on the device
-    answers = encode_answers(tokenizer, [data.captions(i) for i in ids], stop_ids)
-    eval_set = _eval_set(world_dir, cfg, model, preprocess, tokenizer, stop_ids)
-    run_log = Stage1Log(seconds_cache=round(time.perf_counter() - started, 1))
-    log(f"cached frozen-encoder features of {len(ids)} images {tuple(features.shape)} in {run_log.seconds_cache} s")
+    image_size = parts.model.config.image_size
+    preprocess = ImagePreprocessor(image_size, parts.source_spec.image_mean, parts.source_spec.image_std)
+    features = cache_features(parts.model, load_images(data, ids, image_size), preprocess, cfg.train_queries
+                              ).to(cfg.device)
+    answers = encode_answers(parts.tokenizer, [data.captions(i) for i in ids], parts.stop_ids)
+    eval_set = _eval_set(world_dir, cfg, parts.model, preprocess, parts.tokenizer, parts.stop_ids)
+    seconds = round(time.perf_counter() - started, 1)
+    log(f"cached frozen-encoder features of {len(ids)} images {tuple(features.shape)} in {seconds} s")
+    return _TrainingSet(features, answers, eval_set, seconds)
 
-    objective = Stage1Objective(model, before, after)
-    sample = features[torch.from_numpy(rng.choice(len(ids), min(256, len(ids)), replace=False)).to(cfg.device)]
+
+def _init_objective(parts: _Stage1Parts, features: torch.Tensor, rng: np.random.Generator, cfg: Stage1Config,
+                    log: Callable[[str], None]) -> Stage1Objective:
+    """The objective, after `init_projection` on a sample of at most 256 of the cached ``features [N, T, d]``."""
+    model = parts.model
+    objective = Stage1Objective(model, parts.before, parts.after)
+    n = len(features)
+    sample = features[torch.from_numpy(rng.choice(n, min(256, n), replace=False)).to(cfg.device)]
     with torch.no_grad():
         probe = model.connect(sample) if cfg.train_queries else sample
         target_rms = init_projection(model.llama_proj, probe, objective.embed.weight, cfg.init_scale)
     log(f"llama_proj ({cfg.projection}, {sum(p.numel() for p in model.llama_proj.parameters())} parameters) "
         f"initialised to image-token RMS {target_rms:.4f}")
+    return objective
 
-    optim = adamw(params, cfg.lr, cfg.weight_decay)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+def _train(objective: Stage1Objective, parts: _Stage1Parts, training: _TrainingSet, rng: np.random.Generator,
+           cfg: Stage1Config, run_log: Stage1Log, log: Callable[[str], None]) -> float:
+    """``cfg.steps`` AdamW steps on random captions of random images; the loss curve, evaluation losses and timings
+    go to ``run_log``. Returns the final running loss (an exponential average, weight 0.05)."""
+    features, answers, eval_set = training.features, training.answers, training.eval_set
+    optim = adamw(parts.params, cfg.lr, cfg.weight_decay)
+    pad_id = int(parts.tokenizer.pad_token_id if parts.tokenizer.pad_token_id is not None
+                 else parts.tokenizer.eos_token_id)
     started, running = time.perf_counter(), 0.0
     for step in range(cfg.steps):
-        rows = rng.integers(0, len(ids), cfg.batch_size)
+        rows = rng.integers(0, len(answers), cfg.batch_size)
         picks = [answers[r][rng.integers(0, len(answers[r]))] for r in rows]
-        targets, mask = pad_batch(picks, int(pad_id))
+        targets, mask = pad_batch(picks, pad_id)
         for group in optim.param_groups:
             group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup_steps)
         image = objective.image_tokens(features[torch.from_numpy(rows).to(cfg.device)], cfg.train_queries)
         loss = objective.loss(image, targets.to(cfg.device), mask.to(cfg.device))
         optim.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(parts.params, cfg.grad_clip)
         optim.step()
         running = 0.95 * running + 0.05 * loss.item() if step else loss.item()
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
@@ -343,21 +419,27 @@ def _train_stage1(world_dir: Path, out_dir: Path, cfg: Stage1Config, log: Callab
             log(f"step {step + 1:5d}  {cfg.eval_split} loss {value:.4f} ({len(eval_set[0])} images)")
     run_log.seconds_train = round(time.perf_counter() - started, 1)
     run_log.seconds_per_step = round(run_log.seconds_train / cfg.steps, 2)
+    return running
 
+
+def _save_stage1(out_dir: Path, world_dir: Path, parts: _Stage1Parts, cfg: Stage1Config, command: str | None,
+                 final_loss: float, run_log: Stage1Log) -> ModelSpec:
+    """Freeze the model on the CPU, save the model folder (no LLM weights) and its ``train_log.json``; return the
+    saved spec."""
+    model = parts.model
     model.eval().cpu()
     for p in model.parameters():
         p.requires_grad_(False)
-    spec = ModelSpec(architecture=model.config, template=template.name, instruction=cfg.instruction,
+    spec = ModelSpec(architecture=model.config, template=parts.template.name, instruction=cfg.instruction,
                      answer_prefix=cfg.answer_prefix,
-                     image_mean=vision_spec.image_mean, image_std=vision_spec.image_std,
-                     llm_path=_stored_llm_ref(cfg.llm, source.kind), max_new_tokens=cfg.max_new_tokens,
+                     image_mean=parts.source_spec.image_mean, image_std=parts.source_spec.image_std,
+                     llm_path=_stored_llm_ref(cfg.llm, parts.source.kind), max_new_tokens=cfg.max_new_tokens,
                      extra={"trained_on": Path(world_dir).name, "stage1": asdict(cfg)})
     save_minigpt4(model, None, spec, out_dir, include_llm=False)
     (Path(out_dir) / "train_log.json").write_text(json.dumps(
-        {"command": command, "config": asdict(cfg), "final_loss": round(running, 4), **asdict(run_log)},
+        {"command": command, "config": asdict(cfg), "final_loss": round(final_loss, 4), **asdict(run_log)},
         indent=2, sort_keys=True) + "\n")
-    log(f"trained {cfg.steps} steps in {run_log.seconds_train} s ({run_log.seconds_per_step} s/step)")
-    return MiniGPT4Adapter(model, tokenizer, spec, name=Path(out_dir).name), run_log
+    return spec
 
 
 def stage1_command(out_dir: Path, cfg: Stage1Config, world_dir: Path | None = None) -> str:

@@ -46,13 +46,15 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from kneuron import queries
-from kneuron.engine.baselines.base import BaselineContext, ScoredNeuron
+from kneuron.engine.baselines.base import BaselineContext, ReferenceSet, ScoredNeuron
 from kneuron.engine.baselines.registry import get_baseline
 from kneuron.engine.eval.budget import split_label
 from kneuron.engine.eval.config import EDITED_METHOD, REFERENCE_METHOD, EvalConfig, jsonable
@@ -300,7 +302,7 @@ class _Evaluation:
             self.write(tables)
 
 
-def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | None = None,  # noqa: C901, PLR0915 (a linear sequence of steps, not split yet)
+def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | None = None,
                    adapter: VLMAdapter | None = None, dataset: Any = None, scorer: CaptionScorer | None = None,
                    progress: bool = True, log: Log | None = None, remote: RemoteCaptions | None = None) -> EvalResult:
     """Run (or resume) one suppression evaluation and return its summary (see the module docstring).
@@ -323,96 +325,204 @@ def run_evaluation(config: EvalConfig, warehouse_path: str | os.PathLike[str] | 
         con = queries.connect(wh)
         outside = contextlib.ExitStack()
         try:
-            run = one_run(wh, con, config.run_id)
-            run_id = run["run_id"]
-            sets = stored_sets(con, run_id)
-            references, how = reference_sets(config, wh, con, run_id, sets, note)
-            concepts = resolve_concepts(config, references, run_id)
-            for concept in concepts:
-                say(f"concept {concept!r}: {REFERENCE_METHOD} set {references[concept].set_id} "
-                    f"({references[concept].size} neurons; {how})")
-            sizes = budgets(config, references, concepts)
-            adapter = adapter if adapter is not None else open_model(config, run, say if progress else None)
-            edited = open_edited(config.edited_model, adapter, say if progress else None) \
-                if config.edited_model else None
-            dataset = dataset if dataset is not None else open_dataset(config, run)
-            eval_images, ident_images = run_images(con, run_id)
-            ablation, ablation_identity = prepare_ablation(config, adapter, dataset, ident_images, concepts, say)
-            present: dict[int, tuple[str, ...]] = {}
-
-            def contains(image_id: int, concept: str) -> bool:
-                if image_id not in present:
-                    present[image_id] = tuple(dataset.concepts_in(image_id))
-                return concept in present[image_id]
-
-            images = choose_images(config, concepts, eval_images, contains)
-            for concept in concepts:
-                if not images.target[concept]:
-                    note(f"concept {concept!r} has no evaluation images in run {run_id!r}")
-            scorer = scorer if scorer is not None else CaptionScorer(config.metric_config)
-            generation = generation_settings(adapter, run, config)
-            generation_key = hash_of(generation, 16)
-            identity = {"run_id": run_id, "config": config.identity(), "concepts": concepts,
-                        "references": {c: references[c].set_id for c in concepts}, "budgets": sizes,
-                        "images": {c: [images.target[c], images.other[c]] for c in concepts},
-                        "generation_key": generation_key, "bertscore": scorer.model_id}
-            if edited is not None:
-                identity["edited"] = edited.identity()
-            if ablation_identity:  # zero ablation keeps the ids it always had
-                identity["ablation"] = ablation_identity
-            eval_id = config.eval_id or f"eval-{hash_of(identity)}"
-            existing = check_stored(con, eval_id, run_id, identity)
-
-            def eval_row() -> dict[str, list[Any]]:  # made at the first write: metric signatures need a score
-                details = {**identity, "generation": generation, "methods": list(config.methods),
-                           "metrics": metric_provenance(scorer), "batch_size": config.batch_size}
-                return {"eval_id": [eval_id], "run_id": [run_id], "created_at": [datetime.now(timezone.utc)],
-                        "config_json": [json.dumps(details, sort_keys=True, default=jsonable)]}
-
-            done = set(done_jobs(con, eval_id))
-            cached = queries.run(con, "suppress_cached_captions",
-                                 {"run_id": run_id, "generation_key": generation_key}).to_pydict()
-            unmodified = dict(zip((int(i) for i in cached["image_id"]), cached["text"], strict=True))
-            ranking = BudgetRanking(con, run_id, {concept: ref.params for concept, ref in references.items()})
-            ctx = BaselineContext(adapter=adapter, dataset=dataset, run_id=run_id, ident_images=ident_images,
-                                  reference_sets=references, seed=config.seed, batch_size=config.batch_size,
-                                  stage_ranking=ranking, massive_units=ranking.massive)
-            labels = method_labels(config)
-            jobs = [(c, m) for c in concepts if images.target[c] for m in (UNMODIFIED, *labels)]
-            skipped = sum(job in done for job in jobs)
-            total = captions_to_make(jobs, done, labels, images, unmodified)
-            bar = Progress(total, "suppress: captions", say) if progress and total else None
-            evaluation = _Evaluation(config, wh, run_id, eval_id, None if existing else eval_row, adapter, dataset,
-                                     ScoreCache(scorer, config.metrics), unmodified, sets, ctx, sizes, images, say,
-                                     bar, edited, ablation)
-            if remote is not None and total:
-                plan_captions(evaluation, outside.enter_context(remote(config, run, ablation)), jobs, done, labels)
-            for concept in dict.fromkeys(c for c, _ in jobs):
-                todo = [m for m in labels if (concept, m) not in done]
-                if todo or (concept, UNMODIFIED) not in done:  # every method needs the unmodified captions
-                    evaluation.run_unmodified(concept, write=(concept, UNMODIFIED) not in done)
-                if todo:
-                    evaluation.run_methods(concept, todo)
+            run = _read_run(config, wh, con, say, note)
+            opened = _open_inputs(config, con, run, adapter, dataset, progress, say, note)
+            key = _evaluation_key(config, run, opened, scorer)
+            existing = check_stored(con, key.eval_id, run.run_id, key.identity)
+            plan = _plan_jobs(config, con, run, opened, key)
+            bar = Progress(plan.total, "suppress: captions", say) if progress and plan.total else None
+            evaluation = _Evaluation(config, wh, run.run_id, key.eval_id,
+                                     None if existing else _eval_row(config, run.run_id, key), opened.adapter,
+                                     opened.dataset, ScoreCache(key.scorer, config.metrics), plan.unmodified,
+                                     run.sets, plan.ctx, run.budgets, opened.images, say, bar, opened.edited,
+                                     opened.ablation)
+            if remote is not None and plan.total:
+                plan_captions(evaluation, outside.enter_context(remote(config, run.row, opened.ablation)), plan.jobs,
+                              plan.done, plan.labels)
+            _run_jobs(evaluation, plan)
             if bar is not None:
                 bar.close()
             outside.close()
             notes += evaluation.notes
-            fragility = None
-            if config.fragility_images:
-                used = {(c, m): [(a, b) for a, b, _ in evaluation.neuron_set(c, m)[1]]
-                        for c, m in jobs if m != UNMODIFIED}
-                fragility, more = fragility_check(
-                    adapter, dataset, check_images(ident_images, concepts, config.fragility_images, config.seed),
-                    used, ranking.massive(MASSIVE_K), MASSIVE_K, config.batch_size, say)
-                for message in more:
-                    note(message)
+            fragility = (_check_fragility(config, evaluation, run, opened, plan, say, note)
+                         if config.fragility_images else None)
         finally:
             outside.close()
             con.close()
-        summary, evidence = summarize_and_store(wh, eval_id, run_id, dataset, sets, config.metrics)
-    return EvalResult(eval_id=eval_id, run_id=run_id, concepts=concepts, methods=labels, summary=summary,
-                      evidence=evidence, jobs_run=len(jobs) - skipped, jobs_skipped=skipped, notes=notes,
-                      budgets=tuple(sorted(config.budgets)), fragility=fragility)
+        summary, evidence = summarize_and_store(wh, key.eval_id, run.run_id, opened.dataset, run.sets,
+                                                config.metrics)
+    return EvalResult(eval_id=key.eval_id, run_id=run.run_id, concepts=run.concepts, methods=plan.labels,
+                      summary=summary, evidence=evidence, jobs_run=len(plan.jobs) - plan.skipped,
+                      jobs_skipped=plan.skipped, notes=notes, budgets=tuple(sorted(config.budgets)),
+                      fragility=fragility)
+
+
+# ---------------------------------------------------------------------- the steps of run_evaluation
+@dataclass(frozen=True)
+class _Run:
+    """The run an evaluation reads: its ``runs`` ``row``, its stored ``sets`` (set_id -> set), the concepts to
+    evaluate with their reference (two_stage) sets and baseline budgets."""
+
+    row: dict[str, Any]
+    run_id: str
+    sets: dict[str, StoredSet]
+    references: dict[str, ReferenceSet]
+    concepts: list[str]
+    budgets: dict[str, int]
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What an evaluation runs on: the model (and the edited model), the dataset, the run's identification images
+    per concept, the chosen evaluation images and the ablation with its identity for the eval id."""
+
+    adapter: VLMAdapter
+    edited: EditedModel | None
+    dataset: Any
+    ident_images: dict[str, list[int]]
+    images: EvalImages
+    ablation: Ablation
+    ablation_identity: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _EvalKey:
+    """What identifies an evaluation: the scorer, the generation settings and their hash (the cache key of
+    unmodified captions), everything that determines the results (``identity``) and the ``eval_id``."""
+
+    scorer: CaptionScorer
+    generation: dict[str, Any]
+    generation_key: str
+    identity: dict[str, Any]
+    eval_id: str
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The evaluation's jobs: method ``labels``, every (concept, label) job in order, those ``done`` already and how
+    many (``skipped``), the captions still to make (``total``), the unmodified captions known, the stage-2 ranking
+    and the baselines' context."""
+
+    labels: list[str]
+    jobs: list[tuple[str, str]]
+    done: set[tuple[str, str]]
+    skipped: int
+    total: int
+    unmodified: dict[int, str]
+    ranking: BudgetRanking
+    ctx: BaselineContext
+
+
+def _read_run(config: EvalConfig, wh: Warehouse, con: duckdb.DuckDBPyConnection, say: Log, note: Log) -> _Run:
+    """The run, its sets and each concept's reference set (logged) and budget."""
+    run = one_run(wh, con, config.run_id)
+    run_id = run["run_id"]
+    sets = stored_sets(con, run_id)
+    references, how = reference_sets(config, wh, con, run_id, sets, note)
+    concepts = resolve_concepts(config, references, run_id)
+    for concept in concepts:
+        say(f"concept {concept!r}: {REFERENCE_METHOD} set {references[concept].set_id} "
+            f"({references[concept].size} neurons; {how})")
+    sizes = budgets(config, references, concepts)
+    return _Run(run, run_id, sets, references, concepts, sizes)
+
+
+def _open_inputs(config: EvalConfig, con: duckdb.DuckDBPyConnection, run: _Run, adapter: VLMAdapter | None,
+                 dataset: Any, progress: bool, say: Log, note: Log) -> _Inputs:
+    """Open the model, the edited model and the dataset (unless given), prepare the ablation and choose the
+    images; a concept without evaluation images is noted."""
+    adapter = adapter if adapter is not None else open_model(config, run.row, say if progress else None)
+    edited = open_edited(config.edited_model, adapter, say if progress else None) \
+        if config.edited_model else None
+    dataset = dataset if dataset is not None else open_dataset(config, run.row)
+    eval_images, ident_images = run_images(con, run.run_id)
+    ablation, ablation_identity = prepare_ablation(config, adapter, dataset, ident_images, run.concepts, say)
+    present: dict[int, tuple[str, ...]] = {}
+
+    def contains(image_id: int, concept: str) -> bool:
+        if image_id not in present:
+            present[image_id] = tuple(dataset.concepts_in(image_id))
+        return concept in present[image_id]
+
+    images = choose_images(config, run.concepts, eval_images, contains)
+    for concept in run.concepts:
+        if not images.target[concept]:
+            note(f"concept {concept!r} has no evaluation images in run {run.run_id!r}")
+    return _Inputs(adapter, edited, dataset, ident_images, images, ablation, ablation_identity)
+
+
+def _evaluation_key(config: EvalConfig, run: _Run, inputs: _Inputs, scorer: CaptionScorer | None) -> _EvalKey:
+    """The scorer (a new `CaptionScorer` unless given) and the identity and id of the evaluation."""
+    scorer = scorer if scorer is not None else CaptionScorer(config.metric_config)
+    generation = generation_settings(inputs.adapter, run.row, config)
+    generation_key = hash_of(generation, 16)
+    concepts, images = run.concepts, inputs.images
+    identity = {"run_id": run.run_id, "config": config.identity(), "concepts": concepts,
+                "references": {c: run.references[c].set_id for c in concepts}, "budgets": run.budgets,
+                "images": {c: [images.target[c], images.other[c]] for c in concepts},
+                "generation_key": generation_key, "bertscore": scorer.model_id}
+    if inputs.edited is not None:
+        identity["edited"] = inputs.edited.identity()
+    if inputs.ablation_identity:  # zero ablation keeps the ids it always had
+        identity["ablation"] = inputs.ablation_identity
+    eval_id = config.eval_id or f"eval-{hash_of(identity)}"
+    return _EvalKey(scorer, generation, generation_key, identity, eval_id)
+
+
+def _eval_row(config: EvalConfig, run_id: str, key: _EvalKey) -> Callable[[], dict[str, list[Any]]]:
+    """The maker of the evaluation's ``evals`` row, called at the first write: metric signatures need a score."""
+
+    def eval_row() -> dict[str, list[Any]]:
+        details = {**key.identity, "generation": key.generation, "methods": list(config.methods),
+                   "metrics": metric_provenance(key.scorer), "batch_size": config.batch_size}
+        return {"eval_id": [key.eval_id], "run_id": [run_id], "created_at": [datetime.now(timezone.utc)],
+                "config_json": [json.dumps(details, sort_keys=True, default=jsonable)]}
+
+    return eval_row
+
+
+def _plan_jobs(config: EvalConfig, con: duckdb.DuckDBPyConnection, run: _Run, inputs: _Inputs, key: _EvalKey
+               ) -> _Plan:
+    """The jobs and what resuming them needs: the jobs stored already, the cached unmodified captions of the same
+    generation settings, the stage-2 ranking and the baselines' context."""
+    done = set(done_jobs(con, key.eval_id))
+    cached = queries.run(con, "suppress_cached_captions",
+                         {"run_id": run.run_id, "generation_key": key.generation_key}).to_pydict()
+    unmodified = dict(zip((int(i) for i in cached["image_id"]), cached["text"], strict=True))
+    ranking = BudgetRanking(con, run.run_id, {concept: ref.params for concept, ref in run.references.items()})
+    ctx = BaselineContext(adapter=inputs.adapter, dataset=inputs.dataset, run_id=run.run_id,
+                          ident_images=inputs.ident_images, reference_sets=run.references, seed=config.seed,
+                          batch_size=config.batch_size, stage_ranking=ranking, massive_units=ranking.massive)
+    labels = method_labels(config)
+    jobs = [(c, m) for c in run.concepts if inputs.images.target[c] for m in (UNMODIFIED, *labels)]
+    skipped = sum(job in done for job in jobs)
+    total = captions_to_make(jobs, done, labels, inputs.images, unmodified)
+    return _Plan(labels, jobs, done, skipped, total, unmodified, ranking, ctx)
+
+
+def _run_jobs(evaluation: _Evaluation, plan: _Plan) -> None:
+    """Run the jobs not done yet, concept by concept: the unmodified captions (stored unless done), then every
+    pending method."""
+    for concept in dict.fromkeys(c for c, _ in plan.jobs):
+        todo = [m for m in plan.labels if (concept, m) not in plan.done]
+        if todo or (concept, UNMODIFIED) not in plan.done:  # every method needs the unmodified captions
+            evaluation.run_unmodified(concept, write=(concept, UNMODIFIED) not in plan.done)
+        if todo:
+            evaluation.run_methods(concept, todo)
+
+
+def _check_fragility(config: EvalConfig, evaluation: _Evaluation, run: _Run, inputs: _Inputs, plan: _Plan,
+                     say: Log, note: Log) -> pa.Table:
+    """The fragility table of every evaluated set (`fragility_check`); its notes go to ``note``."""
+    used = {(c, m): [(a, b) for a, b, _ in evaluation.neuron_set(c, m)[1]]
+            for c, m in plan.jobs if m != UNMODIFIED}
+    fragility, more = fragility_check(
+        inputs.adapter, inputs.dataset, check_images(inputs.ident_images, run.concepts, config.fragility_images,
+                                                     config.seed),
+        used, plan.ranking.massive(MASSIVE_K), MASSIVE_K, config.batch_size, say)
+    for message in more:
+        note(message)
+    return fragility
 
 
 def summarize_evaluation(wh: Warehouse, eval_id: str, dataset: Any, sets: Mapping[str, StoredSet] | None = None,
