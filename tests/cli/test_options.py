@@ -137,15 +137,15 @@ def test_one_stderr_line_per_record_and_quiet_verbose(empty_warehouse: Path, cap
     root.addHandler(elsewhere)
     try:
         with installed(logging.INFO):
-            logging.getLogger("engine.some.module").info("two\nlines")
-            logging.getLogger("warehouse.x").warning("careful")
-            logging.getLogger("queries.y").debug("hidden")
+            logging.getLogger("kneuron.engine.some.module").info("two\nlines")
+            logging.getLogger("kneuron.warehouse.x").warning("careful")
+            logging.getLogger("kneuron.queries.y").debug("hidden")
     finally:
         root.removeHandler(elsewhere)
-    assert logging.getLogger("engine").propagate
-    logging.getLogger("engine.some.module").info("after: not shown")
+    assert logging.getLogger("kneuron").propagate
+    logging.getLogger("kneuron.engine.some.module").info("after: not shown")
     assert capsys.readouterr().err == "kneuron: two; lines\nkneuron: warning: careful\n"
-    assert not [h for h in logging.getLogger("engine").handlers if type(h).__name__ == "EchoHandler"]
+    assert not [h for h in logging.getLogger("kneuron").handlers if type(h).__name__ == "EchoHandler"]
 
     sql = ["sql", "SELECT 1 AS x", "--warehouse", str(empty_warehouse), "--format", "csv"]
     code, out, err = run_cli(["-v", *sql], capsys)
