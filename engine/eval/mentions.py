@@ -26,10 +26,14 @@ A concept that is not in ``SYNONYMS`` is matched by its own name and its plural 
 from __future__ import annotations
 
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
 from kneuron.engine.errors import KneuronError
+
+#: captions whose mentions an index keeps (least recently used out)
+SEEN_TEXTS = 65536
 
 # Surface forms in the singular (plurals are generated; irregular ones are in IRREGULAR_PLURALS).
 # The first entry is the COCO / shapes-world category name itself.
@@ -210,8 +214,21 @@ class MentionIndex:
             self.phrases[tuple(normalise(phrase))] = frozenset(_concept_key(c) for c in concepts)
         self.max_len = max((len(p) for p in self.phrases), default=0)
         self.concepts = frozenset(_concept_key(c) for c in synonyms)
+        self._seen: OrderedDict[str, frozenset[str]] = OrderedDict()  # text -> concepts, `SEEN_TEXTS` at most
 
     def concepts_in(self, text: str) -> set[str]:
+        """The concepts ``text`` mentions (longest phrase first, left to right); a text seen before is looked up
+        (an evaluation asks about the same caption once per concept and per metric)."""
+        found = self._seen.get(text)
+        if found is None:
+            found = self._seen[text] = frozenset(self._scan(text))
+            if len(self._seen) > SEEN_TEXTS:
+                self._seen.popitem(last=False)
+        else:
+            self._seen.move_to_end(text)
+        return set(found)
+
+    def _scan(self, text: str) -> set[str]:
         words = normalise(text)
         found: set[str] = set()
         i = 0

@@ -128,3 +128,17 @@ def test_mention_rate() -> None:
     assert mention_rate(texts, "hot dog") == pytest.approx(1 / 5)
     assert mention_rate(iter(texts), "giraffe") == 0.0
     assert math.isnan(mention_rate([], "dog"))
+
+
+def test_concepts_in_looks_up_a_seen_text_and_stays_bounded(monkeypatch) -> None:  # noqa: ANN001
+    import importlib
+
+    module = importlib.import_module("kneuron.engine.eval.mentions")
+    monkeypatch.setattr(module, "SEEN_TEXTS", 2)
+    index = module.MentionIndex({"cat": ("cat",), "dog": ("dog",)}, {})
+    first = index.concepts_in("a cat and a dog")
+    first.add("mutated")  # the caller's set is its own
+    assert index.concepts_in("a cat and a dog") == {"cat", "dog"}
+    for text in ("a cat", "a dog", "nothing"):
+        assert index.concepts_in(text) == ({"cat"} if "cat" in text else {"dog"} if "dog" in text else set())
+    assert len(index._seen) == 2
