@@ -1,4 +1,6 @@
-"""Includes in the bundled SQL: one definition of a block that a query needs more than once.
+"""Includes in the bundled SQL: one definition of a block that a query needs more than once, or that several
+queries need (the two stages of ``two_stage.sql``: fragments/threshold.sql and fragments/score_pass.sql; the current
+sets' neurons of ``concept_overlap.sql`` and ``generic_neurons.sql``: fragments/members.sql).
 
 A line ``-- include: NAME key=value ...`` of a bundled query is replaced by ``queries/fragments/NAME.sql`` (less its
 leading comment, the fragment's header, written once) in which every ``{{key}}`` becomes ``value``. Values are SQL
