@@ -59,6 +59,13 @@ def test_overlap_and_generic_neurons_read_one_members_block():
         assert queries.load(name).count(block) == 1, name
 
 
+def test_a_file_takes_the_fragments_beside_it(tmp_path):
+    assert queries.fragments_of(queries.QUERY_DIR / "two_stage.sql") == template.FRAGMENT_DIR
+    assert queries.fragments_of(queries.QUERY_DIR / "views" / "current_sets.sql") == template.FRAGMENT_DIR
+    assert queries.fragments_of(tmp_path / "q.sql") == tmp_path.resolve() / "fragments"
+    assert queries.load_file(queries.QUERY_DIR / "two_stage.sql") == queries.load("two_stage")
+
+
 @pytest.fixture()
 def fragments(tmp_path, monkeypatch):
     (tmp_path / "pick.sql").write_text("-- pick.sql: {{unused}} in the header\n--\n\nSELECT {{what}}\n"
