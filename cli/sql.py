@@ -27,7 +27,8 @@ def parse_param(text: str) -> tuple[str, Any]:
 
 
 def read_sql(sql: str | None, file: str | None, query: str | None) -> str:
-    """The SQL text from exactly one of: the argument, ``--file``, ``--query`` (a bundled query)."""
+    """The SQL text from exactly one of: the argument, ``--file`` (includes expanded: `queries.load_file`),
+    ``--query`` (a bundled query, includes expanded)."""
     from kneuron import queries
 
     given = [what for what, value in (("SQL", sql), ("--file", file), ("--query", query)) if value is not None]
@@ -35,11 +36,7 @@ def read_sql(sql: str | None, file: str | None, query: str | None) -> str:
         raise KneuronError("give exactly one of: SQL text, --file FILE, --query NAME"
                            + (f" (got {' and '.join(given)})" if given else ""))
     if file is not None:
-        path = Path(file)
-        try:
-            return path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise KneuronError(f"cannot read SQL file {path}: {exc.strerror or exc}") from None
+        return queries.load_file(Path(file))
     if query is not None:
         return queries.load(query)
     assert sql is not None
@@ -57,7 +54,9 @@ def check_output_outside(output: str | None, root: Path) -> None:
 
 @click.command("sql", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("sql", required=False)
-@click.option("-f", "--file", "file", type=click.Path(dir_okay=False), help="Read the SQL from FILE.")
+@click.option("-f", "--file", "file", type=click.Path(dir_okay=False),
+              help="Read the SQL from FILE; its `-- include: NAME key=value` lines take fragments/NAME.sql beside "
+                   "FILE (the bundled fragments for a bundled query's file), as --query does.")
 @click.option("-q", "--query", "query", metavar="NAME",
               help="Run a bundled analysis by name (`--list` shows them): set_sizes, layer_distribution, ...")
 @click.option("--list", "list_queries", is_flag=True, help="List the bundled analyses, one line each, and exit.")

@@ -41,6 +41,26 @@ def load(name: str) -> str:
     return template.render(path.read_text(encoding="utf-8"))
 
 
+def fragments_of(path: Path) -> Path:
+    """The folder whose fragments the include lines of the SQL file ``path`` name: `template.FRAGMENT_DIR` for a file
+    of this package's queries folder (any subfolder too), else ``fragments/`` beside the file (as the bundled queries
+    have theirs)."""
+    resolved = path.resolve()
+    if resolved.is_relative_to(QUERY_DIR):
+        return template.FRAGMENT_DIR
+    return resolved.parent / "fragments"
+
+
+def load_file(path: Path) -> str:
+    """The text of the SQL file ``path``, its include lines expanded as `load` expands a bundled query's, with the
+    fragments of `fragments_of(path)`; `KneuronError` when the file cannot be read or an include is wrong."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KneuronError(f"cannot read SQL file {path}: {exc.strerror or exc}") from None
+    return template.render(text, fragments_of(path))
+
+
 def parameters(sql: str) -> list[str]:
     """The named parameters (``$name``) that ``sql`` uses, in order of first use, without duplicates."""
     code = _NOT_CODE.sub(" ", sql)

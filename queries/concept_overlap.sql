@@ -6,11 +6,8 @@
 -- Columns: run_id, method, concept_a, concept_b (concept_a < concept_b), n_a = |A|, n_b = |B|,
 --   n_shared = |A ∩ B| (same (layer, unit)), jaccard = |A ∩ B| / |A ∪ B|. Every pair of non-empty sets appears,
 --   also with n_shared = 0.
-WITH members AS (
-    SELECT DISTINCT run_id, method, concept, layer, unit
-    FROM current_members
-    WHERE ($run_id IS NULL OR run_id = $run_id) AND ($method IS NULL OR method = $method)
-),
+WITH
+-- include: members
 sizes AS (
     SELECT run_id, method, concept, count(*) AS n FROM members GROUP BY run_id, method, concept
 ),

@@ -7,11 +7,8 @@
 -- The neurons of the current sets are the view current_members (queries/views/current_members.sql).
 -- Columns: run_id, method, layer, unit, n_concepts, share_of_concepts (n_concepts / concepts with a
 --   non-empty set), concepts (sorted list); ordered by n_concepts desc, then layer, unit.
-WITH members AS (
-    SELECT DISTINCT run_id, method, concept, layer, unit
-    FROM current_members
-    WHERE ($run_id IS NULL OR run_id = $run_id) AND ($method IS NULL OR method = $method)
-),
+WITH
+-- include: members
 per_neuron AS (
     SELECT run_id, method, layer, unit, count(*) AS n_concepts, list_sort(list(concept)) AS concepts
     FROM members

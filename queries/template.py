@@ -1,7 +1,11 @@
-"""Includes in the bundled SQL: one definition of a block that a query needs more than once.
+"""Includes in the bundled SQL: one definition of a block that a query needs more than once, or that several
+queries need (the two stages of ``two_stage.sql``: fragments/threshold.sql and fragments/score_pass.sql; the current
+sets' neurons of ``concept_overlap.sql`` and ``generic_neurons.sql``: fragments/members.sql).
 
 A line ``-- include: NAME key=value ...`` of a bundled query is replaced by ``queries/fragments/NAME.sql`` (less its
-leading comment, the fragment's header, written once) in which every ``{{key}}`` becomes ``value``. Values are SQL
+leading comment, the fragment's header, written once) in which every ``{{key}}`` becomes ``value``. A query read
+from a file (``kneuron sql -f FILE``) takes its fragments from the folder ``fragments/`` beside the file
+(`kneuron.queries.load_file`). Values are SQL
 names (a CTE, a column, a prefix), never data: data stays a bound ``$parameter``. An include line naming an unknown
 fragment, a placeholder left without a value or a value the fragment does not use is a `KneuronError`. Fragments
 do not include others.
@@ -21,10 +25,10 @@ _HEADER = re.compile(r"\A(?:[ \t]*(?:--[^\n]*)?\n)*")
 _PLACEHOLDER = re.compile(r"\{\{([A-Za-z_]\w*)\}\}")
 
 
-def fragment(name: str, values: dict[str, str]) -> str:
-    """``fragments/<name>.sql`` without its header comment and final newline, each ``{{key}}`` replaced by
-    ``values[key]``."""
-    path = FRAGMENT_DIR / f"{name}.sql"
+def fragment(name: str, values: dict[str, str], folder: Path | None = None) -> str:
+    """``<folder>/<name>.sql`` (default folder: `FRAGMENT_DIR`, the bundled fragments) without its header comment and
+    final newline, each ``{{key}}`` replaced by ``values[key]``."""
+    path = (FRAGMENT_DIR if folder is None else folder) / f"{name}.sql"
     if not path.is_file():
         raise KneuronError(f"unknown SQL fragment {name!r} (no file {path})")
     text = _HEADER.sub("", path.read_text(encoding="utf-8"), count=1)
@@ -38,11 +42,12 @@ def fragment(name: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], text).rstrip("\n")
 
 
-def render(sql: str) -> str:
-    """``sql`` with every include line replaced by its fragment (text without include lines is returned as is)."""
+def render(sql: str, folder: Path | None = None) -> str:
+    """``sql`` with every include line replaced by its fragment from ``folder`` (default: `FRAGMENT_DIR`); text
+    without include lines is returned as is."""
 
     def expand(match: re.Match[str]) -> str:
         values = dict(arg.split("=", 1) for arg in match.group("args").split())
-        return fragment(match.group("name"), values)
+        return fragment(match.group("name"), values, folder)
 
     return _INCLUDE.sub(expand, sql)

@@ -131,47 +131,7 @@ concepts AS (
 -- ---------------------------------------------------------------- stage 1: threshold per concept
 -- include: threshold s=a pool=neurons mean=mean_a top_pool=neurons
 -- ---------------------------------------------------------------- stage 1: scores and candidates
-a_share AS (
-    SELECT p.concept, p.layer, p.unit, avg(CASE WHEN p.v_a > t.t THEN 1.0 ELSE 0.0 END) AS share_a
-    FROM per_image AS p JOIN a_threshold AS t ON t.concept = p.concept
-    WHERE $aggregate = 'share' AND $a_kind <> 'none'
-    GROUP BY p.concept, p.layer, p.unit
-),
-a_scored AS (
-    SELECT n.*, t.t AS t_a, t.value AS value_a,
-           CASE WHEN $aggregate = 'share' THEN sh.share_a ELSE n.mean_a END AS score_a
-    FROM neurons AS n
-    JOIN a_threshold AS t ON t.concept = n.concept
-    LEFT JOIN a_share AS sh ON sh.concept = n.concept AND sh.layer = n.layer AND sh.unit = n.unit
-),
-a_edge AS (
-    SELECT concept, ks[least(CAST(value AS BIGINT), len(ks))] AS edge
-    FROM (SELECT concept, value, xs AS ks FROM a_top WHERE $aggregate = 'mean'
-          UNION ALL
-          SELECT concept, value_a AS value,
-                 max({'s': COALESCE(score_a, '-inf'::DOUBLE), 'm': mean_a, 'l': -CAST(layer AS INTEGER),
-                      'u': -CAST(unit AS INTEGER)}, greatest(least($a_budget_max, 999999), 1)) AS ks
-          FROM a_scored
-          WHERE $aggregate <> 'mean' AND $a_kind = 'budget' AND $a_budget_max < 1000000
-          GROUP BY concept, value_a)
-    WHERE value >= 1
-),
-a_passed AS (
-    SELECT s.*,
-           COALESCE(CASE
-               WHEN $a_kind = 'none' THEN TRUE
-               WHEN $a_kind = 'budget' AND $a_budget_max < 1000000 THEN
-                   {'s': COALESCE(score_a, '-inf'::DOUBLE), 'm': mean_a, 'l': -CAST(s.layer AS INTEGER),
-                    'u': -CAST(s.unit AS INTEGER)} >= e.edge
-               WHEN $a_kind = 'budget' THEN
-                   row_number() OVER (PARTITION BY s.concept ORDER BY score_a DESC, mean_a DESC, s.layer, s.unit)
-                   <= value_a
-               WHEN $aggregate = 'share' THEN score_a >= $min_share
-               ELSE score_a > t_a
-           END, FALSE) AS in_c
-    FROM a_scored AS s
-    LEFT JOIN a_edge AS e ON e.concept = s.concept
-),
+-- include: score_pass s=a pool=neurons images=per_image passed=in_c
 -- ---------------------------------------------------------------- specificity S_k
 s_other AS (
     SELECT a.concept, a.layer, a.unit,
@@ -205,51 +165,13 @@ g_top_pool AS NOT MATERIALIZED (
     UNION ALL  -- every neuron is in the pool: read it where it is kept (g_pool is then read once)
     SELECT concept, layer, unit, mean_g FROM neurons WHERE $a_kind = 'none' AND $s_kind = 'none'
 ),
+g_images AS NOT MATERIALIZED (  -- the image rows of the pool's neurons (share mode reads them)
+    SELECT p.* FROM per_image AS p
+    SEMI JOIN g_pool AS q ON q.concept = p.concept AND q.layer = p.layer AND q.unit = p.unit
+),
 -- include: threshold s=g pool=g_pool mean=mean_g top_pool=g_top_pool
 -- ---------------------------------------------------------------- stage 2: scores and the final set
-g_share AS (
-    SELECT p.concept, p.layer, p.unit, avg(CASE WHEN p.v_g > t.t THEN 1.0 ELSE 0.0 END) AS share_g
-    FROM per_image AS p
-    JOIN g_threshold AS t ON t.concept = p.concept
-    SEMI JOIN g_pool AS q ON q.concept = p.concept AND q.layer = p.layer AND q.unit = p.unit
-    WHERE $aggregate = 'share' AND $g_kind <> 'none'
-    GROUP BY p.concept, p.layer, p.unit
-),
-g_scored AS (
-    SELECT q.*, t.t AS t_g, t.value AS value_g,
-           CASE WHEN $aggregate = 'share' THEN sh.share_g ELSE q.mean_g END AS score_g
-    FROM g_pool AS q
-    JOIN g_threshold AS t ON t.concept = q.concept
-    LEFT JOIN g_share AS sh ON sh.concept = q.concept AND sh.layer = q.layer AND sh.unit = q.unit
-),
-g_edge AS (
-    SELECT concept, ks[least(CAST(value AS BIGINT), len(ks))] AS edge
-    FROM (SELECT concept, value, xs AS ks FROM g_top WHERE $aggregate = 'mean'
-          UNION ALL
-          SELECT concept, value_g AS value,
-                 max({'s': COALESCE(score_g, '-inf'::DOUBLE), 'm': mean_g, 'l': -CAST(layer AS INTEGER),
-                      'u': -CAST(unit AS INTEGER)}, greatest(least($g_budget_max, 999999), 1)) AS ks
-          FROM g_scored
-          WHERE $aggregate <> 'mean' AND $g_kind = 'budget' AND $g_budget_max < 1000000
-          GROUP BY concept, value_g)
-    WHERE value >= 1
-),
-g_passed AS (
-    SELECT s.*,
-           COALESCE(CASE
-               WHEN $g_kind = 'none' THEN TRUE
-               WHEN $g_kind = 'budget' AND $g_budget_max < 1000000 THEN
-                   {'s': COALESCE(score_g, '-inf'::DOUBLE), 'm': mean_g, 'l': -CAST(s.layer AS INTEGER),
-                    'u': -CAST(s.unit AS INTEGER)} >= e.edge
-               WHEN $g_kind = 'budget' THEN
-                   row_number() OVER (PARTITION BY s.concept ORDER BY score_g DESC, mean_g DESC, s.layer, s.unit)
-                   <= value_g
-               WHEN $aggregate = 'share' THEN score_g >= $min_share
-               ELSE score_g > t_g
-           END, FALSE) AS in_n
-    FROM g_scored AS s
-    LEFT JOIN g_edge AS e ON e.concept = s.concept
-),
+-- include: score_pass s=g pool=g_pool images=g_images passed=in_n
 final_set AS (
     SELECT concept, layer, unit, score_a, score_g,
            CASE WHEN $g_kind = 'none' THEN score_a ELSE score_g END AS score,

@@ -52,6 +52,8 @@ def test_package_data_names_installed_packages() -> None:
     data = pyproject()["tool"]["setuptools"]["package-data"]
     assert set(data) <= set(tree_packages())
     assert any((ROOT / "queries").glob("*.sql")) and "*.sql" in data["kneuron.queries"]
+    carried = {path for pattern in data["kneuron.queries"] for path in (ROOT / "queries").glob(pattern)}
+    assert sorted(set((ROOT / "queries").rglob("*.sql")) - carried) == []  # every query, view and fragment
 
 
 def run_python(code: str, cwd: Path, pythonpath: list[Path] | None = None) -> subprocess.CompletedProcess[str]:
@@ -126,5 +128,9 @@ def test_the_wheel_holds_only_kneuron(tmp_path: Path) -> None:
     for expected in ("kneuron/py.typed", "kneuron/cli/main.py", "kneuron/engine/signals/record.py",
                      "kneuron/queries/two_stage.sql", "kneuron/queries/views/current_sets.sql",
                      "kneuron/queries/fragments/threshold.sql", "kneuron/queries/views/current_members.sql",
+                     "kneuron/queries/fragments/score_pass.sql", "kneuron/queries/fragments/members.sql",
                      "kneuron/engine/models/bundled/tiny-shapes-patch/model.safetensors"):
         assert expected in names, expected
+    sql_files = {"kneuron/queries/" + path.relative_to(ROOT / "queries").as_posix()
+                 for path in (ROOT / "queries").rglob("*.sql")}
+    assert sorted(sql_files - set(names)) == []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from kneuron import warehouse
+from kneuron import queries, warehouse
 from kneuron.queries.selection import SelectionConfig, run_selection
 from tests.helpers.cli_runner import run_cli
 from tests.helpers.signal_world import build_warehouse, make_world
@@ -78,6 +78,48 @@ def test_output_file_and_sql_file(root, tmp_path, capsys):
     code, out, _ = sql(root, capsys, "-f", str(query), "--format", "csv", "-o", str(target))
     assert code == 0 and out == ""
     assert target.read_text(encoding="utf-8").splitlines()[1] == "dog,4,100"
+
+
+#: every parameter of two_stage.sql, as `kneuron sql -p` binds them (lists as text that DuckDB casts)
+TWO_STAGE = [arg for pair in (
+    "run_id=r1", "concepts=[]", "reduce=max", "aggregate=mean", "min_share=0.5", "g_pool=candidates",
+    "a_kind=auto", "a_value=0", "a_concepts=[]", "a_values=[]", "a_budget_max=0", "g_kind=budget", "g_value=2",
+    "g_concepts=[]", "g_values=[]", "g_budget_max=2", "s_kind=none", "s_stage=g", "s_ratio=1",
+    "s_scope=final", "s_keep_all=false", "x_layers=[]", "x_units=[]") for arg in ("-p", pair)]
+
+
+def test_a_bundled_query_file_runs_as_the_named_query(root, capsys):
+    """`-f queries/two_stage.sql` expands the file's include lines (the bundled fragments) exactly as `-q`."""
+    path = queries.QUERY_DIR / "two_stage.sql"
+    assert "\n-- include: threshold " in path.read_text(encoding="utf-8")
+    code, named, err = sql(root, capsys, "-q", "two_stage", *TWO_STAGE, "--format", "csv")
+    assert (code, err) == (0, "")
+    rows = list(csv.DictReader(io.StringIO(named)))
+    assert len(rows) == 6 and {r["n_selected"] for r in rows} == {"2"}  # top 2 of each of the 3 concepts
+    code, from_file, err = sql(root, capsys, "-f", str(path), *TWO_STAGE, "--format", "csv")
+    assert (code, err) == (0, "")
+    assert from_file == named
+
+
+def test_a_query_file_includes_the_fragments_beside_it(root, tmp_path, capsys):
+    (tmp_path / "fragments").mkdir()
+    (tmp_path / "fragments" / "counted.sql").write_text(
+        "-- counted.sql: images per concept of {{table}}\n"
+        "counted AS (\n    SELECT concept, count(*) AS n FROM {{table}} WHERE run_id = $run_id GROUP BY concept\n),\n",
+        encoding="utf-8")
+    query = tmp_path / "q.sql"
+    query.write_text("WITH\n-- include: counted table=samples\nSELECT concept, n FROM counted ORDER BY concept\n",
+                     encoding="utf-8")
+    code, out, err = sql(root, capsys, "-f", str(query), "-p", "run_id=r1", "--format", "csv")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == ["concept,n", "dog,4", "it's,4", "traffic light,4"]
+    elsewhere = tmp_path / "elsewhere" / "q.sql"  # no fragments/ beside it: the include is an error
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(query.read_text(encoding="utf-8"), encoding="utf-8")
+    code, out, err = sql(root, capsys, "-f", str(elsewhere), "-p", "run_id=r1")
+    assert (code, out) == (2, "")
+    assert err == (f"kneuron: error: unknown SQL fragment 'counted' (no file "
+                   f"{elsewhere.parent.resolve() / 'fragments' / 'counted.sql'})\n")
 
 
 def test_parameters_are_bound(root, capsys):

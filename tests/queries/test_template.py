@@ -34,6 +34,38 @@ def test_both_stages_render_the_same_fragment():
     assert a.count("FROM POOL") == 4 and "neurons" not in a and "g_" not in g
 
 
+def test_both_stages_score_and_pass_with_one_fragment():
+    """Each stage's share, scored, edge and passed CTEs are written once (fragments/score_pass.sql); the stages
+    differ in their prefix, their pool, their image rows and the name of the column that says a neuron passes."""
+    sql = queries.load("two_stage")
+    for stage in "ag":
+        for cte in ("share", "scored", "edge", "passed"):
+            assert len(re.findall(rf"^{stage}_{cte} AS \(", sql, re.MULTILINE)) == 1, (stage, cte)
+    a = sql[sql.index("a_share AS ("):sql.index("-- ----", sql.index("a_passed AS ("))]
+    g = sql[sql.index("g_share AS ("):sql.index("final_set AS (")]
+    a = re.sub(r"\ba_|_a\b", "S", a.replace("FROM neurons", "FROM POOL").replace("FROM per_image", "FROM IMAGES"))
+    g = re.sub(r"\bg_|_g\b", "S", g.replace("g_pool", "POOL").replace("g_images", "IMAGES"))
+    assert a.replace("AS in_c", "AS PASSED") == g.replace("AS in_n", "AS PASSED")
+    assert "FROM POOL AS n" in a and "FROM IMAGES AS p" in a and "AS PASSED" not in a
+    raw = (queries.QUERY_DIR / "two_stage.sql").read_text(encoding="utf-8")
+    assert not re.search(r"^[ag]_(share|scored|edge|passed) AS \(", raw, re.MULTILINE)
+
+
+def test_overlap_and_generic_neurons_read_one_members_block():
+    block = template.fragment("members", {})
+    assert block.startswith("members AS (") and "current_members" in block
+    for name in ("concept_overlap", "generic_neurons"):
+        assert "members AS (" not in (queries.QUERY_DIR / f"{name}.sql").read_text(encoding="utf-8")
+        assert queries.load(name).count(block) == 1, name
+
+
+def test_a_file_takes_the_fragments_beside_it(tmp_path):
+    assert queries.fragments_of(queries.QUERY_DIR / "two_stage.sql") == template.FRAGMENT_DIR
+    assert queries.fragments_of(queries.QUERY_DIR / "views" / "current_sets.sql") == template.FRAGMENT_DIR
+    assert queries.fragments_of(tmp_path / "q.sql") == tmp_path.resolve() / "fragments"
+    assert queries.load_file(queries.QUERY_DIR / "two_stage.sql") == queries.load("two_stage")
+
+
 @pytest.fixture()
 def fragments(tmp_path, monkeypatch):
     (tmp_path / "pick.sql").write_text("-- pick.sql: {{unused}} in the header\n--\n\nSELECT {{what}}\n"
