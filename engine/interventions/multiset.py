@@ -1,15 +1,19 @@
-"""Caption one list of images under several neuron sets at once: rows = (set, image), one KV-cached greedy
-generate per chunk of rows, each row with its own unit mask and replacement values.
+"""Caption one list of images under several neuron sets at once: rows = (set, image), each row with its own unit
+mask and replacement values, many rows per KV-cached greedy decode.
 
     captions = caption_under_sets(adapter, images, [set_a, set_b, None], Ablation("zero"))
     captions[1].texts[i]  # image i with set_b suppressed
 
 The intervention is one forward pre-hook per layer on ``down_proj`` (the neuron site, `VLMAdapter.neuron_hooks`)
 that replaces ``O^l[row, pos, units_of_row]`` (`kneuron.engine.interventions.ablation`): 0, the reference mean of the
-position's
-kind, or a donor image's activation. Rows are independent (the prompt is shared, so no padding), so a row's
-caption does not depend on which other rows share its generate. Each image is preprocessed once when the
-adapter's inputs have one row per image (its rows are then picked by indexing).
+position's kind, or a donor image's activation. Rows are independent (the prompt is shared, so no padding), so a
+row's caption does not depend on which other rows share its decode.
+
+Two ways to decode, the same tokens: where the adapter hands out its language model's inputs
+(`VLMAdapter.generation_embeds`) and that model's generate is plain greedy, rows go in image-major order, each
+chunk's images are embedded once and `kneuron.engine.interventions.greedy.decode_rows` drops a row from the batch as
+soon as it stops; otherwise the model's own generate runs on set-major chunks (each image preprocessed once where the
+adapter's inputs allow).
 """
 from __future__ import annotations
 
