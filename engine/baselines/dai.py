@@ -12,9 +12,10 @@ sub-token ``t`` (`concept_target`), with ``w = O^l[pos]`` the unmodified activat
 How it runs (`ig_attributions`). Scaling ``O^l[pos]`` changes nothing at positions before ``pos`` (causal
 attention) and only ``pos``'s own logits are read, so the ``L * m`` scaled copies of one image differ only in
 the computation of the one token at ``pos`` from layer ``l`` up. When the adapter's language model is an HF
-causal LM called with ``inputs_embeds`` (MiniGPT-4), kneuron runs the sequence before ``pos`` once with the KV
-cache on, then all ``L * m`` (layer, step) rows of that image as one batch of single-token steps over the shared
-cache, forward and backward at ``pos`` only (in chunks of ``max_rows`` rows): per image about one forward of
+causal LM called with ``inputs_embeds`` only (the adapter hands them out, `VLMAdapter.language_model_inputs`:
+MiniGPT-4, BLIP-2, InstructBLIP), kneuron runs the sequence before ``pos`` once with the KV cache on, then all
+``L * m`` (layer, step) rows of that image as one batch of single-token steps over the shared cache, forward
+and backward at ``pos`` only (in chunks of ``max_rows`` rows): per image about one forward of
 the image plus ``L * m`` one-token steps instead of ``L`` full forward+backward passes of ``m`` rows
 (``benchmarks/test_bench_dai.py`` measures the cost against one forward+backward of the image). Other adapters
 run full sequences, still every (layer, step) row of an image in one batch where the rows fit.
@@ -31,7 +32,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,21 +73,6 @@ class _Capture:
         self.value = args[0][self.rows, self.at].detach().float()
 
 
-class _Stop(Exception):
-    """Raised by `_LMCall` to end the model's forward once the language model's inputs are known."""
-
-
-class _LMCall:
-    """Forward pre-hook (with kwargs) on the language model: keeps its keyword arguments and stops the forward."""
-
-    def __init__(self) -> None:
-        self.kwargs: dict[str, Any] | None = None
-
-    def __call__(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.kwargs = dict(kwargs) if not args else None
-        raise _Stop
-
-
 def _activations_at(adapter: VLMAdapter, prepared: Any, rows: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
     """``[B, L, d_ff]`` unmodified activations at each row's target position."""
     captures = {layer: _Capture(rows, at) for layer in range(adapter.n_layers)}
@@ -118,32 +104,6 @@ def _probability_grads(adapter: VLMAdapter, run: Any, base: torch.Tensor, layer_
             prob = torch.softmax(logits[rows, at].float(), dim=-1)[rows, token]
             (grad,) = torch.autograd.grad(prob.sum(), scaled)
     return grad
-
-
-def _lm_inputs(adapter: VLMAdapter, prepared: Any) -> torch.Tensor | None:
-    """The ``inputs_embeds [1, T, d_model]`` the model hands its language model, when it calls it with keyword
-    arguments only (``inputs_embeds``, an all-ones ``attention_mask``, no labels): the cached path needs no
-    more. None otherwise (positions of their own, other masks, a model that calls it differently)."""
-    language_model = adapter.language_model
-    if not hasattr(language_model, "forward") or not isinstance(language_model, torch.nn.Module):
-        return None
-    call = _LMCall()
-    handle = language_model.register_forward_pre_hook(call, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            adapter.model(*prepared.args, **prepared.kwargs)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    kwargs = call.kwargs
-    if kwargs is None or not isinstance(kwargs.get("inputs_embeds"), torch.Tensor):
-        return None
-    mask = kwargs.get("attention_mask")
-    extra = {k for k, v in kwargs.items() if v is not None} - {"inputs_embeds", "attention_mask"}
-    if extra or (mask is not None and not bool((mask == 1).all())):
-        return None
-    return cast("torch.Tensor | None", kwargs["inputs_embeds"])
 
 
 def _ig_cached(adapter: VLMAdapter, embeds: torch.Tensor, at: int, token: int, steps: int,
@@ -269,15 +229,15 @@ def ig_attributions(adapter: VLMAdapter, images: Sequence[Image.Image], targets:
 def _cached_batch(adapter: VLMAdapter, images: Sequence[Image.Image], targets: Sequence[Target], steps: int,
                   max_rows: int) -> tuple[torch.Tensor | None, bool]:
     """`_ig_cached` of each image, stacked ``[n, L, d_ff]``, or None as soon as the cached path does not apply;
-    and whether it can apply to this model at all (False when the model does not hand its language model plain
-    ``inputs_embeds`` or the language model takes no cache: then no later batch tries it)."""
+    and whether it can apply to this model at all (False when the adapter has no `VLMAdapter.language_model_inputs`
+    or the language model takes no cache: then no later batch tries it)."""
     rows = []
     for image, target in zip(images, targets, strict=True):
         prepared = adapter.prepare([image], targets=[list(target.tokens)])
         at = int(target_positions(prepared.prompt_length, [target])[0])
         if at < 1:
             return None, True
-        embeds = _lm_inputs(adapter, prepared)
+        embeds = adapter.language_model_inputs(prepared)
         if embeds is None:
             return None, False
         one = _ig_cached(adapter, embeds, at, target.token_id, steps, max_rows)

@@ -139,6 +139,14 @@ class VLMAdapter(ABC):
         the language model itself, `kneuron.engine.interventions.greedy`); None (the default) otherwise."""
         return None
 
+    def language_model_inputs(self, prepared: PreparedBatch) -> torch.Tensor | None:
+        """``inputs_embeds [B, T, d_model]`` that ``model(*prepared.args, **prepared.kwargs)`` hands its language
+        model, teacher-forced targets included (``T = prompt_length + T_target``), when the forward calls it
+        with exactly these and an all-ones (or no) ``attention_mask``: no positions, labels or other arguments
+        of its own (a caller may then run the language model itself, e.g. with a KV cache,
+        `kneuron.engine.baselines.dai`); None (the default) otherwise."""
+        return None
+
     @property
     def n_layers(self) -> int:
         return len(self.decoder_layers(self.model))

@@ -346,6 +346,22 @@ class Blip2Adapter(HFVLMAdapter):
 
         return ImageConnector(self.vision_tower, tokens)
 
+    def language_model_inputs(self, prepared: PreparedBatch) -> torch.Tensor | None:
+        """As the model's forward builds them: the prompt's (and targets') token embeddings with the image
+        placeholders replaced by ``get_image_features(...).pooler_output``; None for an encoder-decoder language
+        model, a mask that is not all ones or inputs the forward would pass on to the language model."""
+        model = self.model
+        inputs = dict(prepared.kwargs)
+        input_ids, pixels, mask = inputs.pop("input_ids"), inputs.pop("pixel_values"), inputs.pop("attention_mask")
+        if (prepared.args or set(inputs) - {"qformer_input_ids", "qformer_attention_mask"}
+                or not model.config.use_decoder_only_language_model or not bool((mask == 1).all())):
+            return None
+        with torch.no_grad():
+            image = model.get_image_features(pixels, **inputs).pooler_output  # InstructBLIP: + the Q-Former text
+            embeds = model.get_input_embeddings()(input_ids)
+            where = model.get_placeholder_mask(input_ids, inputs_embeds=embeds)
+            return cast("torch.Tensor", embeds.masked_scatter(where, image.to(embeds.device, embeds.dtype)))
+
 
 class InstructBlipAdapter(Blip2Adapter):
     """``InstructBlipForConditionalGeneration``: BLIP-2 plus the instruction fed to the Q-Former."""

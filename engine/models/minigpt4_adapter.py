@@ -184,6 +184,10 @@ class MiniGPT4Adapter(VLMAdapter):
         with torch.no_grad():  # MiniGPT4.generate: the language model's generate on these, an all-ones mask
             return cast("torch.Tensor", self.model.embed(*prepared.args[:3]))
 
+    def language_model_inputs(self, prepared: PreparedBatch) -> torch.Tensor | None:
+        with torch.no_grad():  # MiniGPT4.forward: the language model on these (targets included), an all-ones mask
+            return cast("torch.Tensor", self.model.embed(*prepared.args))
+
     def caption_text(self, token_ids: Sequence[int]) -> str:
         text = self.tokenizer.decode(self.caption_ids(token_ids), skip_special_tokens=True)
         return self.template.clean_answer(text)
