@@ -174,10 +174,12 @@ def _own_decoding(adapter: VLMAdapter, images: Sequence[Image.Image],
     """``(max_new_tokens, stop ids)`` when captions may be decoded by `kneuron.engine.interventions.greedy` (the
     adapter hands out its language model's inputs, whose generate is plain greedy with these settings); None
     when the model's own generate must run."""
-    if (not images or type(adapter).generation_embeds is VLMAdapter.generation_embeds
-            or not plain_greedy(adapter.language_model)):
+    if not images or not plain_greedy(adapter.language_model):
         return None
-    _, kwargs = adapter.generate_call(adapter.prepare(list(images[:1])), **generate_kwargs)
+    first = adapter.prepare(list(images[:1]))
+    if adapter.generation_embeds(first) is None:
+        return None
+    _, kwargs = adapter.generate_call(first, **generate_kwargs)
     if set(kwargs) - _GREEDY_KWARGS or kwargs.get("do_sample") or kwargs.get("num_beams", 1) != 1:
         return None
     stops = kwargs.get("eos_token_id")
@@ -203,7 +205,8 @@ def _decode_image_major(adapter: VLMAdapter, images: Sequence[Image.Image], sets
         distinct = sorted(set(picked))
         prepared = adapter.prepare([images[i] for i in distinct])
         embeds = adapter.generation_embeds(prepared)
-        assert embeds is not None
+        if embeds is None:  # `_own_decoding` saw the first image's; an adapter must not change its mind
+            raise KneuronError(f"{type(adapter).__name__}.generation_embeds returned None for some images only")
         where = {image: n for n, image in enumerate(distinct)}
         row_embeds = embeds[torch.as_tensor([where[i] for i in picked], device=embeds.device)]
         hooks = _row_hooks(adapter, picked, [sets[k] for k, _ in chunk], ablation, donor_of, prepared.prompt_length)
@@ -226,11 +229,12 @@ def caption_under_sets(adapter: VLMAdapter, images: Sequence[Image.Image], sets:
                        **generate_kwargs: Any) -> list[Captions]:
     """Captions of ``images`` under each of ``sets`` (None or empty: the plain model), one `Captions` per set.
 
-    Rows are (set, image) in set-major order, captioned ``rows_per_generate`` at a time; greedy and
-    deterministic; token for token what each set gives alone. ``on_rows(n)`` is called after each generate
-    with its number of rows (progress). ``first_image``: the index of ``images[0]`` in a longer list that is
-    captioned piece by piece (resample draws each image's donor from its index, so a piece starting at
-    ``first_image`` gets the donors the whole list gives it). `KneuronError` for a neuron outside the model,
+    Rows are (set, image) pairs, ``rows_per_generate`` per decode (image-major in the own decode loop, set-major
+    with the model's generate: see the module docstring); greedy and deterministic; token for token what each set
+    gives alone. ``on_rows(n)`` is called after each decode with its number of rows (progress).
+    ``first_image``: the index of ``images[0]`` in a longer list that is captioned piece by piece (resample draws
+    each image's donor from its index, so a piece starting at ``first_image`` gets the donors the whole list gives
+    it). `KneuronError` for a neuron outside the model,
     before any captioning.
     """
     ablation = ablation or Ablation()

@@ -98,3 +98,13 @@ def test_own_loop_equals_the_models_generate_under_every_set(kind: str, rows: in
     for s, captions in zip(sets, got, strict=True):
         assert captions.token_ids == hooked_captions(adapter, images, s or {}, zeroing)
     assert any(c.token_ids != got[0].token_ids for c in got[1:])
+
+
+def test_an_adapter_that_stops_handing_out_inputs_is_one_error(monkeypatch) -> None:  # noqa: ANN001
+    from kneuron.engine.errors import KneuronError
+
+    adapter = tiny_adapter("minigpt4-patch")
+    original = adapter.generation_embeds
+    monkeypatch.setattr(adapter, "generation_embeds", lambda p: original(p) if p.batch_size == 1 else None)
+    with pytest.raises(KneuronError, match="generation_embeds returned None for some images only"):
+        caption_under_sets(adapter, varied_images(3, seed=2), [None])
