@@ -154,7 +154,7 @@ class PlannedCaptions:
 def plan_captions(evaluation: Any, engine: CaptionEngine, jobs: Sequence[tuple[str, str]],
                   done: set[tuple[str, str]], labels: Sequence[str]) -> None:
     """Submit to ``engine`` every caption the jobs still to run will ask ``evaluation`` (the suppress step's
-    `_Evaluation`) for, as they will ask (the same image lists, hence the same batches): per concept its missing
+    `Evaluation`) for, as they will ask (the same image lists, hence the same batches): per concept its missing
     unmodified captions, then its images under the sets of its pending methods (chosen now, in job order, and
     kept for its ``run_methods``)."""
     from kneuron.engine.eval.budget import split_label

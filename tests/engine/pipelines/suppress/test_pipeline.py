@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-import kneuron.engine.pipelines.suppress.pipeline as suppress_module
+import kneuron.engine.pipelines.suppress.evaluation as suppress_module
 from kneuron import queries, warehouse
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.eval.config import EvalConfig

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-import kneuron.engine.pipelines.suppress.pipeline as suppress_module
+import kneuron.engine.pipelines.suppress.evaluation as suppress_module
 from kneuron import warehouse
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.eval.config import EvalConfig
@@ -125,7 +125,7 @@ def test_ray_resample_ablation_gives_the_local_tables(cluster, setup, tmp_path):
 def test_a_driver_stopped_mid_run_resumes_on_rerun(cluster, setup, tmp_path, monkeypatch):
     world, _, config, local = setup
     root = fresh(setup, tmp_path)
-    write = suppress_module._Evaluation.write
+    write = suppress_module.Evaluation.write
     count: list[int] = []
 
     def stop_after_two(self, tables_):  # noqa: ANN001, ANN202
@@ -134,7 +134,7 @@ def test_a_driver_stopped_mid_run_resumes_on_rerun(cluster, setup, tmp_path, mon
         count.append(1)
         return write(self, tables_)
 
-    monkeypatch.setattr(suppress_module._Evaluation, "write", stop_after_two)
+    monkeypatch.setattr(suppress_module.Evaluation, "write", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         run_evaluation_ray(config, root, RayOptions(workers=1), progress=False)
     monkeypatch.undo()
