@@ -1,7 +1,11 @@
 """`warehouse.verify_warehouse` / `repair` and `kneuron verify`: checksums, missing, truncated and flipped files,
-rows of a run whose runs row is gone, damaged commit records, old records without checksums."""
+files that cannot be stat'ed or read, row counts that differ from the record, rows of a run whose runs row is gone,
+damaged commit records, old records without checksums."""
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
 import os
 from pathlib import Path
@@ -12,6 +16,7 @@ from kneuron import warehouse
 from kneuron.engine.errors import KneuronError
 from kneuron.warehouse import TABLES, Warehouse, connect, repair, verify_warehouse
 from kneuron.warehouse.layout import MANIFEST_DIR
+from kneuron.warehouse.verify import Problem
 from tests.helpers.cli_runner import run_cli
 from tests.helpers.warehouse_rows import RUN, neuron_rows, run_row, sample_rows
 
@@ -73,6 +78,15 @@ def rows_of_batches(tmp_path: Path, names: list[str]) -> dict[str, list[tuple]]:
             if name not in names:
                 wh.remove_batch(batch_id)
     return view_rows(fresh)
+
+
+def edit_entry(root: Path, batch_id: str, path: Path, **changes: object) -> None:
+    """Change fields of the commit record's entry for the file ``path`` of batch ``batch_id``."""
+    record_path = root / MANIFEST_DIR / f"{batch_id}.json"
+    record = json.loads(record_path.read_text())
+    (entry,) = [e for e in record["files"] if e["path"] == path.relative_to(root).as_posix()]
+    entry.update(changes)
+    record_path.write_text(json.dumps(record))
 
 
 def flip_bytes(path: Path, offset: int = 40) -> None:
@@ -151,6 +165,65 @@ def test_damaged_file_is_reported_per_table_and_batch(built, capsys, damage, kin
     assert err == "run `kneuron verify --repair` to remove the failing batches\n"
     assert f"warehouse {root}: 1 problem(s) in 1 batch(es) of 5" in out
     assert kind in out and ids["dog"] in out
+
+
+@pytest.mark.parametrize("checksum", [True, False], ids=["checksum", "no-checksum"])
+def test_file_whose_row_count_differs_from_its_record_is_a_rows_problem(built, checksum) -> None:
+    root, ids = built
+    target = files_of(root, ids["dog"], "samples")[0]  # dog images 1, 2: two rows; its bytes are untouched
+    edit_entry(root, ids["dog"], target, rows=3, **({} if checksum else {"sha256": None}))
+    report = verify_warehouse(root)
+    (problem,) = report.problems
+    assert problem == Problem(ids["dog"], "samples", target.relative_to(root).as_posix(), "rows",
+                              "2 rows, the commit record says 3")
+    assert report.bad_batches == [ids["dog"]]
+    assert {s.table: (s.rows, s.bad_files) for s in report.tables}["samples"] == (5, 1)  # the record's count
+
+
+def test_file_that_cannot_be_stat_ed_is_missing_with_the_reason(built) -> None:
+    root, ids = built
+    target = files_of(root, ids["cat"], "neuron_stats")[0]
+    target.unlink()
+    target.symlink_to(target.name)  # a link to itself: stat fails with ELOOP, not FileNotFoundError
+    (problem,) = verify_warehouse(root).problems
+    assert (problem.batch_id, problem.table, problem.path, problem.kind, problem.detail) == (
+        ids["cat"], "neuron_stats", target.relative_to(root).as_posix(), "missing",
+        f"cannot stat the file: {os.strerror(errno.ELOOP)}")
+
+
+def test_file_that_fails_while_hashing_is_unreadable(built, monkeypatch) -> None:
+    root, ids = built
+    target = files_of(root, ids["cat"], "samples")[0]
+    real_open = builtins.open
+
+    class FailingRead:
+        """A handle of ``target`` whose reads fail as on a bad disk sector."""
+
+        def __init__(self, handle) -> None:
+            self.handle = handle
+
+        def __enter__(self) -> FailingRead:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+        def read(self, size: int = -1) -> bytes:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    def open_failing_target(file, *args, **kwargs):
+        handle = real_open(file, *args, **kwargs)
+        return FailingRead(handle) if isinstance(file, (str, os.PathLike)) and Path(file) == target else handle
+
+    monkeypatch.setattr(builtins, "open", open_failing_target)
+    monkeypatch.setattr(io, "open", open_failing_target)  # what Path.open calls
+    report = verify_warehouse(root)
+    monkeypatch.undo()
+    (problem,) = report.problems
+    assert (problem.batch_id, problem.table, problem.path, problem.kind, problem.detail) == (
+        ids["cat"], "samples", target.relative_to(root).as_posix(), "unreadable",
+        f"cannot read the file: {os.strerror(errno.EIO)}")
+    assert verify_warehouse(root).ok  # the bytes themselves are fine
 
 
 def test_rows_of_a_run_whose_runs_row_is_gone_are_reported(built) -> None:

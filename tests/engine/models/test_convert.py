@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 from safetensors import safe_open
+from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kneuron.cli.main import group
@@ -250,6 +251,116 @@ def test_default_dtype_is_float16(ckpts, tmp_path):
                    for k in keys)
 
 
+@pytest.fixture(scope="module")
+def reference(ckpts, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The weights of the default conversion (auto -> qformer variant, float32) of the official checkpoints."""
+    return load_file(str(convert(ckpts, tmp_path_factory.mktemp("reference") / "mg4") / "model.safetensors"))
+
+
+def weights_of(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model.safetensors"))
+
+
+def same_weights(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> bool:
+    return got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_forced_qformer_variant_converts_without_detection(ckpts, reference, tmp_path):
+    lines: list[str] = []
+    out = convert(ckpts, tmp_path / "forced", variant="qformer", log=lines.append)
+    assert lines == [  # no "variant: ..." line: nothing was detected
+        "pretrained_minigpt4.pth: using llama_proj.* only; ignoring 1 keys: Qformer.bert.embeddings.position_ids",
+        "blip2_pretrained_flant5xxl.pth: using 73 keys; dropping 26 (text side, buffers, T5 projection): "
+        "Qformer.bert.embeddings.position_embeddings.weight, Qformer.bert.embeddings.position_ids, "
+        "Qformer.bert.embeddings.word_embeddings.weight (+23 more)",
+        "vision: 2 layers, width 32, 4 heads, 32 px / 8 px patches; Q-Former: 3 layers, width 48, 6 queries; "
+        "6 image tokens",
+        "LLM config eos_token_id=1 differs from the tokenizer's 3; using the tokenizer's (passed explicitly at "
+        "generation)",
+        f"wrote {out / 'model.safetensors'} (103 tensors) and {out / 'kneuron_model.json'} "
+        f"(llm_path {ckpts['llm'].resolve()})"]
+    spec = load_model(str(out)).spec
+    assert (spec.architecture.variant, spec.template, spec.architecture.num_query_tokens) == ("qformer", "vicuna0",
+                                                                                             N_QUERY)
+    assert same_weights(weights_of(out), reference)  # what auto detection gives for this llama_proj
+
+    # a LLaMA-2 (patch-shaped) llama_proj: auto would choose patch; forced qformer keeps it and the checks say why
+    msg = one_line_error(lambda: convert(ckpts, tmp_path / "x", variant="qformer", minigpt4=ckpts["mg4_llama2"]))
+    assert msg == (f"incompatible checkpoint {ckpts['eva']} + {ckpts['blip2']} + {ckpts['mg4_llama2']}: "
+                   f"shape mismatch: llama_proj.weight ({D_LLM}, {4 * WIDTH})!=({D_LLM}, {Q_WIDTH})")
+    msg = one_line_error(lambda: convert(ckpts, tmp_path / "y", variant="qformer", qformer=None,
+                                         minigpt4=ckpts["mg4_llama2"]))
+    assert msg == ("the Q-Former (Vicuna-v0) variant needs the BLIP-2 Q-Former checkpoint "
+                   "blip2_pretrained_flant5xxl.pth (--qformer)")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("variant", ["auto", "patch"])
+def test_patch_variant_keeps_the_detected_grouping_and_ignores_a_qformer_checkpoint(ckpts, tmp_path, variant):
+    mg4 = tmp_path / "pretrained_minigpt4_k2.pth"  # llama_proj over 2 patches per token (not the official 4)
+    torch.save(minigpt4_ckpt(2 * WIDTH), mg4)
+    lines: list[str] = []
+    out = convert(ckpts, tmp_path / "k2", variant=variant, minigpt4=mg4, log=lines.append)
+    assert lines[:-2] == [
+        "pretrained_minigpt4_k2.pth: using llama_proj.* only; ignoring 1 keys: Qformer.bert.embeddings.position_ids",
+        *(["variant: patch (llama_proj input width 64, ViT width 32)"] if variant == "auto" else []),
+        f"patch variant: ignoring {ckpts['blip2']} (the official LLaMA-2 model loads no Q-Former checkpoint)",
+        "vision: 2 layers, width 32, 4 heads, 32 px / 8 px patches; patch grouping: 2; 8 image tokens"]
+    adapter = load_model(str(out))
+    assert adapter.spec.architecture.variant == "patch" and adapter.spec.template == "llama2"
+    assert adapter.spec.architecture.patches_per_token == 2 and adapter.n_image_tokens == 8
+    weights = weights_of(out)
+    assert torch.equal(weights["vision_model.post_layernorm.weight"], torch.ones(WIDTH))  # not BLIP-2's ln_vision
+    assert torch.equal(weights["vision_model.post_layernorm.bias"], torch.zeros(WIDTH))
+    assert not any(k.startswith(("qformer.", "query_tokens")) for k in weights)
+
+    proj = torch.load(mg4, weights_only=True)["model"]
+    px = pixels(7)
+    image = ref_vit(torch.load(ckpts["eva"], weights_only=True), {"weight": torch.ones(WIDTH),
+                                                                 "bias": torch.zeros(WIDTH)}, px)
+    expected = image[:, 1:].reshape(2, -1, 2 * WIDTH) @ proj["llama_proj.weight"].T + proj["llama_proj.bias"]
+    with torch.no_grad():
+        got = adapter.model.encode_img(px)
+    assert got.shape == (2, 8, D_LLM) and (got - expected).abs().max() <= 1e-5
+
+
+def test_wrapped_vit_checkpoint_with_unused_keys_converts_like_the_plain_one(ckpts, reference, tmp_path):
+    vit = torch.load(ckpts["eva"], weights_only=True)
+    extra = {"norm.weight": torch.ones(WIDTH), "head.weight": rand(10, WIDTH),  # not in the official ViT-g module
+             "blocks.0.attn.relative_position_bias_table": rand(7, VIT_HEADS),
+             "blocks.0.attn.relative_position_index": torch.zeros(17, 17, dtype=torch.long)}
+    wrapped = tmp_path / "eva_wrapped.pth"
+    torch.save({"model": {**vit, **extra, "note": "trained"}, "epoch": 1}, wrapped)
+    lines: list[str] = []
+    out = convert(ckpts, tmp_path / "wrapped", eva=wrapped, log=lines.append)
+    assert "eva_wrapped.pth: ignoring 1 non-tensor entries: note" in lines
+    assert ("eva_wrapped.pth: ignoring 4 keys the official ViT-g does not use: "
+            "visual_encoder.blocks.0.attn.relative_position_bias_table, "
+            "visual_encoder.blocks.0.attn.relative_position_index, visual_encoder.head.weight, "
+            "visual_encoder.norm.weight") in lines
+    assert same_weights(weights_of(out), reference)
+
+
+def test_vit_keys_in_the_qformer_checkpoint_override_eva_vit(ckpts, reference, tmp_path):
+    blip2 = torch.load(ckpts["blip2"], weights_only=True)
+    new = {"cls_token": rand(1, 1, WIDTH), "blocks.1.mlp.fc2.bias": rand(WIDTH),
+           "blocks.1.attn.q_bias": rand(WIDTH), "blocks.1.attn.v_bias": rand(WIDTH)}
+    blip2["model"].update({f"visual_encoder.{k}": v for k, v in new.items()})
+    path = tmp_path / "blip2_with_vit.pth"
+    torch.save(blip2, path)
+    lines: list[str] = []
+    out = convert(ckpts, tmp_path / "override", qformer=path, log=lines.append)
+    assert "blip2_with_vit.pth: 3 ViT keys override eva_vit_g.pth (official loading order)" in lines
+    weights = weights_of(out)
+    overridden = {"vision_model.embeddings.class_embedding": new["cls_token"],
+                  "vision_model.encoder.layers.1.mlp.fc2.bias": new["blocks.1.mlp.fc2.bias"],
+                  "vision_model.encoder.layers.1.self_attn.qkv.bias": torch.cat(
+                      (new["blocks.1.attn.q_bias"], torch.zeros(WIDTH), new["blocks.1.attn.v_bias"]))}
+    assert all(torch.equal(weights[k], v) for k, v in overridden.items())
+    assert same_weights({k: v for k, v in weights.items() if k not in overridden},
+                        {k: v for k, v in reference.items() if k not in overridden})
+
+
 def one_line_error(fn) -> str:
     with pytest.raises(KneuronError) as info:
         fn()
@@ -292,6 +403,39 @@ def test_bad_paths_and_files_give_one_line(ckpts, tmp_path):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
     assert "cannot read" in one_line_error(lambda: convert(ckpts, tmp_path / "o", eva=garbage))
+
+
+def test_arguments_are_checked_before_anything_is_loaded(ckpts, tmp_path):
+    no_llm = {"llm": tmp_path / "no_llm"}  # would fail later: the argument checks come first
+    assert one_line_error(lambda: convert(ckpts, tmp_path / "o", variant="vicuna", **no_llm)) == (
+        "unknown variant 'vicuna'; use one of auto, qformer, patch")
+    assert one_line_error(lambda: convert(ckpts, tmp_path / "o", dtype="int8", **no_llm)) == (
+        "unknown dtype 'int8'; use one of bf16, bfloat16, float16, float32, fp16, fp32")  # resolve_dtype's rule
+    assert one_line_error(lambda: convert(ckpts, tmp_path / "o", dtype="auto", **no_llm)) == (
+        "unknown dtype 'auto'; use float16, float32 or bfloat16")  # a converted folder has no stored dtype to keep
+    assert one_line_error(lambda: convert(ckpts, tmp_path / "o", qformer=tmp_path / "no_blip2.pth", **no_llm)) == (
+        f"Q-Former checkpoint not found: {tmp_path / 'no_blip2.pth'}")
+    assert one_line_error(lambda: convert(ckpts, tmp_path / "o", minigpt4=tmp_path / "no_mg4.pth", **no_llm)) == (
+        f"MiniGPT-4 checkpoint not found: {tmp_path / 'no_mg4.pth'}")
+    out_file = tmp_path / "out.txt"
+    out_file.write_text("not a folder")
+    assert one_line_error(lambda: convert(ckpts, out_file, **no_llm)) == (
+        f"output path exists and is not a folder: {out_file}")
+    assert not (tmp_path / "o").exists() and out_file.read_text() == "not a folder"
+
+
+def test_minigpt4_checkpoint_without_llama_proj_weight(ckpts, tmp_path):
+    no_weight = tmp_path / "no_weight.pth"
+    torch.save({"model": {"llama_proj.bias": rand(D_LLM), "Qformer.bert.embeddings.position_ids": torch.arange(4)}},
+               no_weight)
+    assert one_line_error(lambda: convert(ckpts, tmp_path / "o", minigpt4=no_weight)) == (
+        f"MiniGPT-4 checkpoint {no_weight} has no llama_proj.weight "
+        "(keys: Qformer.bert.embeddings.position_ids, llama_proj.bias)")
+    empty = tmp_path / "empty.pth"
+    torch.save({"model": {}}, empty)
+    assert one_line_error(lambda: convert(ckpts, tmp_path / "o", minigpt4=empty)) == (
+        f"MiniGPT-4 checkpoint {empty} has no llama_proj.weight (keys: none)")
+    assert not (tmp_path / "o").exists()
 
 
 def test_head_rules():
