@@ -9,11 +9,11 @@ that replaces ``O^l[row, pos, units_of_row]`` (`kneuron.engine.interventions.abl
 position's kind, or a donor image's activation. Rows are independent (the prompt is shared, so no padding), so a
 row's caption does not depend on which other rows share its decode.
 
-Two ways to decode, the same tokens: where the adapter hands out its language model's inputs
-(`VLMAdapter.generation_embeds`) and that model's generate is plain greedy, rows go in image-major order, each
-chunk's images are embedded once and `kneuron.engine.interventions.greedy.decode_rows` drops a row from the batch as
-soon as it stops; otherwise the model's own generate runs on set-major chunks (each image preprocessed once where the
-adapter's inputs allow).
+Two ways to decode, the same tokens, rows in set-major order either way: where the adapter hands out its language
+model's inputs (`VLMAdapter.generation_embeds`) and that model's generate is plain greedy, every image is embedded
+once and `kneuron.engine.interventions.greedy.decode_rows` drops a row from the batch as soon as it stops;
+otherwise the model's own generate runs on each chunk of rows (each image preprocessed once where the adapter's
+inputs allow).
 """
 from __future__ import annotations
 
@@ -191,33 +191,36 @@ def _own_decoding(adapter: VLMAdapter, images: Sequence[Image.Image],
 _GREEDY_KWARGS = frozenset({"max_new_tokens", "do_sample", "num_beams", "eos_token_id", "pad_token_id"})
 
 
-def _decode_image_major(adapter: VLMAdapter, images: Sequence[Image.Image], sets: list[NeuronSet],
-                        ablation: Ablation, donor_of: list[int] | None, rows_per_generate: int,
-                        max_new_tokens: int, stop_ids: list[int],
-                        on_rows: Callable[[int], None] | None) -> list[list[list[int]]]:
-    """Token ids ``[set][image]`` by the own decoding loop: rows = (image, set) in image-major order, each chunk's
-    images embedded once (`VLMAdapter.generation_embeds`), finished rows dropped from the batch."""
-    rows = [(k, i) for i in range(len(images)) for k in range(len(sets))]
-    out: list[list[list[int]]] = [[[] for _ in images] for _ in sets]
-    for start in range(0, len(rows), rows_per_generate):
-        chunk = rows[start:start + rows_per_generate]
-        picked = [i for _, i in chunk]
-        distinct = sorted(set(picked))
-        prepared = adapter.prepare([images[i] for i in distinct])
+def _decode_own(adapter: VLMAdapter, images: Sequence[Image.Image], sets: list[NeuronSet], ablation: Ablation,
+                donor_of: list[int] | None, rows_per_generate: int, max_new_tokens: int, stop_ids: list[int],
+                on_rows: Callable[[int], None] | None) -> list[list[list[int]]]:
+    """Token ids ``[set][image]`` by the own decoding loop: every image embedded once
+    (`VLMAdapter.generation_embeds`, ``rows_per_generate`` images per call), rows = (set, image) in set-major
+    order (a set whose captions run long shares few decodes with the others), finished rows dropped from the
+    batch."""
+    parts = []
+    for start in range(0, len(images), rows_per_generate):
+        prepared = adapter.prepare(list(images[start:start + rows_per_generate]))
         embeds = adapter.generation_embeds(prepared)
         if embeds is None:  # `_own_decoding` saw the first image's; an adapter must not change its mind
             raise KneuronError(f"{type(adapter).__name__}.generation_embeds returned None for some images only")
-        where = {image: n for n, image in enumerate(distinct)}
-        row_embeds = embeds[torch.as_tensor([where[i] for i in picked], device=embeds.device)]
+        parts.append(embeds)
+    every = torch.cat(parts)  # [n_images, P, d_model]
+    rows = [(k, i) for k in range(len(sets)) for i in range(len(images))]
+    out: list[list[list[int]]] = [[] for _ in sets]
+    for start in range(0, len(rows), rows_per_generate):
+        chunk = rows[start:start + rows_per_generate]
+        picked = [i for _, i in chunk]
         hooks = _row_hooks(adapter, picked, [sets[k] for k, _ in chunk], ablation, donor_of, prepared.prompt_length)
 
         def follow(active: torch.Tensor, hooks: dict[int, _RowHook] = hooks) -> None:
             for hook in hooks.values():
                 hook.follow(active)
         with adapter.neuron_hooks(hooks):
-            made = decode_rows(adapter.language_model, row_embeds, stop_ids, max_new_tokens, follow)
-        for (k, i), tokens in zip(chunk, made, strict=True):
-            out[k][i] = tokens
+            made = decode_rows(adapter.language_model, every[torch.as_tensor(picked, device=every.device)],
+                               stop_ids, max_new_tokens, follow)
+        for (k, _), tokens in zip(chunk, made, strict=True):
+            out[k].append(tokens)
         if on_rows is not None:
             on_rows(len(chunk))
     return out
@@ -229,9 +232,9 @@ def caption_under_sets(adapter: VLMAdapter, images: Sequence[Image.Image], sets:
                        **generate_kwargs: Any) -> list[Captions]:
     """Captions of ``images`` under each of ``sets`` (None or empty: the plain model), one `Captions` per set.
 
-    Rows are (set, image) pairs, ``rows_per_generate`` per decode (image-major in the own decode loop, set-major
-    with the model's generate: see the module docstring); greedy and deterministic; token for token what each set
-    gives alone. ``on_rows(n)`` is called after each decode with its number of rows (progress).
+    Rows are (set, image) in set-major order, ``rows_per_generate`` per decode (see the module docstring for the
+    two ways to decode); greedy and deterministic; token for token what each set gives alone. ``on_rows(n)`` is
+    called after each decode with its number of rows (progress).
     ``first_image``: the index of ``images[0]`` in a longer list that is captioned piece by piece (resample draws
     each image's donor from its index, so a piece starting at ``first_image`` gets the donors the whole list gives
     it). `KneuronError` for a neuron outside the model,
@@ -251,7 +254,7 @@ def caption_under_sets(adapter: VLMAdapter, images: Sequence[Image.Image], sets:
     own = _own_decoding(adapter, images, generate_kwargs)
     with job(adapter.model):  # the thread policy's count for generation on this model (kneuron.engine.runtime.threads)
         if own is not None:
-            made = _decode_image_major(adapter, images, clean, ablation, donor_of, rows_per_generate, *own, on_rows)
+            made = _decode_own(adapter, images, clean, ablation, donor_of, rows_per_generate, *own, on_rows)
         else:
             made = _generate_set_major(adapter, images, clean, ablation, donor_of, rows_per_generate, on_rows,
                                        generate_kwargs)
