@@ -29,7 +29,6 @@ are no longer finished: the next ``kneuron ingest`` of that run records them aga
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from kneuron.warehouse.digests import sha256_of
 from kneuron.warehouse.errors import write_error
 from kneuron.warehouse.garbage import delete_unreferenced
 from kneuron.warehouse.layout import LOCK_FILE, MANIFEST_DIR, MARKER_FILE
@@ -58,7 +58,6 @@ from kneuron.warehouse.schema import TABLES
 from kneuron.warehouse.signals import deferred_signals
 from kneuron.warehouse.store import Warehouse, check_marker, default_warehouse_path
 
-HASH_CHUNK = 1 << 20
 PROBLEM_KINDS = ("missing", "size", "checksum", "unreadable", "rows", "partition", "orphan_run", "missing_parent",
                  "damaged_record")
 
@@ -222,7 +221,7 @@ def _check_bytes(path: Path, entry: FileRecord) -> _Finding | None:
     if entry.sha256 is None:
         return None
     try:
-        digest = _sha256(path)
+        digest = sha256_of(path)
     except OSError as exc:
         return _Finding("unreadable", f"cannot read the file: {exc.strerror or exc}")
     if digest != entry.sha256:
@@ -245,15 +244,6 @@ def _check_content(path: Path, entry: FileRecord) -> tuple[_Finding | None, dict
         if stray:
             return _Finding("partition", f"rows have {column} {stray[0]!r}, its partition is {value!r}"), values
     return None, values
-
-
-def _sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_parquet(path: Path, *, full: bool, columns: list[str]) -> tuple[int, dict[str, set[Any]]]:
