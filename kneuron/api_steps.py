@@ -22,9 +22,11 @@ import pyarrow as pa
 
 from kneuron.api_warehouse import Location, Warehouse, location_of
 from kneuron.engine.errors import KneuronError
+from kneuron.engine.pipelines.report.result import Report
 
 if TYPE_CHECKING:
     from kneuron.engine.pipelines.ingest.start import IngestSummary
+    from kneuron.engine.pipelines.ray_cluster import RayOptions
     from kneuron.engine.pipelines.suppress.pipeline import EvalResult
     from kneuron.queries.selection import Selection as StoredSelection
 
@@ -38,6 +40,31 @@ def _logger(name: str) -> Any:
 
 def _handle(wh: Where) -> Warehouse:
     return wh if isinstance(wh, Warehouse) else Warehouse(location_of(wh))
+
+
+def _check_options(step: str, options: Iterable[str], known: set[str]) -> None:
+    """`KneuronError` naming the ``options`` of ``step`` that are not among ``known`` (its config's fields)."""
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise KneuronError(f"{step}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def _ray_options(step: str, actor: str, engine: str, adapter: Any, *, address: str | None, workers: int,
+                 gpus_per_worker: float | None, cpus_per_worker: float | None) -> RayOptions | None:
+    """The `RayOptions` of ``engine='ray'``, None for ``'local'``. `KneuronError` for another engine, for an
+    ``adapter`` with Ray (each Ray ``actor`` loads the model itself) and for Ray options without Ray."""
+    if engine == "ray":
+        from kneuron.engine.pipelines.ray_cluster import RayOptions
+
+        if adapter is not None:
+            raise KneuronError(f"{step}: adapter= needs engine='local' (each Ray {actor} loads the model)")
+        return RayOptions(address=address, workers=workers, gpus_per_worker=gpus_per_worker,
+                          cpus_per_worker=cpus_per_worker)
+    if engine != "local":
+        raise KneuronError(f"{step}: engine must be 'local' or 'ray', got {engine!r}")
+    if address is not None or workers != 1 or gpus_per_worker is not None or cpus_per_worker is not None:
+        raise KneuronError("--ray-address, --workers, --gpus-per-worker and --cpus-per-worker need --engine ray")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- ingest
@@ -72,26 +99,18 @@ def ingest(wh: Where = None, *, run: str | None = None, concepts: Iterable[str] 
 
     handle = _handle(wh)
     known = {f.name for f in dataclasses.fields(IngestConfig)} - {"warehouse", "run_id", "concepts", "coco_root"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise KneuronError(f"ingest: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    _check_options("ingest", options, known)
     config = IngestConfig(coco_root=coco_root, concepts=tuple(dict.fromkeys(concepts)), warehouse=handle.location,
                           run_id=run, **options)
     log = _logger("kneuron.engine.pipelines.ingest.pipeline")
-    if engine == "ray":
-        from kneuron.engine.pipelines.ingest.ray import RayOptions, run_ingest_ray
+    ray = _ray_options("ingest", "worker", engine, adapter, address=ray_address, workers=workers,
+                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
+    if ray is not None:
+        from kneuron.engine.pipelines.ingest.ray import run_ingest_ray
 
-        if adapter is not None:
-            raise KneuronError("ingest: adapter= needs engine='local' (each Ray worker loads the model)")
-        ray = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
-                         cpus_per_worker=cpus_per_worker)
         summary = run_ingest_ray(config, ray, log=log)
-    elif engine == "local":
-        if ray_address is not None or workers != 1 or gpus_per_worker is not None or cpus_per_worker is not None:
-            raise KneuronError("--ray-address, --workers, --gpus-per-worker and --cpus-per-worker need --engine ray")
-        summary = run_ingest(config, adapter=adapter, log=log)
     else:
-        raise KneuronError(f"ingest: engine must be 'local' or 'ray', got {engine!r}")
+        summary = run_ingest(config, adapter=adapter, log=log)
     return IngestRun(summary.run_id, summary, handle)
 
 
@@ -195,9 +214,7 @@ def suppress(wh: Where = None, *, run: str | None = None, methods: Sequence[str]
     else:
         base = load_config(os.fspath(config))
     known = {f.name for f in dataclasses.fields(EvalConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise KneuronError(f"suppress: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    _check_options("suppress", options, known)
     if isinstance(budgets, str):
         budgets = parse_budgets(budgets)
     overrides: dict[str, Any] = {
@@ -208,35 +225,16 @@ def suppress(wh: Where = None, *, run: str | None = None, methods: Sequence[str]
     merged = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
     merged.validate()
     log = _logger("kneuron.engine.pipelines.suppress.pipeline")
-    if engine == "ray":
-        from kneuron.engine.pipelines.ray_cluster import RayOptions
+    ray = _ray_options("suppress", "captioner", engine, adapter, address=ray_address, workers=workers,
+                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
+    if ray is not None:
         from kneuron.engine.pipelines.suppress.ray import run_evaluation_ray
 
-        if adapter is not None:
-            raise KneuronError("suppress: adapter= needs engine='local' (each Ray captioner loads the model)")
-        ray = RayOptions(address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
-                         cpus_per_worker=cpus_per_worker)
         return run_evaluation_ray(merged, handle.location, ray, progress=progress, log=log)
-    if engine != "local":
-        raise KneuronError(f"suppress: engine must be 'local' or 'ray', got {engine!r}")
-    if ray_address is not None or workers != 1 or gpus_per_worker is not None or cpus_per_worker is not None:
-        raise KneuronError("--ray-address, --workers, --gpus-per-worker and --cpus-per-worker need --engine ray")
     return run_evaluation(merged, handle.location, adapter=adapter, progress=progress, log=log)
 
 
 # ---------------------------------------------------------------------------------------------------- report
-@dataclass
-class Report:
-    """Where `report` wrote (``html``, ``markdown``, ``summary_json``, ``figures``) and its numbers (``summary``)."""
-
-    out_dir: Path
-    html: Path
-    markdown: Path
-    summary_json: Path
-    figures: list[Path]
-    summary: dict[str, Any]
-
-
 def report(wh: Where = None, *, out: str | os.PathLike[str] = "kneuron-report", run: str | None = None,
            sets: Sequence[str] = (), **options: Any) -> Report:
     """Write the HTML + Markdown report of ``run`` (default: the latest) into the folder ``out``
@@ -247,9 +245,6 @@ def report(wh: Where = None, *, out: str | os.PathLike[str] = "kneuron-report", 
 
     handle = _handle(wh)
     known = {f.name for f in dataclasses.fields(ReportConfig)} - {"run_id", "set_ids"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise KneuronError(f"report: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    _check_options("report", options, known)
     config = ReportConfig(run_id=run, set_ids=tuple(sets), **options)
-    result = build_report(handle.location, Path(out), config)
-    return Report(result.out_dir, result.html, result.markdown, result.summary_json, result.figures, result.summary)
+    return build_report(handle.location, Path(out), config)

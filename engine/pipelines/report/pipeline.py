@@ -28,7 +28,6 @@ external resource).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from kneuron.engine.pipelines.report.budget import budget_section
 from kneuron.engine.pipelines.report.config import ReportConfig
 from kneuron.engine.pipelines.report.evidence import interval_blocks, load_evidence
 from kneuron.engine.pipelines.report.model import model_sections
+from kneuron.engine.pipelines.report.result import Report
 from kneuron.engine.pipelines.run import RunReader
 from kneuron.engine.pipelines.sets import StoredSet
 from kneuron.engine.reporting.document import (
@@ -115,18 +115,6 @@ def column_note(column: str) -> str:
     if group in images and measure:
         return f"mean {measure} of the captions, on {images[group]}"
     return ""
-
-
-@dataclass
-class ReportResult:
-    """Where the report is and its headline numbers (``summary``, also written to ``summary.json``)."""
-
-    out_dir: Path
-    html: Path
-    markdown: Path
-    summary_json: Path
-    figures: list[Path]
-    summary: dict[str, Any]
 
 
 def section(section_id: str) -> Section:
@@ -339,7 +327,7 @@ def plots_section(out_dir: Path, method: str, layers: Any, overlap: Any, suppres
 
 # ---------------------------------------------------------------------------------------------- entry point
 def build_report(warehouse_root: str | Path | None, out_dir: str | Path, config: ReportConfig | None = None
-                 ) -> ReportResult:
+                 ) -> Report:
     """Write ``report.html``, ``report.md``, ``summary.json`` and ``figures/*.png`` into ``out_dir``
     (``config``: `ReportConfig`, default ``ReportConfig()``)."""
     config = config if config is not None else ReportConfig()
@@ -380,4 +368,4 @@ def build_report(warehouse_root: str | Path | None, out_dir: str | Path, config:
     md_path.write_text(render_markdown(config.title, subtitle, sections, out_dir), encoding="utf-8")
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps(json_ready(summary), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return ReportResult(out_dir, html_path, md_path, summary_path, figures(sections), summary)
+    return Report(out_dir, html_path, md_path, summary_path, figures(sections), summary)
