@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from kneuron.cli.options import DEVICE_HELP, deprecated_alias, warehouse_option
+from kneuron.cli.options import DEVICE_HELP, deprecated_alias, ray_options, warehouse_option
 from kneuron.engine.models.families import model_help
 
 HELP = """Record, for every (concept, image) pair, the FFN activations of the original image and of the image
@@ -65,17 +65,9 @@ command resumes the run (finished pairs are skipped); a changed option makes a n
               help="Log progress (pairs done / total, rate, ETA) to stderr at least every 30 s.")
 @click.option("--retry-skipped/--no-retry-skipped", default=True, show_default=True,
               help="On resume, record again the pairs stored as skipped (e.g. an image that was missing).")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: this process; ray: CPU tasks and a pool of recorder actors on a Ray cluster "
-                   "(pip install 'kneuron[ray]'); the same run and rows either way.")
-@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
-              help="Ray cluster to join (--engine ray) [default: start a local Ray instance].")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Recorder actors (--engine ray); each loads the model once.")
-@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
-              help="GPUs per recorder (--engine ray) [default: 1 when the cluster has GPUs].")
-@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="CPUs per recorder (--engine ray) [default: at most 1, leaving the image tasks room].")
+@ray_options("recorder", "local: this process; ray: CPU tasks and a pool of recorder actors on a Ray cluster "
+             "(pip install 'kneuron[ray]'); the same run and rows either way.",
+             "at most 1, leaving the image tasks room")
 def command(coco_root: str | None, split: str, concepts: tuple[str, ...], min_images: int, min_area: float,
             images_per_concept: str, ident_fraction: float, seed: int, model: str, device: str, dtype: str,
             batch_size: str, positions: str, top_k: int, inpainter: str, margin_px: float, inpaint_radius: float,

@@ -1,5 +1,6 @@
-"""Click options shared by the commands: ``--warehouse`` (every command that reads or writes one), and the options
-and input checks of the commands that pick a neuron set (`decode`, `heatmap`, `caption`)."""
+"""Click options shared by the commands: ``--warehouse`` (every command that reads or writes one), the options
+and input checks of the commands that pick a neuron set (`decode`, `heatmap`, `caption`), and the engine and Ray
+options of the steps that can run on Ray (`ingest`, `suppress`)."""
 from __future__ import annotations
 
 import functools
@@ -97,3 +98,28 @@ def deprecated_alias(old: str, target: str, new: str,
 
 #: help of ``--device`` (every command that loads a model)
 DEVICE_HELP = "cpu, cuda, cuda:1, mps, ... (auto: CUDA when available, else cpu)."
+
+
+def ray_options(actor: str, engine_help: str, cpus_default: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--engine --ray-address --workers --gpus-per-worker --cpus-per-worker`` (the fields of
+    `kneuron.engine.pipelines.ray_cluster.RayOptions`). ``actor``: what a worker is (``recorder``, ``captioner``);
+    ``engine_help``: what each engine does; ``cpus_default``: how the step picks the CPUs per worker."""
+    options = [
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help=engine_help),
+        click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
+                     help="Ray cluster to join (--engine ray) [default: start a local Ray instance]."),
+        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                     help=f"{actor.capitalize()} actors (--engine ray); each loads the model once."),
+        click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
+                     help=f"GPUs per {actor} (--engine ray) [default: 1 when the cluster has GPUs]."),
+        click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help=f"CPUs per {actor} (--engine ray) [default: {cpus_default}]."),
+    ]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from kneuron.cli.options import DEVICE_HELP, deprecated_alias, warehouse_option
+from kneuron.cli.options import DEVICE_HELP, deprecated_alias, ray_options, warehouse_option
 
 
 def _budget(value: str | None) -> str | int | None:
@@ -80,17 +80,8 @@ def _write(path: str, text: str) -> None:
               help="Write the results tables as Markdown.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress lines on stderr (at most one every 30 s while captioning).")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: caption in this process; ray: an actor pool of captioners on a Ray cluster (the "
-                   "plan, scores and writes stay here; the same tables).")
-@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
-              help="Ray cluster to join (--engine ray) [default: start a local Ray instance].")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Captioner actors (--engine ray); each loads the model once.")
-@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
-              help="GPUs per captioner (--engine ray) [default: 1 when the cluster has GPUs].")
-@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="CPUs per captioner (--engine ray) [default: the cluster's CPUs / --workers, at most 1].")
+@ray_options("captioner", "local: caption in this process; ray: an actor pool of captioners on a Ray cluster (the "
+             "plan, scores and writes stay here; the same tables).", "the cluster's CPUs / --workers, at most 1")
 def command(warehouse_path: str | None, config_path: str | None, run_id: str | None, concepts: tuple[str, ...],
             methods: tuple[str, ...], set_ids: tuple[str, ...], budget: str | None, budgets: str | None,
             max_images: int | None, fragility_images: int | None,
