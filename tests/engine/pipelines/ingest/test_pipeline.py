@@ -3,12 +3,7 @@ after kill -9 (subprocess) against an uninterrupted run, bad inputs (skips and o
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +23,10 @@ from kneuron.engine.models.minigpt4_adapter import save_minigpt4
 from kneuron.engine.pipelines.ingest import plan as ingest_plan
 from kneuron.engine.pipelines.ingest.pipeline import IngestConfig, run_ingest
 from kneuron.engine.signals.record import RecordConfig, Target, choose_target, record_pairs
-from tests.helpers.cli_runner import run_cli
+from tests.helpers.cli_runner import kill_after_first_commit, run_cli
+from tests.helpers.tables import sorted_rows
 from tests.helpers.tiny_models import tiny_minigpt4
 
-REPO = Path(__file__).resolve().parents[4]
 CONCEPTS = ("circle", "square", "star")  # in the tiny tokenizer's vocabulary; the other shapes are not
 TOP_K = 5
 KEYS = {"runs": ["run_id"], "splits": ["concept", "image_id"], "samples": ["concept", "image_id"],
@@ -73,10 +68,7 @@ def expected_splits(world: Path, concept: str, fraction: float = 0.5, seed: int 
 
 
 def sorted_table(wh_path: Path, table: str) -> pa.Table:
-    rows = warehouse.Warehouse.open(wh_path).read(table)
-    if "created_at" in rows.column_names:
-        rows = rows.drop_columns(["created_at"])
-    return rows.sort_by([(key, "ascending") for key in KEYS[table]])
+    return sorted_rows(warehouse.Warehouse.open(wh_path).read(table), KEYS[table])
 
 
 @pytest.fixture(scope="module")
@@ -340,20 +332,7 @@ def test_resume_after_kill_9_gives_the_uninterrupted_tables(world: Path, tmp_pat
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     n_pairs = sum(len(expected_splits(world, c, fraction=1.0)[0]) for c in CONCEPTS)
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "kneuron.cli.main", *args, "--warehouse", str(killed)], cwd=REPO,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    manifest = killed / "_manifest"
-    deadline = time.monotonic() + 120
-    try:
-        while not (manifest.is_dir() and any(manifest.glob("*.json"))):
-            assert process.poll() is None, process.stderr.read().decode()
-            assert time.monotonic() < deadline, "no batch committed within 120 s"
-            time.sleep(0.005)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    kill_after_first_commit([*args, "--warehouse", str(killed)], killed, timeout_s=120)
     done = warehouse.Warehouse.open(killed)
     (run_id,) = done.run_ids()
     assert 1 <= len(done.finished_pairs(run_id)) < n_pairs, "the subprocess finished before it was killed"

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -27,13 +25,13 @@ from kneuron.engine.pipelines.ingest import ray as ingest_ray
 from kneuron.engine.pipelines.ingest.pipeline import IngestConfig
 from kneuron.engine.pipelines.ingest.ray import RayOptions, run_ingest_ray, worker_shape
 from kneuron.warehouse.rollup import merge_rollups
-from tests.helpers.cli_runner import run_cli
+from tests.helpers.cli_runner import kill_after_first_commit, run_cli
+from tests.helpers.tables import sorted_rows
 from tests.helpers.tiny_models import tiny_minigpt4
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
 
-REPO = Path(__file__).resolve().parents[4]
 KEYS = {"runs": ["run_id"], "splits": ["concept", "image_id"], "samples": ["concept", "image_id"],
         "neuron_stats": ["concept", "image_id", "layer", "unit"],
         "token_stats": ["concept", "image_id", "layer", "position", "rank"],
@@ -46,11 +44,7 @@ def tables(root: Path) -> dict[str, pa.Table]:
     out = {}
     for table, keys in KEYS.items():
         rows = store.read(table)
-        if table == "neuron_rollup":
-            rows = merge_rollups([rows])
-        if "created_at" in rows.column_names:
-            rows = rows.drop_columns(["created_at"])
-        out[table] = rows.sort_by([(key, "ascending") for key in keys])
+        out[table] = sorted_rows(merge_rollups([rows]) if table == "neuron_rollup" else rows, keys)
     return out
 
 
@@ -168,21 +162,7 @@ def test_a_recorder_killed_mid_run_gives_the_local_tables(world, model_dir, loca
 def test_killed_driver_resumes_to_the_local_tables(world, model_dir, local, cluster, tmp_path, capsys) -> None:
     reference, n_pairs = local
     wh = tmp_path / "wh"
-    command = [sys.executable, "-m", "kneuron.cli.main", *args(world, model_dir, wh, "--engine", "ray", "--ray-address",
-                                                        cluster)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    manifest = wh / "_manifest"
-    deadline = time.monotonic() + 180
-    try:
-        while not (manifest.is_dir() and any(manifest.glob("*.json"))):
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            assert time.monotonic() < deadline, "no batch committed within 180 s"
-            time.sleep(0.01)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    kill_after_first_commit(args(world, model_dir, wh, "--engine", "ray", "--ray-address", cluster), wh, timeout_s=180)
     done = warehouse.Warehouse.open(wh)
     (run_id,) = done.run_ids()
     assert 1 <= len(done.finished_pairs(run_id)) < n_pairs, "the driver finished before it was killed"

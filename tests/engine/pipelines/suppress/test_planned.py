@@ -29,6 +29,7 @@ from kneuron.engine.pipelines.suppress.captioner import (
 from kneuron.engine.pipelines.suppress.pipeline import run_evaluation
 from kneuron.engine.signals.neurons import NeuronSet
 from tests.helpers.eval_fixtures import FAST, build_eval_world
+from tests.helpers.tables import sorted_tables
 from tests.helpers.tiny_models import tiny_minigpt4
 
 KEYS = {"captions": ["concept", "method", "group", "image_id"],
@@ -38,13 +39,8 @@ KEYS = {"captions": ["concept", "method", "group", "image_id"],
 
 
 def tables(root: Path) -> dict[str, pa.Table]:
-    store = warehouse.Warehouse.open(root)
-    out = {}
-    for table, keys in KEYS.items():
-        rows = store.read(table)
-        rows = rows.drop_columns([c for c in ("created_at",) if c in rows.column_names])
-        out[table] = rows.sort_by([(key, "ascending") for key in keys])
-    return out
+    """The evaluation's tables in a total order (without the creation times)."""
+    return sorted_tables(root, KEYS)
 
 
 class InProcess:

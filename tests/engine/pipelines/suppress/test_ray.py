@@ -10,12 +10,7 @@ so the runs are few and tiny: 3 concepts x 2 methods, batches of 3 images.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,14 +25,14 @@ from kneuron.engine.pipelines.ray_cluster import RayOptions
 from kneuron.engine.pipelines.suppress import ray as suppress_ray
 from kneuron.engine.pipelines.suppress.pipeline import run_evaluation
 from kneuron.engine.pipelines.suppress.ray import RayCaptions, captioner_shape, run_evaluation_ray
-from tests.helpers.cli_runner import run_cli
+from tests.helpers.cli_runner import kill_after_first_commit, run_cli
 from tests.helpers.eval_fixtures import FAST, build_eval_world
+from tests.helpers.tables import sorted_tables
 from tests.helpers.tiny_models import tiny_minigpt4
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
 
-REPO = Path(__file__).resolve().parents[4]
 
 KEYS = {"captions": ["concept", "method", "group", "image_id"],
         "scores": ["concept", "method", "group", "image_id", "metric", "reference"],
@@ -46,13 +41,7 @@ KEYS = {"captions": ["concept", "method", "group", "image_id"],
 
 def tables(root: Path) -> dict[str, pa.Table]:
     """The evaluation's tables in a total order (without the creation times)."""
-    store = warehouse.Warehouse.open(root)
-    out = {}
-    for table, keys in KEYS.items():
-        rows = store.read(table)
-        rows = rows.drop_columns([c for c in ("created_at",) if c in rows.column_names])
-        out[table] = rows.sort_by([(key, "ascending") for key in keys])
-    return out
+    return sorted_tables(root, KEYS)
 
 
 @pytest.fixture(scope="module")
@@ -152,21 +141,8 @@ def test_a_driver_killed_mid_run_resumes_to_the_local_tables(cluster, setup, tmp
     toml = tmp_path / "eval.toml"
     toml.write_text(f'methods = ["two_stage", "random_layer_matched"]\nbatch_size = 3\nseed = 1\n'
                     f'model = "{config.model}"\ndevice = "cpu"\n[metrics]\nnames = ["bleu4", "rougeL"]\n')
-    command = [sys.executable, "-m", "kneuron.cli.main", "suppress", "--warehouse", str(root), "--config", str(toml),
-               "--engine", "ray", "--ray-address", cluster, "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    before = len(list((root / "_manifest").glob("*.json")))
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    try:
-        while len(list((root / "_manifest").glob("*.json"))) <= before:  # the driver's first commit
-            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-            assert time.monotonic() < deadline, "no batch committed within 240 s"
-            time.sleep(0.01)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    kill_after_first_commit(["suppress", "--warehouse", str(root), "--config", str(toml), "--engine", "ray",
+                             "--ray-address", cluster, "--no-progress"], root, timeout_s=240)
     committed = warehouse.Warehouse.open(root).read("captions")
     assert 0 < committed.num_rows < local["captions"].num_rows, "the driver finished before it was killed"
     result = run_evaluation_ray(config, root, RayOptions(workers=1), progress=False)  # joins this process's Ray
