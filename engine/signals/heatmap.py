@@ -247,17 +247,15 @@ def token_to_patch_map(adapter: VLMAdapter, images: Sequence[Image.Image] | torc
     regions = adapter.image_regions()
     if regions is not None:
         mapping = region_map(regions)
-        if mapping.shape[0] != adapter.n_image_tokens:
-            raise KneuronError(f"image regions of {adapter.name!r} give {mapping.shape[0]} tokens but the model has "
-                               f"{adapter.n_image_tokens} image tokens")
-        return mapping.unsqueeze(0).expand(b, -1, -1).contiguous()
-    if grid is not None:
+        mismatch = f"image regions of {adapter.name!r} give {mapping.shape[0]} tokens but the model has"
+    elif grid is not None:
         mapping = grouping_map(grid)
-        if mapping.shape[0] != adapter.n_image_tokens:
-            raise KneuronError(f"token grid {grid} has {mapping.shape[0]} tokens but {adapter.name!r} has "
-                               f"{adapter.n_image_tokens} image tokens")
-        return mapping.unsqueeze(0).expand(b, -1, -1).contiguous()
-    return qformer_patch_map(adapter, images, n_probes=n_probes, seed=seed)
+        mismatch = f"token grid {grid} has {mapping.shape[0]} tokens but {adapter.name!r} has"
+    else:
+        return qformer_patch_map(adapter, images, n_probes=n_probes, seed=seed)
+    if mapping.shape[0] != adapter.n_image_tokens:
+        raise KneuronError(f"{mismatch} {adapter.n_image_tokens} image tokens")
+    return mapping.unsqueeze(0).expand(b, -1, -1).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------- heatmaps
