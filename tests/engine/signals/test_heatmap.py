@@ -3,6 +3,8 @@ Jacobian),
 heatmaps, overlays and the object-contrast share (the region families: `tests/engine/models/test_vlm_families.py`)."""
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -143,6 +145,17 @@ def test_region_map_spreads_each_box_over_the_cells_it_overlaps() -> None:
     newline = grid_boxes(2, 2, box=(0.0, 0.5, 1.0, 1.0), newline=True)
     assert newline.shape == (6, 4) and newline[[2, 5]].isnan().all() and not newline[[0, 1, 3, 4]].isnan().any()
     torch.testing.assert_close(newline[1], torch.tensor([0.0, 0.75, 0.5, 1.0]))
+
+
+@pytest.mark.parametrize(("regions", "grid", "message"), [
+    (ImageRegions(grid_boxes(2, 2), (2, 2)), None, "image regions of 'stub' give 4 tokens but the model has 5 image "
+                                                   "tokens"),
+    (None, (4, 2), r"token grid \(4, 2\) has 8 tokens but 'stub' has 5 image tokens"),
+])
+def test_a_map_of_the_wrong_token_count_is_one_line(regions, grid, message: str) -> None:  # noqa: ANN001
+    stub = types.SimpleNamespace(name="stub", n_image_tokens=5, patch_grid=grid, image_regions=lambda: regions)
+    with pytest.raises(KneuronError, match=f"^{message}$"):
+        token_to_patch_map(stub, [Image.new("RGB", (8, 8))])  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------ Q-Former
