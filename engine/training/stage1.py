@@ -44,7 +44,7 @@ from kneuron.engine.models.prompts import (
     prompt_token_ids,
 )
 from kneuron.engine.runtime.scoped import seeded_torch
-from kneuron.engine.training.optim import adamw, cosine_lr
+from kneuron.engine.training.optim import adamw, clipped_step, cosine_lr
 
 if TYPE_CHECKING:
     from kneuron.engine.models.llm import LLMSource
@@ -403,10 +403,7 @@ def _train(objective: Stage1Objective, parts: _Stage1Parts, training: _TrainingS
             group["lr"] = cosine_lr(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup_steps)
         image = objective.image_tokens(features[torch.from_numpy(rows).to(cfg.device)], cfg.train_queries)
         loss = objective.loss(image, targets.to(cfg.device), mask.to(cfg.device))
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parts.params, cfg.grad_clip)
-        optim.step()
+        clipped_step(optim, loss, parts.params, cfg.grad_clip)
         running = 0.95 * running + 0.05 * loss.item() if step else loss.item()
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             elapsed = time.perf_counter() - started

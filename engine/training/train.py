@@ -39,7 +39,7 @@ from kneuron.engine.models.prompts import DEFAULT_INSTRUCTION, get_template
 from kneuron.engine.models.tiny import tiny_config
 from kneuron.engine.models.tokenizer import build_word_tokenizer
 from kneuron.engine.runtime.scoped import seeded_torch
-from kneuron.engine.training.optim import adamw, cosine_lr
+from kneuron.engine.training.optim import adamw, clipped_step, cosine_lr
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +156,7 @@ def pretrain_vision(vision: torch.nn.Module, head: torch.nn.Linear, normalise: C
             group["lr"] = lr_at(step, cfg, cfg.vision_pretrain_steps)
         logits = head(vision(normalise(batch)).last_hidden_state[:, 1:])  # [B, n_patches, 1 + n_categories]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optim.step()
+        clipped_step(optim, loss, params, cfg.grad_clip)
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         if step % 500 == 0 or step == cfg.vision_pretrain_steps - 1:
             log(f"vision step {step:5d}  patch loss {running:.4f}  {time.time() - started:6.1f}s")
@@ -276,10 +273,7 @@ def _train_tiny(world_dir: Path, out_dir: Path, cfg: TrainConfig, log: Callable[
             patch_logits = aux_head(vision_out["h"][:, 1:])  # [B, n_patches, 1 + n_categories]
             loss = loss + cfg.aux_weight * torch.nn.functional.cross_entropy(
                 patch_logits.reshape(-1, patch_logits.shape[-1]), labels[index].reshape(-1))
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
-        optim.step()
+        clipped_step(optim, loss, [p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         if step % 100 == 0 or step == cfg.steps - 1:
             log(f"step {step:5d}  loss {running:.4f}  lr {lr_at(step, cfg):.2e}  {time.time() - started:6.1f}s")
