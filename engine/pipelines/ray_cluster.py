@@ -5,8 +5,8 @@
     with ray_session(ray, options.address): ...
 
 `RayOptions` are the options both commands take (``--ray-address``, ``--workers``, ``--gpus-per-worker``,
-``--cpus-per-worker``), `gpus_per_worker` the GPUs each actor reserves by them; `worker_message` turns a Ray
-error into the worker's own first line.
+``--cpus-per-worker``; `RayOptions.worker_gpus`: the GPUs each actor reserves by them); `worker_message` turns a
+Ray error into the worker's own first line.
 """
 from __future__ import annotations
 
@@ -49,18 +49,17 @@ class RayOptions:
         if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             raise KneuronError(f"--cpus-per-worker must be > 0, got {self.cpus_per_worker}")
 
-
-def gpus_per_worker(options: RayOptions, total_gpus: float, device: str | None, actor: str) -> float:
-    """GPUs each ``actor`` (``recorder`` / ``captioner``) reserves: ``--gpus-per-worker``, else one when the cluster
-    has ``total_gpus >= 1`` and ``device`` is not cpu; `KneuronError` when one actor asks for more than the
-    cluster has."""
-    gpus = options.gpus_per_worker
-    if gpus is None:
-        gpus = 1.0 if total_gpus >= 1 and device != "cpu" else 0.0
-    if gpus > total_gpus:
-        raise KneuronError(f"each {actor} asks for {gpus:g} GPU(s) but the Ray cluster has {total_gpus:g}; "
-                           "lower --gpus-per-worker")
-    return gpus
+    def worker_gpus(self, total_gpus: float, device: str | None, actor: str) -> float:
+        """GPUs each ``actor`` (``recorder`` / ``captioner``) reserves: ``gpus_per_worker``, else one when the
+        cluster has ``total_gpus >= 1`` and ``device`` is not cpu; `KneuronError` when one actor asks for more than
+        the cluster has."""
+        gpus = self.gpus_per_worker
+        if gpus is None:
+            gpus = 1.0 if total_gpus >= 1 and device != "cpu" else 0.0
+        if gpus > total_gpus:
+            raise KneuronError(f"each {actor} asks for {gpus:g} GPU(s) but the Ray cluster has {total_gpus:g}; "
+                               "lower --gpus-per-worker")
+        return gpus
 
 
 def import_ray() -> Any:

@@ -36,14 +36,7 @@ from kneuron.engine.pipelines.ingest.chunk import ChunkResult, commit_chunk
 from kneuron.engine.pipelines.ingest.config import IngestConfig
 from kneuron.engine.pipelines.ingest.ray_workers import DatasetSource, PrepareTask, Recorder, probe_model
 from kneuron.engine.pipelines.ingest.start import IngestSummary, ModelHead, RunPlan, begin_run, plan_run
-from kneuron.engine.pipelines.ray_cluster import (
-    RayOptions,
-    check_reachable,
-    gpus_per_worker,
-    import_ray,
-    ray_session,
-    worker_message,
-)
+from kneuron.engine.pipelines.ray_cluster import RayOptions, check_reachable, import_ray, ray_session, worker_message
 from kneuron.engine.runtime import scoped
 from kneuron.engine.runtime.progress import Progress
 
@@ -75,7 +68,7 @@ def worker_shape(total_cpus: float, total_gpus: float, options: RayOptions, devi
     always stays free for the CPU tasks (a 2-core laptop with 2 recorders: 0.67 CPU each, tasks of 0.33). An
     explicit ``cpus_per_worker`` that leaves the tasks less than 0.1 CPU is refused: the run would stall.
     """
-    gpus = gpus_per_worker(options, total_gpus, device, "recorder")
+    gpus = options.worker_gpus(total_gpus, device, "recorder")
     workers = options.workers
     cpus = options.cpus_per_worker
     if cpus is None:

@@ -36,14 +36,7 @@ from typing import Any
 from kneuron.engine.errors import KneuronError
 from kneuron.engine.eval.config import EvalConfig
 from kneuron.engine.interventions.ablation import Ablation
-from kneuron.engine.pipelines.ray_cluster import (
-    RayOptions,
-    check_reachable,
-    gpus_per_worker,
-    import_ray,
-    ray_session,
-    worker_message,
-)
+from kneuron.engine.pipelines.ray_cluster import RayOptions, check_reachable, import_ray, ray_session, worker_message
 from kneuron.engine.pipelines.suppress.captioner import Captioner, SetKey, call_ranges, rows_per_generate, set_key
 from kneuron.engine.pipelines.suppress.pipeline import EvalResult, RemoteCaptions, run_evaluation
 from kneuron.engine.signals.neurons import NeuronSet
@@ -96,7 +89,7 @@ def captioner_shape(total_cpus: float, total_gpus: float, options: RayOptions, d
                     ) -> tuple[float, float, int]:
     """(CPUs, GPUs, torch threads) of each captioner: a GPU each when the cluster has them (and the device is not
     cpu), else ``total_cpus / workers`` CPUs (at most 1 unless ``--cpus-per-worker`` says)."""
-    gpus = gpus_per_worker(options, total_gpus, device, "captioner")
+    gpus = options.worker_gpus(total_gpus, device, "captioner")
     cpus = options.cpus_per_worker
     if cpus is None:
         cpus = min(1.0, math.floor(total_cpus / options.workers * 1000) / 1000)
