@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from kneuron.warehouse import TABLES, Warehouse, compact_warehouse, connect, repair, verify_warehouse
+from kneuron.warehouse import TABLES, compact_warehouse, connect, repair, verify_warehouse
 from kneuron.warehouse.layout import MANIFEST_DIR
 from tests.helpers.cli_runner import run_cli
-from tests.helpers.warehouse_rows import RUN, neuron_rows, run_row, sample_rows
+from tests.helpers.warehouse_rows import RUN, commit_plan, files_of, neuron_rows, run_row, sample_rows
 
 UTC = dt.timezone.utc
 CREATED = dt.datetime(2025, 3, 2, tzinfo=UTC)
@@ -56,25 +56,13 @@ def build(root: Path) -> dict[str, str]:
         "eval": [("evals", {"eval_id": ["ev-1"], "run_id": [RUN], "created_at": [CREATED], "config_json": ["{}"]})],
         "scores": list(eval_rows().items()),
     }
-    ids = {}
-    with Warehouse.open(root, create=True) as wh:
-        for name, parts in plan.items():
-            with wh.batch() as batch:
-                for table, data in parts:
-                    batch.add(table, data)
-            assert batch.record is not None
-            ids[name] = batch.record.batch_id
-    return ids
+    return commit_plan(root, plan)
 
 
 def rows(root: Path) -> dict[str, list[tuple]]:
     with connect(root) as con:
         return {table: con.sql(f'SELECT * FROM "{table}" ORDER BY ALL').fetchall() for table in TABLES}
 
-
-def files_of(root: Path, batch_id: str, table: str | None = None) -> list[Path]:
-    record = json.loads((root / MANIFEST_DIR / f"{batch_id}.json").read_text())
-    return [root / entry["path"] for entry in record["files"] if table in (None, entry["table"])]
 
 
 def truncate(path: Path) -> None:

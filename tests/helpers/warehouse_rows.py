@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -109,3 +112,25 @@ def all_table_rows() -> dict[str, dict[str, Any]]:
     }
 
 
+def commit_plan(root: Path, plan: Mapping[str, Sequence[tuple[str, Any]]]) -> dict[str, str]:
+    """Commit each entry of ``plan`` (name -> [(table, rows)]) as one batch of a warehouse at ``root``, in order;
+    the batch id of each name."""
+    from kneuron.warehouse import Warehouse
+
+    ids = {}
+    with Warehouse.open(root, create=True) as wh:
+        for name, parts in plan.items():
+            with wh.batch() as batch:
+                for table, data in parts:
+                    batch.add(table, data)
+            assert batch.record is not None
+            ids[name] = batch.record.batch_id
+    return ids
+
+
+def files_of(root: Path, batch_id: str, table: str | None = None) -> list[Path]:
+    """Absolute paths of the files of one committed batch (of one table)."""
+    from kneuron.warehouse.layout import MANIFEST_DIR
+
+    record = json.loads((root / MANIFEST_DIR / f"{batch_id}.json").read_text())
+    return [root / entry["path"] for entry in record["files"] if table in (None, entry["table"])]

@@ -18,7 +18,7 @@ from kneuron.warehouse import TABLES, Warehouse, connect, repair, verify_warehou
 from kneuron.warehouse.layout import MANIFEST_DIR
 from kneuron.warehouse.verify import Problem
 from tests.helpers.cli_runner import run_cli
-from tests.helpers.warehouse_rows import RUN, neuron_rows, run_row, sample_rows
+from tests.helpers.warehouse_rows import RUN, commit_plan, files_of, neuron_rows, run_row, sample_rows
 
 RUN2 = "run-2"
 
@@ -38,21 +38,8 @@ def build(root: Path) -> dict[str, str]:
         "dog2": [("samples", sample_rows("dog", [1], run_id=RUN2)),
                  ("neuron_stats", neuron_rows("dog", 1, seed=4, run_id=RUN2))],
     }
-    ids = {}
-    with Warehouse.open(root, create=True) as wh:
-        for name, parts in plan.items():
-            with wh.batch() as batch:
-                for table, data in parts:
-                    batch.add(table, data)
-            assert batch.record is not None
-            ids[name] = batch.record.batch_id
-    return ids
+    return commit_plan(root, plan)
 
-
-def files_of(root: Path, batch_id: str, table: str | None = None) -> list[Path]:
-    """Absolute paths of the files of one committed batch (of one table)."""
-    record = json.loads((root / MANIFEST_DIR / f"{batch_id}.json").read_text())
-    return [root / entry["path"] for entry in record["files"] if table in (None, entry["table"])]
 
 
 def strip_copies(root: Path) -> None:
