@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from PIL import Image
@@ -169,56 +169,64 @@ def _generate_rows(adapter: VLMAdapter, prepared: PreparedBatch, row_images: lis
     return cast("list[list[int]]", adapter.new_tokens(prepared, out).tolist())
 
 
-def _own_decoding(adapter: VLMAdapter, images: Sequence[Image.Image],
-                  generate_kwargs: dict[str, Any]) -> tuple[int, list[int]] | None:
-    """``(max_new_tokens, stop ids)`` when captions may be decoded by `kneuron.engine.interventions.greedy` (the
-    adapter hands out its language model's inputs, whose generate is plain greedy with these settings); None
-    when the model's own generate must run."""
-    if not images or not plain_greedy(adapter.language_model):
-        return None
-    first = adapter.prepare(list(images[:1]))
-    if adapter.generation_embeds(first) is None:
-        return None
-    _, kwargs = adapter.generate_call(first, **generate_kwargs)
-    if set(kwargs) - _GREEDY_KWARGS or kwargs.get("do_sample") or kwargs.get("num_beams", 1) != 1:
-        return None
-    stops = kwargs.get("eos_token_id")
-    stop_ids = [stops] if isinstance(stops, int) else list(stops or [])
-    return int(kwargs.get("max_new_tokens", adapter.max_new_tokens)), stop_ids
+class _OwnPlan(NamedTuple):
+    """What the own decoding loop needs: every image's language-model inputs ``embeds [n_images, P, d_model]``,
+    ``P`` (``prompt_length``), and the generate settings it reproduces."""
+
+    embeds: torch.Tensor
+    prompt_length: int
+    max_new_tokens: int
+    stop_ids: list[int]
 
 
 #: generate keyword arguments the own decoding loop reproduces
 _GREEDY_KWARGS = frozenset({"max_new_tokens", "do_sample", "num_beams", "eos_token_id", "pad_token_id"})
 
 
-def _decode_own(adapter: VLMAdapter, images: Sequence[Image.Image], sets: list[NeuronSet], ablation: Ablation,
-                donor_of: list[int] | None, rows_per_generate: int, max_new_tokens: int, stop_ids: list[int],
-                on_rows: Callable[[int], None] | None) -> list[list[list[int]]]:
-    """Token ids ``[set][image]`` by the own decoding loop: every image embedded once
-    (`VLMAdapter.generation_embeds`, ``rows_per_generate`` images per call), rows = (set, image) in set-major
-    order (a set whose captions run long shares few decodes with the others), finished rows dropped from the
-    batch."""
-    parts = []
-    for start in range(0, len(images), rows_per_generate):
-        prepared = adapter.prepare(list(images[start:start + rows_per_generate]))
-        embeds = adapter.generation_embeds(prepared)
-        if embeds is None:  # `_own_decoding` saw the first image's; an adapter must not change its mind
+def _own_plan(adapter: VLMAdapter, images: Sequence[Image.Image], images_per_call: int,
+              generate_kwargs: dict[str, Any]) -> _OwnPlan | None:
+    """The `_OwnPlan` when captions may be decoded by `kneuron.engine.interventions.greedy`: the language model's
+    generate is plain greedy with these settings and the adapter hands out its inputs
+    (`VLMAdapter.generation_embeds`; every image embedded once, ``images_per_call`` at a time); None when the
+    model's own generate must run (nothing embedded then, the first batch of images only preprocessed)."""
+    if not images or not plain_greedy(adapter.language_model):
+        return None
+    first = adapter.prepare(list(images[:images_per_call]))
+    _, kwargs = adapter.generate_call(first, **generate_kwargs)
+    if set(kwargs) - _GREEDY_KWARGS or kwargs.get("do_sample") or kwargs.get("num_beams", 1) != 1:
+        return None
+    parts = [adapter.generation_embeds(first)]
+    if parts[0] is None:
+        return None
+    for start in range(images_per_call, len(images), images_per_call):
+        parts.append(adapter.generation_embeds(adapter.prepare(list(images[start:start + images_per_call]))))
+        if parts[-1] is None:  # the first images' were handed out: an adapter must not change its mind
             raise KneuronError(f"{type(adapter).__name__}.generation_embeds returned None for some images only")
-        parts.append(embeds)
-    every = torch.cat(parts)  # [n_images, P, d_model]
-    rows = [(k, i) for k in range(len(sets)) for i in range(len(images))]
+    stops = kwargs.get("eos_token_id")
+    stop_ids = [stops] if isinstance(stops, int) else list(stops or [])
+    return _OwnPlan(torch.cat(cast("list[torch.Tensor]", parts)), first.prompt_length,
+                    int(kwargs.get("max_new_tokens", adapter.max_new_tokens)), stop_ids)
+
+
+def _decode_own(adapter: VLMAdapter, plan: _OwnPlan, sets: list[NeuronSet], ablation: Ablation,
+                donor_of: list[int] | None, rows_per_generate: int,
+                on_rows: Callable[[int], None] | None) -> list[list[list[int]]]:
+    """Token ids ``[set][image]`` by the own decoding loop: rows = (set, image) in set-major order (a set whose
+    captions run long shares few decodes with the others), finished rows dropped from the batch."""
+    every = plan.embeds
+    rows = [(k, i) for k in range(len(sets)) for i in range(len(every))]
     out: list[list[list[int]]] = [[] for _ in sets]
     for start in range(0, len(rows), rows_per_generate):
         chunk = rows[start:start + rows_per_generate]
         picked = [i for _, i in chunk]
-        hooks = _row_hooks(adapter, picked, [sets[k] for k, _ in chunk], ablation, donor_of, prepared.prompt_length)
+        hooks = _row_hooks(adapter, picked, [sets[k] for k, _ in chunk], ablation, donor_of, plan.prompt_length)
 
         def follow(active: torch.Tensor, hooks: dict[int, _RowHook] = hooks) -> None:
             for hook in hooks.values():
                 hook.follow(active)
         with adapter.neuron_hooks(hooks):
             made = decode_rows(adapter.language_model, every[torch.as_tensor(picked, device=every.device)],
-                               stop_ids, max_new_tokens, follow)
+                               plan.stop_ids, plan.max_new_tokens, follow)
         for (k, _), tokens in zip(chunk, made, strict=True):
             out[k].append(tokens)
         if on_rows is not None:
@@ -251,10 +259,10 @@ def caption_under_sets(adapter: VLMAdapter, images: Sequence[Image.Image], sets:
         raise KneuronError(f"first_image must be >= 0, got {first_image}")
     donor_of = (donors(first_image + len(images), int(ablation.reference.prompt.shape[0]), ablation.seed)[first_image:]
                 if ablation.mode == "resample" and ablation.reference is not None else None)
-    own = _own_decoding(adapter, images, generate_kwargs)
     with job(adapter.model):  # the thread policy's count for generation on this model (kneuron.engine.runtime.threads)
+        own = _own_plan(adapter, images, rows_per_generate, generate_kwargs)
         if own is not None:
-            made = _decode_own(adapter, images, clean, ablation, donor_of, rows_per_generate, *own, on_rows)
+            made = _decode_own(adapter, own, clean, ablation, donor_of, rows_per_generate, on_rows)
         else:
             made = _generate_set_major(adapter, images, clean, ablation, donor_of, rows_per_generate, on_rows,
                                        generate_kwargs)

@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kneuron.engine.interventions.greedy import decode_rows, plain_greedy
-from kneuron.engine.interventions.multiset import _own_decoding, caption_under_sets
+from kneuron.engine.interventions.multiset import _own_plan, caption_under_sets
 from tests.engine.interventions.test_multiset import hooked_captions, some_sets
 from tests.helpers.hf_tiny import tiny_adapter, varied_images
 
@@ -68,13 +68,18 @@ def test_plain_greedy_refuses_logits_processors() -> None:
 @pytest.mark.parametrize("kind", ["minigpt4-qformer", "minigpt4-patch", "llava"])
 def test_captioning_takes_the_own_loop_only_where_it_can(kind: str) -> None:
     adapter = tiny_adapter(kind)
-    images = varied_images(2, seed=1)
-    own = _own_decoding(adapter, images, {})
+    images = varied_images(3, seed=1)
+    own = _own_plan(adapter, images, 2, {})
     assert (own is not None) == kind.startswith("minigpt4")
     if own is not None:
-        assert own == (adapter.max_new_tokens, adapter.stop_token_ids)
-        assert _own_decoding(adapter, images, {"repetition_penalty": 1.2}) is None
-        assert _own_decoding(adapter, images, {"max_new_tokens": 3}) == (3, adapter.stop_token_ids)
+        assert (own.max_new_tokens, own.stop_ids) == (adapter.max_new_tokens, adapter.stop_token_ids)
+        whole = adapter.generation_embeds(adapter.prepare(images))
+        assert whole is not None and own.embeds.shape == whole.shape
+        assert torch.allclose(own.embeds, whole, atol=1e-6)  # embedded 2 + 1 images at a time
+        assert own.prompt_length == whole.shape[1]
+        assert _own_plan(adapter, images, 2, {"repetition_penalty": 1.2}) is None
+        three = _own_plan(adapter, images, 2, {"max_new_tokens": 3})
+        assert three is not None and three.max_new_tokens == 3
 
 
 def zeroing(units, layer):  # noqa: ANN001, ANN201
@@ -104,7 +109,12 @@ def test_an_adapter_that_stops_handing_out_inputs_is_one_error(monkeypatch) -> N
     from kneuron.engine.errors import KneuronError
 
     adapter = tiny_adapter("minigpt4-patch")
-    original = adapter.generation_embeds
-    monkeypatch.setattr(adapter, "generation_embeds", lambda p: original(p) if p.batch_size == 1 else None)
+    original, calls = adapter.generation_embeds, []
+
+    def first_only(prepared):  # noqa: ANN001, ANN202
+        calls.append(prepared.batch_size)
+        return original(prepared) if len(calls) == 1 else None
+    monkeypatch.setattr(adapter, "generation_embeds", first_only)
     with pytest.raises(KneuronError, match="generation_embeds returned None for some images only"):
-        caption_under_sets(adapter, varied_images(3, seed=2), [None])
+        caption_under_sets(adapter, varied_images(3, seed=2), [None], rows_per_generate=2)
+    assert calls == [2, 1]
