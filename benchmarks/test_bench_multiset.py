@@ -14,7 +14,9 @@ with the config's budgets; captioning cost depends on the sets' sizes, not on ho
   the 4 methods x 4 budgets (1 ... 64) of ``benchmarks/configs/suppress_budgets_smollm2.toml``.
 
 Environment: ``KNEURON_BENCH_MULTISET_IMAGES`` (images; tiny 16, smollm2 8), ``KNEURON_BENCH_MULTISET_ROWS``
-(rows per generate, 64), ``KNEURON_BENCH_ROUNDS`` (new-path rounds, 3; the old path runs once). One torch thread.
+(rows per generate, 64), ``KNEURON_BENCH_ROUNDS`` (new-path rounds, 3), ``KNEURON_BENCH_OLD_ROUNDS`` (old-path
+rounds, 1). Printed: both medians, their ranges over the rounds and the ratio of medians with its range (slowest
+old / fastest new .. fastest old / slowest new). One torch thread.
 
     pytest benchmarks/test_bench_multiset.py --benchmark-enable -s
 """
@@ -37,6 +39,7 @@ from kneuron.engine.signals.neurons import NeuronSet
 
 ROWS = int(os.environ.get("KNEURON_BENCH_MULTISET_ROWS", "64"))
 ROUNDS = int(os.environ.get("KNEURON_BENCH_ROUNDS", "3"))
+OLD_ROUNDS = int(os.environ.get("KNEURON_BENCH_OLD_ROUNDS", "1"))
 WORKLOADS = {"tiny": ("tiny-shapes-qformer", 36, (1, 2, 4, 8, 16, 32), 16),
              "smollm2": ("smollm2-shapes-patch", 16, (1, 4, 16, 64), 8)}
 
@@ -100,9 +103,12 @@ def test_multiset_captions_per_second(workload: str, benchmark, tmp_path) -> Non
     sets = budget_sets(adapter, n_sets, budgets)
     captions = n_sets * n_images
 
-    start = time.perf_counter()
-    old = [sum((old_generate(adapter, images[i:i + 16], s) for i in range(0, n_images, 16)), []) for s in sets]
-    t_old = time.perf_counter() - start
+    old_times: list[float] = []
+    for _ in range(OLD_ROUNDS):
+        start = time.perf_counter()
+        old = [sum((old_generate(adapter, images[i:i + 16], s) for i in range(0, n_images, 16)), []) for s in sets]
+        old_times.append(time.perf_counter() - start)
+    t_old = statistics.median(old_times)
 
     times: list[float] = []
 
@@ -119,5 +125,8 @@ def test_multiset_captions_per_second(workload: str, benchmark, tmp_path) -> Non
                                  "rows_per_generate": ROWS, "old_s": t_old, "new_s": t_new,
                                  "old_captions_per_s": captions / t_old, "new_captions_per_s": captions / t_new,
                                  "ratio_old_over_new": t_old / t_new})
-    print(f"\n{workload}: {captions} captions ({n_sets} sets x {n_images} images); old {captions / t_old:.1f} "
-          f"captions/s, new {captions / t_new:.1f} captions/s (rows/generate {ROWS}); ratio {t_old / t_new:.2f}x")
+    print(f"\n{workload}: {captions} captions ({n_sets} sets x {n_images} images, rows/generate {ROWS}); "
+          f"old {captions / t_old:.1f} captions/s [{captions / max(old_times):.1f}, {captions / min(old_times):.1f}] "
+          f"({OLD_ROUNDS} rounds), new {captions / t_new:.1f} [{captions / max(times):.1f}, "
+          f"{captions / min(times):.1f}] ({ROUNDS} rounds); ratio {t_old / t_new:.2f}x "
+          f"[{min(old_times) / max(times):.2f}, {max(old_times) / min(times):.2f}]")
